@@ -1,0 +1,232 @@
+// Package casualdb holds the shared vocabulary of CasualDB: sites, versions,
+// transactions and changes. It imports nothing internal, so that capture,
+// conflict, apply and the transport can all depend on it without cycles.
+//
+// A change travels as a Tx: capture decodes it from the origin's WAL and gives
+// every row change a Version; the transport ships it from the origin's outbox
+// to every peer's inbox; apply merges it into the peer's database.
+package casualdb
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// SiteID names a site (one PostgreSQL plus its sidecar). It is stable for the
+// life of the cluster and breaks ties between equal clocks.
+type SiteID string
+
+// HLC is a hybrid logical clock timestamp: Wall is physical time in
+// microseconds since the Unix epoch (PostgreSQL's commit timestamp
+// resolution), Logical orders events within one microsecond.
+type HLC struct {
+	Wall    int64  `json:"w"`
+	Logical uint32 `json:"l,omitempty"`
+}
+
+// Compare returns -1, 0 or 1 as h is before, equal to or after o.
+func (h HLC) Compare(o HLC) int {
+	switch {
+	case h.Wall < o.Wall:
+		return -1
+	case h.Wall > o.Wall:
+		return 1
+	case h.Logical < o.Logical:
+		return -1
+	case h.Logical > o.Logical:
+		return 1
+	}
+	return 0
+}
+
+// Time returns the physical part of h.
+func (h HLC) Time() time.Time { return time.UnixMicro(h.Wall).UTC() }
+
+// String renders h as "wall.logical".
+func (h HLC) String() string {
+	return strconv.FormatInt(h.Wall, 10) + "." + strconv.FormatUint(uint64(h.Logical), 10)
+}
+
+// VectorClock counts, per site, the writes to one row that a version has seen.
+// A nil clock is the empty clock.
+type VectorClock map[SiteID]uint64
+
+// Clone returns a copy of c that shares nothing with it.
+func (c VectorClock) Clone() VectorClock {
+	out := make(VectorClock, len(c)+1)
+	for k, v := range c {
+		out[k] = v
+	}
+	return out
+}
+
+// Version identifies one state of one row: who wrote it, when by the hybrid
+// clock, and what it had seen. Versions are totally ordered by (HLC, Origin).
+type Version struct {
+	HLC    HLC         `json:"hlc"`
+	Origin SiteID      `json:"origin"`
+	VC     VectorClock `json:"vc"`
+}
+
+// String renders v compactly for logs.
+func (v Version) String() string { return fmt.Sprintf("%s@%s", v.HLC, v.Origin) }
+
+// Op is the kind of a row change.
+type Op string
+
+// The row operations that capture emits.
+const (
+	OpInsert   Op = "I"
+	OpUpdate   Op = "U"
+	OpDelete   Op = "D"
+	OpTruncate Op = "T"
+)
+
+// Value is one column value in PostgreSQL's text representation. Unchanged
+// marks an unchanged TOASTed column of an UPDATE whose value the WAL does not
+// carry: it must never be written as NULL.
+type Value struct {
+	Text      string `json:"t,omitempty"`
+	Null      bool   `json:"n,omitempty"`
+	Unchanged bool   `json:"u,omitempty"`
+}
+
+// Column describes one column of a replicated table.
+type Column struct {
+	Name string `json:"name"`
+	Type string `json:"type"` // type name as format_type renders it, e.g. "integer", "text[]"
+	Key  bool   `json:"key,omitempty"`
+}
+
+// Relation describes a replicated table as its origin saw it.
+type Relation struct {
+	Table   string   `json:"table"` // schema-qualified, quoted only where needed: public.accounts
+	Columns []Column `json:"columns"`
+}
+
+// KeyColumns returns the indexes of the primary-key columns of r in order.
+func (r Relation) KeyColumns() []int {
+	var idx []int
+	for i, c := range r.Columns {
+		if c.Key {
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}
+
+// Change is one row change of a transaction.
+type Change struct {
+	Table string `json:"table"`
+	Op    Op     `json:"op"`
+	// Key holds the primary-key values in text form, in key-column order.
+	Key []string `json:"key,omitempty"`
+	// Values holds the new row, one value per column of the relation
+	// (insert and update); nil for delete and truncate.
+	Values  []Value `json:"values,omitempty"`
+	Version Version `json:"version"`
+}
+
+// KeyString is the canonical encoding of a primary key, identical at every
+// site because PostgreSQL's text output of a value is canonical for its type.
+func KeyString(key []string) string {
+	b, _ := json.Marshal(key)
+	return string(b)
+}
+
+// Tx is one committed transaction of its origin.
+type Tx struct {
+	Origin SiteID `json:"origin"`
+	// Seq is the transaction's position in its origin's outbox, gapless and
+	// increasing from 1; the transport fills it in.
+	Seq uint64 `json:"seq,omitempty"`
+	// LSN is the end of the transaction's commit record at the origin.
+	LSN        uint64    `json:"lsn"`
+	Xid        uint32    `json:"xid"`
+	CommitTime time.Time `json:"commit_time"`
+	// Relations describes every table that Changes touch, by table name.
+	Relations map[string]Relation `json:"relations"`
+	Changes   []Change            `json:"changes"`
+}
+
+// ID names the transaction uniquely in the cluster: origin and commit LSN.
+func (t *Tx) ID() string { return string(t.Origin) + "-" + FormatLSN(t.LSN) }
+
+// FormatLSN renders an LSN as PostgreSQL does: 16/B374D848.
+func FormatLSN(lsn uint64) string { return fmt.Sprintf("%X/%X", uint32(lsn>>32), uint32(lsn)) }
+
+// ParseLSN parses PostgreSQL's text form of an LSN.
+func ParseLSN(s string) (uint64, error) {
+	hi, lo, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, fmt.Errorf("parse lsn %q: missing '/'", s)
+	}
+	h, err := strconv.ParseUint(hi, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("parse lsn %q: %w", s, err)
+	}
+	l, err := strconv.ParseUint(lo, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("parse lsn %q: %w", s, err)
+	}
+	return h<<32 | l, nil
+}
+
+// Marshal encodes t for the transport.
+func (t *Tx) Marshal() ([]byte, error) {
+	b, err := json.Marshal(t)
+	if err != nil {
+		return nil, fmt.Errorf("marshal tx %s: %w", t.ID(), err)
+	}
+	return b, nil
+}
+
+// UnmarshalTx decodes and checks a transaction from the transport. Anything
+// that is not a well-formed Tx gives an error wrapping ErrGarbled.
+func UnmarshalTx(b []byte) (*Tx, error) {
+	var t Tx
+	if err := json.Unmarshal(b, &t); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrGarbled, err)
+	}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+// Validate checks the structural invariants apply relies on.
+func (t *Tx) Validate() error {
+	if t.Origin == "" {
+		return fmt.Errorf("%w: tx without origin", ErrGarbled)
+	}
+	if t.LSN == 0 {
+		return fmt.Errorf("%w: tx %s without commit lsn", ErrGarbled, t.Origin)
+	}
+	for i, c := range t.Changes {
+		rel, ok := t.Relations[c.Table]
+		if !ok {
+			return fmt.Errorf("%w: tx %s change %d: table %q not described", ErrGarbled, t.ID(), i, c.Table)
+		}
+		switch c.Op {
+		case OpInsert, OpUpdate:
+			if len(c.Values) != len(rel.Columns) {
+				return fmt.Errorf("%w: tx %s change %d: %d values for %d columns of %s", ErrGarbled, t.ID(), i, len(c.Values), len(rel.Columns), c.Table)
+			}
+			fallthrough
+		case OpDelete:
+			if len(c.Key) == 0 || len(c.Key) != len(rel.KeyColumns()) {
+				return fmt.Errorf("%w: tx %s change %d: key of %d values for %s", ErrGarbled, t.ID(), i, len(c.Key), c.Table)
+			}
+		case OpTruncate:
+		default:
+			return fmt.Errorf("%w: tx %s change %d: unknown op %q", ErrGarbled, t.ID(), i, c.Op)
+		}
+		if c.Version.Origin == "" || c.Version.HLC.Wall == 0 {
+			return fmt.Errorf("%w: tx %s change %d: missing version", ErrGarbled, t.ID(), i)
+		}
+	}
+	return nil
+}
