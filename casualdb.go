@@ -103,9 +103,15 @@ type Column struct {
 
 // Relation describes a replicated table as its origin saw it.
 type Relation struct {
-	Table   string   `json:"table"` // schema-qualified, quoted only where needed: public.accounts
+	Table   string   `json:"table"` // TableName(Schema, Name): the key of Tx.Relations
+	Schema  string   `json:"schema"`
+	Name    string   `json:"name"`
 	Columns []Column `json:"columns"`
 }
+
+// TableName is how CasualDB names a table in messages and metadata:
+// schema and name joined by a dot, unquoted.
+func TableName(schema, name string) string { return schema + "." + name }
 
 // KeyColumns returns the indexes of the primary-key columns of r in order.
 func (r Relation) KeyColumns() []int {

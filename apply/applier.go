@@ -1,0 +1,408 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/meta"
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Capture is what apply needs of the local capture: *capture.Capturer.
+type Capture interface {
+	// WaitProcessed returns once every local write ending at or before
+	// lsn has been versioned.
+	WaitProcessed(ctx context.Context, lsn uint64) error
+	// BeginApply and EndApply bracket the commit of an apply transaction.
+	BeginApply(xid uint32)
+	EndApply(xid uint32)
+}
+
+// Message header names (the transport's; see package ship).
+const (
+	headerSeq    = "Casualdb-Seq"
+	headerLSN    = "Casualdb-Lsn"
+	headerOrigin = "Casualdb-Origin"
+	headerEpoch  = "Casualdb-Epoch"
+)
+
+// Config configures an Applier.
+type Config struct {
+	// Site is this site. Required.
+	Site casualdb.SiteID
+	// DSN is the local PostgreSQL connection string. Required.
+	DSN string
+	// Inbox is the durable consumer of the site's inbox. Required.
+	Inbox jetstream.Consumer
+	// Capture is the local capture. Required.
+	Capture Capture
+	// MaxBatch is the most transactions of one origin applied in one local
+	// transaction. Default 256.
+	MaxBatch int
+	// WaitTimeout bounds a wait for capture. Default 30s.
+	WaitTimeout time.Duration
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// OriginStats describes what was applied from one origin.
+type OriginStats struct {
+	Applied     uint64    // transactions applied since start
+	Seq         uint64    // last applied origin sequence
+	LastCommit  time.Time // origin commit time of the last applied transaction
+	LastApplied time.Time // when it was applied here
+}
+
+// Lag is the delay of the last applied transaction: applied minus committed.
+func (o OriginStats) Lag() time.Duration {
+	if o.LastCommit.IsZero() {
+		return 0
+	}
+	return max(o.LastApplied.Sub(o.LastCommit), 0)
+}
+
+// Stats are apply's counters since start.
+type Stats struct {
+	Applied   uint64 // transactions applied
+	Skipped   uint64 // duplicates recognised and skipped
+	Changes   uint64 // row changes written
+	Conflicts uint64 // true conflicts resolved (and logged)
+	Parked    uint64 // changes or messages parked
+	Garbled   uint64 // messages that did not decode (parked)
+	Origins   map[casualdb.SiteID]OriginStats
+}
+
+// Applier applies the inbox to the local database.
+type Applier struct {
+	cfg Config
+	log *slog.Logger
+
+	conns    map[casualdb.SiteID]*pgx.Conn
+	main     *pgx.Conn
+	progress map[casualdb.SiteID]meta.Progress
+	tables   map[string]*localTable
+
+	mu    sync.Mutex
+	stats Stats
+}
+
+// New validates cfg and returns an Applier.
+func New(cfg Config) (*Applier, error) {
+	if cfg.Site == "" || cfg.DSN == "" || cfg.Inbox == nil || cfg.Capture == nil {
+		return nil, fmt.Errorf("%w: apply needs site, dsn, inbox and capture", casualdb.ErrConfig)
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 256
+	}
+	if cfg.WaitTimeout <= 0 {
+		cfg.WaitTimeout = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Applier{
+		cfg:   cfg,
+		log:   cfg.Logger.With("component", "apply"),
+		stats: Stats{Origins: map[casualdb.SiteID]OriginStats{}},
+	}, nil
+}
+
+// Stats returns a snapshot of the counters.
+func (a *Applier) Stats() Stats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.stats
+	s.Origins = make(map[casualdb.SiteID]OriginStats, len(a.stats.Origins))
+	for k, v := range a.stats.Origins {
+		s.Origins[k] = v
+	}
+	return s
+}
+
+func (a *Applier) count(f func(*Stats)) {
+	a.mu.Lock()
+	f(&a.stats)
+	a.mu.Unlock()
+}
+
+// inMsg is one inbox message with its transport headers.
+type inMsg struct {
+	m      jetstream.Msg
+	tx     *casualdb.Tx
+	origin casualdb.SiteID
+	seq    uint64
+	epoch  string
+}
+
+// Run applies until ctx is done or a database error persists.
+func (a *Applier) Run(ctx context.Context) error {
+	cfg, err := CanonicalConfig(a.cfg.DSN)
+	if err != nil {
+		return err
+	}
+	a.main, err = pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("apply: connect: %w", err)
+	}
+	a.conns = map[casualdb.SiteID]*pgx.Conn{}
+	a.tables = map[string]*localTable{}
+	defer func() {
+		for _, c := range a.conns {
+			c.Close(context.Background())
+		}
+		a.main.Close(context.Background())
+	}()
+	if a.progress, err = meta.LoadProgress(ctx, a.main); err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	a.mu.Lock()
+	for o, p := range a.progress {
+		a.stats.Origins[o] = OriginStats{Seq: p.Seq, LastCommit: p.CommitTime, LastApplied: p.AppliedAt}
+	}
+	a.mu.Unlock()
+
+	msgs := make(chan jetstream.Msg, 4*a.cfg.MaxBatch)
+	cc, err := a.cfg.Inbox.Consume(func(m jetstream.Msg) {
+		select {
+		case msgs <- m:
+		case <-ctx.Done():
+		}
+	}, jetstream.PullMaxMessages(2*a.cfg.MaxBatch))
+	if err != nil {
+		return fmt.Errorf("apply: consume inbox: %w", err)
+	}
+	defer cc.Stop()
+
+	for {
+		var batch []jetstream.Msg
+		select {
+		case m := <-msgs:
+			batch = append(batch, m)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	drain:
+		for len(batch) < 4*a.cfg.MaxBatch {
+			select {
+			case m := <-msgs:
+				batch = append(batch, m)
+			default:
+				break drain
+			}
+		}
+		if err := a.handle(ctx, batch); err != nil {
+			return err
+		}
+	}
+}
+
+// handle applies a batch of inbox messages: runs of consecutive messages
+// from one origin go into one local transaction each.
+func (a *Applier) handle(ctx context.Context, batch []jetstream.Msg) error {
+	var run []inMsg
+	flush := func() error {
+		if len(run) == 0 {
+			return nil
+		}
+		err := a.applyRun(ctx, run)
+		run = run[:0]
+		return err
+	}
+	blocked := map[casualdb.SiteID]bool{}
+	for _, m := range batch {
+		im, err := decodeMsg(m)
+		if err != nil {
+			if err := a.parkGarbled(ctx, m, err); err != nil {
+				return err
+			}
+			continue
+		}
+		if blocked[im.origin] {
+			_ = m.NakWithDelay(100 * time.Millisecond)
+			continue
+		}
+		switch a.admit(im) {
+		case admitDuplicate:
+			a.count(func(s *Stats) { s.Skipped++ })
+			_ = m.Ack()
+			continue
+		case admitGap:
+			// An earlier transaction of this origin is missing (a publish
+			// that failed and will be redelivered): wait for it.
+			blocked[im.origin] = true
+			_ = m.NakWithDelay(100 * time.Millisecond)
+			continue
+		}
+		if len(run) > 0 && (run[0].origin != im.origin || len(run) >= a.cfg.MaxBatch || hasTruncate(im.tx) || hasTruncate(run[len(run)-1].tx)) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		// Admit the next one of the same origin against this one.
+		p := a.progress[im.origin]
+		a.progress[im.origin] = meta.Progress{Seq: im.seq, LSN: im.tx.LSN, CommitTime: im.tx.CommitTime, Epoch: im.epoch, AppliedAt: p.AppliedAt}
+		run = append(run, im)
+	}
+	return flush()
+}
+
+type admission int
+
+const (
+	admitApply admission = iota
+	admitDuplicate
+	admitGap
+)
+
+// admit tells a new transaction from a duplicate and from one that arrived
+// before its predecessor.
+func (a *Applier) admit(im inMsg) admission {
+	p, ok := a.progress[im.origin]
+	if ok && im.tx.LSN <= p.LSN {
+		return admitDuplicate
+	}
+	switch {
+	case ok && p.Epoch == im.epoch && im.seq > p.Seq+1:
+		return admitGap
+	case !ok && im.seq > 1:
+		return admitGap
+	}
+	return admitApply
+}
+
+func hasTruncate(tx *casualdb.Tx) bool {
+	for _, c := range tx.Changes {
+		if c.Op == casualdb.OpTruncate {
+			return true
+		}
+	}
+	return false
+}
+
+func decodeMsg(m jetstream.Msg) (inMsg, error) {
+	h := m.Headers()
+	im := inMsg{m: m, origin: casualdb.SiteID(h.Get(headerOrigin)), epoch: h.Get(headerEpoch)}
+	var err error
+	if im.seq, err = strconv.ParseUint(h.Get(headerSeq), 10, 64); err != nil || im.origin == "" {
+		return im, fmt.Errorf("%w: missing or bad transport headers", casualdb.ErrGarbled)
+	}
+	if im.tx, err = casualdb.UnmarshalTx(m.Data()); err != nil {
+		return im, err
+	}
+	if im.tx.Origin != im.origin {
+		return im, fmt.Errorf("%w: tx of %s arrived as from %s", casualdb.ErrGarbled, im.tx.Origin, im.origin)
+	}
+	im.tx.Seq = im.seq
+	return im, nil
+}
+
+func (a *Applier) parkGarbled(ctx context.Context, m jetstream.Msg, cause error) error {
+	h := m.Headers()
+	seq, _ := strconv.ParseUint(h.Get(headerSeq), 10, 64)
+	lsn, _ := strconv.ParseUint(h.Get(headerLSN), 10, 64)
+	p := meta.Parked{Origin: casualdb.SiteID(h.Get(headerOrigin)), Seq: seq, LSN: lsn, Reason: cause.Error(), Payload: m.Data()}
+	if err := meta.Park(ctx, a.main, p); err != nil {
+		_ = m.NakWithDelay(time.Second)
+		return fmt.Errorf("apply: park garbled message: %w", err)
+	}
+	a.log.Warn("parked a message that does not decode", "origin", p.Origin, "seq", seq, "err", cause)
+	a.count(func(s *Stats) { s.Parked++; s.Garbled++ })
+	_ = m.Ack()
+	return nil
+}
+
+// applyRun applies consecutive transactions of one origin in one local
+// transaction, retrying what a race with local writers makes fail.
+func (a *Applier) applyRun(ctx context.Context, run []inMsg) error {
+	origin := run[0].origin
+	var lastErr error
+	for attempt := 0; attempt < 8; attempt++ {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		conn, err := a.originConn(ctx, origin)
+		if err != nil {
+			lastErr = err
+			break
+		}
+		res, err := a.applyTxs(ctx, conn, run, attempt > 0)
+		if err == nil {
+			for _, im := range run {
+				_ = im.m.Ack()
+			}
+			last := run[len(run)-1]
+			now := time.Now()
+			a.count(func(s *Stats) {
+				s.Applied += uint64(len(run))
+				s.Changes += res.changes
+				s.Conflicts += res.conflicts
+				s.Parked += res.parked
+				o := s.Origins[origin]
+				o.Applied += uint64(len(run))
+				o.Seq = last.seq
+				o.LastCommit = last.tx.CommitTime
+				o.LastApplied = now
+				s.Origins[origin] = o
+			})
+			return nil
+		}
+		lastErr = err
+		if conn.IsClosed() || !isRetryable(err) {
+			a.dropConn(origin)
+		}
+		a.log.Debug("apply attempt failed; retrying", "origin", origin, "attempt", attempt, "err", err)
+		select {
+		case <-time.After(time.Duration(attempt*attempt) * 10 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	// Give the run back to the inbox; forget the optimistic progress.
+	for _, im := range run {
+		_ = im.m.NakWithDelay(time.Second)
+	}
+	if err := a.reloadProgress(ctx); err != nil {
+		return err
+	}
+	a.log.Error("apply failed; will retry", "origin", origin, "txs", len(run), "err", lastErr)
+	return nil
+}
+
+func (a *Applier) reloadProgress(ctx context.Context) error {
+	p, err := meta.LoadProgress(ctx, a.main)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	a.progress = p
+	return nil
+}
+
+func (a *Applier) originConn(ctx context.Context, origin casualdb.SiteID) (*pgx.Conn, error) {
+	if c, ok := a.conns[origin]; ok && !c.IsClosed() {
+		return c, nil
+	}
+	c, err := connectOrigin(ctx, a.cfg.DSN, origin)
+	if err != nil {
+		return nil, err
+	}
+	a.conns[origin] = c
+	return c, nil
+}
+
+func (a *Applier) dropConn(origin casualdb.SiteID) {
+	if c, ok := a.conns[origin]; ok {
+		c.Close(context.Background())
+		delete(a.conns, origin)
+	}
+}
+
+// errRace is returned when a local write raced with the apply transaction
+// in a way only a retry resolves.
+var errRace = errors.New("local write raced with apply")

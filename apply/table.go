@@ -1,0 +1,121 @@
+package apply
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/casualdb/casualdb"
+	"github.com/jackc/pgx/v5"
+)
+
+// localTable is a replicated table as this site has it.
+type localTable struct {
+	name   string // schema.name
+	ident  string // quoted identifier
+	cols   map[string]string
+	keys   []string // primary-key column names in key order
+	keyTyp []string
+}
+
+// describeLocal reads the local definition of rel's table.
+func describeLocal(ctx context.Context, conn *pgx.Conn, rel casualdb.Relation) (*localTable, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
+		       coalesce(array_position(i.indkey::int2[], a.attnum), 0)
+		FROM pg_attribute a
+		JOIN pg_class c ON c.oid = a.attrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+		WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+		ORDER BY a.attnum`, rel.Schema, rel.Name)
+	if err != nil {
+		return nil, fmt.Errorf("describe local table %s: %w", rel.Table, err)
+	}
+	defer rows.Close()
+	t := &localTable{name: rel.Table, ident: pgx.Identifier{rel.Schema, rel.Name}.Sanitize(), cols: map[string]string{}}
+	type keyCol struct {
+		pos       int
+		name, typ string
+	}
+	var keys []keyCol
+	for rows.Next() {
+		var name, typ string
+		var pos int
+		if err := rows.Scan(&name, &typ, &pos); err != nil {
+			return nil, fmt.Errorf("describe local table %s: %w", rel.Table, err)
+		}
+		t.cols[name] = typ
+		if pos > 0 {
+			keys = append(keys, keyCol{pos, name, typ})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("describe local table %s: %w", rel.Table, err)
+	}
+	if len(t.cols) == 0 {
+		return nil, fmt.Errorf("%w: table %s does not exist here", casualdb.ErrSchemaMismatch, rel.Table)
+	}
+	for i := 1; i <= len(keys); i++ {
+		for _, k := range keys {
+			if k.pos == i {
+				t.keys = append(t.keys, k.name)
+				t.keyTyp = append(t.keyTyp, k.typ)
+			}
+		}
+	}
+	if err := t.check(rel); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// check compares the origin's description with the local table: every
+// column the origin sends must exist here, and the primary keys must match.
+func (t *localTable) check(rel casualdb.Relation) error {
+	var missing []string
+	var keys []string
+	for _, c := range rel.Columns {
+		if _, ok := t.cols[c.Name]; !ok {
+			missing = append(missing, c.Name)
+		}
+		if c.Key {
+			keys = append(keys, c.Name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: table %s lacks column(s) %s that the origin has", casualdb.ErrSchemaMismatch, rel.Table, strings.Join(missing, ", "))
+	}
+	if strings.Join(keys, ",") != strings.Join(t.keys, ",") {
+		return fmt.Errorf("%w: table %s: primary key (%s) here, (%s) at the origin", casualdb.ErrSchemaMismatch, rel.Table, strings.Join(t.keys, ", "), strings.Join(keys, ", "))
+	}
+	return nil
+}
+
+// keyMatch returns "(k1, k2) = (CAST($n AS t1), ...)" for the key columns,
+// with parameters starting at n.
+func (t *localTable) keyMatch(n int) string {
+	var l, r []string
+	for i, k := range t.keys {
+		l = append(l, pgx.Identifier{k}.Sanitize())
+		r = append(r, fmt.Sprintf("CAST($%d::text AS %s)", n+i, t.keyTyp[i]))
+	}
+	return "(" + strings.Join(l, ", ") + ") = (" + strings.Join(r, ", ") + ")"
+}
+
+func keyArgs(key []string) []any {
+	args := make([]any, len(key))
+	for i, k := range key {
+		args[i] = k
+	}
+	return args
+}
+
+// keyText is the select list that renders the key columns as text.
+func (t *localTable) keyText() string {
+	var parts []string
+	for _, k := range t.keys {
+		parts = append(parts, pgx.Identifier{k}.Sanitize()+"::text")
+	}
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,626 @@
+package apply
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/conflict"
+	"github.com/casualdb/casualdb/meta"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// rowState is what one apply transaction knows of one row.
+type rowState struct {
+	present bool
+	xmin    uint32
+	rv      *meta.RowVersion // recorded version; nil when none
+}
+
+type runResult struct {
+	changes, conflicts, parked uint64
+}
+
+// applyTxs applies run in one local transaction. careful wraps every row
+// write in a savepoint, so that a change the database refuses is parked
+// rather than failing the rest (the first attempt is optimistic).
+func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, careful bool) (res runResult, err error) {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return res, fmt.Errorf("begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.Background())
+		}
+	}()
+	w := &txWriter{a: a, tx: tx, careful: careful, state: map[meta.RowKey]*rowState{}, tables: map[string]*localTable{}}
+	if err := w.prepare(ctx, run); err != nil {
+		return res, err
+	}
+	for _, im := range run {
+		for i := range im.tx.Changes {
+			if err := w.change(ctx, im, &im.tx.Changes[i]); err != nil {
+				return res, err
+			}
+		}
+	}
+	if err := w.validateInserts(ctx); err != nil {
+		return res, err
+	}
+	if err := meta.SaveVersions(ctx, tx, w.written); err != nil {
+		return res, err
+	}
+	last := run[len(run)-1]
+	if err := meta.SaveProgress(ctx, tx, last.origin, meta.Progress{Seq: last.seq, LSN: last.tx.LSN, CommitTime: last.tx.CommitTime, Epoch: last.epoch}); err != nil {
+		return res, err
+	}
+	var xid8 string
+	err = tx.QueryRow(ctx, `SELECT pg_replication_origin_xact_setup($1::pg_lsn, $2), pg_current_xact_id()::text`,
+		casualdb.FormatLSN(last.tx.LSN), last.tx.CommitTime).Scan(nil, &xid8)
+	if err != nil {
+		return res, fmt.Errorf("set up origin progress: %w", err)
+	}
+	x, _ := strconv.ParseUint(xid8, 10, 64)
+	xid := uint32(x)
+	a.cfg.Capture.BeginApply(xid)
+	err = tx.Commit(ctx)
+	a.cfg.Capture.EndApply(xid)
+	if err != nil {
+		return res, fmt.Errorf("commit: %w", err)
+	}
+	return w.res, nil
+}
+
+// txWriter carries the state of one apply transaction.
+type txWriter struct {
+	a       *Applier
+	tx      pgx.Tx
+	careful bool
+	state   map[meta.RowKey]*rowState
+	tables  map[string]*localTable
+	bad     map[string]error // tables whose changes are parked
+	truncs  map[string]casualdb.Version
+	written map[meta.RowKey]meta.RowVersion
+	// inserted holds the rows this transaction inserted where none was,
+	// with the version recorded when it decided.
+	inserted map[meta.RowKey]*meta.RowVersion
+	res      runResult
+}
+
+// prepare resolves the tables, locks every row the run touches, and makes
+// sure the recorded versions of those rows are current.
+func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
+	w.bad = map[string]error{}
+	w.written = map[meta.RowKey]meta.RowVersion{}
+	w.inserted = map[meta.RowKey]*meta.RowVersion{}
+	keys := map[string][][]string{}
+	for _, im := range run {
+		for _, c := range im.tx.Changes {
+			if _, ok := w.tables[c.Table]; !ok && w.bad[c.Table] == nil {
+				lt, err := w.a.table(ctx, im.tx.Relations[c.Table])
+				if err != nil {
+					if !errors.Is(err, casualdb.ErrSchemaMismatch) {
+						return err
+					}
+					w.bad[c.Table] = err
+				} else {
+					w.tables[c.Table] = lt
+				}
+			}
+			if c.Op != casualdb.OpTruncate && w.bad[c.Table] == nil {
+				keys[c.Table] = append(keys[c.Table], c.Key)
+			}
+		}
+	}
+	var all []meta.RowKey
+	for tbl, ks := range keys {
+		lt := w.tables[tbl]
+		present, err := lockRows(ctx, w.tx, lt, ks)
+		if err != nil {
+			return err
+		}
+		for _, k := range ks {
+			rk := meta.RowKey{Table: tbl, Key: casualdb.KeyString(k)}
+			if _, ok := w.state[rk]; ok {
+				continue
+			}
+			st := &rowState{}
+			if xmin, ok := present[rk.Key]; ok {
+				st.present, st.xmin = true, xmin
+			}
+			w.state[rk] = st
+			all = append(all, rk)
+		}
+	}
+	if err := w.loadVersions(ctx, all, true); err != nil {
+		return err
+	}
+	truncs, err := meta.LoadTruncations(ctx, w.tx)
+	if err != nil {
+		return err
+	}
+	w.truncs = truncs
+	return nil
+}
+
+// loadVersions reads the recorded versions of keys; when check is set and a
+// local write may not be versioned yet, it first waits for capture.
+func (w *txWriter) loadVersions(ctx context.Context, keys []meta.RowKey, check bool) error {
+	vs, err := meta.LoadVersions(ctx, w.tx, keys)
+	if err != nil {
+		return err
+	}
+	if check {
+		stale := false
+		for _, k := range keys {
+			st := w.state[k]
+			rv, ok := vs[k]
+			// A row here whose xmin is not on record, or a row absent here
+			// (a local delete, or insert and delete, leave no xmin), may have
+			// a local write capture has not versioned yet.
+			if !st.present || !ok || rv.Xmin != st.xmin {
+				stale = true
+				break
+			}
+		}
+		if stale {
+			if err := w.waitCapture(ctx); err != nil {
+				return err
+			}
+			if vs, err = meta.LoadVersions(ctx, w.tx, keys); err != nil {
+				return err
+			}
+		}
+	}
+	for _, k := range keys {
+		if rv, ok := vs[k]; ok {
+			rv := rv
+			w.state[k].rv = &rv
+		}
+	}
+	return nil
+}
+
+// waitCapture waits until capture has versioned every local transaction that
+// committed before now. With synchronous_commit on, a committed local
+// transaction's commit record is at or below the flush position.
+func (w *txWriter) waitCapture(ctx context.Context) error {
+	var lsn string
+	if err := w.tx.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn()::text`).Scan(&lsn); err != nil {
+		return fmt.Errorf("read wal flush position: %w", err)
+	}
+	p, err := casualdb.ParseLSN(lsn)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, w.a.cfg.WaitTimeout)
+	defer cancel()
+	return w.a.cfg.Capture.WaitProcessed(wctx, p)
+}
+
+// validateInserts closes the last window of the race with local writers: a
+// local insert and delete of a key this transaction then inserted, both
+// committed after prepare looked. The insert now holds the key, so one more
+// wait for capture settles it; if the recorded version moved, start over.
+func (w *txWriter) validateInserts(ctx context.Context) error {
+	if len(w.inserted) == 0 {
+		return nil
+	}
+	if err := w.waitCapture(ctx); err != nil {
+		return err
+	}
+	keys := make([]meta.RowKey, 0, len(w.inserted))
+	for k := range w.inserted {
+		keys = append(keys, k)
+	}
+	vs, err := meta.LoadVersions(ctx, w.tx, keys)
+	if err != nil {
+		return err
+	}
+	for k, before := range w.inserted {
+		now, ok := vs[k]
+		if ok != (before != nil) || (ok && conflict.CompareClocks(now.Version.VC, before.Version.VC) != conflict.Equal) {
+			return fmt.Errorf("%w: %s %s was written locally meanwhile", errRace, k.Table, k.Key)
+		}
+	}
+	return nil
+}
+
+// lockRows locks the rows of lt with the given keys and returns the xmin of
+// each present one by canonical key.
+func lockRows(ctx context.Context, tx pgx.Tx, lt *localTable, keys [][]string) (map[string]uint32, error) {
+	cols := make([][]string, len(lt.keys))
+	for _, k := range keys {
+		for i := range lt.keys {
+			if i < len(k) {
+				cols[i] = append(cols[i], k[i])
+			}
+		}
+	}
+	var sel, unnest, names []string
+	args := make([]any, len(cols))
+	for i := range lt.keys {
+		names = append(names, fmt.Sprintf("u%d", i))
+		unnest = append(unnest, fmt.Sprintf("$%d::text[]", i+1))
+		sel = append(sel, fmt.Sprintf("CAST(u%d AS %s)", i, lt.keyTyp[i]))
+		args[i] = cols[i]
+	}
+	var keyCols []string
+	for _, k := range lt.keys {
+		keyCols = append(keyCols, pgx.Identifier{k}.Sanitize())
+	}
+	q := fmt.Sprintf(`SELECT %s, xmin::text FROM %s WHERE (%s) IN (SELECT %s FROM unnest(%s) AS u(%s)) ORDER BY %s FOR UPDATE`,
+		lt.keyText(), lt.ident, strings.Join(keyCols, ", "), strings.Join(sel, ", "), strings.Join(unnest, ", "), strings.Join(names, ", "), strings.Join(keyCols, ", "))
+	rows, err := tx.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("lock rows of %s: %w", lt.name, err)
+	}
+	defer rows.Close()
+	out := map[string]uint32{}
+	for rows.Next() {
+		vals := make([]string, len(lt.keys)+1)
+		ptrs := make([]any, len(vals))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil, fmt.Errorf("lock rows of %s: %w", lt.name, err)
+		}
+		x, _ := strconv.ParseUint(vals[len(lt.keys)], 10, 32)
+		out[casualdb.KeyString(vals[:len(lt.keys)])] = uint32(x)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("lock rows of %s: %w", lt.name, err)
+	}
+	return out, nil
+}
+
+// change merges one row change.
+func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) error {
+	if err := w.bad[c.Table]; err != nil {
+		return w.park(ctx, im, c, err)
+	}
+	lt := w.tables[c.Table]
+	if c.Op == casualdb.OpTruncate {
+		return w.truncate(ctx, lt, c)
+	}
+	rk := meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}
+	st := w.state[rk]
+	var stored *casualdb.Version
+	if st.rv != nil {
+		stored = &st.rv.Version
+	}
+	if t, ok := w.truncs[c.Table]; ok && (stored == nil || conflict.Less(*stored, t)) {
+		// Everything older than the table's truncation is deleted.
+		tv := casualdb.Version{HLC: t.HLC, Origin: t.Origin}
+		stored = &tv
+	}
+	d := conflict.Decide(stored, c.Version)
+	if d.Outcome == conflict.Conflict {
+		if err := w.logConflict(ctx, lt, im, c, st, d); err != nil {
+			return err
+		}
+		w.res.conflicts++
+	}
+	if !d.Apply {
+		if st.rv != nil {
+			rv := *st.rv
+			rv.Version = d.Stored
+			st.rv = &rv
+			w.written[rk] = rv
+		}
+		return nil
+	}
+	rv := meta.RowVersion{Version: d.Stored}
+	switch c.Op {
+	case casualdb.OpDelete:
+		if st.present {
+			if err := w.exec(ctx, im, c, "DELETE FROM "+lt.ident+" WHERE "+lt.keyMatch(1), keyArgs(c.Key)...); err != nil {
+				return err
+			}
+		}
+		st.present = false
+		rv.Deleted = true
+	default:
+		unchanged := false
+		for _, v := range c.Values {
+			unchanged = unchanged || v.Unchanged
+		}
+		if unchanged && (!st.present || d.Outcome != conflict.Overwrite) {
+			// The origin's value of a TOASTed column it did not change is
+			// not in the WAL, and this site's value is not the one the
+			// origin overwrote: never write NULL, never guess.
+			return w.park(ctx, im, c, fmt.Errorf("%w: set REPLICA IDENTITY FULL on %s to ship such values", casualdb.ErrUnchangedToast, c.Table))
+		}
+		rel := im.tx.Relations[c.Table]
+		var xmin uint32
+		var ok bool
+		var err error
+		if st.present {
+			xmin, ok, err = w.update(ctx, im, lt, rel, c)
+		} else {
+			xmin, ok, err = w.insert(ctx, im, lt, rel, c)
+			if ok {
+				w.inserted[rk] = st.rv
+			}
+		}
+		if err != nil || !ok {
+			return err
+		}
+		st.present, st.xmin = true, xmin
+		rv.Xmin = xmin
+	}
+	st.rv = &rv
+	w.written[rk] = rv
+	w.res.changes++
+	return nil
+}
+
+func (w *txWriter) insert(ctx context.Context, im inMsg, lt *localTable, rel casualdb.Relation, c *casualdb.Change) (uint32, bool, error) {
+	var cols, vals []string
+	var args []any
+	for i, col := range rel.Columns {
+		cols = append(cols, pgx.Identifier{col.Name}.Sanitize())
+		vals = append(vals, fmt.Sprintf("CAST($%d::text AS %s)", i+1, lt.cols[col.Name]))
+		args = append(args, textArg(c.Values[i]))
+	}
+	q := fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) RETURNING xmin::text", lt.ident, strings.Join(cols, ", "), strings.Join(vals, ", "))
+	return w.returningXmin(ctx, im, c, q, args)
+}
+
+func (w *txWriter) update(ctx context.Context, im inMsg, lt *localTable, rel casualdb.Relation, c *casualdb.Change) (uint32, bool, error) {
+	var sets []string
+	args := keyArgs(c.Key)
+	for i, col := range rel.Columns {
+		if c.Values[i].Unchanged {
+			continue
+		}
+		args = append(args, textArg(c.Values[i]))
+		sets = append(sets, fmt.Sprintf("%s = CAST($%d::text AS %s)", pgx.Identifier{col.Name}.Sanitize(), len(args), lt.cols[col.Name]))
+	}
+	q := fmt.Sprintf("UPDATE %s SET %s WHERE %s RETURNING xmin::text", lt.ident, strings.Join(sets, ", "), lt.keyMatch(1))
+	return w.returningXmin(ctx, im, c, q, args)
+}
+
+func textArg(v casualdb.Value) any {
+	if v.Null {
+		return nil
+	}
+	return v.Text
+}
+
+// returningXmin runs a write that returns the new row's xmin. ok is false
+// when the change was parked instead.
+func (w *txWriter) returningXmin(ctx context.Context, im inMsg, c *casualdb.Change, q string, args []any) (uint32, bool, error) {
+	var xmin string
+	err := w.guard(ctx, im, c, func() error { return w.tx.QueryRow(ctx, q, args...).Scan(&xmin) })
+	if err != nil {
+		if errors.Is(err, errParked) {
+			return 0, false, nil
+		}
+		return 0, false, err
+	}
+	x, _ := strconv.ParseUint(xmin, 10, 32)
+	return uint32(x), true, nil
+}
+
+func (w *txWriter) exec(ctx context.Context, im inMsg, c *casualdb.Change, q string, args ...any) error {
+	err := w.guard(ctx, im, c, func() error {
+		_, err := w.tx.Exec(ctx, q, args...)
+		return err
+	})
+	if errors.Is(err, errParked) {
+		return nil
+	}
+	return err
+}
+
+// errParked reports that guard parked the change.
+var errParked = errors.New("change parked")
+
+// guard runs one row write. In careful mode it runs under a savepoint, and a
+// write the database refuses for this row's sake is parked.
+func (w *txWriter) guard(ctx context.Context, im inMsg, c *casualdb.Change, f func() error) error {
+	if !w.careful {
+		return f()
+	}
+	if _, err := w.tx.Exec(ctx, "SAVEPOINT casualdb_change"); err != nil {
+		return fmt.Errorf("savepoint: %w", err)
+	}
+	ferr := f()
+	if ferr == nil {
+		_, err := w.tx.Exec(ctx, "RELEASE SAVEPOINT casualdb_change")
+		return err
+	}
+	if _, err := w.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT casualdb_change"); err != nil {
+		return fmt.Errorf("rollback to savepoint: %w", err)
+	}
+	if !parkable(ferr) {
+		return ferr
+	}
+	var pe *pgconn.PgError
+	if errors.As(ferr, &pe) && pe.Code == "23505" && w.keyTaken(ctx, c) {
+		// The primary key was taken by a local insert that committed
+		// meanwhile: a race, not a bad row.
+		return fmt.Errorf("%w: %v", errRace, ferr)
+	}
+	if err := w.park(ctx, im, c, ferr); err != nil {
+		return err
+	}
+	return errParked
+}
+
+func (w *txWriter) keyTaken(ctx context.Context, c *casualdb.Change) bool {
+	lt := w.tables[c.Table]
+	var one int
+	err := w.tx.QueryRow(ctx, "SELECT 1 FROM "+lt.ident+" WHERE "+lt.keyMatch(1), keyArgs(c.Key)...).Scan(&one)
+	return err == nil
+}
+
+// parkable tells the errors that belong to the row (constraints, bad
+// values, missing columns) from those that belong to the moment (deadlocks,
+// lost connections), which a retry resolves.
+func parkable(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "22", "23", "42", "2F", "P0":
+		return true
+	}
+	return false
+}
+
+func isRetryable(err error) bool {
+	if errors.Is(err, errRace) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return true // the connection is fine; the transaction is retried
+	}
+	return false
+}
+
+func (w *txWriter) park(ctx context.Context, im inMsg, c *casualdb.Change, cause error) error {
+	payload, err := json.Marshal(struct {
+		Relation casualdb.Relation `json:"relation"`
+		Change   *casualdb.Change  `json:"change"`
+		Commit   any               `json:"commit_time"`
+	}{im.tx.Relations[c.Table], c, im.tx.CommitTime})
+	if err != nil {
+		return fmt.Errorf("park change: %w", err)
+	}
+	p := meta.Parked{Origin: im.origin, Seq: im.seq, LSN: im.tx.LSN, Table: c.Table, Key: casualdb.KeyString(c.Key), Reason: cause.Error(), Payload: payload}
+	if err := meta.Park(ctx, w.tx, p); err != nil {
+		return err
+	}
+	w.a.log.Warn("parked change", "origin", im.origin, "table", c.Table, "key", p.Key, "reason", cause)
+	w.res.parked++
+	return nil
+}
+
+// logConflict records a true conflict with both row images.
+func (w *txWriter) logConflict(ctx context.Context, lt *localTable, im inMsg, c *casualdb.Change, st *rowState, d conflict.Decision) error {
+	cf := meta.Conflict{Table: c.Table, Key: casualdb.KeyString(c.Key), Rule: d.Rule, Winner: "local", RemoteVersion: c.Version}
+	if d.Apply {
+		cf.Winner = "remote"
+	}
+	if st.rv != nil {
+		cf.LocalVersion = st.rv.Version
+	}
+	if st.present && lt != nil {
+		var row string
+		err := w.tx.QueryRow(ctx, "SELECT row_to_json(t)::text FROM "+lt.ident+" t WHERE "+lt.keyMatch(1), keyArgs(c.Key)...).Scan(&row)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("read local row for conflict log: %w", err)
+		}
+		cf.LocalRow = json.RawMessage(row)
+	}
+	if c.Op != casualdb.OpDelete {
+		img := map[string]any{}
+		for i, col := range im.tx.Relations[c.Table].Columns {
+			switch v := c.Values[i]; {
+			case v.Null:
+				img[col.Name] = nil
+			case v.Unchanged:
+				img[col.Name] = "(unchanged TOAST value)"
+			default:
+				img[col.Name] = v.Text
+			}
+		}
+		b, _ := json.Marshal(img)
+		cf.RemoteRow = b
+	}
+	return meta.LogConflict(ctx, w.tx, cf)
+}
+
+// truncate applies a remote TRUNCATE: rows whose version is older than the
+// truncate go; rows written later (anywhere) stay.
+func (w *txWriter) truncate(ctx context.Context, lt *localTable, c *casualdb.Change) error {
+	// Record what this transaction decided so far before reading the table.
+	if err := meta.SaveVersions(ctx, w.tx, w.written); err != nil {
+		return err
+	}
+	w.written = map[meta.RowKey]meta.RowVersion{}
+	if _, err := w.tx.Exec(ctx, "LOCK TABLE "+lt.ident+" IN SHARE ROW EXCLUSIVE MODE"); err != nil {
+		return fmt.Errorf("lock %s for truncate: %w", lt.name, err)
+	}
+	if err := w.waitCapture(ctx); err != nil {
+		return err
+	}
+	rows, err := w.tx.Query(ctx, "SELECT "+lt.keyText()+" FROM "+lt.ident)
+	if err != nil {
+		return fmt.Errorf("truncate %s: %w", lt.name, err)
+	}
+	var keys [][]string
+	var rks []meta.RowKey
+	for rows.Next() {
+		vals := make([]string, len(lt.keys))
+		ptrs := make([]any, len(vals))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			rows.Close()
+			return fmt.Errorf("truncate %s: %w", lt.name, err)
+		}
+		keys = append(keys, vals)
+		rks = append(rks, meta.RowKey{Table: lt.name, Key: casualdb.KeyString(vals)})
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("truncate %s: %w", lt.name, err)
+	}
+	vs, err := meta.LoadVersions(ctx, w.tx, rks)
+	if err != nil {
+		return err
+	}
+	for i, k := range keys {
+		if rv, ok := vs[rks[i]]; ok && !conflict.Less(rv.Version, c.Version) {
+			continue // written after the truncate: it stays
+		}
+		if _, err := w.tx.Exec(ctx, "DELETE FROM "+lt.ident+" WHERE "+lt.keyMatch(1), keyArgs(k)...); err != nil {
+			return fmt.Errorf("truncate %s: %w", lt.name, err)
+		}
+		if st, ok := w.state[rks[i]]; ok {
+			st.present = false
+		}
+	}
+	if err := meta.SaveTruncation(ctx, w.tx, lt.name, c.Version); err != nil {
+		return err
+	}
+	if t, ok := w.truncs[lt.name]; !ok || conflict.Less(t, c.Version) {
+		w.truncs[lt.name] = c.Version
+	}
+	for k, st := range w.state {
+		if k.Table == lt.name && st.rv != nil && conflict.Less(st.rv.Version, c.Version) {
+			st.rv = nil
+		}
+	}
+	w.res.changes++
+	return nil
+}
+
+// table returns the local description of rel's table, cached.
+func (a *Applier) table(ctx context.Context, rel casualdb.Relation) (*localTable, error) {
+	if lt, ok := a.tables[rel.Table]; ok {
+		if err := lt.check(rel); err == nil {
+			return lt, nil
+		}
+	}
+	lt, err := describeLocal(ctx, a.main, rel)
+	if err != nil {
+		delete(a.tables, rel.Table)
+		return nil, err
+	}
+	a.tables[rel.Table] = lt
+	return lt, nil
+}

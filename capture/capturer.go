@@ -1,0 +1,438 @@
+package capture
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/conflict"
+	"github.com/casualdb/casualdb/meta"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"golang.org/x/sync/errgroup"
+)
+
+// Outbox stores captured transactions durably and in order. It is the
+// site's own JetStream stream; *ship.Outbox implements it.
+type Outbox interface {
+	// Append stores txs in order and returns once every one is durable,
+	// with the outbox sequence of the last (sequences are consecutive).
+	Append(ctx context.Context, txs []*casualdb.Tx) (lastSeq uint64, err error)
+	// Last returns the sequence and commit LSN of the newest stored tx
+	// (zeros when empty).
+	Last(ctx context.Context) (seq, lsn uint64, err error)
+	// Since returns up to max stored txs with sequence above after, in
+	// order, with Seq set.
+	Since(ctx context.Context, after uint64, max int) ([]*casualdb.Tx, error)
+}
+
+// Config configures a Capturer.
+type Config struct {
+	// Site is this site's name. Required.
+	Site casualdb.SiteID
+	// DSN is the local PostgreSQL connection string. Required.
+	DSN string
+	// Slot is the logical replication slot. Default "casualdb_<site>".
+	Slot string
+	// Publication lists the replicated tables. Default "casualdb".
+	Publication string
+	// Outbox receives captured transactions. Required.
+	Outbox Outbox
+	// StatusInterval is how often the slot's position is confirmed. Default 1s.
+	StatusInterval time.Duration
+	// MaxBatch is the most transactions versioned and appended at once. Default 256.
+	MaxBatch int
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Stats are capture's counters since start.
+type Stats struct {
+	Captured  uint64 // local transactions appended to the outbox
+	Followed  uint64 // transactions written by apply, seen and not shipped
+	Processed uint64 // WAL position up to which every local write is versioned
+	LastSeq   uint64 // newest outbox sequence
+}
+
+// Capturer reads the local slot into the outbox. Run it once; it stops when
+// its context is cancelled or on the first error (the supervisor restarts).
+type Capturer struct {
+	cfg Config
+	log *slog.Logger
+
+	flushed   atomic.Uint64 // slot position safe to confirm
+	captured  atomic.Uint64
+	followed  atomic.Uint64
+	lastSeq   atomic.Uint64
+	processed atomic.Uint64
+
+	mu       sync.Mutex
+	advanced chan struct{} // closed and replaced whenever processed moves
+	rd       *reader
+	inflight map[uint32]chan struct{} // apply transactions committing now
+}
+
+// New validates cfg and returns a Capturer.
+func New(cfg Config) (*Capturer, error) {
+	if cfg.Site == "" {
+		return nil, fmt.Errorf("%w: capture: site is required", casualdb.ErrConfig)
+	}
+	if cfg.DSN == "" {
+		return nil, fmt.Errorf("%w: capture: dsn is required", casualdb.ErrConfig)
+	}
+	if cfg.Outbox == nil {
+		return nil, fmt.Errorf("%w: capture: outbox is required", casualdb.ErrConfig)
+	}
+	if cfg.Slot == "" {
+		cfg.Slot = "casualdb_" + string(cfg.Site)
+	}
+	if cfg.Publication == "" {
+		cfg.Publication = "casualdb"
+	}
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = time.Second
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 256
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Capturer{cfg: cfg, log: cfg.Logger.With("component", "capture"), advanced: make(chan struct{}), inflight: map[uint32]chan struct{}{}}, nil
+}
+
+// Stats returns a snapshot of the counters.
+func (c *Capturer) Stats() Stats {
+	return Stats{Captured: c.captured.Load(), Followed: c.followed.Load(), Processed: c.processed.Load(), LastSeq: c.lastSeq.Load()}
+}
+
+// Run captures until ctx is done or an error occurs.
+func (c *Capturer) Run(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, c.cfg.DSN)
+	if err != nil {
+		return fmt.Errorf("capture: connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	catConn, err := pgx.Connect(ctx, c.cfg.DSN)
+	if err != nil {
+		return fmt.Errorf("capture: connect: %w", err)
+	}
+	defer catConn.Close(context.Background())
+	replCfg, err := pgconn.ParseConfig(c.cfg.DSN)
+	if err != nil {
+		return fmt.Errorf("capture: parse dsn: %w", err)
+	}
+	replCfg.RuntimeParams["replication"] = "database"
+	replConn, err := pgconn.ConnectConfig(ctx, replCfg)
+	if err != nil {
+		return fmt.Errorf("capture: open replication connection: %w", err)
+	}
+	defer replConn.Close(context.Background())
+
+	skipUpTo, err := c.recover(ctx, conn)
+	if err != nil {
+		return err
+	}
+	ch := make(chan decodedTx, 4*c.cfg.MaxBatch)
+	rd := &reader{c: c, out: ch, conn: replConn, catConn: catConn}
+	rd.dec = newDecoder(rd)
+	c.mu.Lock()
+	c.rd = rd
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.rd = nil
+		c.mu.Unlock()
+	}()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return rd.run(gctx, 0, skipUpTo) })
+	g.Go(func() error { return c.process(gctx, conn, ch) })
+	return g.Wait()
+}
+
+// recover writes the metadata of transactions that reached the outbox before
+// a crash but whose versions were not recorded, and returns the commit LSN
+// of the newest outbox entry: the reader skips what is already there.
+func (c *Capturer) recover(ctx context.Context, conn *pgx.Conn) (uint64, error) {
+	st, err := meta.LoadCaptureState(ctx, conn, c.cfg.Site)
+	if err != nil {
+		return 0, err
+	}
+	lastSeq, lastLSN, err := c.cfg.Outbox.Last(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("capture: read outbox tail: %w", err)
+	}
+	c.lastSeq.Store(lastSeq)
+	for st.OutboxSeq < lastSeq {
+		txs, err := c.cfg.Outbox.Since(ctx, st.OutboxSeq, c.cfg.MaxBatch)
+		if err != nil {
+			return 0, fmt.Errorf("capture: re-read outbox after %d: %w", st.OutboxSeq, err)
+		}
+		if len(txs) == 0 {
+			break // purged: versions were recorded before purging
+		}
+		versions, truncs := recordedVersions(txs)
+		last := txs[len(txs)-1]
+		st = meta.CaptureState{OutboxSeq: last.Seq, LSN: last.LSN}
+		if err := c.saveMeta(ctx, conn, versions, truncs, st); err != nil {
+			return 0, err
+		}
+		c.log.Info("recovered version metadata from outbox", "through_seq", last.Seq, "txs", len(txs))
+	}
+	if lastLSN > 0 {
+		c.flushed.Store(lastLSN)
+	}
+	return lastLSN, nil
+}
+
+// recordedVersions lists the metadata that txs (already versioned) imply.
+func recordedVersions(txs []*casualdb.Tx) (map[meta.RowKey]meta.RowVersion, map[string]casualdb.Version) {
+	vs := map[meta.RowKey]meta.RowVersion{}
+	truncs := map[string]casualdb.Version{}
+	for _, tx := range txs {
+		for _, ch := range tx.Changes {
+			if ch.Op == casualdb.OpTruncate {
+				truncs[ch.Table] = ch.Version
+				for k := range vs {
+					if k.Table == ch.Table {
+						delete(vs, k)
+					}
+				}
+				continue
+			}
+			rv := meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete}
+			if !rv.Deleted {
+				rv.Xmin = tx.Xid
+			}
+			vs[meta.RowKey{Table: ch.Table, Key: casualdb.KeyString(ch.Key)}] = rv
+		}
+	}
+	return vs, truncs
+}
+
+func (c *Capturer) saveMeta(ctx context.Context, conn *pgx.Conn, vs map[meta.RowKey]meta.RowVersion, truncs map[string]casualdb.Version, st meta.CaptureState) error {
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		for tbl, v := range truncs {
+			if err := meta.SaveTruncation(ctx, tx, tbl, v); err != nil {
+				return err
+			}
+		}
+		if err := meta.SaveVersions(ctx, tx, vs); err != nil {
+			return err
+		}
+		return meta.SaveCaptureState(ctx, tx, c.cfg.Site, st)
+	})
+}
+
+// process versions batches of decoded transactions, appends them to the
+// outbox, records their metadata, and only then confirms them to the slot.
+func (c *Capturer) process(ctx context.Context, conn *pgx.Conn, ch <-chan decodedTx) error {
+	truncs, err := meta.LoadTruncations(ctx, conn)
+	if err != nil {
+		return err
+	}
+	for {
+		var batch []decodedTx
+		select {
+		case d := <-ch:
+			batch = append(batch, d)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	drain:
+		for len(batch) < c.cfg.MaxBatch {
+			select {
+			case d := <-ch:
+				batch = append(batch, d)
+			default:
+				break drain
+			}
+		}
+		if err := c.processBatch(ctx, conn, batch, truncs); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *Capturer) processBatch(ctx context.Context, conn *pgx.Conn, batch []decodedTx, truncs map[string]casualdb.Version) error {
+	var (
+		local []*casualdb.Tx
+		keys  []meta.RowKey
+		end   uint64
+	)
+	for _, d := range batch {
+		switch {
+		case d.tx == nil:
+			end = max(end, d.watermark)
+		case d.applied:
+			// Apply's transaction is in the WAL before the local ones that
+			// follow it: make sure it is visible before reading versions.
+			if err := c.waitVisible(ctx, d.tx.Xid); err != nil {
+				return err
+			}
+			c.followed.Add(1)
+			end = max(end, d.tx.LSN)
+		default:
+			local = append(local, d.tx)
+			end = max(end, d.tx.LSN)
+			for _, ch := range d.tx.Changes {
+				if ch.Op != casualdb.OpTruncate {
+					keys = append(keys, meta.RowKey{Table: ch.Table, Key: casualdb.KeyString(ch.Key)})
+				}
+			}
+		}
+	}
+	if len(local) > 0 {
+		stored, err := meta.LoadVersions(ctx, conn, keys)
+		if err != nil {
+			return fmt.Errorf("capture: %w", err)
+		}
+		newTruncs := map[string]casualdb.Version{}
+		for _, tx := range local {
+			tx.Origin = c.cfg.Site
+			if err := c.version(ctx, conn, tx, stored, truncs, newTruncs); err != nil {
+				return err
+			}
+		}
+		seq, err := c.cfg.Outbox.Append(ctx, local)
+		if err != nil {
+			return fmt.Errorf("capture: append %d txs to outbox: %w", len(local), err)
+		}
+		c.lastSeq.Store(seq)
+		// Only what the batch wrote is recorded.
+		written, _ := recordedVersions(local)
+		if err := c.saveMeta(ctx, conn, written, newTruncs, meta.CaptureState{OutboxSeq: seq, LSN: local[len(local)-1].LSN}); err != nil {
+			return fmt.Errorf("capture: record versions through outbox seq %d: %w", seq, err)
+		}
+		c.captured.Add(uint64(len(local)))
+	}
+	if end > 0 {
+		c.advance(end)
+	}
+	return nil
+}
+
+// version gives every change of tx its version, reading (and updating) the
+// current versions in stored.
+func (c *Capturer) version(ctx context.Context, conn *pgx.Conn, tx *casualdb.Tx, stored map[meta.RowKey]meta.RowVersion, truncs, newTruncs map[string]casualdb.Version) error {
+	at := commitMicros(tx.CommitTime)
+	for i := range tx.Changes {
+		ch := &tx.Changes[i]
+		if ch.Op == casualdb.OpTruncate {
+			// Above every version the table holds, so that rows written
+			// before the truncate, wherever, lose to it.
+			maxHLC, err := meta.MaxHLC(ctx, conn, ch.Table)
+			if err != nil {
+				return fmt.Errorf("capture: %w", err)
+			}
+			for k, rv := range stored {
+				if k.Table == ch.Table {
+					if rv.Version.HLC.Compare(maxHLC) > 0 {
+						maxHLC = rv.Version.HLC
+					}
+					delete(stored, k)
+				}
+			}
+			if t, ok := truncs[ch.Table]; ok && t.HLC.Compare(maxHLC) > 0 {
+				maxHLC = t.HLC
+			}
+			ch.Version = casualdb.Version{HLC: conflict.NextHLC(maxHLC, at), Origin: c.cfg.Site, VC: casualdb.VectorClock{}}
+			truncs[ch.Table] = ch.Version
+			newTruncs[ch.Table] = ch.Version
+			continue
+		}
+		k := meta.RowKey{Table: ch.Table, Key: casualdb.KeyString(ch.Key)}
+		var prev *casualdb.Version
+		if rv, ok := stored[k]; ok {
+			prev = &rv.Version
+		}
+		if t, ok := truncs[ch.Table]; ok && (prev == nil || conflict.Less(*prev, t)) {
+			// The row was (re)written after a truncate that superseded its
+			// old version: the new version must exceed the truncate's.
+			tv := casualdb.Version{HLC: t.HLC, Origin: t.Origin}
+			if prev != nil {
+				tv.VC = prev.VC
+			}
+			prev = &tv
+		}
+		ch.Version = conflict.Next(prev, c.cfg.Site, at)
+		stored[k] = meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete}
+	}
+	return nil
+}
+
+func (c *Capturer) advance(lsn uint64) {
+	c.mu.Lock()
+	if lsn > c.processed.Load() {
+		c.processed.Store(lsn)
+		c.flushed.Store(lsn)
+		close(c.advanced)
+		c.advanced = make(chan struct{})
+	}
+	c.mu.Unlock()
+}
+
+// WaitProcessed returns once every local transaction that ends at or before
+// lsn has been versioned and recorded. Apply calls it before deciding against
+// the recorded version of a row that a local write may have changed.
+func (c *Capturer) WaitProcessed(ctx context.Context, lsn uint64) error {
+	for {
+		c.mu.Lock()
+		if c.processed.Load() >= lsn {
+			c.mu.Unlock()
+			return nil
+		}
+		ch := c.advanced
+		rd := c.rd
+		c.mu.Unlock()
+		if rd != nil {
+			rd.wake()
+		}
+		select {
+		case <-ch:
+		case <-time.After(20 * time.Millisecond):
+		case <-ctx.Done():
+			return fmt.Errorf("wait for capture to reach %s (at %s): %w", casualdb.FormatLSN(lsn), casualdb.FormatLSN(c.processed.Load()), ctx.Err())
+		}
+	}
+}
+
+// BeginApply tells capture that apply is about to commit transaction xid.
+// Capture, meeting that transaction in the WAL, waits for EndApply before it
+// reads versions, so that it never versions a later local write against
+// metadata the apply transaction has not made visible yet.
+func (c *Capturer) BeginApply(xid uint32) {
+	c.mu.Lock()
+	c.inflight[xid] = make(chan struct{})
+	c.mu.Unlock()
+}
+
+// EndApply tells capture that the commit of xid has returned (or failed).
+func (c *Capturer) EndApply(xid uint32) {
+	c.mu.Lock()
+	if ch, ok := c.inflight[xid]; ok {
+		close(ch)
+		delete(c.inflight, xid)
+	}
+	c.mu.Unlock()
+}
+
+func (c *Capturer) waitVisible(ctx context.Context, xid uint32) error {
+	c.mu.Lock()
+	ch, ok := c.inflight[xid]
+	c.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

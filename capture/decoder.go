@@ -1,0 +1,184 @@
+package capture
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/jackc/pglogrepl"
+)
+
+// OriginPrefix starts the name of every replication origin CasualDB's apply
+// uses; capture does not ship transactions that carry one.
+const OriginPrefix = "casualdb_"
+
+// decodedTx is a whole transaction as it left the WAL, before versioning.
+type decodedTx struct {
+	tx *casualdb.Tx
+	// applied marks a transaction written under a CasualDB replication
+	// origin: followed, never shipped.
+	applied bool
+	// watermark, when tx is nil: every transaction ending at or before it has
+	// been handed over.
+	watermark uint64
+}
+
+// catalog describes relations; the reader implements it with a query on a
+// normal connection.
+type catalog interface {
+	describe(ctx context.Context, m *pglogrepl.RelationMessage) (casualdb.Relation, error)
+}
+
+// decoder assembles pgoutput messages into transactions. Relation messages
+// are re-sent per session and after DDL, so they are cached by relation id.
+type decoder struct {
+	cat       catalog
+	relations map[uint32]casualdb.Relation
+	cur       *decodedTx
+	origin    string
+}
+
+func newDecoder(cat catalog) *decoder {
+	return &decoder{cat: cat, relations: map[uint32]casualdb.Relation{}}
+}
+
+// inTx reports whether a transaction is open.
+func (d *decoder) inTx() bool { return d.cur != nil }
+
+// decode consumes one pgoutput message; it returns a transaction on Commit.
+func (d *decoder) decode(ctx context.Context, data []byte) (*decodedTx, error) {
+	msg, err := pglogrepl.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("parse pgoutput message: %w", err)
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.RelationMessage:
+		rel, err := d.cat.describe(ctx, m)
+		if err != nil {
+			return nil, err
+		}
+		d.relations[m.RelationID] = rel
+	case *pglogrepl.BeginMessage:
+		// Reset the origin at every Begin: the Origin message follows Begin
+		// only for transactions that have one.
+		d.origin = ""
+		d.cur = &decodedTx{tx: &casualdb.Tx{Xid: m.Xid, CommitTime: m.CommitTime, Relations: map[string]casualdb.Relation{}}}
+	case *pglogrepl.OriginMessage:
+		d.origin = m.Name
+	case *pglogrepl.InsertMessage:
+		rel, err := d.relation(m.RelationID)
+		if err != nil {
+			return nil, err
+		}
+		vals := tupleValues(m.Tuple, nil)
+		d.add(rel, casualdb.Change{Table: rel.Table, Op: casualdb.OpInsert, Key: keyOf(rel, vals), Values: vals})
+	case *pglogrepl.UpdateMessage:
+		rel, err := d.relation(m.RelationID)
+		if err != nil {
+			return nil, err
+		}
+		var old []casualdb.Value
+		if m.OldTuple != nil {
+			old = tupleValues(m.OldTuple, nil)
+		}
+		// With REPLICA IDENTITY FULL the old tuple carries every value,
+		// TOASTed ones inlined: fill unchanged columns from it.
+		var fill []casualdb.Value
+		if m.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld {
+			fill = old
+		}
+		vals := tupleValues(m.NewTuple, fill)
+		key := keyOf(rel, vals)
+		if old != nil {
+			if oldKey := keyOf(rel, old); casualdb.KeyString(oldKey) != casualdb.KeyString(key) {
+				// The primary key changed: the old row is gone.
+				d.add(rel, casualdb.Change{Table: rel.Table, Op: casualdb.OpDelete, Key: oldKey})
+			}
+		}
+		d.add(rel, casualdb.Change{Table: rel.Table, Op: casualdb.OpUpdate, Key: key, Values: vals})
+	case *pglogrepl.DeleteMessage:
+		rel, err := d.relation(m.RelationID)
+		if err != nil {
+			return nil, err
+		}
+		d.add(rel, casualdb.Change{Table: rel.Table, Op: casualdb.OpDelete, Key: keyOf(rel, tupleValues(m.OldTuple, nil))})
+	case *pglogrepl.TruncateMessage:
+		for _, id := range m.RelationIDs {
+			rel, err := d.relation(id)
+			if err != nil {
+				return nil, err
+			}
+			d.add(rel, casualdb.Change{Table: rel.Table, Op: casualdb.OpTruncate})
+		}
+	case *pglogrepl.CommitMessage:
+		if d.cur == nil {
+			return nil, fmt.Errorf("decode commit at %s: no transaction open", m.CommitLSN)
+		}
+		out := d.cur
+		d.cur = nil
+		out.tx.LSN = uint64(m.TransactionEndLSN)
+		out.tx.CommitTime = m.CommitTime
+		out.applied = strings.HasPrefix(d.origin, OriginPrefix)
+		return out, nil
+	case *pglogrepl.TypeMessage, *pglogrepl.LogicalDecodingMessage:
+	default:
+		return nil, fmt.Errorf("decode pgoutput: unexpected message %T", msg)
+	}
+	return nil, nil
+}
+
+func (d *decoder) relation(id uint32) (casualdb.Relation, error) {
+	rel, ok := d.relations[id]
+	if !ok {
+		return rel, fmt.Errorf("decode change: relation %d was never described", id)
+	}
+	return rel, nil
+}
+
+func (d *decoder) add(rel casualdb.Relation, c casualdb.Change) {
+	if d.cur == nil {
+		return
+	}
+	d.cur.tx.Relations[rel.Table] = rel
+	d.cur.tx.Changes = append(d.cur.tx.Changes, c)
+}
+
+// tupleValues converts a pgoutput tuple; fill supplies values of unchanged
+// TOASTed columns when known.
+func tupleValues(t *pglogrepl.TupleData, fill []casualdb.Value) []casualdb.Value {
+	if t == nil {
+		return nil
+	}
+	out := make([]casualdb.Value, len(t.Columns))
+	for i, c := range t.Columns {
+		switch c.DataType {
+		case pglogrepl.TupleDataTypeNull:
+			out[i] = casualdb.Value{Null: true}
+		case pglogrepl.TupleDataTypeToast:
+			if i < len(fill) && !fill[i].Unchanged {
+				out[i] = fill[i]
+			} else {
+				out[i] = casualdb.Value{Unchanged: true}
+			}
+		default:
+			out[i] = casualdb.Value{Text: string(c.Data)}
+		}
+	}
+	return out
+}
+
+func keyOf(rel casualdb.Relation, vals []casualdb.Value) []string {
+	idx := rel.KeyColumns()
+	key := make([]string, 0, len(idx))
+	for _, i := range idx {
+		if i < len(vals) {
+			key = append(key, vals[i].Text)
+		}
+	}
+	return key
+}
+
+// commitMicros is the HLC seed of a transaction.
+func commitMicros(t time.Time) int64 { return t.UnixMicro() }

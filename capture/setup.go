@@ -1,0 +1,224 @@
+package capture
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/casualdb/casualdb"
+	"github.com/jackc/pgx/v5"
+)
+
+// Table is a replicated table.
+type Table struct {
+	Schema, Name string
+}
+
+// String returns the table's CasualDB name (schema.name).
+func (t Table) String() string { return casualdb.TableName(t.Schema, t.Name) }
+
+// ParseTable parses "name" (schema public) or "schema.name".
+func ParseTable(s string) (Table, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return Table{}, fmt.Errorf("%w: empty table name", casualdb.ErrConfig)
+	}
+	if schema, name, ok := strings.Cut(s, "."); ok {
+		if schema == "" || name == "" {
+			return Table{}, fmt.Errorf("%w: bad table name %q", casualdb.ErrConfig, s)
+		}
+		return Table{schema, name}, nil
+	}
+	return Table{"public", s}, nil
+}
+
+// CheckSettings verifies that the server can serve logical replication and
+// says exactly what to change when it cannot.
+func CheckSettings(ctx context.Context, conn *pgx.Conn) error {
+	var walLevel, slots, senders, version string
+	err := conn.QueryRow(ctx, `SELECT current_setting('wal_level'), current_setting('max_replication_slots'),
+		current_setting('max_wal_senders'), current_setting('server_version_num')`).Scan(&walLevel, &slots, &senders, &version)
+	if err != nil {
+		return fmt.Errorf("read server settings: %w", err)
+	}
+	var problems []string
+	if walLevel != "logical" {
+		problems = append(problems, fmt.Sprintf("wal_level is %q, CasualDB needs 'logical': run ALTER SYSTEM SET wal_level = logical; and restart PostgreSQL", walLevel))
+	}
+	if n, _ := strconv.Atoi(slots); n < 1 {
+		problems = append(problems, "max_replication_slots is 0: run ALTER SYSTEM SET max_replication_slots = 10; and restart PostgreSQL")
+	}
+	if n, _ := strconv.Atoi(senders); n < 1 {
+		problems = append(problems, "max_wal_senders is 0: run ALTER SYSTEM SET max_wal_senders = 10; and restart PostgreSQL")
+	}
+	if n, _ := strconv.Atoi(version); n < 150000 {
+		problems = append(problems, fmt.Sprintf("server version %s: CasualDB needs PostgreSQL 15 or newer", version))
+	}
+	var super, repl bool
+	if err := conn.QueryRow(ctx, `SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user`).Scan(&super, &repl); err != nil {
+		return fmt.Errorf("read role attributes: %w", err)
+	}
+	if !super {
+		problems = append(problems, "the sidecar's role is not a superuser: CasualDB needs superuser (replication origins and session_replication_role require it)")
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w: %s", casualdb.ErrDatabaseSetup, strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// ResolveTables returns the tables to replicate: the named ones, each of
+// which must exist and have a primary key, or, when none are named, every
+// table of schema public that has a primary key (tables without one are
+// logged and left out: a publication with such a table would make UPDATE and
+// DELETE on it fail at the origin).
+func ResolveTables(ctx context.Context, conn *pgx.Conn, named []string, log *slog.Logger) ([]Table, error) {
+	if len(named) == 0 {
+		rows, err := conn.Query(ctx, `
+			SELECT n.nspname, c.relname, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+			ORDER BY 1, 2`)
+		if err != nil {
+			return nil, fmt.Errorf("list tables of schema public: %w", err)
+		}
+		var out []Table
+		for rows.Next() {
+			var t Table
+			var pk bool
+			if err := rows.Scan(&t.Schema, &t.Name, &pk); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("list tables: %w", err)
+			}
+			if !pk {
+				log.Warn("table has no primary key; not replicated", "table", t.String())
+				continue
+			}
+			out = append(out, t)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("list tables: %w", err)
+		}
+		return out, nil
+	}
+	var out []Table
+	seen := map[Table]bool{}
+	for _, s := range named {
+		t, err := ParseTable(s)
+		if err != nil {
+			return nil, err
+		}
+		if seen[t] {
+			continue
+		}
+		seen[t] = true
+		var exists, pk bool
+		err = conn.QueryRow(ctx, `
+			SELECT true, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, t.Schema, t.Name).Scan(&exists, &pk)
+		if err != nil && err != pgx.ErrNoRows {
+			return nil, fmt.Errorf("look up table %s: %w", t, err)
+		}
+		if !exists {
+			return nil, fmt.Errorf("%w: replicated table %s does not exist", casualdb.ErrConfig, t)
+		}
+		if !pk {
+			return nil, fmt.Errorf("%w: replicated table %s: add a primary key or leave the table out of 'tables'", casualdb.ErrNoPrimaryKey, t)
+		}
+		out = append(out, t)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out, nil
+}
+
+// EnsurePublication creates the publication over tables, or sets its table
+// list to exactly tables.
+func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables []Table) error {
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, name).Scan(&exists); err != nil {
+		return fmt.Errorf("look up publication %s: %w", name, err)
+	}
+	list := make([]string, len(tables))
+	for i, t := range tables {
+		list[i] = pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	}
+	pub := pgx.Identifier{name}.Sanitize()
+	var sql string
+	switch {
+	case !exists && len(tables) == 0:
+		sql = "CREATE PUBLICATION " + pub
+	case !exists:
+		sql = "CREATE PUBLICATION " + pub + " FOR TABLE " + strings.Join(list, ", ")
+	case len(tables) == 0:
+		// SET TABLE needs at least one table: drop every table instead.
+		sql = "DROP PUBLICATION " + pub + "; CREATE PUBLICATION " + pub
+	default:
+		sql = "ALTER PUBLICATION " + pub + " SET TABLE " + strings.Join(list, ", ")
+	}
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("prepare publication %s: %w", name, err)
+	}
+	return nil
+}
+
+// EnsureSlot creates the logical replication slot (pgoutput) if it does not exist.
+func EnsureSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
+	var exists bool
+	var plugin string
+	err := conn.QueryRow(ctx, `SELECT true, coalesce(plugin, '') FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&exists, &plugin)
+	if err != nil && err != pgx.ErrNoRows {
+		return fmt.Errorf("look up slot %s: %w", slot, err)
+	}
+	if exists {
+		if plugin != "pgoutput" {
+			return fmt.Errorf("%w: replication slot %s exists with plugin %q, not pgoutput: drop it or name another slot", casualdb.ErrDatabaseSetup, slot, plugin)
+		}
+		return nil
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot); err != nil {
+		return fmt.Errorf("create replication slot %s: %w", slot, err)
+	}
+	return nil
+}
+
+// Uninstall drops the slot and the publication (if present).
+func Uninstall(ctx context.Context, conn *pgx.Conn, slot, publication string) error {
+	var active bool
+	err := conn.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
+	switch {
+	case err == pgx.ErrNoRows:
+	case err != nil:
+		return fmt.Errorf("look up slot %s: %w", slot, err)
+	case active:
+		return fmt.Errorf("drop slot %s: it is in use; stop the sidecar first", slot)
+	default:
+		if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
+			return fmt.Errorf("drop slot %s: %w", slot, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, "DROP PUBLICATION IF EXISTS "+pgx.Identifier{publication}.Sanitize()); err != nil {
+		return fmt.Errorf("drop publication %s: %w", publication, err)
+	}
+	return nil
+}
+
+// SlotLag returns how many bytes of WAL the slot keeps (current WAL position
+// minus the slot's restart LSN); -1 if the slot does not exist.
+func SlotLag(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, slot string) (int64, error) {
+	var lag int64
+	err := q.QueryRow(ctx, `SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&lag)
+	if err == pgx.ErrNoRows {
+		return -1, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read lag of slot %s: %w", slot, err)
+	}
+	return lag, nil
+}

@@ -1,0 +1,87 @@
+package pgtest
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// NewServer starts a PostgreSQL server in a t.TempDir and stops it when the
+// test ends, logging the tail of its log if the test failed. It fails the
+// test, rather than skipping it, when the PostgreSQL 15 binaries are missing.
+func NewServer(t testing.TB, name string) *Server {
+	t.Helper()
+	for _, bin := range []string{"initdb", "postgres"} {
+		if _, err := os.Stat(filepath.Join(BinDir(), bin)); err != nil {
+			t.Fatalf("PostgreSQL 15 binaries not found (set %s): %v", binDirEnv, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := Start(ctx, Options{Dir: t.TempDir(), Name: name, Logf: t.Logf})
+	if err != nil {
+		t.Fatalf("start postgres %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("postgres %s log tail:\n%s", name, s.LogTail(30))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := s.Stop(ctx); err != nil {
+			t.Errorf("stop postgres %s: %v\n%s", name, err, s.LogTail(20))
+		}
+	})
+	return s
+}
+
+// NewNATS starts an embedded NATS server with JetStream storing in a
+// t.TempDir and shuts it down when the test ends.
+func NewNATS(t testing.TB) *NATS {
+	t.Helper()
+	n, err := StartNATS(t.TempDir())
+	if err != nil {
+		t.Fatalf("start nats: %v", err)
+	}
+	t.Cleanup(n.Shutdown)
+	return n
+}
+
+// Connect opens a connection that is closed when the test ends.
+func Connect(t testing.TB, dsn string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect to %s: %v", dsn, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn.Close(ctx)
+	})
+	return conn
+}
+
+// CheckFor calls f every interval until it returns nil, and fails the test
+// with f's last error if that has not happened after total. f runs at least
+// once.
+func CheckFor(t testing.TB, total, interval time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still failing after %v: %v", total, err)
+		}
+		time.Sleep(interval)
+	}
+}

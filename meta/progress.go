@@ -1,0 +1,100 @@
+package meta
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/jackc/pgx/v5"
+)
+
+// Progress is what a site has applied from one origin.
+type Progress struct {
+	Seq        uint64    // last applied outbox sequence of the origin
+	LSN        uint64    // its commit LSN at the origin
+	CommitTime time.Time // its commit time at the origin
+	AppliedAt  time.Time // when it was applied here
+	Epoch      string    // incarnation of the origin's outbox the Seq belongs to
+}
+
+// LoadProgress returns the progress applied from every origin.
+func LoadProgress(ctx context.Context, q Querier) (map[casualdb.SiteID]Progress, error) {
+	rows, err := q.Query(ctx, `SELECT origin, seq, lsn::text, coalesce(commit_time, 'epoch'), applied_at, epoch FROM casualdb.progress`)
+	if err != nil {
+		return nil, fmt.Errorf("load progress: %w", err)
+	}
+	defer rows.Close()
+	out := map[casualdb.SiteID]Progress{}
+	for rows.Next() {
+		var (
+			origin, lsn string
+			seq         int64
+			p           Progress
+		)
+		if err := rows.Scan(&origin, &seq, &lsn, &p.CommitTime, &p.AppliedAt, &p.Epoch); err != nil {
+			return nil, fmt.Errorf("load progress: %w", err)
+		}
+		p.Seq = uint64(seq)
+		if p.LSN, err = casualdb.ParseLSN(lsn); err != nil {
+			return nil, fmt.Errorf("load progress of %s: %w", origin, err)
+		}
+		out[casualdb.SiteID(origin)] = p
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load progress: %w", err)
+	}
+	return out, nil
+}
+
+// SaveProgress records p as applied from origin; call it in the apply transaction.
+func SaveProgress(ctx context.Context, q Querier, origin casualdb.SiteID, p Progress) error {
+	_, err := q.Exec(ctx, `
+		INSERT INTO casualdb.progress (origin, seq, lsn, commit_time, applied_at, epoch) VALUES ($1, $2, $3::pg_lsn, $4, now(), $5)
+		ON CONFLICT (origin) DO UPDATE SET seq = excluded.seq, lsn = excluded.lsn, commit_time = excluded.commit_time, applied_at = now(), epoch = excluded.epoch`,
+		string(origin), int64(p.Seq), casualdb.FormatLSN(p.LSN), p.CommitTime, p.Epoch)
+	if err != nil {
+		return fmt.Errorf("save progress of %s: %w", origin, err)
+	}
+	return nil
+}
+
+// CaptureState is capture's high-water mark: the outbox sequence, and its
+// commit LSN, up to which version metadata of local writes is recorded.
+type CaptureState struct {
+	OutboxSeq uint64
+	LSN       uint64
+}
+
+// LoadCaptureState returns the capture state of site (zero if none).
+func LoadCaptureState(ctx context.Context, q Querier, site casualdb.SiteID) (CaptureState, error) {
+	var (
+		seq int64
+		lsn string
+	)
+	err := q.QueryRow(ctx, `SELECT outbox_seq, lsn::text FROM casualdb.capture_state WHERE site = $1`, string(site)).Scan(&seq, &lsn)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return CaptureState{}, nil
+	}
+	if err != nil {
+		return CaptureState{}, fmt.Errorf("load capture state: %w", err)
+	}
+	l, err := casualdb.ParseLSN(lsn)
+	if err != nil {
+		return CaptureState{}, fmt.Errorf("load capture state: %w", err)
+	}
+	return CaptureState{OutboxSeq: uint64(seq), LSN: l}, nil
+}
+
+// SaveCaptureState records st for site.
+func SaveCaptureState(ctx context.Context, q Querier, site casualdb.SiteID, st CaptureState) error {
+	_, err := q.Exec(ctx, `
+		INSERT INTO casualdb.capture_state (site, outbox_seq, lsn) VALUES ($1, $2, $3::pg_lsn)
+		ON CONFLICT (site) DO UPDATE SET outbox_seq = excluded.outbox_seq, lsn = excluded.lsn, updated_at = now()`,
+		string(site), int64(st.OutboxSeq), casualdb.FormatLSN(st.LSN))
+	if err != nil {
+		return fmt.Errorf("save capture state: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,98 @@
+package meta
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Schema is the name of CasualDB's schema in every site's database.
+const Schema = "casualdb"
+
+// Querier is what the functions of this package need: a *pgx.Conn, a
+// pgx.Tx or a pool.
+type Querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// ddl creates the schema; every statement is idempotent so that a restart
+// creates nothing twice.
+var ddl = []string{
+	`CREATE SCHEMA IF NOT EXISTS casualdb`,
+	// One row per replicated row ever written: its current version, or its
+	// tombstone. row_xmin is the xmin of the table row the version describes
+	// (null for tombstones and when unknown): apply compares it with the
+	// row's live xmin to tell whether a local write has not been captured yet.
+	`CREATE TABLE IF NOT EXISTS casualdb.row_version (
+		tbl         text        NOT NULL,
+		key         text        NOT NULL,
+		hlc_wall    bigint      NOT NULL,
+		hlc_logical bigint      NOT NULL,
+		origin      text        NOT NULL,
+		vclock      jsonb       NOT NULL,
+		deleted     boolean     NOT NULL DEFAULT false,
+		row_xmin    bigint,
+		updated_at  timestamptz NOT NULL DEFAULT now(),
+		PRIMARY KEY (tbl, key))`,
+	// Per origin: the last transaction applied here, written in the apply
+	// transaction itself (exactly once).
+	`CREATE TABLE IF NOT EXISTS casualdb.progress (
+		origin      text        PRIMARY KEY,
+		seq         bigint      NOT NULL,
+		lsn         pg_lsn      NOT NULL,
+		commit_time timestamptz,
+		applied_at  timestamptz NOT NULL DEFAULT now(),
+		epoch       text        NOT NULL DEFAULT '')`,
+	// The outbox sequence up to which capture has written version metadata.
+	`CREATE TABLE IF NOT EXISTS casualdb.capture_state (
+		site        text        PRIMARY KEY,
+		outbox_seq  bigint      NOT NULL,
+		lsn         pg_lsn      NOT NULL,
+		updated_at  timestamptz NOT NULL DEFAULT now())`,
+	// Changes that could not be applied, with everything needed to replay them.
+	`CREATE TABLE IF NOT EXISTS casualdb.parked (
+		id          bigserial   PRIMARY KEY,
+		parked_at   timestamptz NOT NULL DEFAULT now(),
+		origin      text,
+		seq         bigint,
+		lsn         pg_lsn,
+		tbl         text,
+		key         text,
+		reason      text        NOT NULL,
+		payload     bytea)`,
+	// Every true conflict (concurrent versions of one row) and how it was resolved.
+	`CREATE TABLE IF NOT EXISTS casualdb.conflict_log (
+		id             bigserial   PRIMARY KEY,
+		logged_at      timestamptz NOT NULL DEFAULT now(),
+		tbl            text        NOT NULL,
+		key            text        NOT NULL,
+		rule           text        NOT NULL,
+		winner         text        NOT NULL,
+		local_version  jsonb,
+		remote_version jsonb,
+		local_row      jsonb,
+		remote_row     jsonb)`,
+	`CREATE INDEX IF NOT EXISTS conflict_log_logged_at ON casualdb.conflict_log (logged_at)`,
+}
+
+// Install creates CasualDB's schema and tables if they do not exist.
+func Install(ctx context.Context, q Querier) error {
+	for _, s := range ddl {
+		if _, err := q.Exec(ctx, s); err != nil {
+			return fmt.Errorf("install casualdb schema: %w", err)
+		}
+	}
+	return nil
+}
+
+// Uninstall drops CasualDB's schema and everything in it.
+func Uninstall(ctx context.Context, q Querier) error {
+	if _, err := q.Exec(ctx, `DROP SCHEMA IF EXISTS casualdb CASCADE`); err != nil {
+		return fmt.Errorf("drop casualdb schema: %w", err)
+	}
+	return nil
+}

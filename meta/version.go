@@ -1,0 +1,120 @@
+package meta
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/casualdb/casualdb"
+)
+
+// RowKey names one replicated row: its table and canonical key.
+type RowKey struct {
+	Table string
+	Key   string // casualdb.KeyString of the primary key
+}
+
+// RowVersion is the recorded state of one row.
+type RowVersion struct {
+	Version casualdb.Version
+	Deleted bool
+	// Xmin is the xmin of the table row this version describes; 0 when
+	// unknown or for tombstones.
+	Xmin uint32
+}
+
+// LoadVersions returns the recorded versions of keys; keys without a record
+// are absent from the map.
+func LoadVersions(ctx context.Context, q Querier, keys []RowKey) (map[RowKey]RowVersion, error) {
+	out := make(map[RowKey]RowVersion, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	tbls := make([]string, len(keys))
+	ks := make([]string, len(keys))
+	for i, k := range keys {
+		tbls[i], ks[i] = k.Table, k.Key
+	}
+	rows, err := q.Query(ctx, `
+		SELECT v.tbl, v.key, v.hlc_wall, v.hlc_logical, v.origin, v.vclock, v.deleted, coalesce(v.row_xmin, 0)
+		FROM unnest($1::text[], $2::text[]) AS k(tbl, key)
+		JOIN casualdb.row_version v ON v.tbl = k.tbl AND v.key = k.key`, tbls, ks)
+	if err != nil {
+		return nil, fmt.Errorf("load row versions: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			k       RowKey
+			rv      RowVersion
+			logical int64
+			origin  string
+			vc      []byte
+			xmin    int64
+		)
+		if err := rows.Scan(&k.Table, &k.Key, &rv.Version.HLC.Wall, &logical, &origin, &vc, &rv.Deleted, &xmin); err != nil {
+			return nil, fmt.Errorf("load row versions: %w", err)
+		}
+		rv.Version.HLC.Logical = uint32(logical)
+		rv.Version.Origin = casualdb.SiteID(origin)
+		rv.Xmin = uint32(xmin)
+		if err := json.Unmarshal(vc, &rv.Version.VC); err != nil {
+			return nil, fmt.Errorf("load row version %s %s: vclock: %w", k.Table, k.Key, err)
+		}
+		out[k] = rv
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load row versions: %w", err)
+	}
+	return out, nil
+}
+
+// SaveVersions records versions, replacing what was recorded, in one statement.
+func SaveVersions(ctx context.Context, q Querier, vs map[RowKey]RowVersion) error {
+	if len(vs) == 0 {
+		return nil
+	}
+	n := len(vs)
+	var (
+		tbls    = make([]string, 0, n)
+		keys    = make([]string, 0, n)
+		walls   = make([]int64, 0, n)
+		logical = make([]int64, 0, n)
+		origins = make([]string, 0, n)
+		vcs     = make([]string, 0, n)
+		deleted = make([]bool, 0, n)
+		xmins   = make([]*int64, 0, n)
+	)
+	for k, rv := range vs {
+		vc, err := json.Marshal(rv.Version.VC)
+		if err != nil {
+			return fmt.Errorf("save row version %s %s: %w", k.Table, k.Key, err)
+		}
+		tbls = append(tbls, k.Table)
+		keys = append(keys, k.Key)
+		walls = append(walls, rv.Version.HLC.Wall)
+		logical = append(logical, int64(rv.Version.HLC.Logical))
+		origins = append(origins, string(rv.Version.Origin))
+		vcs = append(vcs, string(vc))
+		deleted = append(deleted, rv.Deleted)
+		if rv.Xmin != 0 {
+			x := int64(rv.Xmin)
+			xmins = append(xmins, &x)
+		} else {
+			xmins = append(xmins, nil)
+		}
+	}
+	_, err := q.Exec(ctx, `
+		INSERT INTO casualdb.row_version AS v (tbl, key, hlc_wall, hlc_logical, origin, vclock, deleted, row_xmin)
+		SELECT tbl, key, wall, logical, origin, vc::jsonb, deleted, xmin
+		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bool[], $8::bigint[])
+		  AS u(tbl, key, wall, logical, origin, vc, deleted, xmin)
+		ON CONFLICT (tbl, key) DO UPDATE SET
+			hlc_wall = excluded.hlc_wall, hlc_logical = excluded.hlc_logical, origin = excluded.origin,
+			vclock = excluded.vclock, deleted = excluded.deleted, row_xmin = excluded.row_xmin, updated_at = now()`,
+		tbls, keys, walls, logical, origins, vcs, deleted, xmins)
+	if err != nil {
+		return fmt.Errorf("save %d row versions: %w", n, err)
+	}
+	return nil
+}

@@ -1,0 +1,183 @@
+package ship
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Headers carried by every shipped transaction.
+const (
+	HeaderSeq    = "Casualdb-Seq"    // origin outbox sequence
+	HeaderLSN    = "Casualdb-Lsn"    // origin commit LSN
+	HeaderOrigin = "Casualdb-Origin" // origin site
+	HeaderEpoch  = "Casualdb-Epoch"  // creation time of the origin's outbox
+)
+
+// OutboxStream names a site's outbox stream.
+func OutboxStream(site casualdb.SiteID) string { return "CASUALDB_OUT_" + string(site) }
+
+// OutboxSubject is the subject of a site's outbox.
+func OutboxSubject(site casualdb.SiteID) string { return "casualdb.out." + string(site) }
+
+// InboxStream names a site's inbox stream.
+func InboxStream(site casualdb.SiteID) string { return "CASUALDB_IN_" + string(site) }
+
+// InboxSubject is the subject on which origin's transactions reach site.
+func InboxSubject(site, origin casualdb.SiteID) string {
+	return "casualdb.in." + string(site) + "." + string(origin)
+}
+
+// OutboxConfig configures an Outbox.
+type OutboxConfig struct {
+	Site casualdb.SiteID
+	// MaxBytes bounds the outbox; once full, capture stops (and the slot
+	// retains WAL) rather than drop anything. Default 8 GiB; -1 unbounded.
+	MaxBytes int64
+}
+
+// Outbox is the site's durable log of local transactions. It implements
+// capture.Outbox.
+type Outbox struct {
+	site   casualdb.SiteID
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	epoch  string
+}
+
+// OpenOutbox creates (or opens) the outbox stream on the local server.
+func OpenOutbox(ctx context.Context, js jetstream.JetStream, cfg OutboxConfig) (*Outbox, error) {
+	if cfg.MaxBytes == 0 {
+		cfg.MaxBytes = 8 << 30
+	}
+	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       OutboxStream(cfg.Site),
+		Subjects:   []string{OutboxSubject(cfg.Site)},
+		Storage:    jetstream.FileStorage,
+		Replicas:   1,
+		Retention:  jetstream.LimitsPolicy,
+		Discard:    jetstream.DiscardNew,
+		MaxBytes:   cfg.MaxBytes,
+		Duplicates: 2 * time.Minute,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open outbox %s: %w", OutboxStream(cfg.Site), err)
+	}
+	info := st.CachedInfo()
+	return &Outbox{site: cfg.Site, js: js, stream: st, epoch: strconv.FormatInt(info.Created.UnixNano(), 10)}, nil
+}
+
+// Epoch identifies this incarnation of the outbox: sequences restart when a
+// site's store is lost, and receivers must know.
+func (o *Outbox) Epoch() string { return o.epoch }
+
+// Append implements capture.Outbox.
+func (o *Outbox) Append(ctx context.Context, txs []*casualdb.Tx) (uint64, error) {
+	futs := make([]jetstream.PubAckFuture, 0, len(txs))
+	for _, tx := range txs {
+		data, err := tx.Marshal()
+		if err != nil {
+			return 0, err
+		}
+		m := nats.NewMsg(OutboxSubject(o.site))
+		m.Data = data
+		m.Header.Set(HeaderLSN, strconv.FormatUint(tx.LSN, 10))
+		m.Header.Set(nats.MsgIdHdr, tx.ID())
+		f, err := o.js.PublishMsgAsync(m)
+		if err != nil {
+			return 0, fmt.Errorf("append tx %s: %w", tx.ID(), err)
+		}
+		futs = append(futs, f)
+	}
+	var last uint64
+	for i, f := range futs {
+		select {
+		case ack := <-f.Ok():
+			if ack.Sequence <= last && !ack.Duplicate {
+				return 0, fmt.Errorf("append tx %s: sequence %d after %d", txs[i].ID(), ack.Sequence, last)
+			}
+			last = ack.Sequence
+			txs[i].Seq = ack.Sequence
+		case err := <-f.Err():
+			return 0, fmt.Errorf("append tx %s: %w", txs[i].ID(), err)
+		case <-ctx.Done():
+			return 0, fmt.Errorf("append tx %s: %w", txs[i].ID(), ctx.Err())
+		}
+	}
+	return last, nil
+}
+
+// Last implements capture.Outbox.
+func (o *Outbox) Last(ctx context.Context) (uint64, uint64, error) {
+	info, err := o.stream.Info(ctx)
+	if err != nil {
+		return 0, 0, fmt.Errorf("outbox info: %w", err)
+	}
+	if info.State.Msgs == 0 {
+		return info.State.LastSeq, 0, nil
+	}
+	m, err := o.stream.GetMsg(ctx, info.State.LastSeq)
+	if err != nil {
+		return 0, 0, fmt.Errorf("outbox last message %d: %w", info.State.LastSeq, err)
+	}
+	lsn, err := strconv.ParseUint(m.Header.Get(HeaderLSN), 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("outbox last message %d: lsn header: %w", info.State.LastSeq, err)
+	}
+	return info.State.LastSeq, lsn, nil
+}
+
+// Since implements capture.Outbox.
+func (o *Outbox) Since(ctx context.Context, after uint64, max int) ([]*casualdb.Tx, error) {
+	info, err := o.stream.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("outbox info: %w", err)
+	}
+	var out []*casualdb.Tx
+	for seq := max64(after+1, info.State.FirstSeq); seq <= info.State.LastSeq && len(out) < max; seq++ {
+		m, err := o.stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("outbox message %d: %w", seq, err)
+		}
+		tx, err := casualdb.UnmarshalTx(m.Data)
+		if err != nil {
+			return nil, fmt.Errorf("outbox message %d: %w", seq, err)
+		}
+		tx.Seq = seq
+		out = append(out, tx)
+	}
+	return out, nil
+}
+
+// Purge removes every message below seq.
+func (o *Outbox) Purge(ctx context.Context, below uint64) error {
+	if err := o.stream.Purge(ctx, jetstream.WithPurgeSequence(below)); err != nil {
+		return fmt.Errorf("purge outbox below %d: %w", below, err)
+	}
+	return nil
+}
+
+// Pending returns the number of messages and bytes the outbox holds.
+func (o *Outbox) Pending(ctx context.Context) (msgs, bytes uint64, err error) {
+	info, err := o.stream.Info(ctx)
+	if err != nil {
+		return 0, 0, fmt.Errorf("outbox info: %w", err)
+	}
+	return info.State.Msgs, info.State.Bytes, nil
+}
+
+func max64(a, b uint64) uint64 {
+	if a > b {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,212 @@
+package ship
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ShipperConfig configures the shipping of one site's outbox to one peer.
+type ShipperConfig struct {
+	Site     casualdb.SiteID
+	Peer     casualdb.SiteID
+	PeerURL  string // the peer's NATS URL
+	Outbox   *Outbox
+	MaxBatch int           // transactions per publish round; default 256
+	AckWait  time.Duration // how long an unacknowledged outbox message waits before redelivery; default 30s
+	Logger   *slog.Logger
+}
+
+// Shipper copies the outbox into one peer's inbox.
+type Shipper struct {
+	cfg     ShipperConfig
+	log     *slog.Logger
+	shipped atomic.Uint64
+	up      atomic.Bool
+}
+
+// ConsumerName is the outbox consumer that tracks what peer holds.
+func ConsumerName(peer casualdb.SiteID) string { return "ship_" + string(peer) }
+
+// NewShipper validates cfg.
+func NewShipper(cfg ShipperConfig) (*Shipper, error) {
+	if cfg.Peer == "" || cfg.PeerURL == "" || cfg.Outbox == nil {
+		return nil, fmt.Errorf("%w: shipper needs a peer, its url and an outbox", casualdb.ErrConfig)
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 256
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Shipper{cfg: cfg, log: cfg.Logger.With("component", "ship", "peer", string(cfg.Peer))}, nil
+}
+
+// EnsureConsumer creates the peer's durable consumer on the outbox, so that
+// the outbox keeps everything for a peer that has never connected yet.
+func (s *Shipper) EnsureConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	c, err := s.cfg.Outbox.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       ConsumerName(s.cfg.Peer),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       s.cfg.AckWait,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		MaxAckPending: 4 * s.cfg.MaxBatch,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create outbox consumer for %s: %w", s.cfg.Peer, err)
+	}
+	return c, nil
+}
+
+// Shipped returns the number of transactions the peer's inbox acknowledged.
+func (s *Shipper) Shipped() uint64 { return s.shipped.Load() }
+
+// Connected reports whether the peer's NATS is reachable now.
+func (s *Shipper) Connected() bool { return s.up.Load() }
+
+// Run ships until ctx is done. A peer that cannot be reached is retried with
+// back-off; nothing is acknowledged in the outbox until the peer holds it.
+func (s *Shipper) Run(ctx context.Context) error {
+	cons, err := s.EnsureConsumer(ctx)
+	if err != nil {
+		return err
+	}
+	msgs := make(chan jetstream.Msg, 4*s.cfg.MaxBatch)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		select {
+		case msgs <- m:
+		case <-ctx.Done():
+		}
+	}, jetstream.PullMaxMessages(2*s.cfg.MaxBatch))
+	if err != nil {
+		return fmt.Errorf("consume outbox for %s: %w", s.cfg.Peer, err)
+	}
+	defer cc.Stop()
+
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := s.session(ctx, msgs)
+		s.up.Store(false)
+		if ctx.Err() != nil {
+			break
+		}
+		s.log.Warn("peer unreachable; retrying", "err", err, "in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	return nil
+}
+
+// session holds one connection to the peer and ships until it fails.
+func (s *Shipper) session(ctx context.Context, msgs <-chan jetstream.Msg) error {
+	nc, err := nats.Connect(s.cfg.PeerURL, nats.Name("casualdb-ship-"+string(s.cfg.Site)), nats.Timeout(2*time.Second),
+		nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))
+	if err != nil {
+		return fmt.Errorf("connect to %s at %s: %w", s.cfg.Peer, s.cfg.PeerURL, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream at %s: %w", s.cfg.Peer, err)
+	}
+	s.up.Store(true)
+	var pending []jetstream.Msg
+	for {
+		if len(pending) == 0 {
+			select {
+			case m := <-msgs:
+				pending = append(pending, m)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	drain:
+		for len(pending) < s.cfg.MaxBatch {
+			select {
+			case m := <-msgs:
+				pending = append(pending, m)
+			default:
+				break drain
+			}
+		}
+		if err := s.publish(ctx, js, pending); err != nil {
+			// Leave the batch unacknowledged but ask for it again soon.
+			for _, m := range pending {
+				_ = m.NakWithDelay(time.Second)
+			}
+			return err
+		}
+		pending = pending[:0]
+	}
+}
+
+func (s *Shipper) publish(ctx context.Context, js jetstream.JetStream, batch []jetstream.Msg) error {
+	futs := make([]jetstream.PubAckFuture, len(batch))
+	for i, m := range batch {
+		md, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("outbox message metadata: %w", err)
+		}
+		out := nats.NewMsg(InboxSubject(s.cfg.Peer, s.cfg.Site))
+		out.Data = m.Data()
+		out.Header.Set(HeaderSeq, strconv.FormatUint(md.Sequence.Stream, 10))
+		out.Header.Set(HeaderLSN, m.Headers().Get(HeaderLSN))
+		out.Header.Set(HeaderOrigin, string(s.cfg.Site))
+		out.Header.Set(HeaderEpoch, s.cfg.Outbox.Epoch())
+		out.Header.Set(nats.MsgIdHdr, m.Headers().Get(nats.MsgIdHdr))
+		if futs[i], err = js.PublishMsgAsync(out); err != nil {
+			return fmt.Errorf("publish to %s: %w", s.cfg.Peer, err)
+		}
+	}
+	timeout := time.After(10 * time.Second)
+	for i, f := range futs {
+		select {
+		case <-f.Ok():
+			if err := batch[i].Ack(); err != nil {
+				return fmt.Errorf("ack outbox message: %w", err)
+			}
+			s.shipped.Add(1)
+		case err := <-f.Err():
+			return fmt.Errorf("publish to inbox of %s: %w", s.cfg.Peer, err)
+		case <-timeout:
+			return fmt.Errorf("publish to inbox of %s: no acknowledgement in 10s", s.cfg.Peer)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Trim purges the outbox below what every peer has acknowledged and capture
+// has recorded (recorded: capture's metadata high-water mark).
+func (o *Outbox) Trim(ctx context.Context, peers []casualdb.SiteID, recorded uint64) error {
+	floor := recorded
+	for _, p := range peers {
+		c, err := o.stream.Consumer(ctx, ConsumerName(p))
+		if err != nil {
+			return fmt.Errorf("trim outbox: consumer of %s: %w", p, err)
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("trim outbox: consumer of %s: %w", p, err)
+		}
+		floor = min(floor, info.AckFloor.Stream)
+	}
+	if floor == 0 {
+		return nil
+	}
+	return o.Purge(ctx, floor+1)
+}
