@@ -22,7 +22,7 @@ type localTable struct {
 func describeLocal(ctx context.Context, conn *pgx.Conn, rel casualdb.Relation) (*localTable, error) {
 	rows, err := conn.Query(ctx, `
 		SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
-		       coalesce(array_position(i.indkey::int2[], a.attnum), 0)
+		       coalesce((SELECT k.n FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(att, n) WHERE k.att = a.attnum), 0)::int
 		FROM pg_attribute a
 		JOIN pg_class c ON c.oid = a.attrelid
 		JOIN pg_namespace n ON n.oid = c.relnamespace

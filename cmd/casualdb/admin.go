@@ -1,0 +1,188 @@
+package main
+
+import (
+	"encoding/json"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Status is what /status returns.
+type Status struct {
+	Site       string                  `json:"site"`
+	Healthy    bool                    `json:"healthy"`
+	Uptime     string                  `json:"uptime"`
+	Components map[string]string       `json:"components"`
+	Tables     []string                `json:"tables"`
+	Capture    CaptureStatus           `json:"capture"`
+	Apply      ApplyStatus             `json:"apply"`
+	Peers      map[string]PeerStatus   `json:"peers"`
+	Origins    map[string]OriginStatus `json:"origins"`
+}
+
+// CaptureStatus describes capture.
+type CaptureStatus struct {
+	Slot             string `json:"slot"`
+	SlotRetainedWAL  int64  `json:"slot_retained_wal_bytes"`
+	Captured         uint64 `json:"captured_transactions"`
+	ProcessedLSN     string `json:"processed_lsn"`
+	OutboxSeq        uint64 `json:"outbox_last_seq"`
+	OutboxMessages   uint64 `json:"outbox_messages"`
+	FollowedApplyTxs uint64 `json:"followed_apply_transactions"`
+}
+
+// ApplyStatus describes apply.
+type ApplyStatus struct {
+	Applied       uint64 `json:"applied_transactions"`
+	Skipped       uint64 `json:"skipped_duplicates"`
+	Changes       uint64 `json:"row_changes"`
+	Conflicts     uint64 `json:"conflicts"`
+	Parked        uint64 `json:"parked"`
+	Garbled       uint64 `json:"garbled_messages"`
+	InboxMessages uint64 `json:"inbox_messages"`
+}
+
+// PeerStatus describes shipping to one peer.
+type PeerStatus struct {
+	Connected bool   `json:"connected"`
+	Shipped   uint64 `json:"shipped_transactions"`
+}
+
+// OriginStatus describes what was applied from one origin.
+type OriginStatus struct {
+	Applied     uint64    `json:"applied_transactions"`
+	Seq         uint64    `json:"last_seq"`
+	LastCommit  time.Time `json:"last_commit_time"`
+	LagSeconds  float64   `json:"lag_seconds"`
+	LastApplied time.Time `json:"last_applied_at"`
+}
+
+// Status returns a snapshot of the sidecar.
+func (s *Sidecar) Status() Status {
+	st := Status{Site: s.cfg.Site, Healthy: true, Uptime: time.Since(s.started).Round(time.Second).String(),
+		Components: map[string]string{}, Peers: map[string]PeerStatus{}, Origins: map[string]OriginStatus{}}
+	s.mu.Lock()
+	for name, err := range s.health {
+		if err != nil {
+			st.Healthy = false
+			st.Components[name] = "failing: " + err.Error()
+		} else {
+			st.Components[name] = "running"
+		}
+	}
+	st.Capture.SlotRetainedWAL = s.slotLag
+	st.Capture.OutboxMessages = s.outboxMsg
+	st.Apply.InboxMessages = s.inboxMsg
+	s.mu.Unlock()
+	for _, t := range s.tables {
+		st.Tables = append(st.Tables, t.String())
+	}
+	sort.Strings(st.Tables)
+	st.Capture.Slot = s.cfg.SlotName()
+	if s.capturer != nil {
+		cs := s.capturer.Stats()
+		st.Capture.Captured, st.Capture.OutboxSeq, st.Capture.FollowedApplyTxs = cs.Captured, cs.LastSeq, cs.Followed
+		st.Capture.ProcessedLSN = casualdb.FormatLSN(cs.Processed)
+	}
+	if s.applier != nil {
+		as := s.applier.Stats()
+		st.Apply.Applied, st.Apply.Skipped, st.Apply.Changes = as.Applied, as.Skipped, as.Changes
+		st.Apply.Conflicts, st.Apply.Parked, st.Apply.Garbled = as.Conflicts, as.Parked, as.Garbled
+		for o, os := range as.Origins {
+			st.Origins[string(o)] = OriginStatus{Applied: os.Applied, Seq: os.Seq, LastCommit: os.LastCommit, LastApplied: os.LastApplied, LagSeconds: os.Lag().Seconds()}
+		}
+	}
+	for p, sh := range s.shippers {
+		st.Peers[string(p)] = PeerStatus{Connected: sh.Connected(), Shipped: sh.Shipped()}
+	}
+	return st
+}
+
+func (s *Sidecar) adminHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{s: s}, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		st := s.Status()
+		if !st.Healthy {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_ = json.NewEncoder(w).Encode(st.Components)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(s.Status())
+	})
+	return mux
+}
+
+// collector exposes the sidecar's counters at scrape time.
+type collector struct{ s *Sidecar }
+
+var (
+	descCaptured  = prometheus.NewDesc("casualdb_captured_transactions_total", "Local transactions captured into the outbox.", nil, nil)
+	descShipped   = prometheus.NewDesc("casualdb_shipped_transactions_total", "Transactions a peer's inbox acknowledged.", []string{"peer"}, nil)
+	descPeerUp    = prometheus.NewDesc("casualdb_peer_connected", "1 when the peer's NATS is reachable.", []string{"peer"}, nil)
+	descApplied   = prometheus.NewDesc("casualdb_applied_transactions_total", "Remote transactions applied, by origin.", []string{"origin"}, nil)
+	descLag       = prometheus.NewDesc("casualdb_apply_lag_seconds", "Commit at the origin to applied here, of the last transaction applied from it.", []string{"origin"}, nil)
+	descConflicts = prometheus.NewDesc("casualdb_conflicts_total", "True conflicts (concurrent versions) resolved and logged.", nil, nil)
+	descParked    = prometheus.NewDesc("casualdb_parked_total", "Changes or messages parked in casualdb.parked.", nil, nil)
+	descGarbled   = prometheus.NewDesc("casualdb_garbled_messages_total", "Transport messages that did not decode (parked).", nil, nil)
+	descSkipped   = prometheus.NewDesc("casualdb_duplicate_transactions_total", "Redelivered transactions recognised and skipped.", nil, nil)
+	descSlotWAL   = prometheus.NewDesc("casualdb_slot_retained_wal_bytes", "WAL the replication slot keeps on disk.", nil, nil)
+	descOutbox    = prometheus.NewDesc("casualdb_outbox_messages", "Transactions held in the outbox (not yet acknowledged by every peer).", nil, nil)
+	descInbox     = prometheus.NewDesc("casualdb_inbox_messages", "Transactions waiting in the inbox.", nil, nil)
+	descHealthy   = prometheus.NewDesc("casualdb_component_up", "1 when the component runs, 0 when it is failing.", []string{"component"}, nil)
+)
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descSlotWAL, descOutbox, descInbox, descHealthy} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.s.Status()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter(descCaptured, st.Capture.Captured)
+	for p, ps := range st.Peers {
+		counter(descShipped, ps.Shipped, p)
+		up := 0.0
+		if ps.Connected {
+			up = 1
+		}
+		gauge(descPeerUp, up, p)
+	}
+	for o, os := range st.Origins {
+		counter(descApplied, os.Applied, o)
+		gauge(descLag, os.LagSeconds, o)
+	}
+	counter(descConflicts, st.Apply.Conflicts)
+	counter(descParked, st.Apply.Parked)
+	counter(descGarbled, st.Apply.Garbled)
+	counter(descSkipped, st.Apply.Skipped)
+	gauge(descSlotWAL, float64(st.Capture.SlotRetainedWAL))
+	gauge(descOutbox, float64(st.Capture.OutboxMessages))
+	gauge(descInbox, float64(st.Apply.InboxMessages))
+	for name, state := range st.Components {
+		up := 0.0
+		if state == "running" {
+			up = 1
+		}
+		gauge(descHealthy, up, name)
+	}
+}

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the sidecar's YAML configuration. README.md documents every key.
+type Config struct {
+	Site     string         `yaml:"site"`
+	DataDir  string         `yaml:"data_dir"`
+	Database DatabaseConfig `yaml:"database"`
+	NATS     NATSConfig     `yaml:"nats"`
+	Peers    []PeerConfig   `yaml:"peers"`
+	Admin    AdminConfig    `yaml:"admin"`
+	Apply    ApplyConfig    `yaml:"apply"`
+	Log      LogConfig      `yaml:"log"`
+}
+
+// DatabaseConfig names the local PostgreSQL and what replicates.
+type DatabaseConfig struct {
+	DSN            string        `yaml:"dsn"`
+	Tables         []string      `yaml:"tables"`
+	Slot           string        `yaml:"slot"`
+	Publication    string        `yaml:"publication"`
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+}
+
+// NATSConfig selects the embedded NATS server or an existing one.
+type NATSConfig struct {
+	Listen         string `yaml:"listen"`
+	URL            string `yaml:"url"`
+	SyncAlways     bool   `yaml:"sync_always"`
+	OutboxMaxBytes int64  `yaml:"outbox_max_bytes"`
+}
+
+// PeerConfig is another site.
+type PeerConfig struct {
+	Name    string `yaml:"name"`
+	NATSURL string `yaml:"nats_url"`
+}
+
+// AdminConfig is the HTTP endpoint for metrics, health and status.
+type AdminConfig struct {
+	Listen string `yaml:"listen"`
+}
+
+// ApplyConfig tunes apply.
+type ApplyConfig struct {
+	MaxBatch    int           `yaml:"max_batch"`
+	WaitTimeout time.Duration `yaml:"wait_timeout"`
+}
+
+// LogConfig sets the log output.
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// DefaultConfig returns the configuration with every default filled in.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:  "casualdb-data",
+		Database: DatabaseConfig{Publication: "casualdb", ConnectTimeout: 10 * time.Second},
+		NATS:     NATSConfig{Listen: "127.0.0.1:4222", OutboxMaxBytes: 8 << 30},
+		Admin:    AdminConfig{Listen: "127.0.0.1:9187"},
+		Apply:    ApplyConfig{MaxBatch: 256, WaitTimeout: 30 * time.Second},
+		Log:      LogConfig{Level: "info", Format: "text"},
+	}
+}
+
+// ParseConfig reads YAML over the defaults. Unknown keys are errors.
+func ParseConfig(r io.Reader) (Config, error) {
+	cfg := DefaultConfig()
+	dec := yaml.NewDecoder(r)
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return cfg, fmt.Errorf("%w: %v", casualdb.ErrConfig, err)
+	}
+	return cfg, nil
+}
+
+// LoadConfig reads the file at path (none: defaults only).
+func LoadConfig(path string) (Config, error) {
+	if path == "" {
+		return DefaultConfig(), nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("%w: open config: %v", casualdb.ErrConfig, err)
+	}
+	defer f.Close()
+	cfg, err := ParseConfig(f)
+	if err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ApplyEnv overrides the main keys from CASUALDB_* environment variables.
+func (c *Config) ApplyEnv(getenv func(string) string) {
+	set := func(dst *string, name string) {
+		if v := getenv(name); v != "" {
+			*dst = v
+		}
+	}
+	set(&c.Site, "CASUALDB_SITE")
+	set(&c.Database.DSN, "CASUALDB_DSN")
+	set(&c.DataDir, "CASUALDB_DATA_DIR")
+	set(&c.NATS.Listen, "CASUALDB_NATS_LISTEN")
+	set(&c.NATS.URL, "CASUALDB_NATS_URL")
+	set(&c.Admin.Listen, "CASUALDB_ADMIN_LISTEN")
+	set(&c.Log.Level, "CASUALDB_LOG_LEVEL")
+	if v := getenv("CASUALDB_PEERS"); v != "" {
+		if peers, err := parsePeers(strings.Split(v, ",")); err == nil {
+			c.Peers = peers
+		}
+	}
+}
+
+// parsePeers parses name=nats://host:port items.
+func parsePeers(items []string) ([]PeerConfig, error) {
+	var out []PeerConfig
+	for _, it := range items {
+		it = strings.TrimSpace(it)
+		if it == "" {
+			continue
+		}
+		name, u, ok := strings.Cut(it, "=")
+		if !ok {
+			return nil, fmt.Errorf("%w: peer %q: want name=nats://host:port", casualdb.ErrConfig, it)
+		}
+		out = append(out, PeerConfig{Name: name, NATSURL: u})
+	}
+	return out, nil
+}
+
+var siteName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,30}$`)
+
+// Validate checks the configuration; the error names the offending key.
+func (c Config) Validate() error {
+	bad := func(key, format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", casualdb.ErrConfig, key, fmt.Sprintf(format, args...))
+	}
+	if c.Site == "" {
+		return bad("site", "required (this site's name, e.g. \"eu1\")")
+	}
+	if !siteName.MatchString(c.Site) {
+		return bad("site", "%q must be 1-31 lower-case letters, digits, '-' or '_', starting with a letter or digit", c.Site)
+	}
+	if c.Database.DSN == "" {
+		return bad("database.dsn", "required (e.g. postgres://postgres@127.0.0.1:5432/app)")
+	}
+	if u, err := url.Parse(c.Database.DSN); strings.Contains(c.Database.DSN, "://") && (err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql")) {
+		return bad("database.dsn", "not a postgres:// URL")
+	}
+	if c.DataDir == "" {
+		return bad("data_dir", "required")
+	}
+	if c.Database.Publication == "" {
+		return bad("database.publication", "must not be empty")
+	}
+	for _, t := range c.Database.Tables {
+		if strings.TrimSpace(t) == "" || strings.Count(t, ".") > 1 {
+			return bad("database.tables", "%q is not a table name (name or schema.name)", t)
+		}
+	}
+	if c.Database.ConnectTimeout <= 0 {
+		return bad("database.connect_timeout", "must be positive")
+	}
+	if c.NATS.URL == "" {
+		if _, _, err := net.SplitHostPort(c.NATS.Listen); err != nil {
+			return bad("nats.listen", "%q is not host:port", c.NATS.Listen)
+		}
+	} else if u, err := url.Parse(c.NATS.URL); err != nil || u.Scheme != "nats" {
+		return bad("nats.url", "%q is not a nats:// URL", c.NATS.URL)
+	}
+	if c.NATS.OutboxMaxBytes == 0 || c.NATS.OutboxMaxBytes < -1 {
+		return bad("nats.outbox_max_bytes", "must be positive, or -1 for unbounded")
+	}
+	seen := map[string]bool{c.Site: true}
+	for i, p := range c.Peers {
+		key := fmt.Sprintf("peers[%d]", i)
+		if !siteName.MatchString(p.Name) {
+			return bad(key+".name", "%q is not a site name", p.Name)
+		}
+		if seen[p.Name] {
+			return bad(key+".name", "%q appears twice (or is this site)", p.Name)
+		}
+		seen[p.Name] = true
+		if u, err := url.Parse(p.NATSURL); err != nil || u.Scheme != "nats" || u.Host == "" {
+			return bad(key+".nats_url", "%q is not a nats://host:port URL", p.NATSURL)
+		}
+	}
+	if c.Admin.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
+			return bad("admin.listen", "%q is not host:port", c.Admin.Listen)
+		}
+	}
+	if c.Apply.MaxBatch <= 0 {
+		return bad("apply.max_batch", "must be positive")
+	}
+	if c.Apply.WaitTimeout <= 0 {
+		return bad("apply.wait_timeout", "must be positive")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return bad("log.format", "%q: want text or json", c.Log.Format)
+	}
+	return nil
+}
+
+// SlotName is the replication slot of the site.
+func (c Config) SlotName() string {
+	if c.Database.Slot != "" {
+		return c.Database.Slot
+	}
+	return "casualdb_" + strings.ReplaceAll(c.Site, "-", "_")
+}

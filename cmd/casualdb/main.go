@@ -1,0 +1,168 @@
+// Command casualdb is the CasualDB sidecar: it runs beside one PostgreSQL
+// and makes it one site of an active-active, eventually consistent cluster.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/casualdb/casualdb"
+)
+
+func main() {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		cancel() // first signal: drain
+		<-sigs
+		os.Exit(130) // second: abort
+	}()
+	m := NewMain()
+	if err := m.Run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "casualdb:", err)
+		if errors.Is(err, flag.ErrHelp) || errors.Is(err, casualdb.ErrConfig) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+// Main is the command line.
+type Main struct {
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+}
+
+// NewMain returns a Main on the process's streams and environment.
+func NewMain() *Main { return &Main{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv} }
+
+const usage = `casualdb: active-active replication for PostgreSQL
+
+Usage:
+  casualdb run --config FILE [flags]     run the sidecar
+  casualdb uninstall --config FILE       remove slot, publication, origins and the casualdb schema
+  casualdb demo                          three local sites converging, on embedded defaults
+  casualdb version
+
+Run "casualdb COMMAND -h" for a command's flags.
+`
+
+// Run runs the subcommand named by args[0].
+func (m *Main) Run(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(m.Stderr, usage)
+		return fmt.Errorf("%w: no command", flag.ErrHelp)
+	}
+	switch args[0] {
+	case "run":
+		return m.runCmd(ctx, args[1:])
+	case "uninstall":
+		return m.uninstallCmd(ctx, args[1:])
+	case "demo":
+		return m.demoCmd(ctx, args[1:])
+	case "version":
+		fmt.Fprintln(m.Stdout, "casualdb", Version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(m.Stdout, usage)
+		return nil
+	}
+	fmt.Fprint(m.Stderr, usage)
+	return fmt.Errorf("%w: unknown command %q", flag.ErrHelp, args[0])
+}
+
+// Version is set at build time.
+var Version = "dev"
+
+// configFlags are the flags that override the main configuration keys.
+type configFlags struct {
+	path                                             string
+	site, dsn, dataDir, natsListen, natsURL, adminAt string
+	peers                                            string
+	tables                                           string
+}
+
+func (f *configFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.path, "config", "", "YAML configuration file")
+	fs.StringVar(&f.site, "site", "", "this site's name (site)")
+	fs.StringVar(&f.dsn, "dsn", "", "local PostgreSQL connection string (database.dsn)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "data directory (data_dir)")
+	fs.StringVar(&f.natsListen, "nats-listen", "", "embedded NATS listen address (nats.listen)")
+	fs.StringVar(&f.natsURL, "nats-url", "", "existing NATS to use instead of the embedded one (nats.url)")
+	fs.StringVar(&f.adminAt, "admin-listen", "", "admin HTTP listen address (admin.listen)")
+	fs.StringVar(&f.peers, "peers", "", "peers as name=nats://host:port,... (peers)")
+	fs.StringVar(&f.tables, "tables", "", "replicated tables, comma-separated (database.tables)")
+}
+
+// load reads the file, then the environment, then the flags, and validates.
+func (f *configFlags) load(getenv func(string) string) (Config, error) {
+	cfg, err := LoadConfig(f.path)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.ApplyEnv(getenv)
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&cfg.Site, f.site)
+	set(&cfg.Database.DSN, f.dsn)
+	set(&cfg.DataDir, f.dataDir)
+	set(&cfg.NATS.Listen, f.natsListen)
+	set(&cfg.NATS.URL, f.natsURL)
+	set(&cfg.Admin.Listen, f.adminAt)
+	if f.peers != "" {
+		if cfg.Peers, err = parsePeers(strings.Split(f.peers, ",")); err != nil {
+			return cfg, err
+		}
+	}
+	if f.tables != "" {
+		cfg.Database.Tables = strings.Split(f.tables, ",")
+	}
+	return cfg, cfg.Validate()
+}
+
+func newLogger(w io.Writer, cfg LogConfig) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func (m *Main) runCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	var cf configFlags
+	cf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := cf.load(m.Getenv)
+	if err != nil {
+		return err
+	}
+	log := newLogger(m.Stderr, cfg.Log)
+	s, err := NewSidecar(cfg, log)
+	if err != nil {
+		return err
+	}
+	if err := s.Start(ctx); err != nil {
+		return err
+	}
+	defer s.Close()
+	return s.Run(ctx)
+}

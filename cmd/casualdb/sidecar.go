@@ -1,0 +1,294 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/apply"
+	"github.com/casualdb/casualdb/capture"
+	"github.com/casualdb/casualdb/meta"
+	"github.com/casualdb/casualdb/ship"
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+)
+
+// Sidecar is one running casualdb: capture, ship, apply and admin for one site.
+type Sidecar struct {
+	cfg Config
+	log *slog.Logger
+
+	tables   []capture.Table
+	server   *ship.Server
+	nc       *nats.Conn
+	outbox   *ship.Outbox
+	inbox    *ship.Inbox
+	capturer *capture.Capturer
+	applier  *apply.Applier
+	shippers map[casualdb.SiteID]*ship.Shipper
+	admin    net.Listener
+
+	mu        sync.Mutex
+	health    map[string]error // component -> last error (nil: running)
+	slotLag   int64
+	outboxMsg uint64
+	inboxMsg  uint64
+	started   time.Time
+}
+
+// NewSidecar validates cfg.
+func NewSidecar(cfg Config, log *slog.Logger) (*Sidecar, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Sidecar{cfg: cfg, log: log.With("site", cfg.Site), health: map[string]error{}, shippers: map[casualdb.SiteID]*ship.Shipper{}}, nil
+}
+
+// Prepare checks and prepares the database: settings, tables, the casualdb
+// schema, publication, slot and replication origins. Idempotent.
+func Prepare(ctx context.Context, cfg Config, log *slog.Logger) ([]capture.Table, error) {
+	cctx, cancel := context.WithTimeout(ctx, cfg.Database.ConnectTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, cfg.Database.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("connect to database (database.dsn): %w", err)
+	}
+	defer conn.Close(context.Background())
+	if err := capture.CheckSettings(ctx, conn); err != nil {
+		return nil, err
+	}
+	tables, err := capture.ResolveTables(ctx, conn, cfg.Database.Tables, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := meta.Install(ctx, conn); err != nil {
+		return nil, err
+	}
+	if err := capture.EnsurePublication(ctx, conn, cfg.Database.Publication, tables); err != nil {
+		return nil, err
+	}
+	if err := capture.EnsureSlot(ctx, conn, cfg.SlotName()); err != nil {
+		return nil, err
+	}
+	for _, p := range cfg.Peers {
+		if err := apply.EnsureOrigin(ctx, conn, apply.OriginName(casualdb.SiteID(p.Name))); err != nil {
+			return nil, err
+		}
+	}
+	return tables, nil
+}
+
+// Start prepares everything that can fail on bad input (database, NATS,
+// admin port), so that Run only runs.
+func (s *Sidecar) Start(ctx context.Context) (err error) {
+	s.started = time.Now()
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if s.tables, err = Prepare(ctx, s.cfg, s.log); err != nil {
+		return err
+	}
+	url := s.cfg.NATS.URL
+	if url == "" {
+		s.server, err = ship.StartServer(ship.ServerConfig{
+			Listen: s.cfg.NATS.Listen, StoreDir: filepath.Join(s.cfg.DataDir, "nats"), SyncAlways: s.cfg.NATS.SyncAlways, Logger: s.log,
+		})
+		if err != nil {
+			return err
+		}
+		url = s.server.ClientURL()
+	}
+	if s.nc, err = nats.Connect(url, nats.Name("casualdb-"+s.cfg.Site), nats.Timeout(5*time.Second), nats.MaxReconnects(-1)); err != nil {
+		return fmt.Errorf("connect to nats at %s: %w", url, err)
+	}
+	js, err := jetstream.New(s.nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	site := casualdb.SiteID(s.cfg.Site)
+	if s.outbox, err = ship.OpenOutbox(ctx, js, ship.OutboxConfig{Site: site, MaxBytes: s.cfg.NATS.OutboxMaxBytes}); err != nil {
+		return err
+	}
+	if s.inbox, err = ship.OpenInbox(ctx, js, site); err != nil {
+		return err
+	}
+	for _, p := range s.cfg.Peers {
+		sh, err := ship.NewShipper(ship.ShipperConfig{Site: site, Peer: casualdb.SiteID(p.Name), PeerURL: p.NATSURL, Outbox: s.outbox, Logger: s.log})
+		if err != nil {
+			return err
+		}
+		// Before capture appends anything: the outbox keeps all for a peer
+		// that never connected yet.
+		if _, err := sh.EnsureConsumer(ctx); err != nil {
+			return err
+		}
+		s.shippers[casualdb.SiteID(p.Name)] = sh
+	}
+	if s.capturer, err = capture.New(capture.Config{
+		Site: site, DSN: s.cfg.Database.DSN, Slot: s.cfg.SlotName(), Publication: s.cfg.Database.Publication,
+		Outbox: s.outbox, Logger: s.log,
+	}); err != nil {
+		return err
+	}
+	if s.applier, err = apply.New(apply.Config{
+		Site: site, DSN: s.cfg.Database.DSN, Inbox: s.inbox.Consumer(), Capture: s.capturer,
+		MaxBatch: s.cfg.Apply.MaxBatch, WaitTimeout: s.cfg.Apply.WaitTimeout, Logger: s.log,
+	}); err != nil {
+		return err
+	}
+	if s.cfg.Admin.Listen != "" {
+		if s.admin, err = net.Listen("tcp", s.cfg.Admin.Listen); err != nil {
+			return fmt.Errorf("admin.listen %s: %w", s.cfg.Admin.Listen, err)
+		}
+	}
+	return nil
+}
+
+// Run runs every component until ctx is done. Capture and apply restart
+// with back-off after an error (a database restart, say); the admin
+// endpoint reports them unhealthy meanwhile.
+func (s *Sidecar) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.supervise(ctx, "capture", s.capturer.Run) })
+	g.Go(func() error { return s.supervise(ctx, "apply", s.applier.Run) })
+	for peer, sh := range s.shippers {
+		sh := sh
+		g.Go(func() error { return s.supervise(ctx, "ship:"+string(peer), sh.Run) })
+	}
+	g.Go(func() error { return s.housekeep(ctx) })
+	if s.admin != nil {
+		srv := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+		g.Go(func() error {
+			if err := srv.Serve(s.admin); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("admin server: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return srv.Shutdown(sctx)
+		})
+	}
+	s.log.Info("casualdb running", "tables", len(s.tables), "peers", len(s.cfg.Peers), "admin", s.cfg.Admin.Listen)
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func (s *Sidecar) supervise(ctx context.Context, name string, run func(context.Context) error) error {
+	backoff := 200 * time.Millisecond
+	for {
+		s.setHealth(name, nil)
+		start := time.Now()
+		err := run(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			err = errors.New("stopped")
+		}
+		s.setHealth(name, err)
+		if time.Since(start) > time.Minute {
+			backoff = 200 * time.Millisecond
+		}
+		s.log.Error("component failed; restarting", "component", name, "err", err, "in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+func (s *Sidecar) setHealth(name string, err error) {
+	s.mu.Lock()
+	s.health[name] = err
+	s.mu.Unlock()
+}
+
+// housekeep trims the outbox below what every peer and capture have, and
+// samples the slot's retained WAL and the queues for metrics.
+func (s *Sidecar) housekeep(ctx context.Context) error {
+	peers := make([]casualdb.SiteID, 0, len(s.shippers))
+	for p := range s.shippers {
+		peers = append(peers, p)
+	}
+	cfg, err := pgx.ParseConfig(s.cfg.Database.DSN)
+	if err != nil {
+		return fmt.Errorf("housekeeping: %w", err)
+	}
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if conn == nil || conn.IsClosed() {
+			conn, _ = pgx.ConnectConfig(qctx, cfg)
+		}
+		if conn != nil {
+			if lag, err := capture.SlotLag(qctx, conn, s.cfg.SlotName()); err == nil {
+				s.mu.Lock()
+				s.slotLag = lag
+				s.mu.Unlock()
+			}
+			if st, err := meta.LoadCaptureState(qctx, conn, casualdb.SiteID(s.cfg.Site)); err == nil {
+				if err := s.outbox.Trim(qctx, peers, st.OutboxSeq); err != nil {
+					s.log.Debug("trim outbox", "err", err)
+				}
+			}
+		}
+		if n, _, err := s.outbox.Pending(qctx); err == nil {
+			s.mu.Lock()
+			s.outboxMsg = n
+			s.mu.Unlock()
+		}
+		if n, err := s.inbox.Pending(qctx); err == nil {
+			s.mu.Lock()
+			s.inboxMsg = n
+			s.mu.Unlock()
+		}
+		cancel()
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// Close releases what Start acquired; safe to call twice.
+func (s *Sidecar) Close() {
+	if s.admin != nil {
+		s.admin.Close()
+		s.admin = nil
+	}
+	if s.nc != nil {
+		s.nc.Close()
+		s.nc = nil
+	}
+	if s.server != nil {
+		s.server.Close()
+		s.server = nil
+	}
+}

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+
+	"github.com/casualdb/casualdb/apply"
+	"github.com/casualdb/casualdb/capture"
+	"github.com/casualdb/casualdb/meta"
+	"github.com/jackc/pgx/v5"
+)
+
+func (m *Main) uninstallCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("uninstall", flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	var cf configFlags
+	cf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := cf.load(m.Getenv)
+	if err != nil {
+		return err
+	}
+	if err := Uninstall(ctx, cfg); err != nil {
+		return err
+	}
+	fmt.Fprintf(m.Stdout, "removed slot %s, publication %s, casualdb replication origins and the casualdb schema\n", cfg.SlotName(), cfg.Database.Publication)
+	return nil
+}
+
+// Uninstall removes everything CasualDB created in the site's database.
+func Uninstall(ctx context.Context, cfg Config) error {
+	cctx, cancel := context.WithTimeout(ctx, cfg.Database.ConnectTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, cfg.Database.DSN)
+	if err != nil {
+		return fmt.Errorf("connect to database (database.dsn): %w", err)
+	}
+	defer conn.Close(context.Background())
+	if err := capture.Uninstall(ctx, conn, cfg.SlotName(), cfg.Database.Publication); err != nil {
+		return err
+	}
+	if err := apply.DropOrigins(ctx, conn); err != nil {
+		return err
+	}
+	return meta.Uninstall(ctx, conn)
+}
