@@ -87,9 +87,10 @@ type txWriter struct {
 	bad     map[string]error // tables whose changes are parked
 	truncs  map[string]casualdb.Version
 	written map[meta.RowKey]meta.RowVersion
-	// inserted holds the rows this transaction inserted where none was,
-	// with the version recorded when it decided.
-	inserted map[meta.RowKey]*meta.RowVersion
+	// loaded holds the versions on record when the transaction decided.
+	loaded map[meta.RowKey]meta.RowVersion
+	// inserted holds the rows this transaction inserted where none was.
+	inserted map[meta.RowKey]bool
 	res      runResult
 }
 
@@ -98,7 +99,8 @@ type txWriter struct {
 func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 	w.bad = map[string]error{}
 	w.written = map[meta.RowKey]meta.RowVersion{}
-	w.inserted = map[meta.RowKey]*meta.RowVersion{}
+	w.inserted = map[meta.RowKey]bool{}
+	w.loaded = map[meta.RowKey]meta.RowVersion{}
 	keys := map[string][][]string{}
 	for _, im := range run {
 		for _, c := range im.tx.Changes {
@@ -180,6 +182,7 @@ func (w *txWriter) loadVersions(ctx context.Context, keys []meta.RowKey, check b
 	}
 	for _, k := range keys {
 		if rv, ok := vs[k]; ok {
+			w.loaded[k] = rv
 			rv := rv
 			w.state[k].rv = &rv
 		}
@@ -223,9 +226,10 @@ func (w *txWriter) validateInserts(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for k, before := range w.inserted {
+	for k := range w.inserted {
 		now, ok := vs[k]
-		if ok != (before != nil) || (ok && conflict.CompareClocks(now.Version.VC, before.Version.VC) != conflict.Equal) {
+		before, was := w.loaded[k]
+		if ok != was || (ok && !sameVersion(now.Version, before.Version)) {
 			return fmt.Errorf("%w: %s %s was written locally meanwhile", errRace, k.Table, k.Key)
 		}
 	}
@@ -347,7 +351,7 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 		} else {
 			xmin, ok, err = w.insert(ctx, im, lt, rel, c)
 			if ok {
-				w.inserted[rk] = st.rv
+				w.inserted[rk] = true
 			}
 		}
 		if err != nil || !ok {
@@ -623,4 +627,8 @@ func (a *Applier) table(ctx context.Context, rel casualdb.Relation) (*localTable
 	}
 	a.tables[rel.Table] = lt
 	return lt, nil
+}
+
+func sameVersion(a, b casualdb.Version) bool {
+	return a.HLC == b.HLC && a.Origin == b.Origin && conflict.CompareClocks(a.VC, b.VC) == conflict.Equal
 }
