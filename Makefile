@@ -1,0 +1,47 @@
+# CasualDB. `make demo` and `make test` work on a fresh Debian machine with Go:
+# they install PostgreSQL 15 first if it is missing.
+GO       ?= go
+PG_BIN   ?= /usr/lib/postgresql/15/bin
+APT      := DEBIAN_FRONTEND=noninteractive apt-get
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all build demo test test-short bench lint deps deps-bench clean
+
+all: lint build test
+
+build:
+	$(GO) build -o bin/casualdb ./cmd/casualdb
+
+# PostgreSQL 15 server binaries (and the postgres user they run as).
+deps:
+	@if [ ! -x $(PG_BIN)/postgres ] || ! id postgres >/dev/null 2>&1; then \
+		echo "installing PostgreSQL 15"; \
+		$(SUDO) $(APT) update -q && $(SUDO) $(APT) install -y -q postgresql-15 postgresql-contrib; \
+	fi
+
+# pglogical, the yardstick the benchmark measures against.
+deps-bench: deps
+	@if [ ! -f /usr/share/postgresql/15/extension/pglogical.control ]; then \
+		echo "installing pglogical"; \
+		$(SUDO) $(APT) update -q && $(SUDO) $(APT) install -y -q postgresql-15-pglogical || echo "pglogical unavailable: the benchmark runs without it"; \
+	fi
+
+demo: deps build
+	./bin/casualdb demo
+
+test: deps
+	$(GO) test -race -count=1 -timeout 40m ./...
+
+test-short: deps
+	$(GO) test -race -count=1 -short ./...
+
+bench: deps-bench
+	$(GO) run ./bench
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+		if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin

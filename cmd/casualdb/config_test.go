@@ -1,0 +1,109 @@
+package main
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/casualdb/casualdb"
+)
+
+func TestLoadConfig(t *testing.T) {
+	t.Run("good", func(t *testing.T) {
+		cfg, err := LoadConfig("testdata/good.yml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Fatalf("Validate() = %v, want nil", err)
+		}
+		if got, want := len(cfg.Peers), 2; got != want {
+			t.Errorf("peers: got %d, want %d", got, want)
+		}
+		if got, want := cfg.Apply.WaitTimeout, 10*time.Second; got != want {
+			t.Errorf("apply.wait_timeout: got %s, want %s", got, want)
+		}
+		if got, want := cfg.SlotName(), "casualdb_eu1"; got != want {
+			t.Errorf("slot: got %s, want %s", got, want)
+		}
+	})
+	t.Run("minimal gets defaults", func(t *testing.T) {
+		cfg, err := LoadConfig("testdata/minimal.yml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Fatalf("Validate() = %v, want nil", err)
+		}
+		def := DefaultConfig()
+		if cfg.NATS.Listen != def.NATS.Listen || cfg.Admin.Listen != def.Admin.Listen || cfg.DataDir != def.DataDir || cfg.Apply.MaxBatch != def.Apply.MaxBatch {
+			t.Errorf("defaults not applied: %+v", cfg)
+		}
+	})
+}
+
+func TestConfig_Validate(t *testing.T) {
+	tests := []struct {
+		file, want string
+	}{
+		{"bad-no-site.yml", "site: required"},
+		{"bad-site-name.yml", "site: \"Bad Name\""},
+		{"bad-no-dsn.yml", "database.dsn: required"},
+		{"bad-unknown-key.yml", "field dns not found"},
+		{"bad-peer-self.yml", "peers[0].name: \"a\" appears twice"},
+		{"bad-peer-url.yml", "peers[0].nats_url"},
+		{"bad-nats-listen.yml", "nats.listen"},
+		{"bad-log-level.yml", "log.level"},
+		{"bad-max-batch.yml", "apply.max_batch"},
+		{"bad-dsn-scheme.yml", "database.dsn: not a postgres:// URL"},
+		{"bad-table-name.yml", "database.tables"},
+		{"bad-yaml.yml", "invalid configuration"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			cfg, err := LoadConfig("testdata/" + tt.file)
+			if err == nil {
+				err = cfg.Validate()
+			}
+			if err == nil {
+				t.Fatalf("got nil error, want one containing %q", tt.want)
+			}
+			if !errors.Is(err, casualdb.ErrConfig) {
+				t.Errorf("error %v does not wrap ErrConfig", err)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %q, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestConfigFlags_Load(t *testing.T) {
+	env := map[string]string{"CASUALDB_SITE": "fromenv", "CASUALDB_DSN": "postgres://env@h/db", "CASUALDB_PEERS": "x=nats://x:1"}
+	f := configFlags{path: "testdata/minimal.yml", site: "fromflag"}
+	cfg, err := f.load(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.Site, "fromflag"; got != want {
+		t.Errorf("site: got %q, want %q (flag beats env beats file)", got, want)
+	}
+	if got, want := cfg.Database.DSN, "postgres://env@h/db"; got != want {
+		t.Errorf("dsn: got %q, want %q", got, want)
+	}
+	if len(cfg.Peers) != 1 || cfg.Peers[0].Name != "x" {
+		t.Errorf("peers from env: got %+v", cfg.Peers)
+	}
+}
+
+func TestMain_Run(t *testing.T) {
+	var out, errOut strings.Builder
+	m := &Main{Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }}
+	if err := m.Run(t.Context(), []string{"bogus"}); err == nil || !strings.Contains(err.Error(), "unknown command") {
+		t.Errorf("Run(bogus) = %v, want unknown command", err)
+	}
+	if err := m.Run(t.Context(), []string{"version"}); err != nil || !strings.Contains(out.String(), "casualdb") {
+		t.Errorf("Run(version) = %v, output %q", err, out.String())
+	}
+}
