@@ -1,0 +1,244 @@
+package capture_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/capture"
+	"github.com/casualdb/casualdb/internal/pgtest"
+	"github.com/casualdb/casualdb/meta"
+	"github.com/casualdb/casualdb/ship"
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+)
+
+type env struct {
+	pg     *pgtest.Server
+	conn   *pgx.Conn
+	outbox *ship.Outbox
+	cap    *capture.Capturer
+	stop   func()
+}
+
+// newEnv prepares a site like the sidecar does and runs a Capturer into a
+// real JetStream outbox.
+func newEnv(t *testing.T, schema string) *env {
+	t.Helper()
+	ctx := context.Background()
+	pg := pgtest.NewServer(t, "cap")
+	if err := pg.Exec(ctx, schema); err != nil {
+		t.Fatal(err)
+	}
+	conn := pgtest.Connect(t, pg.DSN())
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if err := capture.CheckSettings(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	tables, err := capture.ResolveTables(ctx, conn, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := meta.Install(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	if err := capture.EnsurePublication(ctx, conn, "casualdb", tables); err != nil {
+		t.Fatal(err)
+	}
+	if err := capture.EnsureSlot(ctx, conn, "casualdb_a"); err != nil {
+		t.Fatal(err)
+	}
+	n := pgtest.NewNATS(t)
+	nc, err := nats.Connect(n.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob, err := ship.OpenOutbox(ctx, js, ship.OutboxConfig{Site: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{pg: pg, conn: conn, outbox: ob}
+	e.start(t)
+	t.Cleanup(func() { e.stop() })
+	return e
+}
+
+func (e *env) start(t *testing.T) {
+	c, err := capture.New(capture.Config{Site: "a", DSN: e.pg.DSN(), Slot: "casualdb_a", Outbox: e.outbox, StatusInterval: 100 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	e.cap = c
+	e.stop = func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("capture: %v", err)
+		}
+		e.stop = func() {}
+	}
+}
+
+// txs waits until the outbox holds n transactions and returns them.
+func (e *env) txs(t *testing.T, n int) []*casualdb.Tx {
+	t.Helper()
+	var out []*casualdb.Tx
+	pgtest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		var err error
+		out, err = e.outbox.Since(context.Background(), 0, 1000)
+		if err != nil {
+			return err
+		}
+		if len(out) != n {
+			return fmt.Errorf("outbox holds %d txs, want %d", len(out), n)
+		}
+		return nil
+	})
+	return out
+}
+
+func TestCapturer_Run(t *testing.T) {
+	// Registered first, so it runs after every other cleanup.
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, s text, n numeric, arr int[], j jsonb, big text);
+		ALTER TABLE t ALTER COLUMN big SET STORAGE EXTERNAL;
+		CREATE TABLE nokey (v text);`)
+	ctx := context.Background()
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := e.conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	exec(`INSERT INTO t VALUES (1, 'a', 1.50, '{1,2}', '{"k": 1}', repeat('x', 10000))`)
+	exec(`BEGIN; INSERT INTO t (id) VALUES (2); UPDATE t SET s = 'b' WHERE id = 1; COMMIT`)
+	exec(`UPDATE t SET id = 3 WHERE id = 2`)
+	exec(`INSERT INTO nokey VALUES ('not replicated')`)
+	exec(`DELETE FROM t WHERE id = 3`)
+	exec(`TRUNCATE t`)
+	txs := e.txs(t, 5)
+
+	t.Run("values", func(t *testing.T) {
+		c := txs[0].Changes[0]
+		want := []casualdb.Value{{Text: "1"}, {Text: "a"}, {Text: "1.50"}, {Text: "{1,2}"}, {Text: `{"k": 1}`}}
+		for i, w := range want {
+			if c.Values[i] != w {
+				t.Errorf("column %d: got %+v, want %+v", i, c.Values[i], w)
+			}
+		}
+		if got := len(c.Values[5].Text); got != 10000 {
+			t.Errorf("big: got %d bytes, want 10000", got)
+		}
+		if rel := txs[0].Relations["public.t"]; rel.Columns[0].Type != "integer" || !rel.Columns[0].Key || rel.Columns[3].Type != "integer[]" {
+			t.Errorf("relation: got %+v", rel.Columns)
+		}
+	})
+	t.Run("multi-statement transaction, NULLs and unchanged TOAST", func(t *testing.T) {
+		tx := txs[1]
+		if len(tx.Changes) != 2 || tx.Changes[0].Op != casualdb.OpInsert || tx.Changes[1].Op != casualdb.OpUpdate {
+			t.Fatalf("got %+v, want insert then update", tx.Changes)
+		}
+		if !tx.Changes[0].Values[1].Null {
+			t.Errorf("s of id 2: got %+v, want NULL", tx.Changes[0].Values[1])
+		}
+		if !tx.Changes[1].Values[5].Unchanged {
+			t.Errorf("big of id 1: got %+v, want unchanged", tx.Changes[1].Values[5])
+		}
+	})
+	t.Run("versions", func(t *testing.T) {
+		v1, v2 := txs[0].Changes[0].Version, txs[1].Changes[1].Version
+		if v1.Origin != "a" || v1.VC["a"] != 1 || v2.VC["a"] != 2 {
+			t.Errorf("vector clocks: got %v then %v, want a:1 then a:2", v1.VC, v2.VC)
+		}
+		if v2.HLC.Compare(v1.HLC) <= 0 {
+			t.Errorf("HLC did not grow: %s then %s", v1.HLC, v2.HLC)
+		}
+		if txs[1].LSN <= txs[0].LSN || txs[0].Seq != 1 || txs[1].Seq != 2 {
+			t.Errorf("order: lsn %d,%d seq %d,%d", txs[0].LSN, txs[1].LSN, txs[0].Seq, txs[1].Seq)
+		}
+	})
+	t.Run("primary-key change is a delete and an upsert", func(t *testing.T) {
+		ch := txs[2].Changes
+		if len(ch) != 2 || ch[0].Op != casualdb.OpDelete || ch[0].Key[0] != "2" || ch[1].Op != casualdb.OpUpdate || ch[1].Key[0] != "3" {
+			t.Errorf("got %+v", ch)
+		}
+	})
+	t.Run("delete and truncate", func(t *testing.T) {
+		if c := txs[3].Changes[0]; c.Op != casualdb.OpDelete || c.Key[0] != "3" {
+			t.Errorf("delete: got %+v", c)
+		}
+		c := txs[4].Changes[0]
+		if c.Op != casualdb.OpTruncate || c.Table != "public.t" {
+			t.Fatalf("truncate: got %+v", c)
+		}
+		if c.Version.HLC.Compare(txs[3].Changes[0].Version.HLC) <= 0 {
+			t.Errorf("truncate version %s not above the table's versions", c.Version.HLC)
+		}
+	})
+	t.Run("metadata recorded and slot confirmed", func(t *testing.T) {
+		pgtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+			st, err := meta.LoadCaptureState(ctx, e.conn, "a")
+			if err != nil || st.OutboxSeq != 5 {
+				return fmt.Errorf("capture state %+v, %v; want seq 5", st, err)
+			}
+			var flushed string
+			if err := e.conn.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'casualdb_a'`).Scan(&flushed); err != nil {
+				return err
+			}
+			if l, _ := casualdb.ParseLSN(flushed); l < txs[4].LSN {
+				return fmt.Errorf("slot confirmed %s, want at least %s", flushed, casualdb.FormatLSN(txs[4].LSN))
+			}
+			return nil
+		})
+		truncs, err := meta.LoadTruncations(ctx, e.conn)
+		if err != nil || truncs["public.t"].HLC != txs[4].Changes[0].Version.HLC {
+			t.Errorf("truncation marker: %+v, %v", truncs, err)
+		}
+	})
+	t.Run("restart re-derives lost metadata and duplicates nothing", func(t *testing.T) {
+		e.stop()
+		// As if the sidecar died after the outbox append but before the
+		// metadata was written.
+		if _, err := e.conn.Exec(ctx, `DELETE FROM casualdb.row_version; DELETE FROM casualdb.capture_state; DELETE FROM casualdb.truncation`); err != nil {
+			t.Fatal(err)
+		}
+		e.start(t)
+		exec(`INSERT INTO t VALUES (9, 'after restart')`)
+		txs := e.txs(t, 6)
+		if v := txs[5].Changes[0].Version; v.HLC.Compare(txs[4].Changes[0].Version.HLC) <= 0 {
+			t.Errorf("insert after truncate got %s, not above the truncate's %s", v.HLC, txs[4].Changes[0].Version.HLC)
+		}
+		vs, err := meta.LoadVersions(ctx, e.conn, []meta.RowKey{{Table: "public.t", Key: `["9"]`}})
+		if err != nil || vs[meta.RowKey{Table: "public.t", Key: `["9"]`}].Version.VC["a"] != 1 {
+			t.Errorf("version of id 9: %+v, %v", vs, err)
+		}
+	})
+	t.Run("WaitProcessed returns for the current WAL position", func(t *testing.T) {
+		var lsn string
+		if err := e.conn.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn()::text`).Scan(&lsn); err != nil {
+			t.Fatal(err)
+		}
+		l, _ := casualdb.ParseLSN(lsn)
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := e.cap.WaitProcessed(wctx, l); err != nil {
+			t.Fatal(err)
+		}
+	})
+	e.stop()
+}
