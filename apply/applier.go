@@ -207,15 +207,19 @@ func (a *Applier) Run(ctx context.Context) error {
 // from one origin go into one local transaction each.
 func (a *Applier) handle(ctx context.Context, batch []jetstream.Msg) error {
 	var run []inMsg
+	blocked := map[casualdb.SiteID]bool{}
 	flush := func() error {
 		if len(run) == 0 {
 			return nil
 		}
-		err := a.applyRun(ctx, run)
+		ok, err := a.applyRun(ctx, run)
+		if !ok {
+			// The run went back to the inbox: what follows it must wait.
+			blocked[run[0].origin] = true
+		}
 		run = run[:0]
 		return err
 	}
-	blocked := map[casualdb.SiteID]bool{}
 	for _, m := range batch {
 		im, err := decodeMsg(m)
 		if err != nil {
@@ -319,13 +323,14 @@ func (a *Applier) parkGarbled(ctx context.Context, m jetstream.Msg, cause error)
 }
 
 // applyRun applies consecutive transactions of one origin in one local
-// transaction, retrying what a race with local writers makes fail.
-func (a *Applier) applyRun(ctx context.Context, run []inMsg) error {
+// transaction, retrying what a race with local writers makes fail. ok is
+// false when the run was given back to the inbox instead.
+func (a *Applier) applyRun(ctx context.Context, run []inMsg) (ok bool, err error) {
 	origin := run[0].origin
 	var lastErr error
 	for attempt := 0; attempt < 8; attempt++ {
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return false, ctx.Err()
 		}
 		conn, err := a.originConn(ctx, origin)
 		if err != nil {
@@ -351,7 +356,7 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) error {
 				o.LastApplied = now
 				s.Origins[origin] = o
 			})
-			return nil
+			return true, nil
 		}
 		lastErr = err
 		if conn.IsClosed() || !isRetryable(err) {
@@ -361,7 +366,7 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) error {
 		select {
 		case <-time.After(time.Duration(attempt*attempt) * 10 * time.Millisecond):
 		case <-ctx.Done():
-			return ctx.Err()
+			return false, ctx.Err()
 		}
 	}
 	// Give the run back to the inbox; forget the optimistic progress.
@@ -369,10 +374,10 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) error {
 		_ = im.m.NakWithDelay(time.Second)
 	}
 	if err := a.reloadProgress(ctx); err != nil {
-		return err
+		return false, err
 	}
 	a.log.Error("apply failed; will retry", "origin", origin, "txs", len(run), "err", lastErr)
-	return nil
+	return false, nil
 }
 
 func (a *Applier) reloadProgress(ctx context.Context) error {
