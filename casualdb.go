@@ -236,3 +236,15 @@ func (t *Tx) Validate() error {
 	}
 	return nil
 }
+
+// CanonicalParams are the session settings under which every CasualDB
+// connection runs, so that PostgreSQL renders every value as the same text
+// at every site (keys are compared as text): UTC, ISO dates, round-trip
+// floats, hex bytea.
+var CanonicalParams = map[string]string{
+	"TimeZone":           "UTC",
+	"DateStyle":          "ISO, MDY",
+	"IntervalStyle":      "postgres",
+	"extra_float_digits": "3",
+	"bytea_output":       "hex",
+}

@@ -12,16 +12,6 @@ import (
 // from site.
 func OriginName(site casualdb.SiteID) string { return "casualdb_" + string(site) }
 
-// canonicalParams make PostgreSQL's text output of values identical at
-// every site (keys are compared as text).
-var canonicalParams = map[string]string{
-	"TimeZone":           "UTC",
-	"DateStyle":          "ISO, MDY",
-	"IntervalStyle":      "postgres",
-	"extra_float_digits": "3",
-	"bytea_output":       "hex",
-}
-
 // CanonicalConfig parses dsn and sets the session parameters under which
 // every site renders values identically.
 func CanonicalConfig(dsn string) (*pgx.ConnConfig, error) {
@@ -29,7 +19,7 @@ func CanonicalConfig(dsn string) (*pgx.ConnConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse dsn: %w", err)
 	}
-	for k, v := range canonicalParams {
+	for k, v := range casualdb.CanonicalParams {
 		cfg.RuntimeParams[k] = v
 	}
 	return cfg, nil

@@ -127,6 +127,9 @@ func (c *Capturer) Run(ctx context.Context) error {
 		return fmt.Errorf("capture: parse dsn: %w", err)
 	}
 	replCfg.RuntimeParams["replication"] = "database"
+	for k, v := range casualdb.CanonicalParams {
+		replCfg.RuntimeParams[k] = v
+	}
 	replConn, err := pgconn.ConnectConfig(ctx, replCfg)
 	if err != nil {
 		return fmt.Errorf("capture: open replication connection: %w", err)
