@@ -143,15 +143,20 @@ func newLogger(w io.Writer, cfg LogConfig) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func (m *Main) runCmd(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+// parseConfig parses a subcommand's flags and loads its configuration.
+func (m *Main) parseConfig(name string, args []string) (Config, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(m.Stderr)
 	var cf configFlags
 	cf.register(fs)
 	if err := fs.Parse(args); err != nil {
-		return err
+		return Config{}, err
 	}
-	cfg, err := cf.load(m.Getenv)
+	return cf.load(m.Getenv)
+}
+
+func (m *Main) runCmd(ctx context.Context, args []string) error {
+	cfg, err := m.parseConfig("run", args)
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 
 	"github.com/casualdb/casualdb/apply"
@@ -12,14 +11,7 @@ import (
 )
 
 func (m *Main) uninstallCmd(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("uninstall", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	var cf configFlags
-	cf.register(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	cfg, err := cf.load(m.Getenv)
+	cfg, err := m.parseConfig("uninstall", args)
 	if err != nil {
 		return err
 	}
