@@ -39,3 +39,23 @@ func TestReplication_InsertUpdateDelete(t *testing.T) {
 		}
 	}
 }
+
+// TestReplication_KeysRenderedCanonically keys a table by timestamptz and
+// writes it from sessions in different time zones: keys must still match.
+func TestReplication_KeysRenderedCanonically(t *testing.T) {
+	c := newCluster(t, 3, `CREATE TABLE tz (at timestamptz PRIMARY KEY, f float8, v int)`)
+	c.exec(1, `SET TimeZone = 'Asia/Tokyo'; INSERT INTO tz VALUES ('2026-01-01 09:00:00+09', 0.1, 1)`)
+	c.waitConverged(30*time.Second, "tz")
+	c.exec(0, `SET TimeZone = 'America/New_York'; UPDATE tz SET v = 2 WHERE at = '2025-12-31 19:00:00-05'`)
+	c.waitConverged(30*time.Second, "tz")
+	for i := range c.sites {
+		got, err := c.queryString(i, `SELECT v::text FROM tz`)
+		if err != nil || got != "2" {
+			t.Errorf("site %s: v = %q, %v; want 2", c.sites[i].name, got, err)
+		}
+		keys, _ := c.queryString(i, `SELECT string_agg(key, ',') FROM casualdb.row_version WHERE tbl = 'public.tz'`)
+		if keys != `["2026-01-01 00:00:00+00"]` {
+			t.Errorf("site %s: recorded keys %s, want one UTC key", c.sites[i].name, keys)
+		}
+	}
+}
