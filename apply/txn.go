@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/conflict"
@@ -30,6 +31,7 @@ type runResult struct {
 // write in a savepoint, so that a change the database refuses is parked
 // rather than failing the rest (the first attempt is optimistic).
 func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, careful bool) (res runResult, err error) {
+	start := time.Now()
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return res, fmt.Errorf("begin: %w", err)
@@ -74,6 +76,7 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 	if err != nil {
 		return res, fmt.Errorf("commit: %w", err)
 	}
+	a.log.Debug("applied run", "origin", last.origin, "txs", len(run), "changes", w.res.changes, "waited", w.waited, "took", time.Since(start))
 	return w.res, nil
 }
 
@@ -92,6 +95,7 @@ type txWriter struct {
 	// inserted holds the rows this transaction inserted where none was.
 	inserted map[meta.RowKey]bool
 	res      runResult
+	waited   time.Duration // time spent waiting for capture
 }
 
 // prepare resolves the tables, locks every row the run touches, and makes
@@ -191,12 +195,12 @@ func (w *txWriter) loadVersions(ctx context.Context, keys []meta.RowKey, check b
 }
 
 // waitCapture waits until capture has versioned every local transaction that
-// committed before now. With synchronous_commit on, a committed local
-// transaction's commit record is at or below the flush position.
+// committed before now: every such commit record lies below the current WAL
+// insert position (whatever the transaction's synchronous_commit).
 func (w *txWriter) waitCapture(ctx context.Context) error {
 	var lsn string
-	if err := w.tx.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn()::text`).Scan(&lsn); err != nil {
-		return fmt.Errorf("read wal flush position: %w", err)
+	if err := w.tx.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
+		return fmt.Errorf("read wal insert position: %w", err)
 	}
 	p, err := casualdb.ParseLSN(lsn)
 	if err != nil {
@@ -204,7 +208,10 @@ func (w *txWriter) waitCapture(ctx context.Context) error {
 	}
 	wctx, cancel := context.WithTimeout(ctx, w.a.cfg.WaitTimeout)
 	defer cancel()
-	return w.a.cfg.Capture.WaitProcessed(wctx, p)
+	start := time.Now()
+	err = w.a.cfg.Capture.WaitProcessed(wctx, p)
+	w.waited += time.Since(start)
+	return err
 }
 
 // validateInserts closes the last window of the race with local writers: a

@@ -70,6 +70,9 @@ type Capturer struct {
 	lastSeq   atomic.Uint64
 	processed atomic.Uint64
 
+	nudgeMu   sync.Mutex
+	nudgeConn *pgx.Conn // commits an empty transaction to flush WAL; see nudge
+
 	mu       sync.Mutex
 	advanced chan struct{} // closed and replaced whenever processed moves
 	rd       *reader
@@ -383,25 +386,85 @@ func (c *Capturer) advance(lsn uint64) {
 // WaitProcessed returns once every local transaction that ends at or before
 // lsn has been versioned and recorded. Apply calls it before deciding against
 // the recorded version of a row that a local write may have changed.
+//
+// lsn may lie inside WAL that the caller's own open transaction wrote and
+// that is not flushed yet; logical decoding reads only flushed WAL, so after
+// a short wait capture flushes it (nudge) rather than wait for the WAL
+// writer, which can take seconds when the server is otherwise idle.
 func (c *Capturer) WaitProcessed(ctx context.Context, lsn uint64) error {
+	start := time.Now()
+	var nudged time.Time
+	nudges, wakes := 0, 0
+	from := c.processed.Load()
 	for {
 		c.mu.Lock()
 		if c.processed.Load() >= lsn {
 			c.mu.Unlock()
+			if d := time.Since(start); d > 50*time.Millisecond {
+				c.log.Debug("slow wait for capture", "took", d, "nudges", nudges, "wakes", wakes, "from", casualdb.FormatLSN(from), "to", casualdb.FormatLSN(lsn))
+			}
 			return nil
 		}
+		wakes++
 		ch := c.advanced
 		rd := c.rd
 		c.mu.Unlock()
 		if rd != nil {
 			rd.wake()
 		}
+		if time.Since(start) > 5*time.Millisecond && time.Since(nudged) > 50*time.Millisecond {
+			nudged = time.Now()
+			nudges++
+			if err := c.nudge(ctx); err != nil {
+				c.log.Debug("nudge wal flush", "err", err)
+			}
+		}
 		select {
 		case <-ch:
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(10 * time.Millisecond):
 		case <-ctx.Done():
 			return fmt.Errorf("wait for capture to reach %s (at %s): %w", casualdb.FormatLSN(lsn), casualdb.FormatLSN(c.processed.Load()), ctx.Err())
 		}
+	}
+}
+
+// nudge commits a transaction that writes one WAL record (a transactional
+// logical message, which pgoutput does not forward): with synchronous_commit
+// on its commit flushes the WAL up to its own commit record, so everything
+// before it, including the records of transactions still open, becomes
+// decodable. (A transaction that only takes an xid writes no WAL before its
+// commit record, and PostgreSQL commits it without a flush.)
+func (c *Capturer) nudge(ctx context.Context) error {
+	c.nudgeMu.Lock()
+	defer c.nudgeMu.Unlock()
+	if c.nudgeConn == nil || c.nudgeConn.IsClosed() {
+		cfg, err := pgx.ParseConfig(c.cfg.DSN)
+		if err != nil {
+			return fmt.Errorf("nudge: %w", err)
+		}
+		cfg.RuntimeParams["synchronous_commit"] = "on"
+		cfg.RuntimeParams["application_name"] = "casualdb-capture-nudge"
+		if c.nudgeConn, err = pgx.ConnectConfig(ctx, cfg); err != nil {
+			return fmt.Errorf("nudge: connect: %w", err)
+		}
+	}
+	nctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := c.nudgeConn.Exec(nctx, `SELECT pg_logical_emit_message(true, 'casualdb', '')`); err != nil {
+		c.nudgeConn.Close(context.Background())
+		c.nudgeConn = nil
+		return fmt.Errorf("nudge: %w", err)
+	}
+	return nil
+}
+
+// Close releases the nudge connection; Run releases everything else.
+func (c *Capturer) Close() {
+	c.nudgeMu.Lock()
+	defer c.nudgeMu.Unlock()
+	if c.nudgeConn != nil {
+		c.nudgeConn.Close(context.Background())
+		c.nudgeConn = nil
 	}
 }
 

@@ -87,6 +87,7 @@ func (e *env) start(t *testing.T) {
 	e.cap = c
 	e.stop = func() {
 		cancel()
+		defer c.Close()
 		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 			t.Errorf("capture: %v", err)
 		}

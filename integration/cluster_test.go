@@ -26,7 +26,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "casualdb")
-	build := exec.Command("go", "build", "-race", "-o", binary, "../cmd/casualdb")
+	build := exec.Command("go", "build", raceFlag(), "-o", binary, "../cmd/casualdb")
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build casualdb:", err)
@@ -256,4 +256,12 @@ func (c *cluster) waitConverged(timeout time.Duration, tables ...string) {
 		}
 		return nil
 	})
+}
+
+// raceFlag builds the sidecar with the race detector unless CASUALDB_NORACE is set.
+func raceFlag() string {
+	if os.Getenv("CASUALDB_NORACE") != "" {
+		return "-v=false"
+	}
+	return "-race"
 }

@@ -279,6 +279,9 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 
 // Close releases what Start acquired; safe to call twice.
 func (s *Sidecar) Close() {
+	if s.capturer != nil {
+		s.capturer.Close()
+	}
 	if s.admin != nil {
 		s.admin.Close()
 		s.admin = nil
