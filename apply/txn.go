@@ -41,7 +41,10 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 			_ = tx.Rollback(context.Background())
 		}
 	}()
-	w := &txWriter{a: a, tx: tx, careful: careful, state: map[meta.RowKey]*rowState{}, tables: map[string]*localTable{}}
+	w := &txWriter{a: a, tx: tx, careful: careful, state: map[meta.RowKey]*rowState{}, tables: map[string]*localTable{}, writeGen: map[meta.RowKey]int{}}
+	if !careful {
+		w.batch = &pgx.Batch{}
+	}
 	if err := w.prepare(ctx, run); err != nil {
 		return res, err
 	}
@@ -51,6 +54,9 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 				return res, err
 			}
 		}
+	}
+	if err := w.flush(ctx); err != nil {
+		return res, err
 	}
 	if err := w.validateInserts(ctx); err != nil {
 		return res, err
@@ -96,6 +102,20 @@ type txWriter struct {
 	inserted map[meta.RowKey]bool
 	res      runResult
 	waited   time.Duration // time spent waiting for capture
+
+	// In the optimistic (not careful) mode, row writes are queued and sent
+	// in one round trip; their xmins are filled into written afterwards.
+	batch    *pgx.Batch
+	pending  []pendingXmin
+	writeGen map[meta.RowKey]int
+}
+
+// pendingXmin is a queued write whose new xmin belongs to written[key] if no
+// later write of the same row superseded it.
+type pendingXmin struct {
+	key  meta.RowKey
+	gen  int
+	xmin bool // the statement returns xmin
 }
 
 // prepare resolves the tables, locks every row the run touches, and makes
@@ -409,6 +429,13 @@ func textArg(v casualdb.Value) any {
 // returningXmin runs a write that returns the new row's xmin. ok is false
 // when the change was parked instead.
 func (w *txWriter) returningXmin(ctx context.Context, im inMsg, c *casualdb.Change, q string, args []any) (uint32, bool, error) {
+	if w.batch != nil {
+		rk := meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}
+		w.writeGen[rk]++
+		w.batch.Queue(q, args...)
+		w.pending = append(w.pending, pendingXmin{key: rk, gen: w.writeGen[rk], xmin: true})
+		return 0, true, nil
+	}
 	var xmin string
 	err := w.guard(ctx, im, c, func() error { return w.tx.QueryRow(ctx, q, args...).Scan(&xmin) })
 	if err != nil {
@@ -422,6 +449,13 @@ func (w *txWriter) returningXmin(ctx context.Context, im inMsg, c *casualdb.Chan
 }
 
 func (w *txWriter) exec(ctx context.Context, im inMsg, c *casualdb.Change, q string, args ...any) error {
+	if w.batch != nil {
+		rk := meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}
+		w.writeGen[rk]++
+		w.batch.Queue(q, args...)
+		w.pending = append(w.pending, pendingXmin{key: rk, gen: w.writeGen[rk]})
+		return nil
+	}
 	err := w.guard(ctx, im, c, func() error {
 		_, err := w.tx.Exec(ctx, q, args...)
 		return err
@@ -430,6 +464,42 @@ func (w *txWriter) exec(ctx context.Context, im inMsg, c *casualdb.Change, q str
 		return nil
 	}
 	return err
+}
+
+// flush sends the queued writes in one round trip and records the xmins they
+// return. Any error fails the attempt; the careful retry then finds the row.
+func (w *txWriter) flush(ctx context.Context) error {
+	if w.batch == nil || w.batch.Len() == 0 {
+		return nil
+	}
+	br := w.tx.SendBatch(ctx, w.batch)
+	for _, p := range w.pending {
+		if !p.xmin {
+			if _, err := br.Exec(); err != nil {
+				br.Close()
+				return fmt.Errorf("write %s %s: %w", p.key.Table, p.key.Key, err)
+			}
+			continue
+		}
+		var xmin string
+		if err := br.QueryRow().Scan(&xmin); err != nil {
+			br.Close()
+			return fmt.Errorf("write %s %s: %w", p.key.Table, p.key.Key, err)
+		}
+		if rv, ok := w.written[p.key]; ok && p.gen == w.writeGen[p.key] && !rv.Deleted {
+			x, _ := strconv.ParseUint(xmin, 10, 32)
+			rv.Xmin = uint32(x)
+			w.written[p.key] = rv
+			if st := w.state[p.key]; st != nil {
+				st.xmin = rv.Xmin
+			}
+		}
+	}
+	if err := br.Close(); err != nil {
+		return fmt.Errorf("write batch: %w", err)
+	}
+	w.batch, w.pending = &pgx.Batch{}, nil
+	return nil
 }
 
 // errParked reports that guard parked the change.
@@ -528,6 +598,10 @@ func (w *txWriter) logConflict(ctx context.Context, lt *localTable, im inMsg, c 
 		cf.LocalVersion = st.rv.Version
 	}
 	if st.present && lt != nil {
+		// The local image must include this transaction's earlier writes.
+		if err := w.flush(ctx); err != nil {
+			return err
+		}
 		var row string
 		err := w.tx.QueryRow(ctx, "SELECT row_to_json(t)::text FROM "+lt.ident+" t WHERE "+lt.keyMatch(1), keyArgs(c.Key)...).Scan(&row)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
@@ -556,7 +630,11 @@ func (w *txWriter) logConflict(ctx context.Context, lt *localTable, im inMsg, c 
 // truncate applies a remote TRUNCATE: rows whose version is older than the
 // truncate go; rows written later (anywhere) stay.
 func (w *txWriter) truncate(ctx context.Context, lt *localTable, c *casualdb.Change) error {
-	// Record what this transaction decided so far before reading the table.
+	// Write and record what this transaction decided so far before reading
+	// the table.
+	if err := w.flush(ctx); err != nil {
+		return err
+	}
 	if err := meta.SaveVersions(ctx, w.tx, w.written); err != nil {
 		return err
 	}
