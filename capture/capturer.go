@@ -389,7 +389,7 @@ func (c *Capturer) advance(lsn uint64) {
 //
 // lsn may lie inside WAL that the caller's own open transaction wrote and
 // that is not flushed yet; logical decoding reads only flushed WAL, so after
-// a short wait capture flushes it (nudge) rather than wait for the WAL
+// a wait capture flushes it at once (nudge) rather than wait for the WAL
 // writer, which can take seconds when the server is otherwise idle.
 func (c *Capturer) WaitProcessed(ctx context.Context, lsn uint64) error {
 	start := time.Now()
@@ -412,7 +412,7 @@ func (c *Capturer) WaitProcessed(ctx context.Context, lsn uint64) error {
 		if rd != nil {
 			rd.wake()
 		}
-		if time.Since(start) > 5*time.Millisecond && time.Since(nudged) > 50*time.Millisecond {
+		if time.Since(nudged) > 20*time.Millisecond {
 			nudged = time.Now()
 			nudges++
 			if err := c.nudge(ctx); err != nil {
