@@ -89,6 +89,8 @@ type Applier struct {
 	progress map[casualdb.SiteID]meta.Progress
 	tables   map[string]*localTable
 
+	gapSince map[casualdb.SiteID]time.Time // when each origin's current gap was first seen
+
 	mu    sync.Mutex
 	stats Stats
 }
@@ -240,6 +242,7 @@ func (a *Applier) handle(ctx context.Context, batch []jetstream.Msg) error {
 		case admitGap:
 			// An earlier transaction of this origin is missing (a publish
 			// that failed and will be redelivered): wait for it.
+			a.noteGap(im)
 			blocked[im.origin] = true
 			_ = m.NakWithDelay(100 * time.Millisecond)
 			continue
@@ -249,12 +252,30 @@ func (a *Applier) handle(ctx context.Context, batch []jetstream.Msg) error {
 				return err
 			}
 		}
+		delete(a.gapSince, im.origin)
 		// Admit the next one of the same origin against this one.
 		p := a.progress[im.origin]
 		a.progress[im.origin] = meta.Progress{Seq: im.seq, LSN: im.tx.LSN, CommitTime: im.tx.CommitTime, Epoch: im.epoch, AppliedAt: p.AppliedAt}
 		run = append(run, im)
 	}
 	return flush()
+}
+
+// noteGap warns, once, when an origin's gap lasts: the missing transactions
+// may be gone from its outbox for good (this site needs an initial copy).
+func (a *Applier) noteGap(im inMsg) {
+	if a.gapSince == nil {
+		a.gapSince = map[casualdb.SiteID]time.Time{}
+	}
+	since, ok := a.gapSince[im.origin]
+	switch {
+	case !ok:
+		a.gapSince[im.origin] = time.Now()
+	case !since.IsZero() && time.Since(since) > 30*time.Second:
+		a.log.Warn("transactions of an origin are missing for 30s; apply of that origin waits", "origin", im.origin,
+			"expected_seq", a.progress[im.origin].Seq+1, "got_seq", im.seq)
+		a.gapSince[im.origin] = time.Time{} // warned
+	}
 }
 
 type admission int
