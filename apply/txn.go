@@ -58,7 +58,7 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 	if err := w.flush(ctx); err != nil {
 		return res, err
 	}
-	if err := w.validateInserts(ctx); err != nil {
+	if err := w.validate(ctx); err != nil {
 		return res, err
 	}
 	if err := meta.SaveVersions(ctx, tx, w.written); err != nil {
@@ -100,6 +100,9 @@ type txWriter struct {
 	loaded map[meta.RowKey]meta.RowVersion
 	// inserted holds the rows this transaction inserted where none was.
 	inserted map[meta.RowKey]bool
+	// unverified holds the rows decided against versions that a local write
+	// not yet captured may have superseded.
+	unverified map[meta.RowKey]bool
 	res      runResult
 	waited   time.Duration // time spent waiting for capture
 
@@ -124,6 +127,7 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 	w.bad = map[string]error{}
 	w.written = map[meta.RowKey]meta.RowVersion{}
 	w.inserted = map[meta.RowKey]bool{}
+	w.unverified = map[meta.RowKey]bool{}
 	w.loaded = map[meta.RowKey]meta.RowVersion{}
 	keys := map[string][][]string{}
 	for _, im := range run {
@@ -183,7 +187,7 @@ func (w *txWriter) loadVersions(ctx context.Context, keys []meta.RowKey, check b
 		return err
 	}
 	if check {
-		stale := false
+		var suspect []meta.RowKey
 		for _, k := range keys {
 			st := w.state[k]
 			rv, ok := vs[k]
@@ -191,11 +195,18 @@ func (w *txWriter) loadVersions(ctx context.Context, keys []meta.RowKey, check b
 			// (a local delete, or insert and delete, leave no xmin), may have
 			// a local write capture has not versioned yet.
 			if !st.present || !ok || rv.Xmin != st.xmin {
-				stale = true
-				break
+				suspect = append(suspect, k)
 			}
 		}
-		if stale {
+		switch {
+		case len(suspect) == 0:
+		case !w.careful:
+			// Optimistic: decide now and check once, before commit, that
+			// capture recorded nothing new for these rows (validate).
+			for _, k := range suspect {
+				w.unverified[k] = true
+			}
+		default:
 			if err := w.waitCapture(ctx); err != nil {
 				return err
 			}
@@ -234,26 +245,33 @@ func (w *txWriter) waitCapture(ctx context.Context) error {
 	return err
 }
 
-// validateInserts closes the last window of the race with local writers: a
-// local insert and delete of a key this transaction then inserted, both
-// committed after prepare looked. The insert now holds the key, so one more
-// wait for capture settles it; if the recorded version moved, start over.
-func (w *txWriter) validateInserts(ctx context.Context) error {
-	if len(w.inserted) == 0 {
+// validate closes the windows of the race with local writers that the
+// optimistic path leaves open: rows decided against versions a local write
+// may have superseded before capture saw it, and rows this transaction
+// inserted where a local insert and delete may have committed since prepare
+// looked (the insert now holds the key). One wait for capture settles both;
+// if a recorded version moved, the run starts over (carefully).
+func (w *txWriter) validate(ctx context.Context) error {
+	keys := make([]meta.RowKey, 0, len(w.inserted)+len(w.unverified))
+	for k := range w.inserted {
+		keys = append(keys, k)
+	}
+	for k := range w.unverified {
+		if !w.inserted[k] {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
 		return nil
 	}
 	if err := w.waitCapture(ctx); err != nil {
 		return err
 	}
-	keys := make([]meta.RowKey, 0, len(w.inserted))
-	for k := range w.inserted {
-		keys = append(keys, k)
-	}
 	vs, err := meta.LoadVersions(ctx, w.tx, keys)
 	if err != nil {
 		return err
 	}
-	for k := range w.inserted {
+	for _, k := range keys {
 		now, ok := vs[k]
 		before, was := w.loaded[k]
 		if ok != was || (ok && !sameVersion(now.Version, before.Version)) {
