@@ -103,8 +103,8 @@ type txWriter struct {
 	// unverified holds the rows decided against versions that a local write
 	// not yet captured may have superseded.
 	unverified map[meta.RowKey]bool
-	res      runResult
-	waited   time.Duration // time spent waiting for capture
+	res        runResult
+	waited     time.Duration // time spent waiting for capture
 
 	// In the optimistic (not careful) mode, row writes are queued and sent
 	// in one round trip; their xmins are filled into written afterwards.
