@@ -1,157 +1,508 @@
-// Command bench measures CasualDB on this machine and puts pglogical beside
-// it: what replication costs the origin's throughput, replication lag at a
-// fixed rate, and how long the peers take to catch up once the load stops.
-//
-// Each system gets three fresh PostgreSQL 15 servers (fsync off) on this
-// machine. pgbench runs single-row upserts at site a: first with nothing
-// replicating (the baseline), then unthrottled with replication running,
-// then throttled (-rate) while a probe inserts one row every 10 ms, whose
-// arrival a trigger records at the peers. README.md in this directory
-// explains the figures. Run it with `make bench` or `go run ./bench`.
-//
-// The program exits non-zero only when the harness fails (a server does not
-// start, the sites do not converge); figures that miss their targets are
-// reported, not treated as failures.
+// Command bench measures CasualDB on this machine: what the sidecar costs
+// the origin's throughput, replication lag at a fixed rate, and catch-up
+// after the load, with pglogical doing the same job beside it. Run it with
+// `make bench`.
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/casualdb/casualdb/internal/pgtest"
+	"github.com/jackc/pgx/v5"
 )
 
-// options are the command-line flags.
 type options struct {
-	duration  time.Duration // length of each pgbench run
-	rate      int           // pgbench -R of the throttled run
-	clients   int           // pgbench -c
-	pglogical bool          // measure pglogical too
-	binary    string        // casualdb binary; empty builds one
-	keep      bool          // keep the temporary directory
+	duration  time.Duration
+	rate      int
+	clients   int
+	pglogical bool
+	binary    string
+	keep      bool
 }
 
-// pglogicalControl exists when the pglogical extension is installed.
-const pglogicalControl = "/usr/share/postgresql/15/extension/pglogical.control"
+// result is one system's figures.
+type result struct {
+	name             string
+	baseTPS, replTPS float64
+	throttledTPS     float64
+	p50, p99, pmax   time.Duration
+	catchUp          time.Duration
+	probes           int
+	note             string
+}
 
 func main() {
 	var o options
-	flag.DurationVar(&o.duration, "duration", 20*time.Second, "length of each pgbench run (whole seconds)")
-	flag.IntVar(&o.rate, "rate", 1000, "target transactions per second of the throttled run (pgbench -R)")
-	flag.IntVar(&o.clients, "clients", 4, "pgbench clients (-c); threads (-j) are min(2, clients)")
-	flag.BoolVar(&o.pglogical, "pglogical", true, "measure pglogical too, when it is installed")
-	flag.StringVar(&o.binary, "binary", "", "casualdb binary to run (default: build ./cmd/casualdb)")
-	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (databases, sidecar logs)")
+	flag.DurationVar(&o.duration, "duration", 20*time.Second, "length of each pgbench run")
+	flag.IntVar(&o.rate, "rate", 1000, "transactions per second of the throttled run")
+	flag.IntVar(&o.clients, "clients", 4, "pgbench clients")
+	flag.BoolVar(&o.pglogical, "pglogical", true, "measure pglogical too (if installed)")
+	flag.StringVar(&o.binary, "binary", "", "casualdb binary (default: build it)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
 	flag.Parse()
-	if err := o.validate(); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(2)
-	}
-
-	// SIGINT and SIGTERM cancel ctx; every step then returns and the
-	// deferred cleanup stops the sidecars and servers.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, o)
-	stop()
-	if err != nil {
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func (o *options) validate() error {
-	if o.duration < time.Second {
-		return fmt.Errorf("-duration %s: must be at least 1s", o.duration)
-	}
-	o.duration = o.duration.Round(time.Second)
-	if o.rate <= 0 {
-		return fmt.Errorf("-rate %d: must be positive", o.rate)
-	}
-	if o.clients <= 0 {
-		return fmt.Errorf("-clients %d: must be positive", o.clients)
-	}
-	return nil
-}
-
-// run measures each system in turn and prints the report. A system that
-// fails does not stop the next one from being measured; its error is
-// returned after the report.
-func run(ctx context.Context, o options) error {
+func run(o options) error {
 	dir, err := os.MkdirTemp("", "casualdb-bench-")
 	if err != nil {
-		return fmt.Errorf("create temp dir: %w", err)
+		return err
 	}
 	if o.keep {
-		defer fmt.Printf("kept %s (sidecar logs: casualdb/sidecar-*/sidecar.log; postgres logs: */*/postgres.log)\n", dir)
+		fmt.Println("keeping", dir)
 	} else {
 		defer os.RemoveAll(dir)
 	}
+	if o.binary == "" {
+		o.binary = filepath.Join(dir, "casualdb-bin")
+		build := exec.Command("go", "build", "-o", o.binary, "./cmd/casualdb")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("build casualdb: %w", err)
+		}
+	}
+	ctx := context.Background()
+	var results []result
+	r, err := benchCasualDB(ctx, o, filepath.Join(dir, "casualdb"))
+	if err != nil {
+		return fmt.Errorf("casualdb: %w", err)
+	}
+	results = append(results, r)
+	if o.pglogical {
+		if _, err := os.Stat("/usr/share/postgresql/15/extension/pglogical.control"); err != nil {
+			fmt.Println("pglogical is not installed (apt-get install postgresql-15-pglogical): measuring casualdb only")
+		} else {
+			r, err := benchPglogical(ctx, o, filepath.Join(dir, "pglogical"))
+			if err != nil {
+				return fmt.Errorf("pglogical: %w", err)
+			}
+			results = append(results, r)
+		}
+	}
+	report(o, results)
+	return nil
+}
 
-	binary := o.binary
-	if binary == "" {
-		if binary, err = buildCasualDB(ctx, dir); err != nil {
+const schema = `
+CREATE TABLE bench_kv (k int PRIMARY KEY, v int NOT NULL, t timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE bench_probe (id bigint PRIMARY KEY, sent timestamptz NOT NULL);
+CREATE TABLE bench_arrival (id bigint NOT NULL, arrived timestamptz NOT NULL);
+CREATE FUNCTION bench_arrive() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO bench_arrival VALUES (NEW.id, clock_timestamp()); RETURN NEW; END $$;
+CREATE TRIGGER bench_arrive AFTER INSERT ON bench_probe FOR EACH ROW EXECUTE FUNCTION bench_arrive();
+ALTER TABLE bench_probe ENABLE ALWAYS TRIGGER bench_arrive;
+`
+
+const script = `\set k random(1, 10000)
+INSERT INTO bench_kv (k, v) VALUES (:k, 1) ON CONFLICT (k) DO UPDATE SET v = bench_kv.v + 1, t = clock_timestamp();
+`
+
+// cluster is three PostgreSQL servers.
+type cluster struct {
+	dir     string
+	servers []*pgtest.Server
+}
+
+func startCluster(ctx context.Context, dir string, settings map[string]string) (*cluster, error) {
+	c := &cluster{dir: dir}
+	for _, name := range []string{"a", "b", "c"} {
+		s, err := pgtest.Start(ctx, pgtest.Options{Dir: dir, Name: name, Settings: settings})
+		if err != nil {
+			c.stop()
+			return nil, err
+		}
+		c.servers = append(c.servers, s)
+		if err := s.Exec(ctx, schema); err != nil {
+			c.stop()
+			return nil, fmt.Errorf("schema at %s: %w", name, err)
+		}
+	}
+	return c, nil
+}
+
+func (c *cluster) stop() {
+	for _, s := range c.servers {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_ = s.Stop(ctx)
+		cancel()
+	}
+}
+
+var tpsLine = regexp.MustCompile(`tps = ([0-9.]+)`)
+
+// pgbench runs the upsert workload at s and returns its throughput.
+func pgbench(ctx context.Context, o options, s *pgtest.Server, dir string, rate int) (float64, error) {
+	path := filepath.Join(dir, "upsert.sql")
+	if err := os.WriteFile(path, []byte(script), 0o644); err != nil {
+		return 0, err
+	}
+	args := []string{"-n", "-f", path, "-c", strconv.Itoa(o.clients), "-j", "2", "-T", strconv.Itoa(int(o.duration.Seconds())),
+		"-h", "127.0.0.1", "-p", strconv.Itoa(s.Port()), "-U", "postgres", "postgres"}
+	if rate > 0 {
+		args = append(args, "-R", strconv.Itoa(rate))
+	}
+	cctx, cancel := context.WithTimeout(ctx, o.duration+time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(cctx, pgbenchPath(), args...).CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("pgbench: %w\n%s", err, out)
+	}
+	m := tpsLine.FindSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("pgbench printed no tps:\n%s", out)
+	}
+	return strconv.ParseFloat(string(m[1]), 64)
+}
+
+func pgbenchPath() string {
+	if p := filepath.Join(pgtest.BinDir(), "pgbench"); fileExists(p) {
+		return p
+	}
+	return "pgbench"
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// throttled runs pgbench at a fixed rate while probing lag every 10ms, then
+// measures the catch-up of the peers and the lag distribution.
+func throttled(ctx context.Context, o options, c *cluster, r *result) error {
+	a := c.servers[0]
+	conn, err := pgx.Connect(ctx, a.DSN())
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	probes := make(chan int, 1)
+	go func() {
+		n := 0
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-probeCtx.Done():
+				probes <- n
+				return
+			case <-t.C:
+				qctx, cancel := context.WithTimeout(probeCtx, 5*time.Second)
+				if _, err := conn.Exec(qctx, `INSERT INTO bench_probe VALUES ($1, clock_timestamp())`, n+1); err == nil {
+					n++
+				}
+				cancel()
+			}
+		}
+	}()
+	tps, err := pgbench(ctx, o, a, c.dir, o.rate)
+	stopProbe()
+	r.probes = <-probes
+	if err != nil {
+		return err
+	}
+	r.throttledTPS = tps
+	end := time.Now()
+	want, err := digest(ctx, a)
+	if err != nil {
+		return err
+	}
+	deadline := end.Add(5 * time.Minute)
+	for _, peer := range c.servers[1:] {
+		for {
+			got, err := digest(ctx, peer)
+			if err != nil {
+				return err
+			}
+			if got == want {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("peer did not catch up in 5 minutes: %s vs %s", got, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	r.catchUp = time.Since(end)
+	var lags []time.Duration
+	for _, peer := range c.servers[1:] {
+		pc, err := pgx.Connect(ctx, peer.DSN())
+		if err != nil {
 			return err
 		}
-	}
-	systems := []system{&casualdbSystem{binary: binary}}
-	var notes []string
-	switch _, err := os.Stat(pglogicalControl); {
-	case !o.pglogical:
-		notes = append(notes, "pglogical skipped (-pglogical=false)")
-	case err != nil:
-		notes = append(notes, "pglogical skipped: not installed (apt-get install postgresql-15-pglogical)")
-	default:
-		systems = append(systems, &pglogicalSystem{})
-	}
-
-	var results []*result
-	var errs []error
-	for _, sys := range systems {
-		progress("measuring %s in %s", sys.name(), filepath.Join(dir, sys.name()))
-		r, err := measure(ctx, o, filepath.Join(dir, sys.name()), sys)
-		results = append(results, r)
+		rows, err := pc.Query(ctx, `SELECT extract(epoch FROM a.arrived - p.sent)::float8 FROM bench_arrival a JOIN bench_probe p USING (id)`)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", sys.name(), err))
+			pc.Close(ctx)
+			return err
 		}
-		if ctx.Err() != nil {
-			break
+		for rows.Next() {
+			var s float64
+			if err := rows.Scan(&s); err != nil {
+				rows.Close()
+				pc.Close(ctx)
+				return err
+			}
+			lags = append(lags, time.Duration(s*float64(time.Second)))
 		}
+		rows.Close()
+		pc.Close(ctx)
 	}
-	report(os.Stdout, o, results, notes)
-	return errors.Join(errs...)
+	if len(lags) == 0 {
+		return fmt.Errorf("no probe arrived at the peers")
+	}
+	sort.Slice(lags, func(i, j int) bool { return lags[i] < lags[j] })
+	q := func(p float64) time.Duration { return lags[min(len(lags)-1, int(p*float64(len(lags))))] }
+	r.p50, r.p99, r.pmax = q(0.50), q(0.99), lags[len(lags)-1]
+	return nil
 }
 
-// buildCasualDB builds ./cmd/casualdb of this module into dir.
-func buildCasualDB(ctx context.Context, dir string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+func digest(ctx context.Context, s *pgtest.Server) (string, error) {
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	conn, err := pgx.Connect(qctx, s.DSN())
 	if err != nil {
-		return "", fmt.Errorf("build casualdb: find module: %w", err)
+		return "", err
 	}
-	mod := strings.TrimSpace(string(gomod))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("build casualdb: not inside the casualdb module (run from its directory, or pass -binary)")
-	}
-	root := filepath.Dir(mod)
-	binary := filepath.Join(dir, "casualdb-bin")
-	build := exec.CommandContext(ctx, "go", "build", "-o", binary, "./cmd/casualdb")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build casualdb: %w\n%s", err, out)
-	}
-	return binary, nil
+	defer conn.Close(context.Background())
+	var d string
+	err = conn.QueryRow(qctx, `SELECT count(*) || '/' || coalesce(sum(v), 0) || '/' || (SELECT count(*) FROM bench_probe) FROM bench_kv`).Scan(&d)
+	return d, err
 }
 
-// progress tells the operator what the bench is doing, on stderr so that
-// stdout holds only the report.
-func progress(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "bench %s: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+// sidecar is one casualdb process.
+type sidecar struct {
+	cmd   *exec.Cmd
+	admin int
 }
+
+func benchCasualDB(ctx context.Context, o options, dir string) (result, error) {
+	r := result{name: "casualdb"}
+	c, err := startCluster(ctx, dir, nil)
+	if err != nil {
+		return r, err
+	}
+	defer c.stop()
+	if r.baseTPS, err = pgbench(ctx, o, c.servers[0], dir, 0); err != nil {
+		return r, err
+	}
+	// CasualDB replicates what is written once it runs (an initial copy is
+	// on the roadmap): start every site from the same empty table.
+	if err := c.servers[0].Exec(ctx, `TRUNCATE bench_kv`); err != nil {
+		return r, err
+	}
+	var nats []int
+	for range c.servers {
+		p, err := pgtest.FreePort()
+		if err != nil {
+			return r, err
+		}
+		nats = append(nats, p)
+	}
+	var scs []*sidecar
+	defer func() {
+		for _, s := range scs {
+			_ = s.cmd.Process.Signal(syscall.SIGTERM)
+			_ = s.cmd.Wait()
+		}
+	}()
+	names := []string{"a", "b", "c"}
+	for i, s := range c.servers {
+		admin, err := pgtest.FreePort()
+		if err != nil {
+			return r, err
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "site: %s\ndata_dir: %s\ndatabase:\n  dsn: %s\n  tables: [bench_kv, bench_probe]\nnats:\n  listen: 127.0.0.1:%d\nadmin:\n  listen: 127.0.0.1:%d\nlog:\n  level: warn\npeers:\n",
+			names[i], filepath.Join(dir, "sidecar-"+names[i]), s.DSN(), nats[i], admin)
+		for j := range c.servers {
+			if j != i {
+				fmt.Fprintf(&b, "  - name: %s\n    nats_url: nats://127.0.0.1:%d\n", names[j], nats[j])
+			}
+		}
+		cfg := filepath.Join(dir, "casualdb-"+names[i]+".yml")
+		if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
+			return r, err
+		}
+		logf, err := os.Create(filepath.Join(dir, "sidecar-"+names[i]+".log"))
+		if err != nil {
+			return r, err
+		}
+		defer logf.Close()
+		cmd := exec.Command(o.binary, "run", "--config", cfg)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			return r, err
+		}
+		scs = append(scs, &sidecar{cmd: cmd, admin: admin})
+	}
+	for _, s := range scs {
+		if err := waitHealthy(ctx, s.admin); err != nil {
+			return r, err
+		}
+	}
+	// The peers must hold the rows of the baseline run too before measuring.
+	if err := waitSame(ctx, c, 5*time.Minute); err != nil {
+		return r, err
+	}
+	if r.replTPS, err = pgbench(ctx, o, c.servers[0], dir, 0); err != nil {
+		return r, err
+	}
+	if err := waitSame(ctx, c, 5*time.Minute); err != nil {
+		return r, err
+	}
+	return r, throttled(ctx, o, c, &r)
+}
+
+func waitHealthy(ctx context.Context, port int) error {
+	deadline := time.Now().Add(time.Minute)
+	client := &http.Client{Timeout: 2 * time.Second}
+	for time.Now().Before(deadline) {
+		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", port))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("sidecar on admin port %d not healthy after a minute", port)
+}
+
+func waitSame(ctx context.Context, c *cluster, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		want, err := digest(ctx, c.servers[0])
+		if err != nil {
+			return err
+		}
+		same := true
+		for _, s := range c.servers[1:] {
+			got, err := digest(ctx, s)
+			if err != nil {
+				return err
+			}
+			same = same && got == want
+		}
+		if same {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("sites did not converge within %s", timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func benchPglogical(ctx context.Context, o options, dir string) (result, error) {
+	r := result{name: "pglogical"}
+	c, err := startCluster(ctx, dir, map[string]string{"shared_preload_libraries": "pglogical", "track_commit_timestamp": "on"})
+	if err != nil {
+		return r, err
+	}
+	defer c.stop()
+	if r.baseTPS, err = pgbench(ctx, o, c.servers[0], dir, 0); err != nil {
+		return r, err
+	}
+	// The baseline rows exist at a only; pglogical does not copy them here
+	// (synchronize_data := false), so start from empty tables everywhere.
+	if err := c.servers[0].Exec(ctx, `TRUNCATE bench_kv`); err != nil {
+		return r, err
+	}
+	names := []string{"a", "b", "c"}
+	for i, s := range c.servers {
+		err := s.Exec(ctx, fmt.Sprintf(`CREATE EXTENSION pglogical;
+			SELECT pglogical.create_node(node_name := '%s', dsn := 'host=127.0.0.1 port=%d dbname=postgres user=postgres');
+			SELECT pglogical.replication_set_add_table('default', 'bench_kv');
+			SELECT pglogical.replication_set_add_table('default', 'bench_probe');`, names[i], s.Port()))
+		if err != nil {
+			return r, fmt.Errorf("set up node %s: %w", names[i], err)
+		}
+	}
+	for i, s := range c.servers {
+		for j, p := range c.servers {
+			if i == j {
+				continue
+			}
+			err := s.Exec(ctx, fmt.Sprintf(`SELECT pglogical.create_subscription(subscription_name := '%s_from_%s',
+				provider_dsn := 'host=127.0.0.1 port=%d dbname=postgres user=postgres', replication_sets := ARRAY['default'],
+				forward_origins := '{}', synchronize_data := false, synchronize_structure := false)`, names[i], names[j], p.Port()))
+			if err != nil {
+				return r, fmt.Errorf("subscribe %s to %s: %w", names[i], names[j], err)
+			}
+		}
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for _, s := range c.servers {
+		for {
+			conn, err := pgx.Connect(ctx, s.DSN())
+			if err != nil {
+				return r, err
+			}
+			var n int
+			err = conn.QueryRow(ctx, `SELECT count(*) FROM pglogical.show_subscription_status() WHERE status <> 'replicating'`).Scan(&n)
+			conn.Close(ctx)
+			if err != nil {
+				return r, err
+			}
+			if n == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return r, fmt.Errorf("pglogical subscriptions not replicating after 2 minutes")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if r.replTPS, err = pgbench(ctx, o, c.servers[0], dir, 0); err != nil {
+		return r, err
+	}
+	if err := waitSame(ctx, c, 5*time.Minute); err != nil {
+		return r, err
+	}
+	return r, throttled(ctx, o, c, &r)
+}
+
+func report(o options, rs []result) {
+	fmt.Printf("\nCasualDB bench: 3 sites on one machine (%d cores), fsync=off, pgbench %d clients, %s per run\n", numCPU(), o.clients, o.duration)
+	fmt.Printf("workload: single-row upserts over 10,000 keys at site a; lag probes every 10 ms\n\n")
+	fmt.Printf("%-34s", "")
+	for _, r := range rs {
+		fmt.Printf("%14s", r.name)
+	}
+	fmt.Println()
+	row := func(label string, f func(r result) string) {
+		fmt.Printf("%-34s", label)
+		for _, r := range rs {
+			fmt.Printf("%14s", f(r))
+		}
+		fmt.Println()
+	}
+	ms := func(d time.Duration) string { return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 1, 64) }
+	row("local tps, not replicating", func(r result) string { return fmt.Sprintf("%.0f", r.baseTPS) })
+	row("local tps, replicating", func(r result) string { return fmt.Sprintf("%.0f", r.replTPS) })
+	row("cost to the origin", func(r result) string { return fmt.Sprintf("%.1f%%", 100*(1-r.replTPS/r.baseTPS)) })
+	row(fmt.Sprintf("throttled run tps (-R %d)", o.rate), func(r result) string { return fmt.Sprintf("%.0f", r.throttledTPS) })
+	row("lag p50 (ms)", func(r result) string { return ms(r.p50) })
+	row("lag p99 (ms)", func(r result) string { return ms(r.p99) })
+	row("lag max (ms)", func(r result) string { return ms(r.pmax) })
+	row("catch-up after the load (ms)", func(r result) string { return ms(r.catchUp) })
+	row("lag probes", func(r result) string { return strconv.Itoa(r.probes) })
+	fmt.Printf("\ntargets: lag p99 < 100 ms at 1,000 tps; cost to the origin < 10%%\n")
+}
+
+func numCPU() int { return runtime.NumCPU() }
