@@ -50,6 +50,11 @@ type Config struct {
 	WaitTimeout time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// ObserveDelay, when set, is told for every transaction how long after
+	// its commit at the origin it reached stage ("received": read from the
+	// inbox; "applied": committed here). Clock differences between the
+	// sites are included.
+	ObserveDelay func(origin casualdb.SiteID, stage string, d time.Duration)
 }
 
 // OriginStats describes what was applied from one origin.
@@ -141,6 +146,8 @@ type inMsg struct {
 	origin casualdb.SiteID
 	seq    uint64
 	epoch  string
+
+	received time.Time // taken from the inbox
 }
 
 // Run applies until ctx is done or a database error persists.
@@ -313,7 +320,7 @@ func hasTruncate(tx *casualdb.Tx) bool {
 
 func decodeMsg(m jetstream.Msg) (inMsg, error) {
 	h := m.Headers()
-	im := inMsg{m: m, origin: casualdb.SiteID(h.Get(headerOrigin)), epoch: h.Get(headerEpoch)}
+	im := inMsg{m: m, origin: casualdb.SiteID(h.Get(headerOrigin)), epoch: h.Get(headerEpoch), received: time.Now()}
 	var err error
 	if im.seq, err = strconv.ParseUint(h.Get(headerSeq), 10, 64); err != nil || im.origin == "" {
 		return im, fmt.Errorf("%w: missing or bad transport headers", casualdb.ErrGarbled)
@@ -365,6 +372,12 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) (ok bool, err error
 			}
 			last := run[len(run)-1]
 			now := time.Now()
+			if a.cfg.ObserveDelay != nil {
+				for _, im := range run {
+					a.cfg.ObserveDelay(origin, "received", im.received.Sub(im.tx.CommitTime))
+					a.cfg.ObserveDelay(origin, "applied", now.Sub(im.tx.CommitTime))
+				}
+			}
 			a.count(func(s *Stats) {
 				s.Applied += uint64(len(run))
 				s.Changes += res.changes

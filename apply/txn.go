@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -30,18 +31,24 @@ type runResult struct {
 // applyTxs applies run in one local transaction. careful wraps every row
 // write in a savepoint, so that a change the database refuses is parked
 // rather than failing the rest (the first attempt is optimistic).
+//
+// Round trips are what a busy machine makes expensive, so the optimistic
+// path sends the transaction in as few batches as it can: BEGIN with the row
+// locks and recorded versions; then the row writes with the metadata and
+// COMMIT, unless a validation wait for capture must come between them.
 func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, careful bool) (res runResult, err error) {
 	start := time.Now()
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return res, fmt.Errorf("begin: %w", err)
-	}
+	w := &txWriter{a: a, tx: conn, careful: careful, state: map[meta.RowKey]*rowState{}, tables: map[string]*localTable{}, writeGen: map[meta.RowKey]int{}}
 	defer func() {
-		if err != nil {
-			_ = tx.Rollback(context.Background())
+		if err != nil && conn.PgConn().TxStatus() != 'I' && !conn.IsClosed() {
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if _, rerr := conn.Exec(rctx, "ROLLBACK"); rerr != nil {
+				// The connection's state is unknown: drop it.
+				_ = conn.Close(rctx)
+			}
 		}
 	}()
-	w := &txWriter{a: a, tx: tx, careful: careful, state: map[meta.RowKey]*rowState{}, tables: map[string]*localTable{}, writeGen: map[meta.RowKey]int{}}
 	if !careful {
 		w.batch = &pgx.Batch{}
 	}
@@ -55,30 +62,25 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 			}
 		}
 	}
-	if err := w.flush(ctx); err != nil {
-		return res, err
-	}
 	if err := w.validate(ctx); err != nil {
 		return res, err
 	}
-	if err := meta.SaveVersions(ctx, tx, w.written); err != nil {
+	if w.batch == nil {
+		w.batch = &pgx.Batch{}
+	}
+	q := execBatch{w.batch}
+	if err := meta.SaveVersions(ctx, q, w.written); err != nil {
 		return res, err
 	}
 	last := run[len(run)-1]
-	if err := meta.SaveProgress(ctx, tx, last.origin, meta.Progress{Seq: last.seq, LSN: last.tx.LSN, CommitTime: last.tx.CommitTime, Epoch: last.epoch}); err != nil {
+	if err := meta.SaveProgress(ctx, q, last.origin, meta.Progress{Seq: last.seq, LSN: last.tx.LSN, CommitTime: last.tx.CommitTime, Epoch: last.epoch}); err != nil {
 		return res, err
 	}
-	var xid8 string
-	err = tx.QueryRow(ctx, `SELECT pg_replication_origin_xact_setup($1::pg_lsn, $2), pg_current_xact_id()::text`,
-		casualdb.FormatLSN(last.tx.LSN), last.tx.CommitTime).Scan(nil, &xid8)
-	if err != nil {
-		return res, fmt.Errorf("set up origin progress: %w", err)
-	}
-	x, _ := strconv.ParseUint(xid8, 10, 64)
-	xid := uint32(x)
-	a.cfg.Capture.BeginApply(xid)
-	err = tx.Commit(ctx)
-	a.cfg.Capture.EndApply(xid)
+	w.batch.Queue(`SELECT pg_replication_origin_xact_setup($1::pg_lsn, $2)`, casualdb.FormatLSN(last.tx.LSN), last.tx.CommitTime)
+	w.batch.Queue("COMMIT")
+	a.cfg.Capture.BeginApply(w.xid)
+	err = w.flush(ctx)
+	a.cfg.Capture.EndApply(w.xid)
 	if err != nil {
 		return res, fmt.Errorf("commit: %w", err)
 	}
@@ -86,10 +88,28 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 	return w.res, nil
 }
 
+// execBatch queues the statements of meta's Save functions into a batch.
+type execBatch struct{ b *pgx.Batch }
+
+func (e execBatch) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	e.b.Queue(sql, args...)
+	return pgconn.CommandTag{}, nil
+}
+
+// dbConn is the connection an apply transaction runs on (a *pgx.Conn inside
+// a transaction block that the transaction's first batch opened).
+type dbConn interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
 // txWriter carries the state of one apply transaction.
 type txWriter struct {
 	a       *Applier
-	tx      pgx.Tx
+	tx      dbConn
+	xid     uint32 // the transaction's id: the xmin of every row it writes outside savepoints
 	careful bool
 	state   map[meta.RowKey]*rowState
 	tables  map[string]*localTable
@@ -121,8 +141,8 @@ type pendingXmin struct {
 	xmin bool // the statement returns xmin
 }
 
-// prepare resolves the tables, locks every row the run touches, and makes
-// sure the recorded versions of those rows are current.
+// prepare opens the transaction, resolves the tables, locks every row the
+// run touches, and reads their recorded versions, in one round trip.
 func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 	w.bad = map[string]error{}
 	w.written = map[meta.RowKey]meta.RowVersion{}
@@ -130,6 +150,7 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 	w.unverified = map[meta.RowKey]bool{}
 	w.loaded = map[meta.RowKey]meta.RowVersion{}
 	keys := map[string][][]string{}
+	var all []meta.RowKey
 	for _, im := range run {
 		for _, c := range im.tx.Changes {
 			if _, ok := w.tables[c.Table]; !ok && w.bad[c.Table] == nil {
@@ -143,76 +164,115 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 					w.tables[c.Table] = lt
 				}
 			}
-			if c.Op != casualdb.OpTruncate && w.bad[c.Table] == nil {
-				keys[c.Table] = append(keys[c.Table], c.Key)
+			if c.Op == casualdb.OpTruncate || w.bad[c.Table] != nil {
+				continue
 			}
-		}
-	}
-	var all []meta.RowKey
-	for tbl, ks := range keys {
-		lt := w.tables[tbl]
-		present, err := lockRows(ctx, w.tx, lt, ks)
-		if err != nil {
-			return err
-		}
-		for _, k := range ks {
-			rk := meta.RowKey{Table: tbl, Key: casualdb.KeyString(k)}
+			rk := meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}
 			if _, ok := w.state[rk]; ok {
 				continue
 			}
-			st := &rowState{}
-			if xmin, ok := present[rk.Key]; ok {
+			w.state[rk] = &rowState{}
+			all = append(all, rk)
+			keys[c.Table] = append(keys[c.Table], c.Key)
+		}
+	}
+	tbls := make([]string, 0, len(keys))
+	for tbl := range keys {
+		tbls = append(tbls, tbl)
+	}
+	sort.Strings(tbls) // one lock order for every run
+
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue("SELECT pg_current_xact_id()::text")
+	for _, tbl := range tbls {
+		sql, args := lockQuery(w.tables[tbl], keys[tbl])
+		b.Queue(sql, args...)
+	}
+	if len(all) > 0 {
+		sql, args := meta.VersionsQuery(all)
+		b.Queue(sql, args...)
+	}
+	b.Queue(meta.TruncationsQuery)
+	br := w.tx.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	var xid8 string
+	if err := br.QueryRow().Scan(&xid8); err != nil {
+		return fmt.Errorf("assign transaction id: %w", err)
+	}
+	x, _ := strconv.ParseUint(xid8, 10, 64)
+	w.xid = uint32(x)
+	for _, tbl := range tbls {
+		lt := w.tables[tbl]
+		rows, err := br.Query()
+		if err != nil {
+			return fmt.Errorf("lock rows of %s: %w", lt.name, err)
+		}
+		present, err := scanLocked(lt, rows)
+		if err != nil {
+			return err
+		}
+		for key, xmin := range present {
+			if st := w.state[meta.RowKey{Table: tbl, Key: key}]; st != nil {
 				st.present, st.xmin = true, xmin
 			}
-			w.state[rk] = st
-			all = append(all, rk)
 		}
 	}
-	if err := w.loadVersions(ctx, all, true); err != nil {
-		return err
+	vs := map[meta.RowKey]meta.RowVersion{}
+	if len(all) > 0 {
+		rows, err := br.Query()
+		if err != nil {
+			return fmt.Errorf("load row versions: %w", err)
+		}
+		if vs, err = meta.ScanVersions(rows, len(all)); err != nil {
+			return err
+		}
 	}
-	truncs, err := meta.LoadTruncations(ctx, w.tx)
+	rows, err := br.Query()
 	if err != nil {
+		return fmt.Errorf("load truncations: %w", err)
+	}
+	if w.truncs, err = meta.ScanTruncations(rows); err != nil {
 		return err
 	}
-	w.truncs = truncs
-	return nil
+	if err := br.Close(); err != nil {
+		return fmt.Errorf("prepare: %w", err)
+	}
+	return w.useVersions(ctx, all, vs)
 }
 
-// loadVersions reads the recorded versions of keys; when check is set and a
-// local write may not be versioned yet, it first waits for capture.
-func (w *txWriter) loadVersions(ctx context.Context, keys []meta.RowKey, check bool) error {
-	vs, err := meta.LoadVersions(ctx, w.tx, keys)
-	if err != nil {
-		return err
-	}
-	if check {
-		var suspect []meta.RowKey
-		for _, k := range keys {
-			st := w.state[k]
-			rv, ok := vs[k]
-			// A row here whose xmin is not on record, or a row absent here
-			// (a local delete, or insert and delete, leave no xmin), may have
-			// a local write capture has not versioned yet.
-			if !st.present || !ok || rv.Xmin != st.xmin {
-				suspect = append(suspect, k)
-			}
+// useVersions takes vs, the recorded versions of keys, as what the run
+// decides against. A local write that capture may not have versioned yet
+// makes a key suspect: the optimistic path validates those before commit,
+// the careful one waits for capture now and reads again.
+func (w *txWriter) useVersions(ctx context.Context, keys []meta.RowKey, vs map[meta.RowKey]meta.RowVersion) error {
+	var suspect []meta.RowKey
+	for _, k := range keys {
+		st := w.state[k]
+		rv, ok := vs[k]
+		// A row here whose xmin is not on record, or a row absent here
+		// (a local delete, or insert and delete, leave no xmin), may have
+		// a local write capture has not versioned yet.
+		if !st.present || !ok || rv.Xmin != st.xmin {
+			suspect = append(suspect, k)
 		}
-		switch {
-		case len(suspect) == 0:
-		case !w.careful:
-			// Optimistic: decide now and check once, before commit, that
-			// capture recorded nothing new for these rows (validate).
-			for _, k := range suspect {
-				w.unverified[k] = true
-			}
-		default:
-			if err := w.waitCapture(ctx); err != nil {
-				return err
-			}
-			if vs, err = meta.LoadVersions(ctx, w.tx, keys); err != nil {
-				return err
-			}
+	}
+	switch {
+	case len(suspect) == 0:
+	case !w.careful:
+		for _, k := range suspect {
+			w.unverified[k] = true
+		}
+	default:
+		if err := w.waitCapture(ctx); err != nil {
+			return err
+		}
+		var err error
+		if vs, err = meta.LoadVersions(ctx, w.tx, keys); err != nil {
+			return err
 		}
 	}
 	for _, k := range keys {
@@ -264,6 +324,9 @@ func (w *txWriter) validate(ctx context.Context) error {
 	if len(keys) == 0 {
 		return nil
 	}
+	if err := w.flush(ctx); err != nil {
+		return err
+	}
 	if err := w.waitCapture(ctx); err != nil {
 		return err
 	}
@@ -281,9 +344,9 @@ func (w *txWriter) validate(ctx context.Context) error {
 	return nil
 }
 
-// lockRows locks the rows of lt with the given keys and returns the xmin of
-// each present one by canonical key.
-func lockRows(ctx context.Context, tx pgx.Tx, lt *localTable, keys [][]string) (map[string]uint32, error) {
+// lockQuery locks the rows of lt with the given keys (in key order) and
+// returns the canonical key and xmin of each present one; see scanLocked.
+func lockQuery(lt *localTable, keys [][]string) (string, []any) {
 	cols := make([][]string, len(lt.keys))
 	for _, k := range keys {
 		for i := range lt.keys {
@@ -306,10 +369,11 @@ func lockRows(ctx context.Context, tx pgx.Tx, lt *localTable, keys [][]string) (
 	}
 	q := fmt.Sprintf(`SELECT %s, xmin::text FROM %s WHERE (%s) IN (SELECT %s FROM unnest(%s) AS u(%s)) ORDER BY %s FOR UPDATE`,
 		lt.keyText(), lt.ident, strings.Join(keyCols, ", "), strings.Join(sel, ", "), strings.Join(unnest, ", "), strings.Join(names, ", "), strings.Join(keyCols, ", "))
-	rows, err := tx.Query(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("lock rows of %s: %w", lt.name, err)
-	}
+	return q, args
+}
+
+// scanLocked reads (and closes) the rows of lockQuery: xmin by canonical key.
+func scanLocked(lt *localTable, rows pgx.Rows) (map[string]uint32, error) {
 	defer rows.Close()
 	out := map[string]uint32{}
 	for rows.Next() {
@@ -452,7 +516,10 @@ func (w *txWriter) returningXmin(ctx context.Context, im inMsg, c *casualdb.Chan
 		w.writeGen[rk]++
 		w.batch.Queue(q, args...)
 		w.pending = append(w.pending, pendingXmin{key: rk, gen: w.writeGen[rk], xmin: true})
-		return 0, true, nil
+		// No savepoint in this mode: the new row version's xmin is the
+		// transaction's id, and the metadata can be queued before the write
+		// has run.
+		return w.xid, true, nil
 	}
 	var xmin string
 	err := w.guard(ctx, im, c, func() error { return w.tx.QueryRow(ctx, q, args...).Scan(&xmin) })

@@ -8,6 +8,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -31,6 +33,7 @@ type options struct {
 	pglogical bool
 	binary    string
 	keep      bool
+	profile   string
 }
 
 // result is one system's figures.
@@ -42,6 +45,7 @@ type result struct {
 	catchUp          time.Duration
 	probes           int
 	note             string
+	stages           []string // where the lag goes (casualdb only)
 }
 
 func main() {
@@ -52,6 +56,7 @@ func main() {
 	flag.BoolVar(&o.pglogical, "pglogical", true, "measure pglogical too (if installed)")
 	flag.StringVar(&o.binary, "binary", "", "casualdb binary (default: build it)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
+	flag.StringVar(&o.profile, "profile", "", "write CPU profiles of the sidecars during the throttled run into this directory")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -117,6 +122,7 @@ INSERT INTO bench_kv (k, v) VALUES (:k, 1) ON CONFLICT (k) DO UPDATE SET v = ben
 type cluster struct {
 	dir     string
 	servers []*pgtest.Server
+	admins  []int // casualdb sidecars' admin ports, for -profile
 }
 
 func startCluster(ctx context.Context, dir string, settings map[string]string) (*cluster, error) {
@@ -208,14 +214,18 @@ func throttled(ctx context.Context, o options, c *cluster, r *result) error {
 			}
 		}
 	}()
+	before := scrapeDelays(c)
+	profiled := profile(ctx, o, c)
 	tps, err := pgbench(ctx, o, a, c.dir, o.rate)
 	stopProbe()
+	profiled()
 	r.probes = <-probes
 	if err != nil {
 		return err
 	}
 	r.throttledTPS = tps
 	end := time.Now()
+	r.stages = stageReport(before, scrapeDelays(c))
 	want, err := digest(ctx, a)
 	if err != nil {
 		return err
@@ -267,6 +277,116 @@ func throttled(ctx context.Context, o options, c *cluster, r *result) error {
 	q := func(p float64) time.Duration { return lags[min(len(lags)-1, int(p*float64(len(lags))))] }
 	r.p50, r.p99, r.pmax = q(0.50), q(0.99), lags[len(lags)-1]
 	return nil
+}
+
+// profile fetches a CPU profile from every sidecar while the throttled run
+// goes on, when -profile names a directory; the returned func waits for them.
+func profile(ctx context.Context, o options, c *cluster) (wait func()) {
+	if o.profile == "" || len(c.admins) == 0 {
+		return func() {}
+	}
+	if err := os.MkdirAll(o.profile, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return func() {}
+	}
+	secs := max(1, int(o.duration.Seconds())-2)
+	done := make(chan struct{}, len(c.admins))
+	for i, port := range c.admins {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			client := &http.Client{Timeout: time.Duration(secs+30) * time.Second}
+			resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", port, secs))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "profile:", err)
+				return
+			}
+			defer resp.Body.Close()
+			f, err := os.Create(filepath.Join(o.profile, fmt.Sprintf("cpu-%c.pprof", 'a'+i)))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "profile:", err)
+				return
+			}
+			defer f.Close()
+			if _, err := io.Copy(f, resp.Body); err != nil {
+				fmt.Fprintln(os.Stderr, "profile:", err)
+			}
+		}()
+	}
+	return func() {
+		for range c.admins {
+			<-done
+		}
+	}
+}
+
+// delayKey names one bucket of casualdb_delay_seconds for origin a.
+type delayKey struct {
+	site, stage string
+	le          float64
+}
+
+var bucketLine = regexp.MustCompile(`^casualdb_delay_seconds_bucket\{origin="a",stage="([a-z]+)",le="([^"]+)"\} ([0-9.e+]+)$`)
+
+// scrapeDelays reads the cumulative delay histograms of origin a's
+// transactions from every sidecar.
+func scrapeDelays(c *cluster) map[delayKey]float64 {
+	out := map[delayKey]float64{}
+	client := &http.Client{Timeout: 5 * time.Second}
+	for i, port := range c.admins {
+		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+		if err != nil {
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(body), "\n") {
+			m := bucketLine.FindStringSubmatch(line)
+			if m == nil {
+				continue
+			}
+			le, err1 := strconv.ParseFloat(m[2], 64)
+			n, err2 := strconv.ParseFloat(m[3], 64)
+			if m[2] == "+Inf" {
+				le, err1 = math.Inf(1), nil
+			}
+			if err1 == nil && err2 == nil {
+				out[delayKey{string(rune('a' + i)), m[1], le}] = n
+			}
+		}
+	}
+	return out
+}
+
+// stageReport turns two scrapes into p50/p99 per site and stage.
+func stageReport(before, after map[delayKey]float64) []string {
+	type series struct{ site, stage string }
+	buckets := map[series][]delayKey{}
+	for k := range after {
+		s := series{k.site, k.stage}
+		buckets[s] = append(buckets[s], k)
+	}
+	var lines []string
+	for s, ks := range buckets {
+		sort.Slice(ks, func(i, j int) bool { return ks[i].le < ks[j].le })
+		total := after[ks[len(ks)-1]] - before[ks[len(ks)-1]]
+		if total == 0 {
+			continue
+		}
+		q := func(p float64) string {
+			for _, k := range ks {
+				if after[k]-before[k] >= p*total {
+					if math.IsInf(k.le, 1) {
+						return "> " + strconv.FormatFloat(ks[len(ks)-2].le*1000, 'f', -1, 64)
+					}
+					return "<= " + strconv.FormatFloat(k.le*1000, 'f', -1, 64)
+				}
+			}
+			return "?"
+		}
+		lines = append(lines, fmt.Sprintf("site %s %-9s p50 %-8s p99 %-8s ms  (%.0f txs)", s.site, s.stage, q(0.5), q(0.99), total))
+	}
+	sort.Strings(lines)
+	return lines
 }
 
 func digest(ctx context.Context, s *pgtest.Server) (string, error) {
@@ -348,6 +468,7 @@ func benchCasualDB(ctx context.Context, o options, dir string) (result, error) {
 			return r, err
 		}
 		scs = append(scs, &sidecar{cmd: cmd, admin: admin})
+		c.admins = append(c.admins, admin)
 	}
 	for _, s := range scs {
 		if err := waitHealthy(ctx, s.admin); err != nil {
@@ -502,6 +623,14 @@ func report(o options, rs []result) {
 	row("lag max (ms)", func(r result) string { return ms(r.pmax) })
 	row("catch-up after the load (ms)", func(r result) string { return ms(r.catchUp) })
 	row("lag probes", func(r result) string { return strconv.Itoa(r.probes) })
+	for _, r := range rs {
+		if len(r.stages) > 0 {
+			fmt.Printf("\n%s, commit at a to each stage during the throttled run (histogram estimates):\n", r.name)
+			for _, l := range r.stages {
+				fmt.Println("  " + l)
+			}
+		}
+	}
 	fmt.Printf("\ntargets: lag p99 < 100 ms at 1,000 tps; cost to the origin < 10%%\n")
 }
 

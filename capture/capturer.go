@@ -48,6 +48,9 @@ type Config struct {
 	MaxBatch int
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// ObserveDelay, when set, is told for every captured transaction how
+	// long after its commit it was durable in the outbox (for metrics).
+	ObserveDelay func(time.Duration)
 }
 
 // Stats are capture's counters since start.
@@ -221,18 +224,25 @@ func recordedVersions(txs []*casualdb.Tx) (map[meta.RowKey]meta.RowVersion, map[
 	return vs, truncs
 }
 
+// saveMeta records versions, truncation markers and the capture state in
+// one transaction sent in one round trip.
 func (c *Capturer) saveMeta(ctx context.Context, conn *pgx.Conn, vs map[meta.RowKey]meta.RowVersion, truncs map[string]casualdb.Version, st meta.CaptureState) error {
-	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		for tbl, v := range truncs {
-			if err := meta.SaveTruncation(ctx, tx, tbl, v); err != nil {
-				return err
-			}
-		}
-		if err := meta.SaveVersions(ctx, tx, vs); err != nil {
+	var b meta.Batch
+	for tbl, v := range truncs {
+		if err := meta.SaveTruncation(ctx, &b, tbl, v); err != nil {
 			return err
 		}
-		return meta.SaveCaptureState(ctx, tx, c.cfg.Site, st)
-	})
+	}
+	if err := meta.SaveVersions(ctx, &b, vs); err != nil {
+		return err
+	}
+	if err := meta.SaveCaptureState(ctx, &b, c.cfg.Site, st); err != nil {
+		return err
+	}
+	if err := b.Send(ctx, conn); err != nil {
+		return fmt.Errorf("save %d versions, %d truncations and the capture state: %w", len(vs), len(truncs), err)
+	}
+	return nil
 }
 
 // process versions batches of decoded transactions, appends them to the
@@ -266,6 +276,7 @@ func (c *Capturer) process(ctx context.Context, conn *pgx.Conn, ch <-chan decode
 }
 
 func (c *Capturer) processBatch(ctx context.Context, conn *pgx.Conn, batch []decodedTx, truncs map[string]casualdb.Version) error {
+	start := time.Now()
 	var (
 		local []*casualdb.Tx
 		keys  []meta.RowKey
@@ -305,17 +316,26 @@ func (c *Capturer) processBatch(ctx context.Context, conn *pgx.Conn, batch []dec
 				return err
 			}
 		}
+		versioned := time.Now()
 		seq, err := c.cfg.Outbox.Append(ctx, local)
 		if err != nil {
 			return fmt.Errorf("capture: append %d txs to outbox: %w", len(local), err)
 		}
 		c.lastSeq.Store(seq)
+		appended := time.Now()
 		// Only what the batch wrote is recorded.
 		written, _ := recordedVersions(local)
 		if err := c.saveMeta(ctx, conn, written, newTruncs, meta.CaptureState{OutboxSeq: seq, LSN: local[len(local)-1].LSN}); err != nil {
 			return fmt.Errorf("capture: record versions through outbox seq %d: %w", seq, err)
 		}
 		c.captured.Add(uint64(len(local)))
+		if c.cfg.ObserveDelay != nil {
+			for _, tx := range local {
+				c.cfg.ObserveDelay(appended.Sub(tx.CommitTime))
+			}
+		}
+		c.log.Debug("captured batch", "txs", len(local), "versioning", versioned.Sub(start), "append", appended.Sub(versioned), "took", time.Since(start),
+			"oldest_commit_age", time.Since(local[0].CommitTime))
 	}
 	if end > 0 {
 		c.advance(end)

@@ -49,7 +49,7 @@ func LoadProgress(ctx context.Context, q Querier) (map[casualdb.SiteID]Progress,
 }
 
 // SaveProgress records p as applied from origin; call it in the apply transaction.
-func SaveProgress(ctx context.Context, q Querier, origin casualdb.SiteID, p Progress) error {
+func SaveProgress(ctx context.Context, q Execer, origin casualdb.SiteID, p Progress) error {
 	_, err := q.Exec(ctx, `
 		INSERT INTO casualdb.progress (origin, seq, lsn, commit_time, applied_at, epoch) VALUES ($1, $2, $3::pg_lsn, $4, now(), $5)
 		ON CONFLICT (origin) DO UPDATE SET seq = excluded.seq, lsn = excluded.lsn, commit_time = excluded.commit_time, applied_at = now(), epoch = excluded.epoch`,
@@ -88,7 +88,7 @@ func LoadCaptureState(ctx context.Context, q Querier, site casualdb.SiteID) (Cap
 }
 
 // SaveCaptureState records st for site.
-func SaveCaptureState(ctx context.Context, q Querier, site casualdb.SiteID, st CaptureState) error {
+func SaveCaptureState(ctx context.Context, q Execer, site casualdb.SiteID, st CaptureState) error {
 	_, err := q.Exec(ctx, `
 		INSERT INTO casualdb.capture_state (site, outbox_seq, lsn) VALUES ($1, $2, $3::pg_lsn)
 		ON CONFLICT (site) DO UPDATE SET outbox_seq = excluded.outbox_seq, lsn = excluded.lsn, updated_at = now()`,

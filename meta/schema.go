@@ -14,9 +14,37 @@ const Schema = "casualdb"
 // Querier is what the functions of this package need: a *pgx.Conn, a
 // pgx.Tx or a pool.
 type Querier interface {
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Execer
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Execer runs statements without reading rows: a Querier, or a Batch that
+// queues them to send in one round trip.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// Batch queues statements (an Execer) to send together with
+// Send: one round trip, and one implicit transaction unless the batch
+// holds transaction control statements.
+type Batch struct{ b pgx.Batch }
+
+// Exec queues sql; the errors come from Send.
+func (b *Batch) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	b.b.Queue(sql, args...)
+	return pgconn.CommandTag{}, nil
+}
+
+// Len is the number of queued statements.
+func (b *Batch) Len() int { return b.b.Len() }
+
+// Send runs the queued statements on conn and returns the first error.
+func (b *Batch) Send(ctx context.Context, conn *pgx.Conn) error {
+	if b.b.Len() == 0 {
+		return nil
+	}
+	return conn.SendBatch(ctx, &b.b).Close()
 }
 
 // ddl creates the schema; every statement is idempotent so that a restart

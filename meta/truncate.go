@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/casualdb/casualdb"
+	"github.com/jackc/pgx/v5"
 )
 
 // A truncation marker says: every version of a row of the table older than
@@ -21,10 +22,19 @@ func init() { ddl = append(ddl, truncateDDL) }
 
 // LoadTruncations returns the truncation marker of every table that has one.
 func LoadTruncations(ctx context.Context, q Querier) (map[string]casualdb.Version, error) {
-	rows, err := q.Query(ctx, `SELECT tbl, hlc_wall, hlc_logical, origin FROM casualdb.truncation`)
+	rows, err := q.Query(ctx, TruncationsQuery)
 	if err != nil {
 		return nil, fmt.Errorf("load truncations: %w", err)
 	}
+	return ScanTruncations(rows)
+}
+
+// TruncationsQuery is the query LoadTruncations runs, for callers that send
+// it in a batch and read it with ScanTruncations.
+const TruncationsQuery = `SELECT tbl, hlc_wall, hlc_logical, origin FROM casualdb.truncation`
+
+// ScanTruncations reads (and closes) the rows of TruncationsQuery.
+func ScanTruncations(rows pgx.Rows) (map[string]casualdb.Version, error) {
 	defer rows.Close()
 	out := map[string]casualdb.Version{}
 	for rows.Next() {
@@ -47,7 +57,7 @@ func LoadTruncations(ctx context.Context, q Querier) (map[string]casualdb.Versio
 
 // SaveTruncation raises the marker of tbl to v (it never goes down) and drops
 // the row versions the marker supersedes.
-func SaveTruncation(ctx context.Context, q Querier, tbl string, v casualdb.Version) error {
+func SaveTruncation(ctx context.Context, q Execer, tbl string, v casualdb.Version) error {
 	_, err := q.Exec(ctx, `
 		INSERT INTO casualdb.truncation AS t (tbl, hlc_wall, hlc_logical, origin) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (tbl) DO UPDATE SET hlc_wall = excluded.hlc_wall, hlc_logical = excluded.hlc_logical, origin = excluded.origin

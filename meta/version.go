@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/casualdb/casualdb"
+	"github.com/jackc/pgx/v5"
 )
 
 // RowKey names one replicated row: its table and canonical key.
@@ -26,23 +27,35 @@ type RowVersion struct {
 // LoadVersions returns the recorded versions of keys; keys without a record
 // are absent from the map.
 func LoadVersions(ctx context.Context, q Querier, keys []RowKey) (map[RowKey]RowVersion, error) {
-	out := make(map[RowKey]RowVersion, len(keys))
 	if len(keys) == 0 {
-		return out, nil
+		return map[RowKey]RowVersion{}, nil
 	}
+	sql, args := VersionsQuery(keys)
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("load row versions: %w", err)
+	}
+	return ScanVersions(rows, len(keys))
+}
+
+// VersionsQuery is the query LoadVersions runs, for callers that send it in
+// a batch and read it with ScanVersions.
+func VersionsQuery(keys []RowKey) (string, []any) {
 	tbls := make([]string, len(keys))
 	ks := make([]string, len(keys))
 	for i, k := range keys {
 		tbls[i], ks[i] = k.Table, k.Key
 	}
-	rows, err := q.Query(ctx, `
+	return `
 		SELECT v.tbl, v.key, v.hlc_wall, v.hlc_logical, v.origin, v.vclock, v.deleted, coalesce(v.row_xmin, 0)
 		FROM unnest($1::text[], $2::text[]) AS k(tbl, key)
-		JOIN casualdb.row_version v ON v.tbl = k.tbl AND v.key = k.key`, tbls, ks)
-	if err != nil {
-		return nil, fmt.Errorf("load row versions: %w", err)
-	}
+		JOIN casualdb.row_version v ON v.tbl = k.tbl AND v.key = k.key`, []any{tbls, ks}
+}
+
+// ScanVersions reads (and closes) the rows of VersionsQuery.
+func ScanVersions(rows pgx.Rows, hint int) (map[RowKey]RowVersion, error) {
 	defer rows.Close()
+	out := make(map[RowKey]RowVersion, hint)
 	for rows.Next() {
 		var (
 			k       RowKey
@@ -70,7 +83,7 @@ func LoadVersions(ctx context.Context, q Querier, keys []RowKey) (map[RowKey]Row
 }
 
 // SaveVersions records versions, replacing what was recorded, in one statement.
-func SaveVersions(ctx context.Context, q Querier, vs map[RowKey]RowVersion) error {
+func SaveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion) error {
 	if len(vs) == 0 {
 		return nil
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/casualdb/casualdb"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 )
 
 // ServerConfig configures an embedded NATS server.
@@ -67,6 +68,10 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	}
 	return &Server{ns: ns}, nil
 }
+
+// InProcess connects a client of this process to the server without a
+// socket: the sidecar's own connection skips the loopback round trips.
+func (s *Server) InProcess() nats.Option { return nats.InProcessServer(s.ns) }
 
 // ClientURL is the URL clients use to reach the server.
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }

@@ -105,7 +105,7 @@ func (s *Sidecar) Status() Status {
 
 func (s *Sidecar) adminHandler() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(&collector{s: s}, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	reg.MustRegister(&collector{s: s}, s.delays, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)

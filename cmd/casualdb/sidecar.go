@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -36,6 +37,7 @@ type Sidecar struct {
 	applier  *apply.Applier
 	shippers map[casualdb.SiteID]*ship.Shipper
 	admin    net.Listener
+	delays   *prometheus.HistogramVec // commit at the origin to each stage
 
 	mu        sync.Mutex
 	health    map[string]error // component -> last error (nil: running)
@@ -50,7 +52,13 @@ func NewSidecar(cfg Config, log *slog.Logger) (*Sidecar, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Sidecar{cfg: cfg, log: log.With("site", cfg.Site), health: map[string]error{}, shippers: map[casualdb.SiteID]*ship.Shipper{}}, nil
+	return &Sidecar{cfg: cfg, log: log.With("site", cfg.Site), health: map[string]error{}, shippers: map[casualdb.SiteID]*ship.Shipper{},
+		delays: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "casualdb_delay_seconds",
+			Help:    "Time from a transaction's commit at its origin to a stage: captured (durable in the origin's outbox), received (taken from the inbox here), applied (committed here). Includes clock differences between sites.",
+			Buckets: []float64{.001, .0025, .005, .01, .015, .02, .03, .05, .075, .1, .15, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"origin", "stage"}),
+	}, nil
 }
 
 // Prepare checks and prepares the database: settings, tables, the casualdb
@@ -109,7 +117,11 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 		}
 		url = s.server.ClientURL()
 	}
-	if s.nc, err = nats.Connect(url, nats.Name("casualdb-"+s.cfg.Site), nats.Timeout(5*time.Second), nats.MaxReconnects(-1)); err != nil {
+	opts := []nats.Option{nats.Name("casualdb-" + s.cfg.Site), nats.Timeout(5 * time.Second), nats.MaxReconnects(-1)}
+	if s.server != nil {
+		opts = append(opts, s.server.InProcess())
+	}
+	if s.nc, err = nats.Connect(url, opts...); err != nil {
 		return fmt.Errorf("connect to nats at %s: %w", url, err)
 	}
 	js, err := jetstream.New(s.nc)
@@ -138,12 +150,16 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 	if s.capturer, err = capture.New(capture.Config{
 		Site: site, DSN: s.cfg.Database.DSN, Slot: s.cfg.SlotName(), Publication: s.cfg.Database.Publication,
 		Outbox: s.outbox, Logger: s.log,
+		ObserveDelay: func(d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, "captured").Observe(d.Seconds()) },
 	}); err != nil {
 		return err
 	}
 	if s.applier, err = apply.New(apply.Config{
 		Site: site, DSN: s.cfg.Database.DSN, Inbox: s.inbox.Consumer(), Capture: s.capturer,
 		MaxBatch: s.cfg.Apply.MaxBatch, WaitTimeout: s.cfg.Apply.WaitTimeout, Logger: s.log,
+		ObserveDelay: func(origin casualdb.SiteID, stage string, d time.Duration) {
+			s.delays.WithLabelValues(string(origin), stage).Observe(d.Seconds())
+		},
 	}); err != nil {
 		return err
 	}
