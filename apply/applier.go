@@ -11,6 +11,7 @@ import (
 
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/meta"
+	"github.com/casualdb/casualdb/ship"
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -139,9 +140,32 @@ func (a *Applier) count(f func(*Stats)) {
 	a.mu.Unlock()
 }
 
-// inMsg is one inbox message with its transport headers.
-type inMsg struct {
+// delivery is one inbox message, which carries one or more transactions
+// (a bundle): it is acknowledged once every one of them is applied or known
+// as a duplicate, and handed back as soon as one of them cannot be.
+type delivery struct {
 	m      jetstream.Msg
+	left   int
+	failed bool
+}
+
+func (d *delivery) done() {
+	d.left--
+	if d.left == 0 && !d.failed {
+		_ = d.m.Ack()
+	}
+}
+
+func (d *delivery) fail(delay time.Duration) {
+	if !d.failed {
+		d.failed = true
+		_ = d.m.NakWithDelay(delay)
+	}
+}
+
+// inMsg is one transaction from the inbox with its transport headers.
+type inMsg struct {
+	d      *delivery
 	tx     *casualdb.Tx
 	origin casualdb.SiteID
 	seq    uint64
@@ -197,11 +221,13 @@ func (a *Applier) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		size := len(batch[0].Data())
 	drain:
-		for len(batch) < 4*a.cfg.MaxBatch {
+		for len(batch) < 4*a.cfg.MaxBatch && size < maxHandleBytes {
 			select {
 			case m := <-msgs:
 				batch = append(batch, m)
+				size += len(m.Data())
 			default:
 				break drain
 			}
@@ -229,29 +255,30 @@ func (a *Applier) handle(ctx context.Context, batch []jetstream.Msg) error {
 		run = run[:0]
 		return err
 	}
+	var ims []inMsg
 	for _, m := range batch {
-		im, err := decodeMsg(m)
+		ms, err := a.decodeMsg(ctx, m)
 		if err != nil {
-			if err := a.parkGarbled(ctx, m, err); err != nil {
-				return err
-			}
-			continue
+			return err
 		}
+		ims = append(ims, ms...)
+	}
+	for _, im := range ims {
 		if blocked[im.origin] {
-			_ = m.NakWithDelay(100 * time.Millisecond)
+			im.d.fail(100 * time.Millisecond)
 			continue
 		}
 		switch a.admit(im) {
 		case admitDuplicate:
 			a.count(func(s *Stats) { s.Skipped++ })
-			_ = m.Ack()
+			im.d.done()
 			continue
 		case admitGap:
 			// An earlier transaction of this origin is missing (a publish
 			// that failed and will be redelivered): wait for it.
 			a.noteGap(im)
 			blocked[im.origin] = true
-			_ = m.NakWithDelay(100 * time.Millisecond)
+			im.d.fail(100 * time.Millisecond)
 			continue
 		}
 		if len(run) > 0 && (run[0].origin != im.origin || len(run) >= a.cfg.MaxBatch || hasTruncate(im.tx) || hasTruncate(run[len(run)-1].tx)) {
@@ -318,35 +345,64 @@ func hasTruncate(tx *casualdb.Tx) bool {
 	return false
 }
 
-func decodeMsg(m jetstream.Msg) (inMsg, error) {
+// maxHandleBytes bounds the inbox messages applied in one go.
+const maxHandleBytes = 8 << 20
+
+// decodeMsg returns the transactions m carries. What does not decode is
+// parked (and counted) rather than applied: a whole message whose headers
+// or framing are garbled, or one transaction of a bundle.
+func (a *Applier) decodeMsg(ctx context.Context, m jetstream.Msg) ([]inMsg, error) {
 	h := m.Headers()
-	im := inMsg{m: m, origin: casualdb.SiteID(h.Get(headerOrigin)), epoch: h.Get(headerEpoch), received: time.Now()}
-	var err error
-	if im.seq, err = strconv.ParseUint(h.Get(headerSeq), 10, 64); err != nil || im.origin == "" {
-		return im, fmt.Errorf("%w: missing or bad transport headers", casualdb.ErrGarbled)
+	origin := casualdb.SiteID(h.Get(headerOrigin))
+	entries, err := ship.Entries(h, m.Data())
+	if err == nil && origin == "" {
+		err = fmt.Errorf("%w: missing %s header", casualdb.ErrGarbled, headerOrigin)
 	}
-	if im.tx, err = casualdb.UnmarshalTx(m.Data()); err != nil {
-		return im, err
+	if err != nil {
+		return nil, a.parkGarbled(ctx, m, nil, err)
 	}
-	if im.tx.Origin != im.origin {
-		return im, fmt.Errorf("%w: tx of %s arrived as from %s", casualdb.ErrGarbled, im.tx.Origin, im.origin)
+	d := &delivery{m: m, left: len(entries)}
+	now := time.Now()
+	out := make([]inMsg, 0, len(entries))
+	for _, e := range entries {
+		im := inMsg{d: d, origin: origin, epoch: h.Get(headerEpoch), seq: e.Seq, received: now}
+		if im.tx, err = casualdb.UnmarshalTx(e.Data); err == nil && im.tx.Origin != origin {
+			err = fmt.Errorf("%w: tx of %s arrived as from %s", casualdb.ErrGarbled, im.tx.Origin, origin)
+		}
+		if err != nil {
+			if err := a.parkGarbled(ctx, m, &e, err); err != nil {
+				return nil, err
+			}
+			d.done()
+			continue
+		}
+		im.tx.Seq = e.Seq
+		out = append(out, im)
 	}
-	im.tx.Seq = im.seq
-	return im, nil
+	return out, nil
 }
 
-func (a *Applier) parkGarbled(ctx context.Context, m jetstream.Msg, cause error) error {
+// parkGarbled parks e, a transaction of m that does not decode, or all of m
+// (acknowledged then) when e is nil, and counts it.
+func (a *Applier) parkGarbled(ctx context.Context, m jetstream.Msg, e *ship.Entry, cause error) error {
 	h := m.Headers()
-	seq, _ := strconv.ParseUint(h.Get(headerSeq), 10, 64)
-	lsn, _ := strconv.ParseUint(h.Get(headerLSN), 10, 64)
-	p := meta.Parked{Origin: casualdb.SiteID(h.Get(headerOrigin)), Seq: seq, LSN: lsn, Reason: cause.Error(), Payload: m.Data()}
+	p := meta.Parked{Origin: casualdb.SiteID(h.Get(headerOrigin)), Reason: cause.Error()}
+	if e != nil {
+		p.Seq, p.Payload = e.Seq, e.Data
+	} else {
+		p.Seq, _ = strconv.ParseUint(h.Get(headerSeq), 10, 64)
+		p.LSN, _ = strconv.ParseUint(h.Get(headerLSN), 10, 64)
+		p.Payload = m.Data()
+	}
 	if err := meta.Park(ctx, a.main, p); err != nil {
 		_ = m.NakWithDelay(time.Second)
 		return fmt.Errorf("apply: park garbled message: %w", err)
 	}
-	a.log.Warn("parked a message that does not decode", "origin", p.Origin, "seq", seq, "err", cause)
+	a.log.Warn("parked a message that does not decode", "origin", p.Origin, "seq", p.Seq, "err", cause)
 	a.count(func(s *Stats) { s.Parked++; s.Garbled++ })
-	_ = m.Ack()
+	if e == nil {
+		_ = m.Ack()
+	}
 	return nil
 }
 
@@ -368,7 +424,7 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) (ok bool, err error
 		res, err := a.applyTxs(ctx, conn, run, attempt > 0)
 		if err == nil {
 			for _, im := range run {
-				_ = im.m.Ack()
+				im.d.done()
 			}
 			last := run[len(run)-1]
 			now := time.Now()
@@ -405,7 +461,7 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) (ok bool, err error
 	}
 	// Give the run back to the inbox; forget the optimistic progress.
 	for _, im := range run {
-		_ = im.m.NakWithDelay(time.Second)
+		im.d.fail(time.Second)
 	}
 	if err := a.reloadProgress(ctx); err != nil {
 		return false, err

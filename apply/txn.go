@@ -55,6 +55,7 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 	if err := w.prepare(ctx, run); err != nil {
 		return res, err
 	}
+	prepared := time.Now()
 	for _, im := range run {
 		for i := range im.tx.Changes {
 			if err := w.change(ctx, im, &im.tx.Changes[i]); err != nil {
@@ -62,9 +63,11 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 			}
 		}
 	}
+	decided := time.Now()
 	if err := w.validate(ctx); err != nil {
 		return res, err
 	}
+	validated := time.Now()
 	if w.batch == nil {
 		w.batch = &pgx.Batch{}
 	}
@@ -84,7 +87,8 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 	if err != nil {
 		return res, fmt.Errorf("commit: %w", err)
 	}
-	a.log.Debug("applied run", "origin", last.origin, "txs", len(run), "changes", w.res.changes, "waited", w.waited, "took", time.Since(start))
+	a.log.Debug("applied run", "origin", last.origin, "txs", len(run), "changes", w.res.changes, "waited", w.waited, "took", time.Since(start),
+		"prepare", prepared.Sub(start), "decide", decided.Sub(prepared), "validate", validated.Sub(decided), "commit", time.Since(validated))
 	return w.res, nil
 }
 

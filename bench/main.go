@@ -34,6 +34,7 @@ type options struct {
 	binary    string
 	keep      bool
 	profile   string
+	logLevel  string
 }
 
 // result is one system's figures.
@@ -56,6 +57,7 @@ func main() {
 	flag.BoolVar(&o.pglogical, "pglogical", true, "measure pglogical too (if installed)")
 	flag.StringVar(&o.binary, "binary", "", "casualdb binary (default: build it)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
+	flag.StringVar(&o.logLevel, "log-level", "warn", "sidecars' log level (their logs are in the temporary directory: use -keep)")
 	flag.StringVar(&o.profile, "profile", "", "write CPU profiles of the sidecars during the throttled run into this directory")
 	flag.Parse()
 	if err := run(o); err != nil {
@@ -325,7 +327,7 @@ type delayKey struct {
 	le          float64
 }
 
-var bucketLine = regexp.MustCompile(`^casualdb_delay_seconds_bucket\{origin="a",stage="([a-z]+)",le="([^"]+)"\} ([0-9.e+]+)$`)
+var bucketLine = regexp.MustCompile(`^casualdb_delay_seconds_bucket\{origin="a",stage="([a-z_]+)",le="([^"]+)"\} ([0-9.e+]+)$`)
 
 // scrapeDelays reads the cumulative delay histograms of origin a's
 // transactions from every sidecar.
@@ -383,7 +385,7 @@ func stageReport(before, after map[delayKey]float64) []string {
 			}
 			return "?"
 		}
-		lines = append(lines, fmt.Sprintf("site %s %-9s p50 %-8s p99 %-8s ms  (%.0f txs)", s.site, s.stage, q(0.5), q(0.99), total))
+		lines = append(lines, fmt.Sprintf("site %s %-10s p50 %-8s p99 %-8s ms  (%.0f txs)", s.site, s.stage, q(0.5), q(0.99), total))
 	}
 	sort.Strings(lines)
 	return lines
@@ -445,8 +447,8 @@ func benchCasualDB(ctx context.Context, o options, dir string) (result, error) {
 			return r, err
 		}
 		var b strings.Builder
-		fmt.Fprintf(&b, "site: %s\ndata_dir: %s\ndatabase:\n  dsn: %s\n  tables: [bench_kv, bench_probe]\nnats:\n  listen: 127.0.0.1:%d\nadmin:\n  listen: 127.0.0.1:%d\nlog:\n  level: warn\npeers:\n",
-			names[i], filepath.Join(dir, "sidecar-"+names[i]), s.DSN(), nats[i], admin)
+		fmt.Fprintf(&b, "site: %s\ndata_dir: %s\ndatabase:\n  dsn: %s\n  tables: [bench_kv, bench_probe]\nnats:\n  listen: 127.0.0.1:%d\nadmin:\n  listen: 127.0.0.1:%d\nlog:\n  level: %s\npeers:\n",
+			names[i], filepath.Join(dir, "sidecar-"+names[i]), s.DSN(), nats[i], admin, o.logLevel)
 		for j := range c.servers {
 			if j != i {
 				fmt.Fprintf(&b, "  - name: %s\n    nats_url: nats://127.0.0.1:%d\n", names[j], nats[j])

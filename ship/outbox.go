@@ -16,6 +16,7 @@ import (
 const (
 	HeaderSeq    = "Casualdb-Seq"    // origin outbox sequence
 	HeaderLSN    = "Casualdb-Lsn"    // origin commit LSN
+	HeaderCommit = "Casualdb-Commit" // origin commit time, Unix microseconds
 	HeaderOrigin = "Casualdb-Origin" // origin site
 	HeaderEpoch  = "Casualdb-Epoch"  // creation time of the origin's outbox
 )
@@ -88,6 +89,7 @@ func (o *Outbox) Append(ctx context.Context, txs []*casualdb.Tx) (uint64, error)
 		m := nats.NewMsg(OutboxSubject(o.site))
 		m.Data = data
 		m.Header.Set(HeaderLSN, strconv.FormatUint(tx.LSN, 10))
+		m.Header.Set(HeaderCommit, strconv.FormatInt(tx.CommitTime.UnixMicro(), 10))
 		m.Header.Set(nats.MsgIdHdr, tx.ID())
 		f, err := o.js.PublishMsgAsync(m)
 		if err != nil {

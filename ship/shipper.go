@@ -2,6 +2,7 @@ package ship
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -22,6 +23,9 @@ type ShipperConfig struct {
 	MaxBatch int           // transactions per publish round; default 256
 	AckWait  time.Duration // how long an unacknowledged outbox message waits before redelivery; default 30s
 	Logger   *slog.Logger
+	// ObserveDelay, when set, is told for every shipped transaction how
+	// long after its commit the peer acknowledged it.
+	ObserveDelay func(time.Duration)
 }
 
 // Shipper copies the outbox into one peer's inbox.
@@ -153,41 +157,95 @@ func (s *Shipper) session(ctx context.Context, msgs <-chan jetstream.Msg) error 
 	}
 }
 
+// publish ships batch (outbox messages in delivery order) to the peer's
+// inbox as bundles, and acknowledges each outbox message once the peer holds
+// its bundle.
 func (s *Shipper) publish(ctx context.Context, js jetstream.JetStream, batch []jetstream.Msg) error {
-	futs := make([]jetstream.PubAckFuture, len(batch))
-	for i, m := range batch {
-		md, err := m.Metadata()
-		if err != nil {
-			return fmt.Errorf("outbox message metadata: %w", err)
+	type bundle struct {
+		msgs []jetstream.Msg
+		fut  jetstream.PubAckFuture
+	}
+	var bundles []bundle
+	for start := 0; start < len(batch); {
+		end, size := start, 0
+		for end < len(batch) && (end == start || size+len(batch[end].Data()) <= maxBundleBytes) {
+			size += len(batch[end].Data()) + 2*binary.MaxVarintLen64
+			end++
 		}
-		out := nats.NewMsg(InboxSubject(s.cfg.Peer, s.cfg.Site))
-		out.Data = m.Data()
-		out.Header.Set(HeaderSeq, strconv.FormatUint(md.Sequence.Stream, 10))
-		out.Header.Set(HeaderLSN, m.Headers().Get(HeaderLSN))
-		out.Header.Set(HeaderOrigin, string(s.cfg.Site))
-		out.Header.Set(HeaderEpoch, s.cfg.Outbox.Epoch())
-		out.Header.Set(nats.MsgIdHdr, m.Headers().Get(nats.MsgIdHdr))
-		if futs[i], err = js.PublishMsgAsync(out); err != nil {
+		out, err := s.inboxMsg(batch[start:end])
+		if err != nil {
+			return err
+		}
+		fut, err := js.PublishMsgAsync(out)
+		if err != nil {
 			return fmt.Errorf("publish to %s: %w", s.cfg.Peer, err)
 		}
+		bundles = append(bundles, bundle{msgs: batch[start:end], fut: fut})
+		start = end
 	}
 	timeout := time.After(10 * time.Second)
-	for i, f := range futs {
+	for _, b := range bundles {
 		select {
-		case <-f.Ok():
-			if err := batch[i].Ack(); err != nil {
-				return fmt.Errorf("ack outbox message: %w", err)
-			}
-			s.shipped.Add(1)
-		case err := <-f.Err():
+		case <-b.fut.Ok():
+		case err := <-b.fut.Err():
 			return fmt.Errorf("publish to inbox of %s: %w", s.cfg.Peer, err)
 		case <-timeout:
 			return fmt.Errorf("publish to inbox of %s: no acknowledgement in 10s", s.cfg.Peer)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		for _, m := range b.msgs {
+			if err := m.Ack(); err != nil {
+				return fmt.Errorf("ack outbox message: %w", err)
+			}
+			s.shipped.Add(1)
+			if s.cfg.ObserveDelay != nil {
+				if us, err := strconv.ParseInt(m.Headers().Get(HeaderCommit), 10, 64); err == nil {
+					s.cfg.ObserveDelay(time.Since(time.UnixMicro(us)))
+				}
+			}
+		}
 	}
 	return nil
+}
+
+// inboxMsg builds the inbox message that carries msgs: the transaction
+// itself when there is one, a bundle otherwise.
+func (s *Shipper) inboxMsg(msgs []jetstream.Msg) (*nats.Msg, error) {
+	seqs := make([]uint64, len(msgs))
+	for i, m := range msgs {
+		md, err := m.Metadata()
+		if err != nil {
+			return nil, fmt.Errorf("outbox message metadata: %w", err)
+		}
+		seqs[i] = md.Sequence.Stream
+	}
+	first, last := msgs[0], msgs[len(msgs)-1]
+	out := nats.NewMsg(InboxSubject(s.cfg.Peer, s.cfg.Site))
+	out.Header.Set(HeaderSeq, strconv.FormatUint(seqs[0], 10))
+	out.Header.Set(HeaderLSN, last.Headers().Get(HeaderLSN))
+	out.Header.Set(HeaderOrigin, string(s.cfg.Site))
+	out.Header.Set(HeaderEpoch, s.cfg.Outbox.Epoch())
+	if len(msgs) == 1 {
+		out.Data = first.Data()
+		out.Header.Set(nats.MsgIdHdr, first.Headers().Get(nats.MsgIdHdr))
+		return out, nil
+	}
+	size := 0
+	for _, m := range msgs {
+		size += len(m.Data()) + 2*binary.MaxVarintLen64
+	}
+	body := make([]byte, 0, size)
+	for i, m := range msgs {
+		body = AppendEntry(body, Entry{Seq: seqs[i], Data: m.Data()})
+	}
+	out.Data = body
+	out.Header.Set(HeaderBundle, strconv.Itoa(len(msgs)))
+	// A bundle cut the same way is the same message: the inbox drops it if
+	// it is published again after a lost acknowledgement. Cut differently
+	// (after a restart), apply recognises the transactions it already has.
+	out.Header.Set(nats.MsgIdHdr, first.Headers().Get(nats.MsgIdHdr)+"+"+strconv.Itoa(len(msgs))+"+"+last.Headers().Get(nats.MsgIdHdr))
+	return out, nil
 }
 
 // Trim purges the outbox below what every peer has acknowledged and capture

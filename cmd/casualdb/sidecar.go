@@ -55,7 +55,7 @@ func NewSidecar(cfg Config, log *slog.Logger) (*Sidecar, error) {
 	return &Sidecar{cfg: cfg, log: log.With("site", cfg.Site), health: map[string]error{}, shippers: map[casualdb.SiteID]*ship.Shipper{},
 		delays: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "casualdb_delay_seconds",
-			Help:    "Time from a transaction's commit at its origin to a stage: captured (durable in the origin's outbox), received (taken from the inbox here), applied (committed here). Includes clock differences between sites.",
+			Help:    "Time from a transaction's commit at its origin to a stage: captured (durable in the origin's outbox), shipped_<peer> (the peer's inbox holds it), received (taken from the inbox here), applied (committed here). Includes clock differences between sites.",
 			Buckets: []float64{.001, .0025, .005, .01, .015, .02, .03, .05, .075, .1, .15, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}, []string{"origin", "stage"}),
 	}, nil
@@ -136,7 +136,9 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 		return err
 	}
 	for _, p := range s.cfg.Peers {
-		sh, err := ship.NewShipper(ship.ShipperConfig{Site: site, Peer: casualdb.SiteID(p.Name), PeerURL: p.NATSURL, Outbox: s.outbox, Logger: s.log})
+		stage := "shipped_" + p.Name
+		sh, err := ship.NewShipper(ship.ShipperConfig{Site: site, Peer: casualdb.SiteID(p.Name), PeerURL: p.NATSURL, Outbox: s.outbox, Logger: s.log,
+			ObserveDelay: func(d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, stage).Observe(d.Seconds()) }})
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,73 @@
+package ship
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strconv"
+
+	"github.com/casualdb/casualdb"
+	"github.com/nats-io/nats.go"
+)
+
+// HeaderBundle marks an inbox message that carries several transactions of
+// one origin; its value is how many. A message without it carries one
+// transaction, with its sequence in HeaderSeq.
+//
+// The shipper bundles what it has in hand when it publishes: per-message
+// costs (the peer's stream write, delivery, acknowledgement) are most of
+// the transport's CPU, and paying them once per bundle rather than once per
+// transaction is what keeps the sidecars from crowding the databases.
+const HeaderBundle = "Casualdb-Bundle"
+
+// maxBundleBytes bounds a bundle's body (the server accepts 8 MiB).
+const maxBundleBytes = 1 << 20
+
+// Entry is one transaction in an inbox message: its origin outbox sequence
+// and its encoded form (casualdb.Tx.Marshal).
+type Entry struct {
+	Seq  uint64
+	Data []byte
+}
+
+// AppendEntry frames e onto a bundle body: uvarint sequence, uvarint
+// length, payload.
+func AppendEntry(body []byte, e Entry) []byte {
+	body = binary.AppendUvarint(body, e.Seq)
+	body = binary.AppendUvarint(body, uint64(len(e.Data)))
+	return append(body, e.Data...)
+}
+
+// Entries returns the transactions an inbox message carries, in order. A
+// message whose headers or framing do not make sense is casualdb.ErrGarbled.
+func Entries(h nats.Header, data []byte) ([]Entry, error) {
+	if h.Get(HeaderBundle) == "" {
+		seq, err := strconv.ParseUint(h.Get(HeaderSeq), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%w: missing or bad %s header", casualdb.ErrGarbled, HeaderSeq)
+		}
+		return []Entry{{Seq: seq, Data: data}}, nil
+	}
+	n, err := strconv.Atoi(h.Get(HeaderBundle))
+	if err != nil || n <= 0 {
+		return nil, fmt.Errorf("%w: bad %s header %q", casualdb.ErrGarbled, HeaderBundle, h.Get(HeaderBundle))
+	}
+	out := make([]Entry, 0, n)
+	for len(data) > 0 {
+		seq, k := binary.Uvarint(data)
+		if k <= 0 {
+			return nil, fmt.Errorf("%w: bundle entry %d: bad sequence", casualdb.ErrGarbled, len(out))
+		}
+		data = data[k:]
+		size, k := binary.Uvarint(data)
+		if k <= 0 || size > uint64(len(data)-k) {
+			return nil, fmt.Errorf("%w: bundle entry %d: bad length", casualdb.ErrGarbled, len(out))
+		}
+		data = data[k:]
+		out = append(out, Entry{Seq: seq, Data: data[:size:size]})
+		data = data[size:]
+	}
+	if len(out) != n {
+		return nil, fmt.Errorf("%w: bundle holds %d transactions, header says %d", casualdb.ErrGarbled, len(out), n)
+	}
+	return out, nil
+}
