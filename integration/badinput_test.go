@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb/internal/pgtest"
+	"github.com/casualdb/casualdb/ship"
 	"github.com/nats-io/nats.go"
 )
 
@@ -152,14 +153,28 @@ func TestBadInput_GarbledAndSchemaMismatch(t *testing.T) {
 	if _, err := js.PublishMsg(m); err != nil {
 		t.Fatal(err)
 	}
+	// A well-framed bundle whose two transactions do not decode: each is
+	// parked on its own, with its sequence.
+	bundle := nats.NewMsg("casualdb.in.b.a")
+	bundle.Header.Set("Casualdb-Origin", "a")
+	bundle.Header.Set(ship.HeaderBundle, "2")
+	bundle.Data = ship.AppendEntry(nil, ship.Entry{Seq: 997, Data: []byte(`not json`)})
+	bundle.Data = ship.AppendEntry(bundle.Data, ship.Entry{Seq: 998, Data: []byte(`{"origin":"z","lsn":5,"changes":[]}`)})
+	if _, err := js.PublishMsg(bundle); err != nil {
+		t.Fatal(err)
+	}
 
 	c.exec(0, `INSERT INTO differs VALUES (1, 'x', 7)`)
 	c.exec(0, `INSERT INTO good VALUES (1, 'after garbage')`)
 	c.waitConverged(30*time.Second, "good")
 	pgtest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		got, err := c.queryString(1, `SELECT count(*)::text FROM casualdb.parked WHERE reason LIKE 'garbled message%'`)
-		if err != nil || got != "2" {
-			return fmt.Errorf("site b: %s garbled messages parked, %v; want 2", got, err)
+		if err != nil || got != "4" {
+			return fmt.Errorf("site b: %s garbled messages parked, %v; want 4", got, err)
+		}
+		got, err = c.queryString(1, `SELECT string_agg(seq::text, ',' ORDER BY seq) FROM casualdb.parked WHERE seq IN (997, 998)`)
+		if err != nil || got != "997,998" {
+			return fmt.Errorf("site b: bundle entries parked with seqs %q, %v; want 997,998", got, err)
 		}
 		got, err = c.queryString(2, `SELECT reason FROM casualdb.parked WHERE tbl = 'public.differs'`)
 		if err != nil || !strings.Contains(got, "lacks column(s) extra") {
@@ -172,8 +187,8 @@ func TestBadInput_GarbledAndSchemaMismatch(t *testing.T) {
 		t.Errorf("site b: differs row = %q, want x7", got)
 	}
 	st := status(t, c, 1)
-	if ap := st["apply"].(map[string]any); ap["garbled_messages"].(float64) != 2 {
-		t.Errorf("site b status: garbled_messages = %v, want 2", ap["garbled_messages"])
+	if ap := st["apply"].(map[string]any); ap["garbled_messages"].(float64) != 4 {
+		t.Errorf("site b status: garbled_messages = %v, want 4", ap["garbled_messages"])
 	}
 	if m := metrics(t, c, 2); !strings.Contains(m, "casualdb_parked_total 1") {
 		t.Errorf("site c metrics lack casualdb_parked_total 1:\n%s", m)
