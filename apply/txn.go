@@ -38,7 +38,7 @@ type runResult struct {
 // COMMIT, unless a validation wait for capture must come between them.
 func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, careful bool) (res runResult, err error) {
 	start := time.Now()
-	w := &txWriter{a: a, tx: conn, careful: careful, state: map[meta.RowKey]*rowState{}, tables: map[string]*localTable{}, writeGen: map[meta.RowKey]int{}}
+	w := &txWriter{a: a, tx: conn, careful: careful, state: map[meta.RowKey]*rowState{}, tables: map[string]*localTable{}}
 	defer func() {
 		if err != nil && conn.PgConn().TxStatus() != 'I' && !conn.IsClosed() {
 			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -131,18 +131,15 @@ type txWriter struct {
 	waited     time.Duration // time spent waiting for capture
 
 	// In the optimistic (not careful) mode, row writes are queued and sent
-	// in one round trip; their xmins are filled into written afterwards.
-	batch    *pgx.Batch
-	pending  []pendingXmin
-	writeGen map[meta.RowKey]int
+	// in one round trip; the rows they write carry xid as their xmin.
+	batch   *pgx.Batch
+	pending []queuedWrite
 }
 
-// pendingXmin is a queued write whose new xmin belongs to written[key] if no
-// later write of the same row superseded it.
-type pendingXmin struct {
+// queuedWrite is a row write waiting in batch.
+type queuedWrite struct {
 	key  meta.RowKey
-	gen  int
-	xmin bool // the statement returns xmin
+	xmin bool // the statement returns the new row's xmin
 }
 
 // prepare opens the transaction, resolves the tables, locks every row the
@@ -516,10 +513,8 @@ func textArg(v casualdb.Value) any {
 // when the change was parked instead.
 func (w *txWriter) returningXmin(ctx context.Context, im inMsg, c *casualdb.Change, q string, args []any) (uint32, bool, error) {
 	if w.batch != nil {
-		rk := meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}
-		w.writeGen[rk]++
 		w.batch.Queue(q, args...)
-		w.pending = append(w.pending, pendingXmin{key: rk, gen: w.writeGen[rk], xmin: true})
+		w.pending = append(w.pending, queuedWrite{key: meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}, xmin: true})
 		// No savepoint in this mode: the new row version's xmin is the
 		// transaction's id, and the metadata can be queued before the write
 		// has run.
@@ -539,10 +534,8 @@ func (w *txWriter) returningXmin(ctx context.Context, im inMsg, c *casualdb.Chan
 
 func (w *txWriter) exec(ctx context.Context, im inMsg, c *casualdb.Change, q string, args ...any) error {
 	if w.batch != nil {
-		rk := meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}
-		w.writeGen[rk]++
 		w.batch.Queue(q, args...)
-		w.pending = append(w.pending, pendingXmin{key: rk, gen: w.writeGen[rk]})
+		w.pending = append(w.pending, queuedWrite{key: meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}})
 		return nil
 	}
 	err := w.guard(ctx, im, c, func() error {
@@ -555,8 +548,10 @@ func (w *txWriter) exec(ctx context.Context, im inMsg, c *casualdb.Change, q str
 	return err
 }
 
-// flush sends the queued writes in one round trip and records the xmins they
-// return. Any error fails the attempt; the careful retry then finds the row.
+// flush sends the queued writes (and whatever else the batch holds) in one
+// round trip, and checks that every row written carries the transaction's
+// id as its xmin, as the metadata queued with them says. Any error fails the
+// attempt; the careful retry then finds the row.
 func (w *txWriter) flush(ctx context.Context) error {
 	if w.batch == nil || w.batch.Len() == 0 {
 		return nil
@@ -575,13 +570,9 @@ func (w *txWriter) flush(ctx context.Context) error {
 			br.Close()
 			return fmt.Errorf("write %s %s: %w", p.key.Table, p.key.Key, err)
 		}
-		if rv, ok := w.written[p.key]; ok && p.gen == w.writeGen[p.key] && !rv.Deleted {
-			x, _ := strconv.ParseUint(xmin, 10, 32)
-			rv.Xmin = uint32(x)
-			w.written[p.key] = rv
-			if st := w.state[p.key]; st != nil {
-				st.xmin = rv.Xmin
-			}
+		if x, _ := strconv.ParseUint(xmin, 10, 32); uint32(x) != w.xid {
+			br.Close()
+			return fmt.Errorf("write %s %s: row xmin %s, not the transaction's id %d", p.key.Table, p.key.Key, xmin, w.xid)
 		}
 	}
 	if err := br.Close(); err != nil {

@@ -404,6 +404,26 @@ func digest(ctx context.Context, s *pgtest.Server) (string, error) {
 	return d, err
 }
 
+// baseline starts the three servers, measures site a's throughput with no
+// replication into r, and empties the table again: neither system copies
+// the rows written before it runs here (CasualDB has no initial copy yet;
+// pglogical subscribes with synchronize_data := false), so every site
+// starts from the same empty table.
+func baseline(ctx context.Context, o options, dir string, settings map[string]string, r *result) (*cluster, error) {
+	c, err := startCluster(ctx, dir, settings)
+	if err != nil {
+		return nil, err
+	}
+	if r.baseTPS, err = pgbench(ctx, o, c.servers[0], dir, 0); err == nil {
+		err = c.servers[0].Exec(ctx, `TRUNCATE bench_kv`)
+	}
+	if err != nil {
+		c.stop()
+		return nil, err
+	}
+	return c, nil
+}
+
 // sidecar is one casualdb process.
 type sidecar struct {
 	cmd   *exec.Cmd
@@ -412,19 +432,11 @@ type sidecar struct {
 
 func benchCasualDB(ctx context.Context, o options, dir string) (result, error) {
 	r := result{name: "casualdb"}
-	c, err := startCluster(ctx, dir, nil)
+	c, err := baseline(ctx, o, dir, nil, &r)
 	if err != nil {
 		return r, err
 	}
 	defer c.stop()
-	if r.baseTPS, err = pgbench(ctx, o, c.servers[0], dir, 0); err != nil {
-		return r, err
-	}
-	// CasualDB replicates what is written once it runs (an initial copy is
-	// on the roadmap): start every site from the same empty table.
-	if err := c.servers[0].Exec(ctx, `TRUNCATE bench_kv`); err != nil {
-		return r, err
-	}
 	var nats []int
 	for range c.servers {
 		p, err := pgtest.FreePort()
@@ -533,19 +545,11 @@ func waitSame(ctx context.Context, c *cluster, timeout time.Duration) error {
 
 func benchPglogical(ctx context.Context, o options, dir string) (result, error) {
 	r := result{name: "pglogical"}
-	c, err := startCluster(ctx, dir, map[string]string{"shared_preload_libraries": "pglogical", "track_commit_timestamp": "on"})
+	c, err := baseline(ctx, o, dir, map[string]string{"shared_preload_libraries": "pglogical", "track_commit_timestamp": "on"}, &r)
 	if err != nil {
 		return r, err
 	}
 	defer c.stop()
-	if r.baseTPS, err = pgbench(ctx, o, c.servers[0], dir, 0); err != nil {
-		return r, err
-	}
-	// The baseline rows exist at a only; pglogical does not copy them here
-	// (synchronize_data := false), so start from empty tables everywhere.
-	if err := c.servers[0].Exec(ctx, `TRUNCATE bench_kv`); err != nil {
-		return r, err
-	}
 	names := []string{"a", "b", "c"}
 	for i, s := range c.servers {
 		err := s.Exec(ctx, fmt.Sprintf(`CREATE EXTENSION pglogical;
