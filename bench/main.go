@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/jackc/pgx/v5"
 )
@@ -47,6 +49,7 @@ type result struct {
 	probes           int
 	note             string
 	stages           []string // where the lag goes (casualdb only)
+	cpu              []string // who used the CPU during the throttled run
 }
 
 func main() {
@@ -125,6 +128,19 @@ type cluster struct {
 	dir     string
 	servers []*pgtest.Server
 	admins  []int // casualdb sidecars' admin ports, for -profile
+	pids    []int // casualdb sidecars' process ids
+}
+
+// cpuGroups lists the processes whose CPU the throttled run reports.
+func (c *cluster) cpuGroups() []cpuGroup {
+	var gs []cpuGroup
+	for i, s := range c.servers {
+		gs = append(gs, cpuGroup{name: fmt.Sprintf("postgres %c (all processes)", 'a'+i), pid: s.PID(), tree: true})
+	}
+	for i, pid := range c.pids {
+		gs = append(gs, cpuGroup{name: fmt.Sprintf("sidecar %c", 'a'+i), pid: pid})
+	}
+	return gs
 }
 
 func startCluster(ctx context.Context, dir string, settings map[string]string) (*cluster, error) {
@@ -142,6 +158,20 @@ func startCluster(ctx context.Context, dir string, settings map[string]string) (
 		}
 	}
 	return c, nil
+}
+
+// settle vacuums and checkpoints every server, so that the autovacuum and
+// checkpoint the unthrottled run left due do not land in the throttled one.
+func (c *cluster) settle(ctx context.Context) error {
+	for i, s := range c.servers {
+		if err := s.Exec(ctx, `VACUUM`); err != nil {
+			return fmt.Errorf("vacuum site %c: %w", 'a'+i, err)
+		}
+		if err := s.Exec(ctx, `CHECKPOINT`); err != nil {
+			return fmt.Errorf("checkpoint site %c: %w", 'a'+i, err)
+		}
+	}
+	return nil
 }
 
 func (c *cluster) stop() {
@@ -217,10 +247,14 @@ func throttled(ctx context.Context, o options, c *cluster, r *result) error {
 		}
 	}()
 	before := scrapeDelays(c)
+	groups := c.cpuGroups()
+	cpuBefore := sampleCPU(groups)
 	profiled := profile(ctx, o, c)
 	tps, err := pgbench(ctx, o, a, c.dir, o.rate)
+	cpuAfter := sampleCPU(groups)
 	stopProbe()
 	profiled()
+	r.cpu = cpuReport(groups, cpuBefore, cpuAfter)
 	r.probes = <-probes
 	if err != nil {
 		return err
@@ -483,6 +517,7 @@ func benchCasualDB(ctx context.Context, o options, dir string) (result, error) {
 		}
 		scs = append(scs, &sidecar{cmd: cmd, admin: admin})
 		c.admins = append(c.admins, admin)
+		c.pids = append(c.pids, cmd.Process.Pid)
 	}
 	for _, s := range scs {
 		if err := waitHealthy(ctx, s.admin); err != nil {
@@ -499,7 +534,60 @@ func benchCasualDB(ctx context.Context, o options, dir string) (result, error) {
 	if err := waitSame(ctx, c, 5*time.Minute); err != nil {
 		return r, err
 	}
+	// The peers' capture still has to read past the WAL their apply wrote:
+	// measure the throttled run only once every sidecar is idle.
+	if err := waitCaptured(ctx, c, 5*time.Minute); err != nil {
+		return r, err
+	}
+	if err := c.settle(ctx); err != nil {
+		return r, err
+	}
 	return r, throttled(ctx, o, c, &r)
+}
+
+// waitCaptured waits until every site's capture has processed the WAL its
+// server had flushed when the wait began.
+func waitCaptured(ctx context.Context, c *cluster, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	client := &http.Client{Timeout: 5 * time.Second}
+	for i, s := range c.servers {
+		var target string
+		conn, err := pgx.Connect(ctx, s.DSN())
+		if err != nil {
+			return err
+		}
+		err = conn.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn()::text`).Scan(&target)
+		conn.Close(context.Background())
+		if err != nil {
+			return err
+		}
+		want, err := casualdb.ParseLSN(target)
+		if err != nil {
+			return err
+		}
+		for {
+			var st struct {
+				Capture struct {
+					ProcessedLSN string `json:"processed_lsn"`
+				} `json:"capture"`
+			}
+			resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/status", c.admins[i]))
+			if err == nil {
+				err = json.NewDecoder(resp.Body).Decode(&st)
+				resp.Body.Close()
+			}
+			if err == nil {
+				if got, perr := casualdb.ParseLSN(st.Capture.ProcessedLSN); perr == nil && got >= want {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("capture at site %c did not reach %s within %s", 'a'+i, target, timeout)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return nil
 }
 
 func waitHealthy(ctx context.Context, port int) error {
@@ -601,6 +689,9 @@ func benchPglogical(ctx context.Context, o options, dir string) (result, error) 
 	if err := waitSame(ctx, c, 5*time.Minute); err != nil {
 		return r, err
 	}
+	if err := c.settle(ctx); err != nil {
+		return r, err
+	}
 	return r, throttled(ctx, o, c, &r)
 }
 
@@ -633,6 +724,14 @@ func report(o options, rs []result) {
 		if len(r.stages) > 0 {
 			fmt.Printf("\n%s, commit at a to each stage during the throttled run (histogram estimates):\n", r.name)
 			for _, l := range r.stages {
+				fmt.Println("  " + l)
+			}
+		}
+	}
+	for _, r := range rs {
+		if len(r.cpu) > 0 {
+			fmt.Printf("\n%s, CPU used during the throttled run (pgbench and the bench itself are in everything else):\n", r.name)
+			for _, l := range r.cpu {
 				fmt.Println("  " + l)
 			}
 		}

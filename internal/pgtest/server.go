@@ -167,6 +167,14 @@ func (s *Server) DSNFor(db string) string {
 // Port returns the TCP port the server listens on.
 func (s *Server) Port() int { return s.port }
 
+// PID returns the postmaster's process id, or 0 when the server is not running.
+func (s *Server) PID() int {
+	if s.proc == nil {
+		return 0
+	}
+	return s.proc.cmd.Process.Pid
+}
+
 // DataDir returns the absolute path of the data directory.
 func (s *Server) DataDir() string { return s.dataDir }
 
