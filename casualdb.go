@@ -134,6 +134,10 @@ type Change struct {
 	// (insert and update); nil for delete and truncate.
 	Values  []Value `json:"values,omitempty"`
 	Version Version `json:"version"`
+	// Floor is the row's delete floor at the origin after this change (see
+	// conflict.Row), kept so that the origin can re-derive its metadata
+	// from its outbox after a crash; receivers keep their own.
+	Floor VectorClock `json:"floor,omitempty"`
 }
 
 // KeyString is the canonical encoding of a primary key, identical at every
@@ -156,6 +160,12 @@ type Tx struct {
 	// Relations describes every table that Changes touch, by table name.
 	Relations map[string]Relation `json:"relations"`
 	Changes   []Change            `json:"changes"`
+	// Deps is what the origin had applied from other sites when the
+	// transaction committed: per site, the commit LSN (at that site) of the
+	// last of its transactions applied at the origin. A site applies the
+	// transaction only after it has applied as much from each of them
+	// (causal delivery), so a child row never arrives before its parent.
+	Deps map[SiteID]uint64 `json:"deps,omitempty"`
 }
 
 // ID names the transaction uniquely in the cluster: origin and commit LSN.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/conflict"
 	"github.com/casualdb/casualdb/meta"
 	"github.com/casualdb/casualdb/ship"
 	"github.com/jackc/pgx/v5"
@@ -49,6 +50,11 @@ type Config struct {
 	MaxBatch int
 	// WaitTimeout bounds a wait for capture. Default 30s.
 	WaitTimeout time.Duration
+	// DeletePolicy is the policy of tables not in Policies: what a delete
+	// does to a concurrent update. Default conflict.DeleteWins.
+	DeletePolicy conflict.DeletePolicy
+	// Policies overrides DeletePolicy per table (schema-qualified name).
+	Policies map[string]conflict.DeletePolicy
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 	// ObserveDelay, when set, is told for every transaction how long after
@@ -82,7 +88,10 @@ type Stats struct {
 	Conflicts uint64 // true conflicts resolved (and logged)
 	Parked    uint64 // changes or messages parked
 	Garbled   uint64 // messages that did not decode (parked)
-	Origins   map[casualdb.SiteID]OriginStats
+	// DependencyWaits counts transactions held back because a transaction
+	// they causally depend on (from another origin) was not applied yet.
+	DependencyWaits uint64
+	Origins         map[casualdb.SiteID]OriginStats
 }
 
 // Applier applies the inbox to the local database.
@@ -96,6 +105,7 @@ type Applier struct {
 	tables   map[string]*localTable
 
 	gapSince map[casualdb.SiteID]time.Time // when each origin's current gap was first seen
+	depSince map[casualdb.SiteID]time.Time // when each origin's current dependency wait began
 
 	mu    sync.Mutex
 	stats Stats
@@ -286,7 +296,17 @@ func (a *Applier) handle(ctx context.Context, batch []jetstream.Msg) error {
 				return err
 			}
 		}
+		// After the flush: a dependency in the run just written counts only
+		// once it committed.
+		if site, lsn, ok := a.missingDep(im); ok {
+			a.noteDependency(im, site, lsn)
+			a.count(func(s *Stats) { s.DependencyWaits++ })
+			blocked[im.origin] = true
+			im.d.fail(100 * time.Millisecond)
+			continue
+		}
 		delete(a.gapSince, im.origin)
+		delete(a.depSince, im.origin)
 		// Admit the next one of the same origin against this one.
 		p := a.progress[im.origin]
 		a.progress[im.origin] = meta.Progress{Seq: im.seq, LSN: im.tx.LSN, CommitTime: im.tx.CommitTime, Epoch: im.epoch, AppliedAt: p.AppliedAt}
@@ -309,6 +329,47 @@ func (a *Applier) noteGap(im inMsg) {
 		a.log.Warn("transactions of an origin are missing for 30s; apply of that origin waits", "origin", im.origin,
 			"expected_seq", a.progress[im.origin].Seq+1, "got_seq", im.seq)
 		a.gapSince[im.origin] = time.Time{} // warned
+	}
+}
+
+// policy returns the delete policy of table.
+func (a *Applier) policy(table string) conflict.DeletePolicy {
+	if p, ok := a.cfg.Policies[table]; ok {
+		return p
+	}
+	return a.cfg.DeletePolicy
+}
+
+// missingDep returns a transaction that im causally depends on and that is
+// not applied here yet: its site and commit LSN there.
+func (a *Applier) missingDep(im inMsg) (casualdb.SiteID, uint64, bool) {
+	for site, lsn := range im.tx.Deps {
+		if site == a.cfg.Site || site == im.origin {
+			continue
+		}
+		if a.progress[site].LSN < lsn {
+			return site, lsn, true
+		}
+	}
+	return "", 0, false
+}
+
+// noteDependency warns, once, when an origin waits for a dependency for
+// long: the site it depends on may be unreachable, or unknown here.
+func (a *Applier) noteDependency(im inMsg, site casualdb.SiteID, lsn uint64) {
+	if a.depSince == nil {
+		a.depSince = map[casualdb.SiteID]time.Time{}
+	}
+	since, ok := a.depSince[im.origin]
+	switch {
+	case !ok:
+		a.depSince[im.origin] = time.Now()
+		a.log.Debug("transaction waits for a causal dependency", "origin", im.origin, "seq", im.seq, "needs", site, "lsn", casualdb.FormatLSN(lsn))
+	case !since.IsZero() && time.Since(since) > 30*time.Second:
+		a.log.Warn("transactions of an origin wait for 30s for what they depend on from another site; apply of that origin waits",
+			"origin", im.origin, "seq", im.seq, "needs", site, "needs_lsn", casualdb.FormatLSN(lsn),
+			"applied_lsn", casualdb.FormatLSN(a.progress[site].LSN))
+		a.depSince[im.origin] = time.Time{} // warned
 	}
 }
 

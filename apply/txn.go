@@ -406,18 +406,29 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 	}
 	rk := meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}
 	st := w.state[rk]
-	var stored *casualdb.Version
+	var stored *conflict.Row
 	if st.rv != nil {
-		stored = &st.rv.Version
+		stored = &conflict.Row{Version: st.rv.Version, Deleted: st.rv.Deleted, Floor: st.rv.Floor}
 	}
-	if t, ok := w.truncs[c.Table]; ok && (stored == nil || conflict.Less(*stored, t)) {
+	t, truncated := w.truncs[c.Table]
+	if truncated && (stored == nil || conflict.Less(stored.Version, t)) {
 		// Everything older than the table's truncation is deleted.
-		tv := casualdb.Version{HLC: t.HLC, Origin: t.Origin}
-		stored = &tv
+		tr := &conflict.Row{Version: casualdb.Version{HLC: t.HLC, Origin: t.Origin}, Deleted: true}
+		if stored != nil {
+			tr.Version.VC, tr.Floor = stored.Version.VC, stored.Floor
+		}
+		stored = tr
 	}
-	d := conflict.Decide(stored, c.Version)
+	d := conflict.DecideRow(stored, c.Version, c.Op == casualdb.OpDelete, w.a.policy(c.Table))
+	if truncated && conflict.Less(c.Version, t) && d.Apply {
+		// Written before the truncate: it never comes back. Its clock is
+		// still merged, like any version's.
+		d.Apply, d.Outcome, d.Rule = false, conflict.Stale, "truncated"
+		d.Stored, d.Deleted = stored.Version, stored.Deleted
+		d.Stored.VC = conflict.Join(stored.Version.VC, c.Version.VC)
+	}
 	if d.Outcome == conflict.Conflict {
-		if err := w.logConflict(ctx, lt, im, c, st, d); err != nil {
+		if err := w.logConflict(ctx, lt, im, c, st, d.Decision); err != nil {
 			return err
 		}
 		w.res.conflicts++
@@ -425,13 +436,13 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 	if !d.Apply {
 		if st.rv != nil {
 			rv := *st.rv
-			rv.Version = d.Stored
+			rv.Version, rv.Floor, rv.Deleted = d.Stored, d.Floor, d.Deleted
 			st.rv = &rv
 			w.written[rk] = rv
 		}
 		return nil
 	}
-	rv := meta.RowVersion{Version: d.Stored}
+	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor}
 	switch c.Op {
 	case casualdb.OpDelete:
 		if st.present {

@@ -76,6 +76,11 @@ type Capturer struct {
 	nudgeMu   sync.Mutex
 	nudgeConn *pgx.Conn // commits an empty transaction to flush WAL; see nudge
 
+	// appliedFrom is, per site, the commit LSN there of the last of its
+	// transactions that apply committed here before the WAL position
+	// process has reached: the dependencies of the next local transaction.
+	appliedFrom map[casualdb.SiteID]uint64
+
 	mu       sync.Mutex
 	advanced chan struct{} // closed and replaced whenever processed moves
 	rd       *reader
@@ -214,7 +219,7 @@ func recordedVersions(txs []*casualdb.Tx) (map[meta.RowKey]meta.RowVersion, map[
 				}
 				continue
 			}
-			rv := meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete}
+			rv := meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: ch.Floor}
 			if !rv.Deleted {
 				rv.Xmin = tx.Xid
 			}
@@ -251,6 +256,18 @@ func (c *Capturer) process(ctx context.Context, conn *pgx.Conn, ch <-chan decode
 	truncs, err := meta.LoadTruncations(ctx, conn)
 	if err != nil {
 		return err
+	}
+	// What apply has committed so far: the transactions the slot will
+	// stream again after a restart may get a few more dependencies than
+	// they had, which is safe (none of those can depend on them: they
+	// were not shipped yet).
+	progress, err := meta.LoadProgress(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("capture: %w", err)
+	}
+	c.appliedFrom = map[casualdb.SiteID]uint64{}
+	for site, p := range progress {
+		c.appliedFrom[site] = p.LSN
 	}
 	for {
 		var batch []decodedTx
@@ -294,7 +311,11 @@ func (c *Capturer) processBatch(ctx context.Context, conn *pgx.Conn, batch []dec
 			}
 			c.followed.Add(1)
 			end = max(end, d.tx.LSN)
+			if d.from != "" && d.fromLSN > c.appliedFrom[d.from] {
+				c.appliedFrom[d.from] = d.fromLSN
+			}
 		default:
+			d.tx.Deps = c.deps()
 			local = append(local, d.tx)
 			end = max(end, d.tx.LSN)
 			for _, ch := range d.tx.Changes {
@@ -343,6 +364,21 @@ func (c *Capturer) processBatch(ctx context.Context, conn *pgx.Conn, batch []dec
 	return nil
 }
 
+// deps copies appliedFrom for a local transaction (nil when empty).
+func (c *Capturer) deps() map[casualdb.SiteID]uint64 {
+	var out map[casualdb.SiteID]uint64
+	for site, lsn := range c.appliedFrom {
+		if site == c.cfg.Site || lsn == 0 {
+			continue
+		}
+		if out == nil {
+			out = make(map[casualdb.SiteID]uint64, len(c.appliedFrom))
+		}
+		out[site] = lsn
+	}
+	return out
+}
+
 // version gives every change of tx its version, reading (and updating) the
 // current versions in stored.
 func (c *Capturer) version(ctx context.Context, conn *pgx.Conn, tx *casualdb.Tx, stored map[meta.RowKey]meta.RowVersion, truncs, newTruncs map[string]casualdb.Version) error {
@@ -373,9 +409,13 @@ func (c *Capturer) version(ctx context.Context, conn *pgx.Conn, tx *casualdb.Tx,
 			continue
 		}
 		k := meta.RowKey{Table: ch.Table, Key: casualdb.KeyString(ch.Key)}
-		var prev *casualdb.Version
+		var (
+			prev  *casualdb.Version
+			floor casualdb.VectorClock
+		)
 		if rv, ok := stored[k]; ok {
 			prev = &rv.Version
+			floor = rv.Floor
 		}
 		if t, ok := truncs[ch.Table]; ok && (prev == nil || conflict.Less(*prev, t)) {
 			// The row was (re)written after a truncate that superseded its
@@ -387,7 +427,11 @@ func (c *Capturer) version(ctx context.Context, conn *pgx.Conn, tx *casualdb.Tx,
 			prev = &tv
 		}
 		ch.Version = conflict.Next(prev, c.cfg.Site, at)
-		stored[k] = meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete}
+		if ch.Op == casualdb.OpDelete {
+			floor = conflict.Join(floor, ch.Version.VC)
+		}
+		ch.Floor = floor
+		stored[k] = meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: floor}
 	}
 	return nil
 }

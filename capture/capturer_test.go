@@ -243,3 +243,66 @@ func TestCapturer_Run(t *testing.T) {
 	})
 	e.stop()
 }
+
+// TestCapturer_Deps checks that a local transaction names, per site, the
+// last transaction from it that apply had committed here before it: the
+// replication origin and its LSN, as apply records them.
+func TestCapturer_Deps(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE t (id int PRIMARY KEY, s text)`)
+	ctx := context.Background()
+	if _, err := e.conn.Exec(ctx, `INSERT INTO t VALUES (1, 'before anything was applied')`); err != nil {
+		t.Fatal(err)
+	}
+	// Two transactions "applied" from b, one from c, as apply writes them.
+	applied := pgtest.Connect(t, e.pg.DSN())
+	for _, stmt := range []string{
+		`SELECT pg_replication_origin_create('casualdb_b')`,
+		`SELECT pg_replication_origin_create('casualdb_c')`,
+	} {
+		if _, err := applied.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	applyAs := func(origin, lsn string, id int) {
+		t.Helper()
+		for _, stmt := range []string{
+			`SELECT pg_replication_origin_session_setup('` + origin + `')`,
+			`BEGIN`,
+			`SELECT pg_replication_origin_xact_setup('` + lsn + `', now())`,
+			fmt.Sprintf(`INSERT INTO t VALUES (%d, 'applied from %s')`, id, origin),
+			`COMMIT`,
+			`SELECT pg_replication_origin_session_reset()`,
+		} {
+			if _, err := applied.Exec(ctx, stmt); err != nil {
+				t.Fatalf("%s: %v", stmt, err)
+			}
+		}
+	}
+	applyAs("casualdb_b", "0/1000", 2)
+	applyAs("casualdb_b", "0/2000", 3)
+	applyAs("casualdb_c", "0/500", 4)
+	if _, err := e.conn.Exec(ctx, `INSERT INTO t VALUES (5, 'after')`); err != nil {
+		t.Fatal(err)
+	}
+	txs := e.txs(t, 2)
+	if len(txs[0].Deps) != 0 {
+		t.Errorf("first local tx: deps %v, want none", txs[0].Deps)
+	}
+	want := map[casualdb.SiteID]uint64{"b": 0x2000, "c": 0x500}
+	if fmt.Sprint(txs[1].Deps) != fmt.Sprint(want) {
+		t.Errorf("second local tx: deps %v, want %v", txs[1].Deps, want)
+	}
+	// After a restart the dependencies come from casualdb.progress (which
+	// apply writes; nothing wrote it here) and from whatever WAL the slot
+	// streams again: never less than what the restarted stream shows.
+	e.stop()
+	e.start(t)
+	applyAs("casualdb_c", "0/600", 6)
+	if _, err := e.conn.Exec(ctx, `INSERT INTO t VALUES (7, 'after restart')`); err != nil {
+		t.Fatal(err)
+	}
+	txs = e.txs(t, 3)
+	if got := txs[2].Deps; got["c"] != 0x600 || got["b"] > 0x2000 || len(got) > 2 {
+		t.Errorf("after restart: deps %v, want c:1536 and b at most 8192", got)
+	}
+}

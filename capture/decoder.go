@@ -20,6 +20,11 @@ type decodedTx struct {
 	// applied marks a transaction written under a CasualDB replication
 	// origin: followed, never shipped.
 	applied bool
+	// from and fromLSN, for an applied transaction: the site whose
+	// transaction apply wrote and its commit LSN there (the last one, when
+	// apply wrote several in one local transaction).
+	from    casualdb.SiteID
+	fromLSN uint64
 	// watermark, when tx is nil: every transaction ending at or before it has
 	// been handed over.
 	watermark uint64
@@ -38,6 +43,7 @@ type decoder struct {
 	relations map[uint32]casualdb.Relation
 	cur       *decodedTx
 	origin    string
+	originLSN uint64
 }
 
 func newDecoder(cat catalog) *decoder {
@@ -63,10 +69,10 @@ func (d *decoder) decode(ctx context.Context, data []byte) (*decodedTx, error) {
 	case *pglogrepl.BeginMessage:
 		// Reset the origin at every Begin: the Origin message follows Begin
 		// only for transactions that have one.
-		d.origin = ""
+		d.origin, d.originLSN = "", 0
 		d.cur = &decodedTx{tx: &casualdb.Tx{Xid: m.Xid, CommitTime: m.CommitTime, Relations: map[string]casualdb.Relation{}}}
 	case *pglogrepl.OriginMessage:
-		d.origin = m.Name
+		d.origin, d.originLSN = m.Name, uint64(m.CommitLSN)
 	case *pglogrepl.InsertMessage:
 		rel, err := d.relation(m.RelationID)
 		if err != nil {
@@ -120,7 +126,9 @@ func (d *decoder) decode(ctx context.Context, data []byte) (*decodedTx, error) {
 		d.cur = nil
 		out.tx.LSN = uint64(m.TransactionEndLSN)
 		out.tx.CommitTime = m.CommitTime
-		out.applied = strings.HasPrefix(d.origin, OriginPrefix)
+		if site, ok := strings.CutPrefix(d.origin, OriginPrefix); ok {
+			out.applied, out.from, out.fromLSN = true, casualdb.SiteID(site), d.originLSN
+		}
 		return out, nil
 	case *pglogrepl.TypeMessage, *pglogrepl.LogicalDecodingMessage:
 	default:

@@ -66,6 +66,9 @@ var ddl = []string{
 		row_xmin    bigint,
 		updated_at  timestamptz NOT NULL DEFAULT now(),
 		PRIMARY KEY (tbl, key))`,
+	// The join of the clocks of every delete of the row merged here: under
+	// the delete-wins policy a write whose clock does not cover it is dead.
+	`ALTER TABLE casualdb.row_version ADD COLUMN IF NOT EXISTS floor jsonb`,
 	// Per origin: the last transaction applied here, written in the apply
 	// transaction itself (exactly once).
 	`CREATE TABLE IF NOT EXISTS casualdb.progress (

@@ -22,6 +22,9 @@ type RowVersion struct {
 	// Xmin is the xmin of the table row this version describes; 0 when
 	// unknown or for tombstones.
 	Xmin uint32
+	// Floor is the join of the clocks of every delete of the row merged
+	// here (see conflict.Row); nil when it was never deleted.
+	Floor casualdb.VectorClock
 }
 
 // LoadVersions returns the recorded versions of keys; keys without a record
@@ -47,7 +50,7 @@ func VersionsQuery(keys []RowKey) (string, []any) {
 		tbls[i], ks[i] = k.Table, k.Key
 	}
 	return `
-		SELECT v.tbl, v.key, v.hlc_wall, v.hlc_logical, v.origin, v.vclock, v.deleted, coalesce(v.row_xmin, 0)
+		SELECT v.tbl, v.key, v.hlc_wall, v.hlc_logical, v.origin, v.vclock, v.deleted, coalesce(v.row_xmin, 0), v.floor
 		FROM unnest($1::text[], $2::text[]) AS k(tbl, key)
 		JOIN casualdb.row_version v ON v.tbl = k.tbl AND v.key = k.key`, []any{tbls, ks}
 }
@@ -64,8 +67,9 @@ func ScanVersions(rows pgx.Rows, hint int) (map[RowKey]RowVersion, error) {
 			origin  string
 			vc      []byte
 			xmin    int64
+			floor   []byte
 		)
-		if err := rows.Scan(&k.Table, &k.Key, &rv.Version.HLC.Wall, &logical, &origin, &vc, &rv.Deleted, &xmin); err != nil {
+		if err := rows.Scan(&k.Table, &k.Key, &rv.Version.HLC.Wall, &logical, &origin, &vc, &rv.Deleted, &xmin, &floor); err != nil {
 			return nil, fmt.Errorf("load row versions: %w", err)
 		}
 		rv.Version.HLC.Logical = uint32(logical)
@@ -73,6 +77,11 @@ func ScanVersions(rows pgx.Rows, hint int) (map[RowKey]RowVersion, error) {
 		rv.Xmin = uint32(xmin)
 		if err := json.Unmarshal(vc, &rv.Version.VC); err != nil {
 			return nil, fmt.Errorf("load row version %s %s: vclock: %w", k.Table, k.Key, err)
+		}
+		if floor != nil {
+			if err := json.Unmarshal(floor, &rv.Floor); err != nil {
+				return nil, fmt.Errorf("load row version %s %s: floor: %w", k.Table, k.Key, err)
+			}
 		}
 		out[k] = rv
 	}
@@ -97,6 +106,7 @@ func SaveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion) error
 		vcs     = make([]string, 0, n)
 		deleted = make([]bool, 0, n)
 		xmins   = make([]*int64, 0, n)
+		floors  = make([]*string, 0, n)
 	)
 	for k, rv := range vs {
 		vc, err := json.Marshal(rv.Version.VC)
@@ -116,16 +126,27 @@ func SaveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion) error
 		} else {
 			xmins = append(xmins, nil)
 		}
+		if len(rv.Floor) > 0 {
+			f, err := json.Marshal(rv.Floor)
+			if err != nil {
+				return fmt.Errorf("save row version %s %s: %w", k.Table, k.Key, err)
+			}
+			fs := string(f)
+			floors = append(floors, &fs)
+		} else {
+			floors = append(floors, nil)
+		}
 	}
 	_, err := q.Exec(ctx, `
-		INSERT INTO casualdb.row_version AS v (tbl, key, hlc_wall, hlc_logical, origin, vclock, deleted, row_xmin)
-		SELECT tbl, key, wall, logical, origin, vc::jsonb, deleted, xmin
-		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bool[], $8::bigint[])
-		  AS u(tbl, key, wall, logical, origin, vc, deleted, xmin)
+		INSERT INTO casualdb.row_version AS v (tbl, key, hlc_wall, hlc_logical, origin, vclock, deleted, row_xmin, floor)
+		SELECT tbl, key, wall, logical, origin, vc::jsonb, deleted, xmin, floor::jsonb
+		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bool[], $8::bigint[], $9::text[])
+		  AS u(tbl, key, wall, logical, origin, vc, deleted, xmin, floor)
 		ON CONFLICT (tbl, key) DO UPDATE SET
 			hlc_wall = excluded.hlc_wall, hlc_logical = excluded.hlc_logical, origin = excluded.origin,
-			vclock = excluded.vclock, deleted = excluded.deleted, row_xmin = excluded.row_xmin, updated_at = now()`,
-		tbls, keys, walls, logical, origins, vcs, deleted, xmins)
+			vclock = excluded.vclock, deleted = excluded.deleted, row_xmin = excluded.row_xmin,
+			floor = excluded.floor, updated_at = now()`,
+		tbls, keys, walls, logical, origins, vcs, deleted, xmins, floors)
 	if err != nil {
 		return fmt.Errorf("save %d row versions: %w", n, err)
 	}

@@ -44,6 +44,7 @@ type ApplyStatus struct {
 	Conflicts     uint64 `json:"conflicts"`
 	Parked        uint64 `json:"parked"`
 	Garbled       uint64 `json:"garbled_messages"`
+	DepWaits      uint64 `json:"dependency_waits"`
 	InboxMessages uint64 `json:"inbox_messages"`
 }
 
@@ -93,6 +94,7 @@ func (s *Sidecar) Status() Status {
 		as := s.applier.Stats()
 		st.Apply.Applied, st.Apply.Skipped, st.Apply.Changes = as.Applied, as.Skipped, as.Changes
 		st.Apply.Conflicts, st.Apply.Parked, st.Apply.Garbled = as.Conflicts, as.Parked, as.Garbled
+		st.Apply.DepWaits = as.DependencyWaits
 		for o, os := range as.Origins {
 			st.Origins[string(o)] = OriginStatus{Applied: os.Applied, Seq: os.Seq, LastCommit: os.LastCommit, LastApplied: os.LastApplied, LagSeconds: os.Lag().Seconds()}
 		}
@@ -141,6 +143,7 @@ var (
 	descParked    = prometheus.NewDesc("casualdb_parked_total", "Changes or messages parked in casualdb.parked.", nil, nil)
 	descGarbled   = prometheus.NewDesc("casualdb_garbled_messages_total", "Transport messages that did not decode (parked).", nil, nil)
 	descSkipped   = prometheus.NewDesc("casualdb_duplicate_transactions_total", "Redelivered transactions recognised and skipped.", nil, nil)
+	descDepWaits  = prometheus.NewDesc("casualdb_dependency_waits_total", "Times a remote transaction was held back until what it causally depends on (from another origin) was applied.", nil, nil)
 	descSlotWAL   = prometheus.NewDesc("casualdb_slot_retained_wal_bytes", "WAL the replication slot keeps on disk.", nil, nil)
 	descOutbox    = prometheus.NewDesc("casualdb_outbox_messages", "Transactions held in the outbox (not yet acknowledged by every peer).", nil, nil)
 	descInbox     = prometheus.NewDesc("casualdb_inbox_messages", "Transactions waiting in the inbox.", nil, nil)
@@ -148,7 +151,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descSlotWAL, descOutbox, descInbox, descHealthy} {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descSlotWAL, descOutbox, descInbox, descHealthy} {
 		ch <- d
 	}
 }
@@ -178,6 +181,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descParked, st.Apply.Parked)
 	counter(descGarbled, st.Apply.Garbled)
 	counter(descSkipped, st.Apply.Skipped)
+	counter(descDepWaits, st.Apply.DepWaits)
 	gauge(descSlotWAL, float64(st.Capture.SlotRetainedWAL))
 	gauge(descOutbox, float64(st.Capture.OutboxMessages))
 	gauge(descInbox, float64(st.Apply.InboxMessages))

@@ -12,19 +12,60 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/capture"
+	"github.com/casualdb/casualdb/conflict"
 	"gopkg.in/yaml.v3"
 )
 
 // Config is the sidecar's YAML configuration. README.md documents every key.
 type Config struct {
-	Site     string         `yaml:"site"`
-	DataDir  string         `yaml:"data_dir"`
-	Database DatabaseConfig `yaml:"database"`
-	NATS     NATSConfig     `yaml:"nats"`
-	Peers    []PeerConfig   `yaml:"peers"`
-	Admin    AdminConfig    `yaml:"admin"`
-	Apply    ApplyConfig    `yaml:"apply"`
-	Log      LogConfig      `yaml:"log"`
+	Site      string          `yaml:"site"`
+	DataDir   string          `yaml:"data_dir"`
+	Database  DatabaseConfig  `yaml:"database"`
+	NATS      NATSConfig      `yaml:"nats"`
+	Peers     []PeerConfig    `yaml:"peers"`
+	Admin     AdminConfig     `yaml:"admin"`
+	Apply     ApplyConfig     `yaml:"apply"`
+	Conflicts ConflictsConfig `yaml:"conflicts"`
+	Log       LogConfig       `yaml:"log"`
+}
+
+// ConflictsConfig chooses how conflicts resolve, by default and per table.
+type ConflictsConfig struct {
+	// DeletePolicy is delete_wins (a delete beats every concurrent update)
+	// or lww (the later of the two by HLC wins).
+	DeletePolicy string                         `yaml:"delete_policy"`
+	Tables       map[string]TableConflictConfig `yaml:"tables"`
+}
+
+// TableConflictConfig overrides the conflict rules of one table.
+type TableConflictConfig struct {
+	DeletePolicy string `yaml:"delete_policy"`
+}
+
+// DeletePolicies returns the default delete policy and the overrides by
+// schema-qualified table name; Validate has checked them.
+func (c ConflictsConfig) DeletePolicies() (conflict.DeletePolicy, map[string]conflict.DeletePolicy) {
+	def, _ := parseDeletePolicy(c.DeletePolicy)
+	out := map[string]conflict.DeletePolicy{}
+	for name, t := range c.Tables {
+		if t.DeletePolicy == "" {
+			continue
+		}
+		tbl, _ := capture.ParseTable(name)
+		out[tbl.String()], _ = parseDeletePolicy(t.DeletePolicy)
+	}
+	return def, out
+}
+
+func parseDeletePolicy(s string) (conflict.DeletePolicy, error) {
+	switch s {
+	case "", "delete_wins":
+		return conflict.DeleteWins, nil
+	case "lww":
+		return conflict.LastWriterWins, nil
+	}
+	return 0, fmt.Errorf("%q: want delete_wins or lww", s)
 }
 
 // DatabaseConfig names the local PostgreSQL and what replicates.
@@ -70,12 +111,13 @@ type LogConfig struct {
 // DefaultConfig returns the configuration with every default filled in.
 func DefaultConfig() Config {
 	return Config{
-		DataDir:  "casualdb-data",
-		Database: DatabaseConfig{Publication: "casualdb", ConnectTimeout: 10 * time.Second},
-		NATS:     NATSConfig{Listen: "127.0.0.1:4222", OutboxMaxBytes: 8 << 30},
-		Admin:    AdminConfig{Listen: "127.0.0.1:9187"},
-		Apply:    ApplyConfig{MaxBatch: 256, WaitTimeout: 30 * time.Second},
-		Log:      LogConfig{Level: "info", Format: "text"},
+		DataDir:   "casualdb-data",
+		Database:  DatabaseConfig{Publication: "casualdb", ConnectTimeout: 10 * time.Second},
+		NATS:      NATSConfig{Listen: "127.0.0.1:4222", OutboxMaxBytes: 8 << 30},
+		Admin:     AdminConfig{Listen: "127.0.0.1:9187"},
+		Apply:     ApplyConfig{MaxBatch: 256, WaitTimeout: 30 * time.Second},
+		Conflicts: ConflictsConfig{DeletePolicy: "delete_wins"},
+		Log:       LogConfig{Level: "info", Format: "text"},
 	}
 }
 
@@ -212,6 +254,17 @@ func (c Config) Validate() error {
 	}
 	if c.Apply.WaitTimeout <= 0 {
 		return bad("apply.wait_timeout", "must be positive")
+	}
+	if _, err := parseDeletePolicy(c.Conflicts.DeletePolicy); err != nil {
+		return bad("conflicts.delete_policy", "%v", err)
+	}
+	for name, t := range c.Conflicts.Tables {
+		if _, err := capture.ParseTable(name); err != nil || strings.Count(name, ".") > 1 {
+			return bad("conflicts.tables", "%q is not a table name (name or schema.name)", name)
+		}
+		if _, err := parseDeletePolicy(t.DeletePolicy); err != nil {
+			return bad("conflicts.tables."+name+".delete_policy", "%v", err)
+		}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/conflict"
 )
 
 func TestLoadConfig(t *testing.T) {
@@ -26,6 +27,10 @@ func TestLoadConfig(t *testing.T) {
 		}
 		if got, want := cfg.SlotName(), "casualdb_eu1"; got != want {
 			t.Errorf("slot: got %s, want %s", got, want)
+		}
+		def, per := cfg.Conflicts.DeletePolicies()
+		if def != conflict.DeleteWins || len(per) != 1 || per["public.orders"] != conflict.LastWriterWins {
+			t.Errorf("delete policies: got %v %v, want delete_wins and public.orders lww", def, per)
 		}
 	})
 	t.Run("minimal gets defaults", func(t *testing.T) {
@@ -59,6 +64,8 @@ func TestConfig_Validate(t *testing.T) {
 		{"bad-dsn-scheme.yml", "database.dsn: not a postgres:// URL"},
 		{"bad-table-name.yml", "database.tables"},
 		{"bad-yaml.yml", "invalid configuration"},
+		{"bad-delete-policy.yml", `conflicts.delete_policy: "update_wins": want delete_wins or lww`},
+		{"bad-table-delete-policy.yml", "conflicts.tables.accounts.delete_policy"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

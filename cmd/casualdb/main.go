@@ -51,6 +51,8 @@ const usage = `casualdb: active-active replication for PostgreSQL
 Usage:
   casualdb run --config FILE [flags]     run the sidecar
   casualdb uninstall --config FILE       remove slot, publication, origins and the casualdb schema
+  casualdb conflicts --config FILE [--since DURATION] [--table NAME] [--limit N] [--json]
+                                         list recent conflicts from the conflict log, newest first
   casualdb demo                          three local sites converging, on embedded defaults
   casualdb version
 
@@ -68,6 +70,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return m.runCmd(ctx, args[1:])
 	case "uninstall":
 		return m.uninstallCmd(ctx, args[1:])
+	case "conflicts":
+		return m.conflictsCmd(ctx, args[1:])
 	case "demo":
 		return m.demoCmd(ctx, args[1:])
 	case "version":
@@ -144,11 +148,15 @@ func newLogger(w io.Writer, cfg LogConfig) *slog.Logger {
 }
 
 // parseConfig parses a subcommand's flags and loads its configuration.
-func (m *Main) parseConfig(name string, args []string) (Config, error) {
+// Each extra function registers the subcommand's own flags on the set.
+func (m *Main) parseConfig(name string, args []string, extra ...func(*flag.FlagSet)) (Config, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(m.Stderr)
 	var cf configFlags
 	cf.register(fs)
+	for _, f := range extra {
+		f(fs)
+	}
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -107,6 +108,12 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 	if s.tables, err = Prepare(ctx, s.cfg, s.log); err != nil {
 		return err
 	}
+	deletePolicy, policies := s.cfg.Conflicts.DeletePolicies()
+	for name := range policies {
+		if !slices.ContainsFunc(s.tables, func(t capture.Table) bool { return t.String() == name }) {
+			return fmt.Errorf("%w: conflicts.tables: %s is not a replicated table (see database.tables)", casualdb.ErrConfig, name)
+		}
+	}
 	url := s.cfg.NATS.URL
 	if url == "" {
 		s.server, err = ship.StartServer(ship.ServerConfig{
@@ -159,6 +166,7 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 	if s.applier, err = apply.New(apply.Config{
 		Site: site, DSN: s.cfg.Database.DSN, Inbox: s.inbox.Consumer(), Capture: s.capturer,
 		MaxBatch: s.cfg.Apply.MaxBatch, WaitTimeout: s.cfg.Apply.WaitTimeout, Logger: s.log,
+		DeletePolicy: deletePolicy, Policies: policies,
 		ObserveDelay: func(origin casualdb.SiteID, stage string, d time.Duration) {
 			s.delays.WithLabelValues(string(origin), stage).Observe(d.Seconds())
 		},
