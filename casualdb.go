@@ -134,6 +134,11 @@ type Change struct {
 	// (insert and update); nil for delete and truncate.
 	Values  []Value `json:"values,omitempty"`
 	Version Version `json:"version"`
+	// Deltas, for the counter columns of its table (insert and update),
+	// is by how much the change moved each: new minus old value, as an
+	// exact decimal. Receivers add it to their own value instead of
+	// overwriting it, so concurrent increments all count.
+	Deltas map[string]string `json:"deltas,omitempty"`
 	// Floor is the row's delete floor at the origin after this change (see
 	// conflict.Row), kept so that the origin can re-derive its metadata
 	// from its outbox after a crash; receivers keep their own.

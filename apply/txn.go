@@ -419,7 +419,8 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 		}
 		stored = tr
 	}
-	d := conflict.DecideRow(stored, c.Version, c.Op == casualdb.OpDelete, w.a.policy(c.Table))
+	policy := w.a.policy(c.Table)
+	d := conflict.DecideRow(stored, c.Version, c.Op == casualdb.OpDelete, policy)
 	if truncated && conflict.Less(c.Version, t) && d.Apply {
 		// Written before the truncate: it never comes back. Its clock is
 		// still merged, like any version's.
@@ -437,6 +438,18 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 		if st.rv != nil {
 			rv := *st.rv
 			rv.Version, rv.Floor, rv.Deleted = d.Stored, d.Floor, d.Deleted
+			if len(c.Deltas) > 0 && st.present && d.Outcome != conflict.Stale && !(truncated && conflict.Less(c.Version, t)) &&
+				(stored == nil || conflict.Alive(c.Version.VC, stored.Floor, policy)) {
+				// The row image lost, the increments count all the same.
+				xmin, ok, err := w.addDeltas(ctx, im, lt, c)
+				if err != nil {
+					return err
+				}
+				if ok {
+					st.xmin, rv.Xmin = xmin, xmin
+					w.res.changes++
+				}
+			}
 			st.rv = &rv
 			w.written[rk] = rv
 		}
@@ -503,12 +516,39 @@ func (w *txWriter) update(ctx context.Context, im inMsg, lt *localTable, rel cas
 	var sets []string
 	args := keyArgs(c.Key)
 	for i, col := range rel.Columns {
+		name := pgx.Identifier{col.Name}.Sanitize()
+		if delta, ok := c.Deltas[col.Name]; ok {
+			// A counter: this site's value plus the origin's increment.
+			args = append(args, delta)
+			sets = append(sets, fmt.Sprintf("%s = coalesce(%s, 0) + CAST($%d::text AS numeric)", name, name, len(args)))
+			continue
+		}
 		if c.Values[i].Unchanged {
 			continue
 		}
 		args = append(args, textArg(c.Values[i]))
-		sets = append(sets, fmt.Sprintf("%s = CAST($%d::text AS %s)", pgx.Identifier{col.Name}.Sanitize(), len(args), lt.cols[col.Name]))
+		sets = append(sets, fmt.Sprintf("%s = CAST($%d::text AS %s)", name, len(args), lt.cols[col.Name]))
 	}
+	q := fmt.Sprintf("UPDATE %s SET %s WHERE %s RETURNING xmin::text", lt.ident, strings.Join(sets, ", "), lt.keyMatch(1))
+	return w.returningXmin(ctx, im, c, q, args)
+}
+
+// addDeltas adds a change's counter increments to the row and nothing else.
+func (w *txWriter) addDeltas(ctx context.Context, im inMsg, lt *localTable, c *casualdb.Change) (uint32, bool, error) {
+	var sets []string
+	args := keyArgs(c.Key)
+	for col, delta := range c.Deltas {
+		if _, ok := lt.cols[col]; !ok {
+			continue // checked by the schema comparison; never write blind
+		}
+		name := pgx.Identifier{col}.Sanitize()
+		args = append(args, delta)
+		sets = append(sets, fmt.Sprintf("%s = coalesce(%s, 0) + CAST($%d::text AS numeric)", name, name, len(args)))
+	}
+	if len(sets) == 0 {
+		return 0, false, nil
+	}
+	sort.Strings(sets)
 	q := fmt.Sprintf("UPDATE %s SET %s WHERE %s RETURNING xmin::text", lt.ident, strings.Join(sets, ", "), lt.keyMatch(1))
 	return w.returningXmin(ctx, im, c, q, args)
 }

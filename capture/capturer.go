@@ -46,6 +46,10 @@ type Config struct {
 	StatusInterval time.Duration
 	// MaxBatch is the most transactions versioned and appended at once. Default 256.
 	MaxBatch int
+	// Counters lists, by table (schema.name), the counter columns: changes
+	// carry how much they moved them (casualdb.Change.Deltas). The table
+	// needs REPLICA IDENTITY FULL so that updates carry the old values.
+	Counters map[string][]string
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 	// ObserveDelay, when set, is told for every captured transaction how
@@ -59,6 +63,10 @@ type Stats struct {
 	Followed  uint64 // transactions written by apply, seen and not shipped
 	Processed uint64 // WAL position up to which every local write is versioned
 	LastSeq   uint64 // newest outbox sequence
+	// CounterFallbacks counts changes of counter columns shipped as plain
+	// values because their deltas could not be computed (no old row, or a
+	// value that is not a finite decimal).
+	CounterFallbacks uint64
 }
 
 // Capturer reads the local slot into the outbox. Run it once; it stops when
@@ -72,6 +80,7 @@ type Capturer struct {
 	followed  atomic.Uint64
 	lastSeq   atomic.Uint64
 	processed atomic.Uint64
+	noDeltas  atomic.Uint64
 
 	nudgeMu   sync.Mutex
 	nudgeConn *pgx.Conn // commits an empty transaction to flush WAL; see nudge
@@ -118,7 +127,8 @@ func New(cfg Config) (*Capturer, error) {
 
 // Stats returns a snapshot of the counters.
 func (c *Capturer) Stats() Stats {
-	return Stats{Captured: c.captured.Load(), Followed: c.followed.Load(), Processed: c.processed.Load(), LastSeq: c.lastSeq.Load()}
+	return Stats{Captured: c.captured.Load(), Followed: c.followed.Load(), Processed: c.processed.Load(), LastSeq: c.lastSeq.Load(),
+		CounterFallbacks: c.noDeltas.Load()}
 }
 
 // Run captures until ctx is done or an error occurs.
@@ -153,7 +163,7 @@ func (c *Capturer) Run(ctx context.Context) error {
 	}
 	ch := make(chan decodedTx, 4*c.cfg.MaxBatch)
 	rd := &reader{c: c, out: ch, conn: replConn, catConn: catConn}
-	rd.dec = newDecoder(rd)
+	rd.dec = newDecoder(rd, c.cfg.Counters, &c.noDeltas)
 	c.mu.Lock()
 	c.rd = rd
 	c.mu.Unlock()

@@ -3,7 +3,9 @@ package capture
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/casualdb/casualdb"
@@ -39,15 +41,19 @@ type catalog interface {
 // decoder assembles pgoutput messages into transactions. Relation messages
 // are re-sent per session and after DDL, so they are cached by relation id.
 type decoder struct {
-	cat       catalog
+	cat      catalog
+	counters map[string][]string // counter columns by table
+	// noDeltas counts changes of counter tables whose deltas could not be
+	// computed (see deltas): their counters replicate as values.
+	noDeltas  *atomic.Uint64
 	relations map[uint32]casualdb.Relation
 	cur       *decodedTx
 	origin    string
 	originLSN uint64
 }
 
-func newDecoder(cat catalog) *decoder {
-	return &decoder{cat: cat, relations: map[uint32]casualdb.Relation{}}
+func newDecoder(cat catalog, counters map[string][]string, noDeltas *atomic.Uint64) *decoder {
+	return &decoder{cat: cat, counters: counters, noDeltas: noDeltas, relations: map[uint32]casualdb.Relation{}}
 }
 
 // inTx reports whether a transaction is open.
@@ -79,7 +85,8 @@ func (d *decoder) decode(ctx context.Context, data []byte) (*decodedTx, error) {
 			return nil, err
 		}
 		vals := tupleValues(m.Tuple, nil)
-		d.add(rel, casualdb.Change{Table: rel.Table, Op: casualdb.OpInsert, Key: keyOf(rel, vals), Values: vals})
+		deltas := d.deltas(rel, nil, vals, true)
+		d.add(rel, casualdb.Change{Table: rel.Table, Op: casualdb.OpInsert, Key: keyOf(rel, vals), Values: vals, Deltas: deltas})
 	case *pglogrepl.UpdateMessage:
 		rel, err := d.relation(m.RelationID)
 		if err != nil {
@@ -103,7 +110,8 @@ func (d *decoder) decode(ctx context.Context, data []byte) (*decodedTx, error) {
 				d.add(rel, casualdb.Change{Table: rel.Table, Op: casualdb.OpDelete, Key: oldKey})
 			}
 		}
-		d.add(rel, casualdb.Change{Table: rel.Table, Op: casualdb.OpUpdate, Key: key, Values: vals})
+		deltas := d.deltas(rel, old, vals, m.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld)
+		d.add(rel, casualdb.Change{Table: rel.Table, Op: casualdb.OpUpdate, Key: key, Values: vals, Deltas: deltas})
 	case *pglogrepl.DeleteMessage:
 		rel, err := d.relation(m.RelationID)
 		if err != nil {
@@ -135,6 +143,47 @@ func (d *decoder) decode(ctx context.Context, data []byte) (*decodedTx, error) {
 		return nil, fmt.Errorf("decode pgoutput: unexpected message %T", msg)
 	}
 	return nil, nil
+}
+
+// deltas returns by how much a change moved the counter columns of its
+// table: new minus old (old is zero for an insert, haveOld). NULL counts as
+// zero. Without the old row (REPLICA IDENTITY not FULL), or when a value is
+// not a finite decimal, the change has no deltas: its counters replicate as
+// plain values (last writer wins), and noDeltas counts it.
+func (d *decoder) deltas(rel casualdb.Relation, old, vals []casualdb.Value, haveOld bool) map[string]string {
+	cols := d.counters[rel.Table]
+	if len(cols) == 0 {
+		return nil
+	}
+	if !haveOld {
+		d.noDeltas.Add(1)
+		return nil
+	}
+	out := make(map[string]string, len(cols))
+	for _, name := range cols {
+		i := slices.IndexFunc(rel.Columns, func(c casualdb.Column) bool { return c.Name == name })
+		if i < 0 || i >= len(vals) {
+			d.noDeltas.Add(1)
+			return nil
+		}
+		from := "0"
+		if i < len(old) && !old[i].Null && !old[i].Unchanged {
+			from = old[i].Text
+		}
+		to := "0"
+		if !vals[i].Null && !vals[i].Unchanged {
+			to = vals[i].Text
+		}
+		delta, err := SubDecimal(to, from)
+		if err != nil {
+			d.noDeltas.Add(1)
+			return nil
+		}
+		// Zero too: the receiver must know every counter column, so as
+		// never to overwrite one with this site's value.
+		out[name] = delta
+	}
+	return out
 }
 
 func (d *decoder) relation(id uint32) (casualdb.Relation, error) {

@@ -222,3 +222,42 @@ func SlotLag(ctx context.Context, q interface {
 	}
 	return lag, nil
 }
+
+// EnsureCounters checks that the counter columns of table exist and are
+// integers or numeric, and gives the table REPLICA IDENTITY FULL (so that
+// an update's old values, and with them its increments, are in the WAL),
+// saying so in the log when it changes it.
+func EnsureCounters(ctx context.Context, conn *pgx.Conn, table string, cols []string, log *slog.Logger) error {
+	t, err := ParseTable(table)
+	if err != nil {
+		return err
+	}
+	var ident string
+	var types []string
+	err = conn.QueryRow(ctx, `
+		SELECT c.relreplident::text,
+		       array(SELECT coalesce((SELECT format_type(a.atttypid, NULL) FROM pg_attribute a
+		                              WHERE a.attrelid = c.oid AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped), '')
+		             FROM unnest($3::text[]) WITH ORDINALITY AS u(col, n) ORDER BY n)
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2`, t.Schema, t.Name, cols).Scan(&ident, &types)
+	if err != nil {
+		return fmt.Errorf("%w: counters of %s: %v", casualdb.ErrDatabaseSetup, table, err)
+	}
+	for i, col := range cols {
+		switch types[i] {
+		case "smallint", "integer", "bigint", "numeric":
+		case "":
+			return fmt.Errorf("%w: conflicts.tables.%s.counters: %s has no column %q", casualdb.ErrConfig, table, table, col)
+		default:
+			return fmt.Errorf("%w: conflicts.tables.%s.counters: column %s is %s; a counter must be smallint, integer, bigint or numeric", casualdb.ErrConfig, table, col, types[i])
+		}
+	}
+	if ident != "f" {
+		if _, err := conn.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
+			return fmt.Errorf("%w: set REPLICA IDENTITY FULL on %s (needed for its counter columns): %v", casualdb.ErrDatabaseSetup, table, err)
+		}
+		log.Info("set REPLICA IDENTITY FULL so that updates carry their increments", "table", table, "counters", cols)
+	}
+	return nil
+}

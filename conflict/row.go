@@ -148,6 +148,13 @@ func DecideRow(stored *Row, incoming casualdb.Version, deleted bool, p DeletePol
 	return RowDecision{Decision: d, Deleted: !d.Apply && stored.Deleted, Floor: stored.Floor}
 }
 
+// Alive reports whether a write with clock vc is alive in a row whose delete
+// floor is floor under policy p: under DeleteWins, whether it saw every
+// delete merged; under LastWriterWins always.
+func Alive(vc, floor casualdb.VectorClock, p DeletePolicy) bool {
+	return p == LastWriterWins || covers(vc, floor)
+}
+
 // covers reports whether clock a has seen everything b has.
 func covers(a, b casualdb.VectorClock) bool {
 	o := CompareClocks(b, a)

@@ -2,6 +2,7 @@ package ship
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -28,6 +29,15 @@ func OpenInbox(ctx context.Context, js jetstream.JetStream, site casualdb.SiteID
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open inbox %s: %w", InboxStream(site), err)
+	}
+	// Messages the previous run had taken but not acknowledged (it stopped
+	// or crashed) would wait for the acknowledgement timeout before coming
+	// again, and with them everything after them from the same origin. A
+	// work queue keeps every message until it is acknowledged, and apply is
+	// its only reader: start the consumer afresh, so that they come at once.
+	// Apply recognises what it had applied already.
+	if err := st.DeleteConsumer(ctx, "apply"); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("reset inbox consumer: %w", err)
 	}
 	cons, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       "apply",

@@ -41,6 +41,22 @@ type ConflictsConfig struct {
 // TableConflictConfig overrides the conflict rules of one table.
 type TableConflictConfig struct {
 	DeletePolicy string `yaml:"delete_policy"`
+	// Counters are numeric columns merged by adding every site's
+	// increments (the table gets REPLICA IDENTITY FULL).
+	Counters []string `yaml:"counters"`
+}
+
+// Counters returns the counter columns by schema-qualified table name.
+func (c ConflictsConfig) Counters() map[string][]string {
+	out := map[string][]string{}
+	for name, t := range c.Tables {
+		if len(t.Counters) == 0 {
+			continue
+		}
+		tbl, _ := capture.ParseTable(name)
+		out[tbl.String()] = t.Counters
+	}
+	return out
 }
 
 // DeletePolicies returns the default delete policy and the overrides by
@@ -264,6 +280,13 @@ func (c Config) Validate() error {
 		}
 		if _, err := parseDeletePolicy(t.DeletePolicy); err != nil {
 			return bad("conflicts.tables."+name+".delete_policy", "%v", err)
+		}
+		seen := map[string]bool{}
+		for _, col := range t.Counters {
+			if strings.TrimSpace(col) == "" || seen[col] {
+				return bad("conflicts.tables."+name+".counters", "%q is empty or listed twice", col)
+			}
+			seen[col] = true
 		}
 	}
 	switch c.Log.Level {

@@ -85,6 +85,14 @@ func Prepare(ctx context.Context, cfg Config, log *slog.Logger) ([]capture.Table
 	if err := capture.EnsurePublication(ctx, conn, cfg.Database.Publication, tables); err != nil {
 		return nil, err
 	}
+	for name, cols := range cfg.Conflicts.Counters() {
+		if !slices.ContainsFunc(tables, func(t capture.Table) bool { return t.String() == name }) {
+			return nil, fmt.Errorf("%w: conflicts.tables: %s is not a replicated table (see database.tables)", casualdb.ErrConfig, name)
+		}
+		if err := capture.EnsureCounters(ctx, conn, name, cols, log); err != nil {
+			return nil, err
+		}
+	}
 	if err := capture.EnsureSlot(ctx, conn, cfg.SlotName()); err != nil {
 		return nil, err
 	}
@@ -158,7 +166,7 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 	}
 	if s.capturer, err = capture.New(capture.Config{
 		Site: site, DSN: s.cfg.Database.DSN, Slot: s.cfg.SlotName(), Publication: s.cfg.Database.Publication,
-		Outbox: s.outbox, Logger: s.log,
+		Outbox: s.outbox, Logger: s.log, Counters: s.cfg.Conflicts.Counters(),
 		ObserveDelay: func(d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, "captured").Observe(d.Seconds()) },
 	}); err != nil {
 		return err
