@@ -146,3 +146,32 @@ func TestConflicts_Kinds(t *testing.T) {
 		t.Errorf("site b kv keys after more writes: %s, want 1,2", got)
 	}
 }
+
+// TestConflicts_TruncateWhileOthersWrite truncates a table at one site while
+// another writes to it: at every site the rows whose versions are older than
+// the truncate are gone, and the rows written later anywhere survive.
+func TestConflicts_TruncateWhileOthersWrite(t *testing.T) {
+	c := newCluster(t, 3, `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)`)
+	c.exec(0, `INSERT INTO kv SELECT g, 'old' FROM generate_series(1, 5) g`)
+	c.waitConverged(30*time.Second, "kv")
+	c.concurrently(
+		siteWrite{1, `INSERT INTO kv VALUES (100, 'b before the truncate')`},
+		siteWrite{2, `UPDATE kv SET v = 'c before the truncate' WHERE k = 2`},
+		siteWrite{0, `TRUNCATE kv`},
+		siteWrite{1, `INSERT INTO kv VALUES (101, 'b after the truncate')`},
+		siteWrite{1, `UPDATE kv SET v = 'b after the truncate' WHERE k = 1`},
+	)
+	c.waitConverged(60*time.Second, "kv")
+	for i := range c.sites {
+		got, err := c.queryString(i, `SELECT string_agg(k || '=' || v, ',' ORDER BY k) FROM kv`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "1=b after the truncate,101=b after the truncate"; got != want {
+			t.Errorf("site %s: %s, want %s", c.sites[i].name, got, want)
+		}
+	}
+	// Writes after the truncate, anywhere, behave as usual.
+	c.exec(2, `INSERT INTO kv VALUES (3, 'c later')`)
+	c.waitConverged(30*time.Second, "kv")
+}
