@@ -637,35 +637,65 @@ func (w *txWriter) flush(ctx context.Context) error {
 var errParked = errors.New("change parked")
 
 // guard runs one row write. In careful mode it runs under a savepoint, and a
-// write the database refuses for this row's sake is parked.
+// write the database refuses for this row's sake is parked, or, for a
+// collision on a unique index other than the primary key, resolved (see
+// resolveUnique).
 func (w *txWriter) guard(ctx context.Context, im inMsg, c *casualdb.Change, f func() error) error {
 	if !w.careful {
 		return f()
 	}
-	if _, err := w.tx.Exec(ctx, "SAVEPOINT casualdb_change"); err != nil {
-		return fmt.Errorf("savepoint: %w", err)
-	}
-	ferr := f()
-	if ferr == nil {
-		_, err := w.tx.Exec(ctx, "RELEASE SAVEPOINT casualdb_change")
+	ferr, err := w.savepoint(ctx, f)
+	if err != nil || ferr == nil {
 		return err
-	}
-	if _, err := w.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT casualdb_change"); err != nil {
-		return fmt.Errorf("rollback to savepoint: %w", err)
 	}
 	if !parkable(ferr) {
 		return ferr
 	}
 	var pe *pgconn.PgError
-	if errors.As(ferr, &pe) && pe.Code == "23505" && w.keyTaken(ctx, c) {
-		// The primary key was taken by a local insert that committed
-		// meanwhile: a race, not a bad row.
-		return fmt.Errorf("%w: %v", errRace, ferr)
+	if errors.As(ferr, &pe) && pe.Code == "23505" {
+		if w.keyTaken(ctx, c) {
+			// The primary key was taken by a local insert that committed
+			// meanwhile: a race, not a bad row.
+			return fmt.Errorf("%w: %v", errRace, ferr)
+		}
+		if c.Op != casualdb.OpDelete && pe.ConstraintName != "" {
+			rerr, err := w.savepoint(ctx, func() error { return w.resolveUnique(ctx, im, c, pe.ConstraintName, f) })
+			switch {
+			case err != nil:
+				return err
+			case rerr == nil || errors.Is(rerr, errParked):
+				return rerr
+			case errors.Is(rerr, errUnresolved) || parkable(rerr):
+				ferr = fmt.Errorf("%w (%v)", ferr, rerr)
+			default:
+				return rerr
+			}
+		}
 	}
 	if err := w.park(ctx, im, c, ferr); err != nil {
 		return err
 	}
 	return errParked
+}
+
+// savepoint runs f under a savepoint: released when f succeeds or parked
+// the change, rolled back to otherwise. ferr is f's error; err is the
+// savepoint's own.
+func (w *txWriter) savepoint(ctx context.Context, f func() error) (ferr, err error) {
+	if _, err := w.tx.Exec(ctx, "SAVEPOINT casualdb_change"); err != nil {
+		return nil, fmt.Errorf("savepoint: %w", err)
+	}
+	ferr = f()
+	if ferr == nil || errors.Is(ferr, errParked) {
+		if _, err := w.tx.Exec(ctx, "RELEASE SAVEPOINT casualdb_change"); err != nil {
+			return nil, fmt.Errorf("release savepoint: %w", err)
+		}
+		return ferr, nil
+	}
+	if _, err := w.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT casualdb_change"); err != nil {
+		return nil, fmt.Errorf("rollback to savepoint: %w", err)
+	}
+	return ferr, nil
 }
 
 func (w *txWriter) keyTaken(ctx context.Context, c *casualdb.Change) bool {
@@ -740,21 +770,7 @@ func (w *txWriter) logConflict(ctx context.Context, lt *localTable, im inMsg, c 
 		}
 		cf.LocalRow = json.RawMessage(row)
 	}
-	if c.Op != casualdb.OpDelete {
-		img := map[string]any{}
-		for i, col := range im.tx.Relations[c.Table].Columns {
-			switch v := c.Values[i]; {
-			case v.Null:
-				img[col.Name] = nil
-			case v.Unchanged:
-				img[col.Name] = "(unchanged TOAST value)"
-			default:
-				img[col.Name] = v.Text
-			}
-		}
-		b, _ := json.Marshal(img)
-		cf.RemoteRow = b
-	}
+	cf.RemoteRow = rowImage(im.tx.Relations[c.Table], c)
 	return meta.LogConflict(ctx, w.tx, cf)
 }
 

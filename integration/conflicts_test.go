@@ -175,3 +175,47 @@ func TestConflicts_TruncateWhileOthersWrite(t *testing.T) {
 	c.exec(2, `INSERT INTO kv VALUES (3, 'c later')`)
 	c.waitConverged(30*time.Second, "kv")
 }
+
+// TestConflicts_UniqueAcrossSites inserts two rows with different keys and
+// the same e-mail at two sites at once: every site keeps the earlier claim,
+// and the other row is in the conflict log and parked, whole, everywhere;
+// replication of everything else goes on.
+func TestConflicts_UniqueAcrossSites(t *testing.T) {
+	c := newCluster(t, 3, `CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL UNIQUE, name text)`)
+	c.concurrently(
+		siteWrite{0, `INSERT INTO users VALUES (1, 'ann@example.com', 'Ann at a')`},
+		siteWrite{1, `INSERT INTO users VALUES (2, 'ann@example.com', 'Ann at b')`},
+		siteWrite{1, `INSERT INTO users VALUES (3, 'bob@example.com', 'Bob at b')`},
+	)
+	c.waitConverged(60*time.Second, "users")
+	for i := range c.sites {
+		got, err := c.queryString(i, `SELECT string_agg(id || '=' || name, ',' ORDER BY id) FROM users`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "1=Ann at a,3=Bob at b"; got != want {
+			t.Errorf("site %s: %s, want %s (the earlier claim of the e-mail stays)", c.sites[i].name, got, want)
+		}
+		parked, err := c.queryString(i, `SELECT string_agg(key || ': ' || reason, '; ') FROM casualdb.parked WHERE tbl = 'public.users'`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(parked, `["2"]`) || !strings.Contains(parked, "users_email_key") {
+			t.Errorf("site %s: parked %q, want key 2 parked naming users_email_key", c.sites[i].name, parked)
+		}
+		logged, err := c.queryString(i, `SELECT string_agg(rule || ' ' || winner || ' ' || coalesce(local_row::text, '') || coalesce(remote_row::text, ''), '; ') FROM casualdb.conflict_log WHERE tbl = 'public.users'`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(logged, "unique_earlier_claim") || !strings.Contains(logged, "Ann at b") {
+			t.Errorf("site %s: conflict log %q, want the unique rule with b's row image", c.sites[i].name, logged)
+		}
+	}
+	// The stream goes on.
+	c.exec(1, `UPDATE users SET name = 'Bob' WHERE id = 3`)
+	c.exec(2, `INSERT INTO users VALUES (4, 'cy@example.com', 'Cy')`)
+	c.waitConverged(30*time.Second, "users")
+	if got, _ := c.queryString(0, `SELECT count(*)::text FROM users`); got != "3" {
+		t.Errorf("site a holds %s users after more writes, want 3", got)
+	}
+}
