@@ -71,6 +71,24 @@ type Version struct {
 	VC     VectorClock `json:"vc"`
 }
 
+// Stamp is the last-writer-wins part of a version, without the vector clock:
+// enough to order the writes of one column.
+type Stamp struct {
+	HLC    HLC    `json:"hlc"`
+	Origin SiteID `json:"origin"`
+}
+
+// Stamp returns v's HLC and origin.
+func (v Version) Stamp() Stamp { return Stamp{HLC: v.HLC, Origin: v.Origin} }
+
+// Less orders stamps as conflict.Less orders versions: by HLC, then origin.
+func (s Stamp) Less(o Stamp) bool {
+	if c := s.HLC.Compare(o.HLC); c != 0 {
+		return c < 0
+	}
+	return s.Origin < o.Origin
+}
+
 // String renders v compactly for logs.
 func (v Version) String() string { return fmt.Sprintf("%s@%s", v.HLC, v.Origin) }
 
@@ -139,6 +157,13 @@ type Change struct {
 	// exact decimal. Receivers add it to their own value instead of
 	// overwriting it, so concurrent increments all count.
 	Deltas map[string]string `json:"deltas,omitempty"`
+	// Columns, for a table whose columns merge one by one, is the version of
+	// every column of the row at the origin after this change: the change's
+	// own for the columns it wrote, the earlier ones for the others.
+	Columns map[string]Stamp `json:"columns,omitempty"`
+	// Changed is what capture's decoder saw the change write (for tables
+	// whose columns merge); nil when it could not tell. Not shipped.
+	Changed map[string]bool `json:"-"`
 	// Floor is the row's delete floor at the origin after this change (see
 	// conflict.Row), kept so that the origin can re-derive its metadata
 	// from its outbox after a crash; receivers keep their own.

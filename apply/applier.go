@@ -55,6 +55,9 @@ type Config struct {
 	DeletePolicy conflict.DeletePolicy
 	// Policies overrides DeletePolicy per table (schema-qualified name).
 	Policies map[string]conflict.DeletePolicy
+	// MergeColumns lists the tables whose columns merge one by one (each
+	// its own last writer) instead of the whole row.
+	MergeColumns map[string]bool
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 	// ObserveDelay, when set, is told for every transaction how long after

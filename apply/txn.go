@@ -428,6 +428,10 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 		d.Stored, d.Deleted = stored.Version, stored.Deleted
 		d.Stored.VC = conflict.Join(stored.Version.VC, c.Version.VC)
 	}
+	if w.a.cfg.MergeColumns[c.Table] && c.Op != casualdb.OpDelete && len(c.Columns) > 0 && st.present && st.rv != nil &&
+		!stored.Deleted && d.Outcome != conflict.Stale && conflict.Alive(c.Version.VC, stored.Floor, policy) {
+		return w.mergeColumns(ctx, im, lt, c, st, rk, d)
+	}
 	if d.Outcome == conflict.Conflict {
 		if err := w.logConflict(ctx, lt, im, c, st, d.Decision); err != nil {
 			return err
@@ -455,7 +459,7 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 		}
 		return nil
 	}
-	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor}
+	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor, Columns: c.Columns}
 	switch c.Op {
 	case casualdb.OpDelete:
 		if st.present {
@@ -752,7 +756,10 @@ func (w *txWriter) park(ctx context.Context, im inMsg, c *casualdb.Change, cause
 // logConflict records a true conflict with both row images.
 func (w *txWriter) logConflict(ctx context.Context, lt *localTable, im inMsg, c *casualdb.Change, st *rowState, d conflict.Decision) error {
 	cf := meta.Conflict{Table: c.Table, Key: casualdb.KeyString(c.Key), Rule: d.Rule, Winner: "local", RemoteVersion: c.Version}
-	if d.Apply {
+	switch {
+	case d.Rule == RuleColumns && d.Apply:
+		cf.Winner = "merged"
+	case d.Apply:
 		cf.Winner = "remote"
 	}
 	if st.rv != nil {

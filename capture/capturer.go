@@ -50,6 +50,10 @@ type Config struct {
 	// carry how much they moved them (casualdb.Change.Deltas). The table
 	// needs REPLICA IDENTITY FULL so that updates carry the old values.
 	Counters map[string][]string
+	// MergeColumns lists the tables (schema.name) whose columns merge one
+	// by one: changes carry the version of every column. They need
+	// REPLICA IDENTITY FULL to tell which columns an update wrote.
+	MergeColumns map[string]bool
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 	// ObserveDelay, when set, is told for every captured transaction how
@@ -163,7 +167,7 @@ func (c *Capturer) Run(ctx context.Context) error {
 	}
 	ch := make(chan decodedTx, 4*c.cfg.MaxBatch)
 	rd := &reader{c: c, out: ch, conn: replConn, catConn: catConn}
-	rd.dec = newDecoder(rd, c.cfg.Counters, &c.noDeltas)
+	rd.dec = newDecoder(rd, c.cfg.Counters, c.cfg.MergeColumns, &c.noDeltas)
 	c.mu.Lock()
 	c.rd = rd
 	c.mu.Unlock()
@@ -229,7 +233,7 @@ func recordedVersions(txs []*casualdb.Tx) (map[meta.RowKey]meta.RowVersion, map[
 				}
 				continue
 			}
-			rv := meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: ch.Floor}
+			rv := meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: ch.Floor, Columns: ch.Columns}
 			if !rv.Deleted {
 				rv.Xmin = tx.Xid
 			}
@@ -441,9 +445,37 @@ func (c *Capturer) version(ctx context.Context, conn *pgx.Conn, tx *casualdb.Tx,
 			floor = conflict.Join(floor, ch.Version.VC)
 		}
 		ch.Floor = floor
-		stored[k] = meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: floor}
+		if c.cfg.MergeColumns[ch.Table] && ch.Op != casualdb.OpDelete {
+			var before map[string]casualdb.Stamp
+			var beforeRow casualdb.Stamp
+			if rv, ok := stored[k]; ok && !rv.Deleted {
+				before, beforeRow = rv.Columns, rv.Version.Stamp()
+			}
+			ch.Columns = columnStamps(tx.Relations[ch.Table], ch, before, beforeRow)
+		}
+		stored[k] = meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: floor, Columns: ch.Columns}
 	}
 	return nil
+}
+
+// columnStamps returns the version of every column of the row after ch:
+// ch's for the columns it wrote (all of them for an insert, or when the
+// decoder could not tell), the earlier ones (before; beforeRow when the row
+// had none recorded) for the others.
+func columnStamps(rel casualdb.Relation, ch *casualdb.Change, before map[string]casualdb.Stamp, beforeRow casualdb.Stamp) map[string]casualdb.Stamp {
+	out := make(map[string]casualdb.Stamp, len(rel.Columns))
+	for _, col := range rel.Columns {
+		wrote := ch.Op == casualdb.OpInsert || ch.Changed == nil || ch.Changed[col.Name] || beforeRow == (casualdb.Stamp{})
+		switch s, ok := before[col.Name]; {
+		case wrote:
+			out[col.Name] = ch.Version.Stamp()
+		case ok:
+			out[col.Name] = s
+		default:
+			out[col.Name] = beforeRow
+		}
+	}
+	return out
 }
 
 func (c *Capturer) advance(lsn uint64) {

@@ -43,6 +43,7 @@ type catalog interface {
 type decoder struct {
 	cat      catalog
 	counters map[string][]string // counter columns by table
+	merge    map[string]bool     // tables whose columns merge one by one
 	// noDeltas counts changes of counter tables whose deltas could not be
 	// computed (see deltas): their counters replicate as values.
 	noDeltas  *atomic.Uint64
@@ -52,8 +53,8 @@ type decoder struct {
 	originLSN uint64
 }
 
-func newDecoder(cat catalog, counters map[string][]string, noDeltas *atomic.Uint64) *decoder {
-	return &decoder{cat: cat, counters: counters, noDeltas: noDeltas, relations: map[uint32]casualdb.Relation{}}
+func newDecoder(cat catalog, counters map[string][]string, merge map[string]bool, noDeltas *atomic.Uint64) *decoder {
+	return &decoder{cat: cat, counters: counters, merge: merge, noDeltas: noDeltas, relations: map[uint32]casualdb.Relation{}}
 }
 
 // inTx reports whether a transaction is open.
@@ -110,8 +111,18 @@ func (d *decoder) decode(ctx context.Context, data []byte) (*decodedTx, error) {
 				d.add(rel, casualdb.Change{Table: rel.Table, Op: casualdb.OpDelete, Key: oldKey})
 			}
 		}
-		deltas := d.deltas(rel, old, vals, m.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld)
-		d.add(rel, casualdb.Change{Table: rel.Table, Op: casualdb.OpUpdate, Key: key, Values: vals, Deltas: deltas})
+		full := m.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld
+		deltas := d.deltas(rel, old, vals, full)
+		ch := casualdb.Change{Table: rel.Table, Op: casualdb.OpUpdate, Key: key, Values: vals, Deltas: deltas}
+		if d.merge[rel.Table] && full {
+			ch.Changed = map[string]bool{}
+			for i, col := range rel.Columns {
+				if i < len(old) && i < len(vals) && old[i] != vals[i] {
+					ch.Changed[col.Name] = true
+				}
+			}
+		}
+		d.add(rel, ch)
 	case *pglogrepl.DeleteMessage:
 		rel, err := d.relation(m.RelationID)
 		if err != nil {

@@ -223,9 +223,10 @@ func SlotLag(ctx context.Context, q interface {
 	return lag, nil
 }
 
-// EnsureCounters checks that the counter columns of table exist and are
-// integers or numeric, and gives the table REPLICA IDENTITY FULL (so that
-// an update's old values, and with them its increments, are in the WAL),
+// EnsureCounters checks that the counter columns of table (none: a table
+// whose columns merge one by one) exist and are integers or numeric, and
+// gives the table REPLICA IDENTITY FULL (so that an update's old values, and
+// with them its increments and the columns it wrote, are in the WAL),
 // saying so in the log when it changes it.
 func EnsureCounters(ctx context.Context, conn *pgx.Conn, table string, cols []string, log *slog.Logger) error {
 	t, err := ParseTable(table)
@@ -257,7 +258,7 @@ func EnsureCounters(ctx context.Context, conn *pgx.Conn, table string, cols []st
 		if _, err := conn.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
 			return fmt.Errorf("%w: set REPLICA IDENTITY FULL on %s (needed for its counter columns): %v", casualdb.ErrDatabaseSetup, table, err)
 		}
-		log.Info("set REPLICA IDENTITY FULL so that updates carry their increments", "table", table, "counters", cols)
+		log.Info("set REPLICA IDENTITY FULL so that updates carry their old values", "table", table, "counters", cols)
 	}
 	return nil
 }

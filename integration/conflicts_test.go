@@ -219,3 +219,45 @@ func TestConflicts_UniqueAcrossSites(t *testing.T) {
 		t.Errorf("site a holds %s users after more writes, want 3", got)
 	}
 }
+
+// TestConflicts_ColumnMerge updates different columns of one row at two
+// sites at once: in a table that merges by column both updates survive
+// everywhere; in a table that merges by row only the later one does.
+func TestConflicts_ColumnMerge(t *testing.T) {
+	c := newCluster(t, 3, `CREATE TABLE profile (id int PRIMARY KEY, name text, city text, phone text);
+		CREATE TABLE profile_row (id int PRIMARY KEY, name text, city text, phone text);`)
+	c.restartWith("conflicts:", "  tables:", "    profile:", "      merge: columns")
+	for _, tbl := range []string{"profile", "profile_row"} {
+		c.exec(0, fmt.Sprintf(`INSERT INTO %s VALUES (1, 'Ann', 'Oslo', '111')`, tbl))
+	}
+	c.waitConverged(30*time.Second, "profile", "profile_row")
+	c.concurrently(
+		siteWrite{0, `UPDATE profile SET city = 'Rome' WHERE id = 1`},
+		siteWrite{0, `UPDATE profile_row SET city = 'Rome' WHERE id = 1`},
+		siteWrite{1, `UPDATE profile SET phone = '222' WHERE id = 1`},
+		siteWrite{1, `UPDATE profile_row SET phone = '222' WHERE id = 1`},
+		// Both write name: the later (c's) wins that column.
+		siteWrite{2, `UPDATE profile SET name = 'Anne' WHERE id = 1`},
+		siteWrite{0, `UPDATE profile SET name = 'Anna' WHERE id = 1`},
+	)
+	c.waitConverged(60*time.Second, "profile", "profile_row")
+	for i := range c.sites {
+		got, _ := c.queryString(i, `SELECT name || ',' || city || ',' || phone FROM profile WHERE id = 1`)
+		if want := "Anna,Rome,222"; got != want {
+			t.Errorf("site %s profile: %s, want %s (each column's last writer)", c.sites[i].name, got, want)
+		}
+		got, _ = c.queryString(i, `SELECT name || ',' || city || ',' || phone FROM profile_row WHERE id = 1`)
+		if want := "Ann,Oslo,222"; got != want {
+			t.Errorf("site %s profile_row: %s, want %s (the later row, whole)", c.sites[i].name, got, want)
+		}
+	}
+	rules := map[string]bool{}
+	for i := range c.sites {
+		for _, cf := range c.conflictsFor(i, "public.profile", `["1"]`) {
+			rules[cf.Rule+"/"+cf.Winner] = true
+		}
+	}
+	if !rules["column_merge/merged"] {
+		t.Errorf("profile conflicts logged as %v, want column_merge/merged somewhere", rules)
+	}
+}

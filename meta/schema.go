@@ -69,6 +69,8 @@ var ddl = []string{
 	// The join of the clocks of every delete of the row merged here: under
 	// the delete-wins policy a write whose clock does not cover it is dead.
 	`ALTER TABLE casualdb.row_version ADD COLUMN IF NOT EXISTS floor jsonb`,
+	// The version of every column, for tables whose columns merge one by one.
+	`ALTER TABLE casualdb.row_version ADD COLUMN IF NOT EXISTS col_versions jsonb`,
 	// Per origin: the last transaction applied here, written in the apply
 	// transaction itself (exactly once).
 	`CREATE TABLE IF NOT EXISTS casualdb.progress (

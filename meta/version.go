@@ -25,6 +25,9 @@ type RowVersion struct {
 	// Floor is the join of the clocks of every delete of the row merged
 	// here (see conflict.Row); nil when it was never deleted.
 	Floor casualdb.VectorClock
+	// Columns is the version of every column, for tables whose columns
+	// merge one by one; nil otherwise.
+	Columns map[string]casualdb.Stamp
 }
 
 // LoadVersions returns the recorded versions of keys; keys without a record
@@ -50,7 +53,7 @@ func VersionsQuery(keys []RowKey) (string, []any) {
 		tbls[i], ks[i] = k.Table, k.Key
 	}
 	return `
-		SELECT v.tbl, v.key, v.hlc_wall, v.hlc_logical, v.origin, v.vclock, v.deleted, coalesce(v.row_xmin, 0), v.floor
+		SELECT v.tbl, v.key, v.hlc_wall, v.hlc_logical, v.origin, v.vclock, v.deleted, coalesce(v.row_xmin, 0), v.floor, v.col_versions
 		FROM unnest($1::text[], $2::text[]) AS k(tbl, key)
 		JOIN casualdb.row_version v ON v.tbl = k.tbl AND v.key = k.key`, []any{tbls, ks}
 }
@@ -68,8 +71,9 @@ func ScanVersions(rows pgx.Rows, hint int) (map[RowKey]RowVersion, error) {
 			vc      []byte
 			xmin    int64
 			floor   []byte
+			cols    []byte
 		)
-		if err := rows.Scan(&k.Table, &k.Key, &rv.Version.HLC.Wall, &logical, &origin, &vc, &rv.Deleted, &xmin, &floor); err != nil {
+		if err := rows.Scan(&k.Table, &k.Key, &rv.Version.HLC.Wall, &logical, &origin, &vc, &rv.Deleted, &xmin, &floor, &cols); err != nil {
 			return nil, fmt.Errorf("load row versions: %w", err)
 		}
 		rv.Version.HLC.Logical = uint32(logical)
@@ -81,6 +85,11 @@ func ScanVersions(rows pgx.Rows, hint int) (map[RowKey]RowVersion, error) {
 		if floor != nil {
 			if err := json.Unmarshal(floor, &rv.Floor); err != nil {
 				return nil, fmt.Errorf("load row version %s %s: floor: %w", k.Table, k.Key, err)
+			}
+		}
+		if cols != nil {
+			if err := json.Unmarshal(cols, &rv.Columns); err != nil {
+				return nil, fmt.Errorf("load row version %s %s: column versions: %w", k.Table, k.Key, err)
 			}
 		}
 		out[k] = rv
@@ -107,6 +116,7 @@ func SaveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion) error
 		deleted = make([]bool, 0, n)
 		xmins   = make([]*int64, 0, n)
 		floors  = make([]*string, 0, n)
+		colvs   = make([]*string, 0, n)
 	)
 	for k, rv := range vs {
 		vc, err := json.Marshal(rv.Version.VC)
@@ -136,17 +146,27 @@ func SaveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion) error
 		} else {
 			floors = append(floors, nil)
 		}
+		if len(rv.Columns) > 0 {
+			cv, err := json.Marshal(rv.Columns)
+			if err != nil {
+				return fmt.Errorf("save row version %s %s: %w", k.Table, k.Key, err)
+			}
+			cs := string(cv)
+			colvs = append(colvs, &cs)
+		} else {
+			colvs = append(colvs, nil)
+		}
 	}
 	_, err := q.Exec(ctx, `
-		INSERT INTO casualdb.row_version AS v (tbl, key, hlc_wall, hlc_logical, origin, vclock, deleted, row_xmin, floor)
-		SELECT tbl, key, wall, logical, origin, vc::jsonb, deleted, xmin, floor::jsonb
-		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bool[], $8::bigint[], $9::text[])
-		  AS u(tbl, key, wall, logical, origin, vc, deleted, xmin, floor)
+		INSERT INTO casualdb.row_version AS v (tbl, key, hlc_wall, hlc_logical, origin, vclock, deleted, row_xmin, floor, col_versions)
+		SELECT tbl, key, wall, logical, origin, vc::jsonb, deleted, xmin, floor::jsonb, colv::jsonb
+		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bool[], $8::bigint[], $9::text[], $10::text[])
+		  AS u(tbl, key, wall, logical, origin, vc, deleted, xmin, floor, colv)
 		ON CONFLICT (tbl, key) DO UPDATE SET
 			hlc_wall = excluded.hlc_wall, hlc_logical = excluded.hlc_logical, origin = excluded.origin,
 			vclock = excluded.vclock, deleted = excluded.deleted, row_xmin = excluded.row_xmin,
-			floor = excluded.floor, updated_at = now()`,
-		tbls, keys, walls, logical, origins, vcs, deleted, xmins, floors)
+			floor = excluded.floor, col_versions = excluded.col_versions, updated_at = now()`,
+		tbls, keys, walls, logical, origins, vcs, deleted, xmins, floors, colvs)
 	if err != nil {
 		return fmt.Errorf("save %d row versions: %w", n, err)
 	}

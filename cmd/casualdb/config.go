@@ -44,6 +44,22 @@ type TableConflictConfig struct {
 	// Counters are numeric columns merged by adding every site's
 	// increments (the table gets REPLICA IDENTITY FULL).
 	Counters []string `yaml:"counters"`
+	// Merge is "row" (the whole row of the last writer wins) or
+	// "columns" (each column keeps its own last writer; the table gets
+	// REPLICA IDENTITY FULL).
+	Merge string `yaml:"merge"`
+}
+
+// MergeColumns returns the tables whose columns merge one by one.
+func (c ConflictsConfig) MergeColumns() map[string]bool {
+	out := map[string]bool{}
+	for name, t := range c.Tables {
+		if t.Merge == "columns" {
+			tbl, _ := capture.ParseTable(name)
+			out[tbl.String()] = true
+		}
+	}
+	return out
 }
 
 // Counters returns the counter columns by schema-qualified table name.
@@ -280,6 +296,11 @@ func (c Config) Validate() error {
 		}
 		if _, err := parseDeletePolicy(t.DeletePolicy); err != nil {
 			return bad("conflicts.tables."+name+".delete_policy", "%v", err)
+		}
+		switch t.Merge {
+		case "", "row", "columns":
+		default:
+			return bad("conflicts.tables."+name+".merge", "%q: want row or columns", t.Merge)
 		}
 		seen := map[string]bool{}
 		for _, col := range t.Counters {

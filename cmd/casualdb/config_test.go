@@ -66,6 +66,7 @@ func TestConfig_Validate(t *testing.T) {
 		{"bad-yaml.yml", "invalid configuration"},
 		{"bad-delete-policy.yml", `conflicts.delete_policy: "update_wins": want delete_wins or lww`},
 		{"bad-table-delete-policy.yml", "conflicts.tables.accounts.delete_policy"},
+		{"bad-merge.yml", `conflicts.tables.t.merge: "cells": want row or columns`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

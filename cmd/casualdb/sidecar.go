@@ -85,11 +85,17 @@ func Prepare(ctx context.Context, cfg Config, log *slog.Logger) ([]capture.Table
 	if err := capture.EnsurePublication(ctx, conn, cfg.Database.Publication, tables); err != nil {
 		return nil, err
 	}
-	for name, cols := range cfg.Conflicts.Counters() {
+	counters, merge := cfg.Conflicts.Counters(), cfg.Conflicts.MergeColumns()
+	for name := range cfg.Conflicts.Tables {
+		tbl, _ := capture.ParseTable(name)
+		name := tbl.String()
 		if !slices.ContainsFunc(tables, func(t capture.Table) bool { return t.String() == name }) {
 			return nil, fmt.Errorf("%w: conflicts.tables: %s is not a replicated table (see database.tables)", casualdb.ErrConfig, name)
 		}
-		if err := capture.EnsureCounters(ctx, conn, name, cols, log); err != nil {
+		if len(counters[name]) == 0 && !merge[name] {
+			continue
+		}
+		if err := capture.EnsureCounters(ctx, conn, name, counters[name], log); err != nil {
 			return nil, err
 		}
 	}
@@ -116,12 +122,7 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 	if s.tables, err = Prepare(ctx, s.cfg, s.log); err != nil {
 		return err
 	}
-	deletePolicy, policies := s.cfg.Conflicts.DeletePolicies()
-	for name := range policies {
-		if !slices.ContainsFunc(s.tables, func(t capture.Table) bool { return t.String() == name }) {
-			return fmt.Errorf("%w: conflicts.tables: %s is not a replicated table (see database.tables)", casualdb.ErrConfig, name)
-		}
-	}
+	deletePolicy, policies := s.cfg.Conflicts.DeletePolicies() // tables checked by Prepare
 	url := s.cfg.NATS.URL
 	if url == "" {
 		s.server, err = ship.StartServer(ship.ServerConfig{
@@ -166,7 +167,7 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 	}
 	if s.capturer, err = capture.New(capture.Config{
 		Site: site, DSN: s.cfg.Database.DSN, Slot: s.cfg.SlotName(), Publication: s.cfg.Database.Publication,
-		Outbox: s.outbox, Logger: s.log, Counters: s.cfg.Conflicts.Counters(),
+		Outbox: s.outbox, Logger: s.log, Counters: s.cfg.Conflicts.Counters(), MergeColumns: s.cfg.Conflicts.MergeColumns(),
 		ObserveDelay: func(d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, "captured").Observe(d.Seconds()) },
 	}); err != nil {
 		return err
@@ -174,7 +175,7 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 	if s.applier, err = apply.New(apply.Config{
 		Site: site, DSN: s.cfg.Database.DSN, Inbox: s.inbox.Consumer(), Capture: s.capturer,
 		MaxBatch: s.cfg.Apply.MaxBatch, WaitTimeout: s.cfg.Apply.WaitTimeout, Logger: s.log,
-		DeletePolicy: deletePolicy, Policies: policies,
+		DeletePolicy: deletePolicy, Policies: policies, MergeColumns: s.cfg.Conflicts.MergeColumns(),
 		ObserveDelay: func(origin casualdb.SiteID, stage string, d time.Duration) {
 			s.delays.WithLabelValues(string(origin), stage).Observe(d.Seconds())
 		},
