@@ -5,7 +5,7 @@ PG_BIN   ?= /usr/lib/postgresql/15/bin
 APT      := DEBIAN_FRONTEND=noninteractive apt-get
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build demo test test-short bench lint deps deps-bench clean
+.PHONY: all build demo test test-short bench lint deps deps-test deps-bench clean
 
 all: lint build test
 
@@ -19,6 +19,14 @@ deps:
 		$(SUDO) $(APT) update -q && $(SUDO) $(APT) install -y -q postgresql-15 postgresql-contrib; \
 	fi
 
+# libfaketime, which the integration tests preload into one site's PostgreSQL
+# to put its clock ahead of the others'. The tests fail without it.
+deps-test: deps
+	@if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then \
+		echo "installing faketime"; \
+		$(SUDO) $(APT) update -q && $(SUDO) $(APT) install -y -q faketime; \
+	fi
+
 # pglogical, the yardstick the benchmark measures against.
 deps-bench: deps
 	@if [ ! -f /usr/share/postgresql/15/extension/pglogical.control ]; then \
@@ -29,10 +37,10 @@ deps-bench: deps
 demo: deps build
 	./bin/casualdb demo
 
-test: deps
+test: deps-test
 	$(GO) test -race -count=1 -timeout 40m ./...
 
-test-short: deps
+test-short: deps-test
 	$(GO) test -race -count=1 -short ./...
 
 bench: deps-bench

@@ -1,10 +1,12 @@
 package apply
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -443,6 +445,9 @@ func (a *Applier) decodeMsg(ctx context.Context, m jetstream.Msg) ([]inMsg, erro
 		im.tx.Seq = e.Seq
 		out = append(out, im)
 	}
+	// In outbox order, whatever order the bundle was cut in: a transaction
+	// ahead of its predecessor in the same bundle would stall the origin.
+	slices.SortStableFunc(out, func(x, y inMsg) int { return cmp.Compare(x.seq, y.seq) })
 	return out, nil
 }
 

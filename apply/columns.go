@@ -64,7 +64,10 @@ func (w *txWriter) mergeColumns(ctx context.Context, im inMsg, lt *localTable, c
 		}
 		w.res.conflicts++
 	}
-	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor, Columns: cols, Xmin: st.xmin}
+	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor, Columns: cols, Xmin: st.xmin, OriginLSN: st.rv.OriginLSN}
+	if d.Stored.Stamp() == c.Version.Stamp() {
+		rv.OriginLSN = im.tx.LSN
+	}
 	if len(sets) > 0 {
 		q := fmt.Sprintf("UPDATE %s SET %s WHERE %s RETURNING xmin::text", lt.ident, strings.Join(sets, ", "), lt.keyMatch(1))
 		xmin, ok, err := w.returningXmin(ctx, im, c, q, args)

@@ -76,7 +76,7 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 		return res, err
 	}
 	last := run[len(run)-1]
-	if err := meta.SaveProgress(ctx, q, last.origin, meta.Progress{Seq: last.seq, LSN: last.tx.LSN, CommitTime: last.tx.CommitTime, Epoch: last.epoch}); err != nil {
+	if err := meta.SaveProgress(ctx, q, last.origin, meta.Progress{Seq: last.seq, LSN: last.tx.LSN, CommitTime: last.tx.CommitTime, Epoch: last.epoch, Deps: last.tx.Deps}); err != nil {
 		return res, err
 	}
 	w.batch.Queue(`SELECT pg_replication_origin_xact_setup($1::pg_lsn, $2)`, casualdb.FormatLSN(last.tx.LSN), last.tx.CommitTime)
@@ -442,6 +442,9 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 		if st.rv != nil {
 			rv := *st.rv
 			rv.Version, rv.Floor, rv.Deleted = d.Stored, d.Floor, d.Deleted
+			if d.Stored.Stamp() == c.Version.Stamp() {
+				rv.OriginLSN = im.tx.LSN
+			}
 			if len(c.Deltas) > 0 && st.present && d.Outcome != conflict.Stale && !(truncated && conflict.Less(c.Version, t)) &&
 				(stored == nil || conflict.Alive(c.Version.VC, stored.Floor, policy)) {
 				// The row image lost, the increments count all the same.
@@ -459,7 +462,7 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 		}
 		return nil
 	}
-	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor, Columns: c.Columns}
+	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor, Columns: c.Columns, OriginLSN: im.tx.LSN}
 	switch c.Op {
 	case casualdb.OpDelete:
 		if st.present {

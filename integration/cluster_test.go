@@ -3,15 +3,20 @@ package integration
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/casualdb/casualdb/internal/netproxy"
 	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/jackc/pgx/v5"
 )
@@ -53,29 +58,69 @@ type cluster struct {
 	t     testing.TB
 	sites []*site
 	extra []string // extra config lines for every site
+	// links[i][j] carries site i's connection to site j's NATS (i ships to
+	// j); nil without clusterOptions.Links.
+	links    [][]*netproxy.Proxy
+	barriers int          // rounds of c.barrier so far
+	ports    map[int]bool // the sidecars' and links' ports, each given out once
+}
+
+// clusterOptions configures newClusterWith. The zero value of every field
+// but Sites is newCluster's behaviour.
+type clusterOptions struct {
+	// Sites is the number of sites, named a, b, c, d, e: 1 to 5.
+	Sites int
+	// Schema is SQL run at every site before its sidecar starts.
+	Schema string
+	// Links routes the connection of each site's sidecar to each peer's
+	// NATS through its own proxy, so that c.cut, c.hold and c.heal control
+	// each direction of shipping on its own.
+	Links bool
+	// FakeTime, by site index, runs that site's PostgreSQL on a wall clock
+	// offset from the real one (libfaketime syntax, e.g. "+1h"): its commit
+	// timestamps, and so the HLCs of its writes, are off by that much. The
+	// sidecars keep the real clock.
+	FakeTime map[int]string
 }
 
 // newCluster starts n PostgreSQL servers with schema applied at each, and
 // their sidecars.
 func newCluster(t testing.TB, n int, schema string) *cluster {
 	t.Helper()
-	c := &cluster{t: t}
-	names := []string{"a", "b", "c", "d", "e"}[:n]
-	for _, name := range names {
-		s := &site{name: name, pg: pgtest.NewServer(t, name), dir: t.TempDir()}
-		var err error
-		if s.natsPort, err = pgtest.FreePort(); err != nil {
-			t.Fatal(err)
+	return newClusterWith(t, clusterOptions{Sites: n, Schema: schema})
+}
+
+// newClusterWith starts a cluster as opts says and waits until every
+// sidecar is healthy. Everything stops when the test ends: the sidecars,
+// then the links, then the PostgreSQL servers.
+func newClusterWith(t testing.TB, opts clusterOptions) *cluster {
+	t.Helper()
+	names := []string{"a", "b", "c", "d", "e"}
+	if opts.Sites < 1 || opts.Sites > len(names) {
+		t.Fatalf("newClusterWith: %d sites, want 1 to %d", opts.Sites, len(names))
+	}
+	for i := range opts.FakeTime {
+		if i < 0 || i >= opts.Sites {
+			t.Fatalf("newClusterWith: FakeTime for site %d of %d", i, opts.Sites)
 		}
-		if s.adminPort, err = pgtest.FreePort(); err != nil {
-			t.Fatal(err)
-		}
-		if schema != "" {
-			if err := s.pg.Exec(context.Background(), schema); err != nil {
+	}
+	c := &cluster{t: t, ports: map[int]bool{}}
+	// Every PostgreSQL listens before the sidecars' ports are chosen, so
+	// that no server takes one of them in between.
+	for i, name := range names[:opts.Sites] {
+		pg := pgtest.NewServerWith(t, pgtest.Options{Name: name, FakeTime: opts.FakeTime[i]})
+		if opts.Schema != "" {
+			if err := pg.Exec(context.Background(), opts.Schema); err != nil {
 				t.Fatalf("schema at %s: %v", name, err)
 			}
 		}
-		c.sites = append(c.sites, s)
+		c.sites = append(c.sites, &site{name: name, pg: pg, dir: t.TempDir()})
+	}
+	for _, s := range c.sites {
+		s.natsPort, s.adminPort = c.freePort(), c.freePort()
+	}
+	if opts.Links {
+		c.startLinks()
 	}
 	for i := range c.sites {
 		c.start(i)
@@ -94,6 +139,117 @@ func newCluster(t testing.TB, n int, schema string) *cluster {
 	return c
 }
 
+// freePort returns a free port that the cluster has not given out yet:
+// pgtest.FreePort alone may hand out the same port twice, since the port
+// is free again until the sidecar listens on it.
+func (c *cluster) freePort() int {
+	c.t.Helper()
+	for {
+		port, err := pgtest.FreePort()
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		if !c.ports[port] {
+			c.ports[port] = true
+			return port
+		}
+	}
+}
+
+// startLinks starts a proxy for every ordered pair of sites, each closed
+// when the test ends (after the sidecars stop: cleanups run last first).
+func (c *cluster) startLinks() {
+	c.t.Helper()
+	c.links = make([][]*netproxy.Proxy, len(c.sites))
+	log := slog.New(slog.NewTextHandler(testWriter{c.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	for i, from := range c.sites {
+		c.links[i] = make([]*netproxy.Proxy, len(c.sites))
+		for j, to := range c.sites {
+			if i == j {
+				continue
+			}
+			p := c.startLink(netproxy.Config{
+				Target: fmt.Sprintf("127.0.0.1:%d", to.natsPort),
+				Name:   from.name + "->" + to.name,
+				Logger: log,
+			})
+			c.t.Cleanup(func() {
+				if err := p.Close(); err != nil {
+					c.t.Errorf("link %s->%s: %v", from.name, to.name, err)
+				}
+			})
+			c.links[i][j] = p
+		}
+	}
+}
+
+// startLink starts a proxy on a free port that the cluster has not given
+// out yet.
+func (c *cluster) startLink(cfg netproxy.Config) *netproxy.Proxy {
+	c.t.Helper()
+	for {
+		p, err := netproxy.Start(cfg)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		_, port, _ := net.SplitHostPort(p.Addr())
+		n, _ := strconv.Atoi(port)
+		if !c.ports[n] {
+			c.ports[n] = true
+			return p
+		}
+		if err := p.Close(); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+}
+
+// link returns the proxy that carries what site i ships to site j.
+func (c *cluster) link(i, j int) *netproxy.Proxy {
+	c.t.Helper()
+	if c.links == nil {
+		c.t.Fatal("the cluster has no links: start it with clusterOptions.Links")
+	}
+	if i == j || i < 0 || j < 0 || i >= len(c.sites) || j >= len(c.sites) {
+		c.t.Fatalf("no link from site %d to site %d", i, j)
+	}
+	return c.links[i][j]
+}
+
+// cut stops site i from shipping to site j: the sidecar's open connection
+// to j's NATS is reset and new ones fail until heal. Only that direction:
+// j still ships to i.
+func (c *cluster) cut(i, j int) {
+	c.t.Helper()
+	c.t.Logf("link %s->%s: cut", c.sites[i].name, c.sites[j].name)
+	c.link(i, j).Cut()
+}
+
+// hold delays what site i ships to site j: the connection stays open but
+// no byte moves either way until heal, which delivers everything in order.
+// The sidecar sees no error until its own timeouts fire (an unacknowledged
+// publish: 10s), then reconnects, and its new connections are held too.
+func (c *cluster) hold(i, j int) {
+	c.t.Helper()
+	c.t.Logf("link %s->%s: held", c.sites[i].name, c.sites[j].name)
+	c.link(i, j).Hold()
+}
+
+// heal lets site i ship to site j again after cut or hold.
+func (c *cluster) heal(i, j int) {
+	c.t.Helper()
+	c.t.Logf("link %s->%s: up", c.sites[i].name, c.sites[j].name)
+	c.link(i, j).Heal()
+}
+
+// testWriter writes log lines to the test's log.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Logf("%s", strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
 func (c *cluster) config(s *site) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "site: %s\ndata_dir: %s\n", s.name, filepath.Join(s.dir, "data"))
@@ -102,10 +258,16 @@ func (c *cluster) config(s *site) string {
 	fmt.Fprintf(&b, "admin:\n  listen: 127.0.0.1:%d\n", s.adminPort)
 	fmt.Fprintf(&b, "log:\n  level: debug\n")
 	b.WriteString("peers:\n")
-	for _, p := range c.sites {
-		if p != s {
-			fmt.Fprintf(&b, "  - name: %s\n    nats_url: nats://127.0.0.1:%d\n", p.name, p.natsPort)
+	from := slices.Index(c.sites, s)
+	for to, p := range c.sites {
+		if p == s {
+			continue
 		}
+		addr := fmt.Sprintf("127.0.0.1:%d", p.natsPort)
+		if c.links != nil {
+			addr = c.links[from][to].Addr()
+		}
+		fmt.Fprintf(&b, "  - name: %s\n    nats_url: nats://%s\n", p.name, addr)
 	}
 	for _, l := range c.extra {
 		b.WriteString(l + "\n")
@@ -252,6 +414,37 @@ func (c *cluster) waitConverged(timeout time.Duration, tables ...string) {
 				if sum != first {
 					return fmt.Errorf("table %s: site %s has %s, site %s has %s", tbl, c.sites[0].name, first, c.sites[i].name, sum)
 				}
+			}
+		}
+		return nil
+	})
+}
+
+// barrierSchema is the table c.barrier writes; add it to the schema of a
+// cluster that uses barriers.
+const barrierSchema = `CREATE TABLE barrier (site text PRIMARY KEY, n int NOT NULL);`
+
+// barrier waits until every site has applied everything that every other
+// site committed before the call. Each site writes a new round number into
+// its row of table barrier (barrierSchema); a site that holds every site's
+// round has applied everything before it, because apply takes each origin's
+// transactions in commit order. It needs every link between the sites.
+func (c *cluster) barrier(timeout time.Duration) {
+	c.t.Helper()
+	c.barriers++
+	round := c.barriers
+	for i, s := range c.sites {
+		c.exec(i, `INSERT INTO barrier VALUES ($1, $2) ON CONFLICT (site) DO UPDATE SET n = excluded.n`, s.name, round)
+	}
+	want := fmt.Sprint(len(c.sites))
+	pgtest.CheckFor(c.t, timeout, 50*time.Millisecond, func() error {
+		for i, s := range c.sites {
+			got, err := c.queryString(i, `SELECT count(*)::text FROM barrier WHERE n >= $1`, round)
+			if err != nil {
+				return err
+			}
+			if got != want {
+				return fmt.Errorf("site %s holds round %d of %s sites, want all %s", s.name, round, got, want)
 			}
 		}
 		return nil

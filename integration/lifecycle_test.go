@@ -22,9 +22,9 @@ func TestLifecycle_RestartIdempotentAndUninstall(t *testing.T) {
 	counts := `SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'casualdb%') || ',' ||
 		(SELECT count(*) FROM pg_publication WHERE pubname = 'casualdb') || ',' ||
 		(SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'casualdb%') || ',' ||
-		(SELECT string_agg(tablename, ' ') FROM pg_publication_tables WHERE pubname = 'casualdb')`
-	if got, err := c.queryString(0, counts); err != nil || got != "1,1,2,t" {
-		t.Errorf("after restart: slots,publications,origins,tables = %q, %v; want 1,1,2,t", got, err)
+		(SELECT string_agg(tablename, ' ' ORDER BY tablename DESC) FROM pg_publication_tables WHERE pubname = 'casualdb')`
+	if got, err := c.queryString(0, counts); err != nil || got != "1,1,2,t heartbeat" {
+		t.Errorf("after restart: slots,publications,origins,tables = %q, %v; want 1,1,2,t heartbeat", got, err)
 	}
 	c.exec(1, `INSERT INTO t VALUES (2, 'y')`)
 	c.waitConverged(30*time.Second, "t")

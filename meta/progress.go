@@ -2,6 +2,7 @@ package meta
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -17,6 +18,8 @@ type Progress struct {
 	CommitTime time.Time // its commit time at the origin
 	AppliedAt  time.Time // when it was applied here
 	Epoch      string    // incarnation of the origin's outbox the Seq belongs to
+	// Deps are the dependencies of that transaction (casualdb.Tx.Deps).
+	Deps map[casualdb.SiteID]uint64
 }
 
 // LoadProgress returns the progress applied from every origin.
@@ -51,9 +54,10 @@ func LoadProgress(ctx context.Context, q Querier) (map[casualdb.SiteID]Progress,
 // SaveProgress records p as applied from origin; call it in the apply transaction.
 func SaveProgress(ctx context.Context, q Execer, origin casualdb.SiteID, p Progress) error {
 	_, err := q.Exec(ctx, `
-		INSERT INTO casualdb.progress (origin, seq, lsn, commit_time, applied_at, epoch) VALUES ($1, $2, $3::pg_lsn, $4, now(), $5)
-		ON CONFLICT (origin) DO UPDATE SET seq = excluded.seq, lsn = excluded.lsn, commit_time = excluded.commit_time, applied_at = now(), epoch = excluded.epoch`,
-		string(origin), int64(p.Seq), casualdb.FormatLSN(p.LSN), p.CommitTime, p.Epoch)
+		INSERT INTO casualdb.progress (origin, seq, lsn, commit_time, applied_at, epoch, deps) VALUES ($1, $2, $3::pg_lsn, $4, now(), $5, $6::jsonb)
+		ON CONFLICT (origin) DO UPDATE SET seq = excluded.seq, lsn = excluded.lsn, commit_time = excluded.commit_time, applied_at = now(),
+			epoch = excluded.epoch, deps = excluded.deps`,
+		string(origin), int64(p.Seq), casualdb.FormatLSN(p.LSN), p.CommitTime, p.Epoch, depsJSON(p.Deps))
 	if err != nil {
 		return fmt.Errorf("save progress of %s: %w", origin, err)
 	}
@@ -97,4 +101,50 @@ func SaveCaptureState(ctx context.Context, q Execer, site casualdb.SiteID, st Ca
 		return fmt.Errorf("save capture state: %w", err)
 	}
 	return nil
+}
+
+// depsJSON renders deps for casualdb.progress.deps: {"site": lsn, ...}.
+func depsJSON(deps map[casualdb.SiteID]uint64) string {
+	if len(deps) == 0 {
+		return "{}"
+	}
+	b, _ := json.Marshal(deps)
+	return string(b)
+}
+
+// Beat advances site's heartbeat row.
+func Beat(ctx context.Context, q Execer, site casualdb.SiteID) error {
+	_, err := q.Exec(ctx, `INSERT INTO casualdb.heartbeat (site, beat, at) VALUES ($1, 1, now())
+		ON CONFLICT (site) DO UPDATE SET beat = heartbeat.beat + 1, at = now()`, string(site))
+	if err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	return nil
+}
+
+// CollectTombstones removes the version metadata of deleted rows that every
+// site has seen, and returns how many it removed. A tombstone written by a
+// transaction of origin O at commit LSN L is stable here when, for every
+// site X of sites other than O and self, the last transaction of X applied
+// here says X had applied O up to L: then X has seen the delete, and every
+// write X made before seeing it (the only ones that could still need the
+// tombstone) committed before that transaction of X, so it is applied here
+// already. self has seen it: the tombstone is here.
+func CollectTombstones(ctx context.Context, q Execer, sites []casualdb.SiteID, self casualdb.SiteID) (int64, error) {
+	names := make([]string, len(sites))
+	for i, s := range sites {
+		names[i] = string(s)
+	}
+	tag, err := q.Exec(ctx, `
+		DELETE FROM casualdb.row_version v
+		WHERE v.deleted AND v.origin_lsn IS NOT NULL
+		  AND NOT EXISTS (
+			SELECT 1 FROM unnest($1::text[]) AS x(site)
+			WHERE x.site <> v.origin AND x.site <> $2
+			  AND coalesce((SELECT (p.deps->>v.origin)::numeric FROM casualdb.progress p WHERE p.origin = x.site), 0) < v.origin_lsn)`,
+		names, string(self))
+	if err != nil {
+		return 0, fmt.Errorf("collect tombstones: %w", err)
+	}
+	return tag.RowsAffected(), nil
 }

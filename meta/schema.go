@@ -71,6 +71,18 @@ var ddl = []string{
 	`ALTER TABLE casualdb.row_version ADD COLUMN IF NOT EXISTS floor jsonb`,
 	// The version of every column, for tables whose columns merge one by one.
 	`ALTER TABLE casualdb.row_version ADD COLUMN IF NOT EXISTS col_versions jsonb`,
+	// The commit LSN, at its origin, of the transaction that wrote the
+	// recorded version: tombstone collection compares it with every site's
+	// progress.
+	`ALTER TABLE casualdb.row_version ADD COLUMN IF NOT EXISTS origin_lsn bigint`,
+	`CREATE INDEX IF NOT EXISTS row_version_tombstones ON casualdb.row_version (origin, origin_lsn) WHERE deleted`,
+	// Each site's heartbeat: a row it updates now and then, replicated like
+	// any other, so that its transactions (and the dependencies they carry:
+	// what it has applied) keep reaching its peers when it writes nothing.
+	`CREATE TABLE IF NOT EXISTS casualdb.heartbeat (
+		site text PRIMARY KEY,
+		beat bigint NOT NULL,
+		at   timestamptz NOT NULL)`,
 	// Per origin: the last transaction applied here, written in the apply
 	// transaction itself (exactly once).
 	`CREATE TABLE IF NOT EXISTS casualdb.progress (
@@ -80,6 +92,9 @@ var ddl = []string{
 		commit_time timestamptz,
 		applied_at  timestamptz NOT NULL DEFAULT now(),
 		epoch       text        NOT NULL DEFAULT '')`,
+	// The dependencies of the last transaction applied from the origin: what
+	// the origin had applied from every other site when it committed it.
+	`ALTER TABLE casualdb.progress ADD COLUMN IF NOT EXISTS deps jsonb`,
 	// The outbox sequence up to which capture has written version metadata.
 	`CREATE TABLE IF NOT EXISTS casualdb.capture_state (
 		site        text        PRIMARY KEY,

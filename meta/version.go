@@ -28,6 +28,9 @@ type RowVersion struct {
 	// Columns is the version of every column, for tables whose columns
 	// merge one by one; nil otherwise.
 	Columns map[string]casualdb.Stamp
+	// OriginLSN is the commit LSN, at Version.Origin, of the transaction
+	// that wrote Version; 0 when unknown.
+	OriginLSN uint64
 }
 
 // LoadVersions returns the recorded versions of keys; keys without a record
@@ -53,7 +56,7 @@ func VersionsQuery(keys []RowKey) (string, []any) {
 		tbls[i], ks[i] = k.Table, k.Key
 	}
 	return `
-		SELECT v.tbl, v.key, v.hlc_wall, v.hlc_logical, v.origin, v.vclock, v.deleted, coalesce(v.row_xmin, 0), v.floor, v.col_versions
+		SELECT v.tbl, v.key, v.hlc_wall, v.hlc_logical, v.origin, v.vclock, v.deleted, coalesce(v.row_xmin, 0), v.floor, v.col_versions, coalesce(v.origin_lsn, 0)
 		FROM unnest($1::text[], $2::text[]) AS k(tbl, key)
 		JOIN casualdb.row_version v ON v.tbl = k.tbl AND v.key = k.key`, []any{tbls, ks}
 }
@@ -72,13 +75,15 @@ func ScanVersions(rows pgx.Rows, hint int) (map[RowKey]RowVersion, error) {
 			xmin    int64
 			floor   []byte
 			cols    []byte
+			olsn    int64
 		)
-		if err := rows.Scan(&k.Table, &k.Key, &rv.Version.HLC.Wall, &logical, &origin, &vc, &rv.Deleted, &xmin, &floor, &cols); err != nil {
+		if err := rows.Scan(&k.Table, &k.Key, &rv.Version.HLC.Wall, &logical, &origin, &vc, &rv.Deleted, &xmin, &floor, &cols, &olsn); err != nil {
 			return nil, fmt.Errorf("load row versions: %w", err)
 		}
 		rv.Version.HLC.Logical = uint32(logical)
 		rv.Version.Origin = casualdb.SiteID(origin)
 		rv.Xmin = uint32(xmin)
+		rv.OriginLSN = uint64(olsn)
 		if err := json.Unmarshal(vc, &rv.Version.VC); err != nil {
 			return nil, fmt.Errorf("load row version %s %s: vclock: %w", k.Table, k.Key, err)
 		}
@@ -117,6 +122,7 @@ func SaveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion) error
 		xmins   = make([]*int64, 0, n)
 		floors  = make([]*string, 0, n)
 		colvs   = make([]*string, 0, n)
+		olsns   = make([]*int64, 0, n)
 	)
 	for k, rv := range vs {
 		vc, err := json.Marshal(rv.Version.VC)
@@ -156,17 +162,23 @@ func SaveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion) error
 		} else {
 			colvs = append(colvs, nil)
 		}
+		if rv.OriginLSN != 0 {
+			l := int64(rv.OriginLSN)
+			olsns = append(olsns, &l)
+		} else {
+			olsns = append(olsns, nil)
+		}
 	}
 	_, err := q.Exec(ctx, `
-		INSERT INTO casualdb.row_version AS v (tbl, key, hlc_wall, hlc_logical, origin, vclock, deleted, row_xmin, floor, col_versions)
-		SELECT tbl, key, wall, logical, origin, vc::jsonb, deleted, xmin, floor::jsonb, colv::jsonb
-		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bool[], $8::bigint[], $9::text[], $10::text[])
-		  AS u(tbl, key, wall, logical, origin, vc, deleted, xmin, floor, colv)
+		INSERT INTO casualdb.row_version AS v (tbl, key, hlc_wall, hlc_logical, origin, vclock, deleted, row_xmin, floor, col_versions, origin_lsn)
+		SELECT tbl, key, wall, logical, origin, vc::jsonb, deleted, xmin, floor::jsonb, colv::jsonb, olsn
+		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bool[], $8::bigint[], $9::text[], $10::text[], $11::bigint[])
+		  AS u(tbl, key, wall, logical, origin, vc, deleted, xmin, floor, colv, olsn)
 		ON CONFLICT (tbl, key) DO UPDATE SET
 			hlc_wall = excluded.hlc_wall, hlc_logical = excluded.hlc_logical, origin = excluded.origin,
 			vclock = excluded.vclock, deleted = excluded.deleted, row_xmin = excluded.row_xmin,
-			floor = excluded.floor, col_versions = excluded.col_versions, updated_at = now()`,
-		tbls, keys, walls, logical, origins, vcs, deleted, xmins, floors, colvs)
+			floor = excluded.floor, col_versions = excluded.col_versions, origin_lsn = excluded.origin_lsn, updated_at = now()`,
+		tbls, keys, walls, logical, origins, vcs, deleted, xmins, floors, colvs, olsns)
 	if err != nil {
 		return fmt.Errorf("save %d row versions: %w", n, err)
 	}

@@ -1,10 +1,12 @@
 package ship
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -146,6 +148,10 @@ func (s *Shipper) session(ctx context.Context, msgs <-chan jetstream.Msg) error 
 				break drain
 			}
 		}
+		// A message handed back after a failed publish comes again behind
+		// later ones: restore outbox order (a bundle must be in order, or
+		// the peer meets a gap inside it), and keep one copy of each.
+		pending = inOrder(pending)
 		if err := s.publish(ctx, js, pending); err != nil {
 			// Leave the batch unacknowledged but ask for it again soon.
 			for _, m := range pending {
@@ -155,6 +161,26 @@ func (s *Shipper) session(ctx context.Context, msgs <-chan jetstream.Msg) error 
 		}
 		pending = pending[:0]
 	}
+}
+
+// inOrder sorts msgs by outbox sequence and drops repeated deliveries of one
+// message (the last copy is kept: acknowledging it acknowledges the message).
+func inOrder(msgs []jetstream.Msg) []jetstream.Msg {
+	seq := func(m jetstream.Msg) uint64 {
+		if md, err := m.Metadata(); err == nil {
+			return md.Sequence.Stream
+		}
+		return 0
+	}
+	slices.SortStableFunc(msgs, func(a, b jetstream.Msg) int { return cmp.Compare(seq(a), seq(b)) })
+	out := msgs[:0]
+	for i, m := range msgs {
+		if i+1 < len(msgs) && seq(msgs[i+1]) == seq(m) && seq(m) != 0 {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 // publish ships batch (outbox messages in delivery order) to the peer's

@@ -45,6 +45,8 @@ type ApplyStatus struct {
 	Parked        uint64 `json:"parked"`
 	Garbled       uint64 `json:"garbled_messages"`
 	DepWaits      uint64 `json:"dependency_waits"`
+	GCRuns        uint64 `json:"tombstone_collections"`
+	Collected     uint64 `json:"tombstones_collected"`
 	InboxMessages uint64 `json:"inbox_messages"`
 }
 
@@ -77,6 +79,7 @@ func (s *Sidecar) Status() Status {
 		}
 	}
 	st.Capture.SlotRetainedWAL = s.slotLag
+	st.Apply.GCRuns, st.Apply.Collected = s.gcRuns, s.collected
 	st.Capture.OutboxMessages = s.outboxMsg
 	st.Apply.InboxMessages = s.inboxMsg
 	s.mu.Unlock()
@@ -144,6 +147,7 @@ var (
 	descGarbled   = prometheus.NewDesc("casualdb_garbled_messages_total", "Transport messages that did not decode (parked).", nil, nil)
 	descSkipped   = prometheus.NewDesc("casualdb_duplicate_transactions_total", "Redelivered transactions recognised and skipped.", nil, nil)
 	descDepWaits  = prometheus.NewDesc("casualdb_dependency_waits_total", "Times a remote transaction was held back until what it causally depends on (from another origin) was applied.", nil, nil)
+	descCollected = prometheus.NewDesc("casualdb_tombstones_collected_total", "Tombstones (version metadata of deleted rows) removed once every site had seen them.", nil, nil)
 	descSlotWAL   = prometheus.NewDesc("casualdb_slot_retained_wal_bytes", "WAL the replication slot keeps on disk.", nil, nil)
 	descOutbox    = prometheus.NewDesc("casualdb_outbox_messages", "Transactions held in the outbox (not yet acknowledged by every peer).", nil, nil)
 	descInbox     = prometheus.NewDesc("casualdb_inbox_messages", "Transactions waiting in the inbox.", nil, nil)
@@ -151,7 +155,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descSlotWAL, descOutbox, descInbox, descHealthy} {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy} {
 		ch <- d
 	}
 }
@@ -182,6 +186,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descGarbled, st.Apply.Garbled)
 	counter(descSkipped, st.Apply.Skipped)
 	counter(descDepWaits, st.Apply.DepWaits)
+	counter(descCollected, st.Apply.Collected)
 	gauge(descSlotWAL, float64(st.Capture.SlotRetainedWAL))
 	gauge(descOutbox, float64(st.Capture.OutboxMessages))
 	gauge(descInbox, float64(st.Apply.InboxMessages))

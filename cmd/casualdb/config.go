@@ -27,7 +27,17 @@ type Config struct {
 	Admin     AdminConfig     `yaml:"admin"`
 	Apply     ApplyConfig     `yaml:"apply"`
 	Conflicts ConflictsConfig `yaml:"conflicts"`
+	GC        GCConfig        `yaml:"gc"`
 	Log       LogConfig       `yaml:"log"`
+}
+
+// GCConfig paces the removal of tombstones every site has seen.
+type GCConfig struct {
+	// Interval is how often tombstones are collected.
+	Interval time.Duration `yaml:"interval"`
+	// Heartbeat is how often the site writes its heartbeat row, so that
+	// its peers learn what it has applied even when it writes nothing else.
+	Heartbeat time.Duration `yaml:"heartbeat"`
 }
 
 // ConflictsConfig chooses how conflicts resolve, by default and per table.
@@ -149,6 +159,7 @@ func DefaultConfig() Config {
 		Admin:     AdminConfig{Listen: "127.0.0.1:9187"},
 		Apply:     ApplyConfig{MaxBatch: 256, WaitTimeout: 30 * time.Second},
 		Conflicts: ConflictsConfig{DeletePolicy: "delete_wins"},
+		GC:        GCConfig{Interval: 30 * time.Second, Heartbeat: 10 * time.Second},
 		Log:       LogConfig{Level: "info", Format: "text"},
 	}
 }
@@ -286,6 +297,12 @@ func (c Config) Validate() error {
 	}
 	if c.Apply.WaitTimeout <= 0 {
 		return bad("apply.wait_timeout", "must be positive")
+	}
+	if c.GC.Interval <= 0 {
+		return bad("gc.interval", "must be positive")
+	}
+	if c.GC.Heartbeat <= 0 {
+		return bad("gc.heartbeat", "must be positive")
 	}
 	if _, err := parseDeletePolicy(c.Conflicts.DeletePolicy); err != nil {
 		return bad("conflicts.delete_policy", "%v", err)

@@ -45,6 +45,8 @@ type Sidecar struct {
 	slotLag   int64
 	outboxMsg uint64
 	inboxMsg  uint64
+	gcRuns    uint64 // tombstone collections run
+	collected uint64 // tombstones collected
 	started   time.Time
 }
 
@@ -82,7 +84,9 @@ func Prepare(ctx context.Context, cfg Config, log *slog.Logger) ([]capture.Table
 	if err := meta.Install(ctx, conn); err != nil {
 		return nil, err
 	}
-	if err := capture.EnsurePublication(ctx, conn, cfg.Database.Publication, tables); err != nil {
+	// The heartbeat table replicates too (see meta.Beat).
+	published := append(slices.Clip(tables), capture.Table{Schema: meta.Schema, Name: "heartbeat"})
+	if err := capture.EnsurePublication(ctx, conn, cfg.Database.Publication, published); err != nil {
 		return nil, err
 	}
 	counters, merge := cfg.Conflicts.Counters(), cfg.Conflicts.MergeColumns()
@@ -274,12 +278,39 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 			conn.Close(context.Background())
 		}
 	}()
-	tick := time.NewTicker(2 * time.Second)
+	sites := []casualdb.SiteID{casualdb.SiteID(s.cfg.Site)}
+	for _, p := range s.cfg.Peers {
+		sites = append(sites, casualdb.SiteID(p.Name))
+	}
+	tick := time.NewTicker(min(2*time.Second, s.cfg.GC.Heartbeat, s.cfg.GC.Interval))
 	defer tick.Stop()
+	var lastBeat, lastGC time.Time
 	for {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if conn == nil || conn.IsClosed() {
 			conn, _ = pgx.ConnectConfig(qctx, cfg)
+		}
+		if conn != nil && time.Since(lastBeat) >= s.cfg.GC.Heartbeat {
+			if err := meta.Beat(qctx, conn, casualdb.SiteID(s.cfg.Site)); err != nil {
+				s.log.Debug("heartbeat", "err", err)
+			} else {
+				lastBeat = time.Now()
+			}
+		}
+		if conn != nil && time.Since(lastGC) >= s.cfg.GC.Interval {
+			n, err := meta.CollectTombstones(qctx, conn, sites, casualdb.SiteID(s.cfg.Site))
+			if err != nil {
+				s.log.Warn("tombstone collection", "err", err)
+			} else {
+				lastGC = time.Now()
+				s.mu.Lock()
+				s.gcRuns++
+				s.collected += uint64(n)
+				s.mu.Unlock()
+				if n > 0 {
+					s.log.Debug("collected tombstones every site has seen", "rows", n)
+				}
+			}
 		}
 		if conn != nil {
 			if lag, err := capture.SlotLag(qctx, conn, s.cfg.SlotName()); err == nil {

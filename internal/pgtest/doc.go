@@ -17,6 +17,10 @@
 // exits, so servers do not outlive a test binary that dies abruptly; its
 // backends then exit by themselves.
 //
+// Options.FakeTime runs one server on a skewed wall clock (libfaketime,
+// preloaded into the postmaster and so into every backend it forks), for
+// tests of sites whose clocks disagree.
+//
 // The core (Start, StartNATS and their methods) does not depend on package
 // testing; helpers.go holds the testing.TB wrappers. Server and NATS methods
 // are safe for concurrent use.

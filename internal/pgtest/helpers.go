@@ -15,17 +15,38 @@ import (
 // test, rather than skipping it, when the PostgreSQL 15 binaries are missing.
 func NewServer(t testing.TB, name string) *Server {
 	t.Helper()
+	return NewServerWith(t, Options{Name: name})
+}
+
+// NewServerWith is NewServer with options: a zero Dir means a t.TempDir, a
+// nil Logf means t.Logf. It fails the test, rather than skipping it, when the
+// PostgreSQL 15 binaries are missing, or libfaketime when opts.FakeTime is
+// set.
+func NewServerWith(t testing.TB, opts Options) *Server {
+	t.Helper()
 	for _, bin := range []string{"initdb", "postgres"} {
 		if _, err := os.Stat(filepath.Join(BinDir(), bin)); err != nil {
 			t.Fatalf("PostgreSQL 15 binaries not found (set %s): %v", binDirEnv, err)
 		}
 	}
+	if opts.FakeTime != "" {
+		if _, err := FakeTimeLib(); err != nil {
+			t.Fatalf("postgres %s needs a fake clock (%s): %v", opts.Name, opts.FakeTime, err)
+		}
+	}
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	if opts.Logf == nil {
+		opts.Logf = t.Logf
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	s, err := Start(ctx, Options{Dir: t.TempDir(), Name: name, Logf: t.Logf})
+	s, err := Start(ctx, opts)
 	if err != nil {
-		t.Fatalf("start postgres %s: %v", name, err)
+		t.Fatalf("start postgres %s: %v", opts.Name, err)
 	}
+	name := s.opts.Name
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("postgres %s log tail:\n%s", name, s.LogTail(30))

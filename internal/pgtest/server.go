@@ -77,9 +77,16 @@ type Options struct {
 	Fsync bool
 	// Settings are extra postgresql.conf settings; they override the defaults.
 	Settings map[string]string
-	// Env is extra environment for initdb and postgres, as "KEY=value"
-	// (e.g. LD_PRELOAD and FAKETIME for libfaketime).
+	// Env is extra environment for initdb and postgres, as "KEY=value".
 	Env []string
+	// FakeTime offsets the wall clock of the postmaster and every process it
+	// forks (now(), commit timestamps, the log) from the real one, through
+	// libfaketime: a relative offset in FAKETIME syntax, e.g. "+1h", "-90"
+	// (seconds) or "+2.5d". Only this server is affected; initdb and the
+	// calling process keep the real clock, and so does the monotonic clock.
+	// Zero means the real clock. Start fails with an error wrapping
+	// ErrNoFakeTime when libfaketime is not installed.
+	FakeTime string
 	// Logf receives lifecycle messages. Nil discards them. It is called only
 	// from the goroutine calling Start, Stop, Kill or Restart.
 	Logf func(format string, args ...any)
@@ -93,8 +100,9 @@ type Server struct {
 	opts    Options
 	dataDir string
 	logPath string
-	port    int    // fixed once Start returns
-	owner   *owner // the postgres user when running as root; nil otherwise
+	port    int      // fixed once Start returns
+	owner   *owner   // the postgres user when running as root; nil otherwise
+	fakeEnv []string // added to the postmaster's environment for Options.FakeTime
 
 	// mu serialises process changes; it is held while starting and
 	// stopping, so Stop waits for a concurrent Restart to finish.
@@ -136,6 +144,11 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 			return nil, fmt.Errorf("start postgres %s as root: %w", opts.Name, err)
 		}
 	}
+	if opts.FakeTime != "" {
+		if s.fakeEnv, err = fakeTimeEnv(opts.FakeTime, s.env()); err != nil {
+			return nil, fmt.Errorf("start postgres %s: %w", opts.Name, err)
+		}
+	}
 	if err := s.prepare(ctx); err != nil {
 		return nil, err
 	}
@@ -169,6 +182,8 @@ func (s *Server) Port() int { return s.port }
 
 // PID returns the postmaster's process id, or 0 when the server is not running.
 func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.proc == nil {
 		return 0
 	}
@@ -283,7 +298,7 @@ func (s *Server) start(ctx context.Context) error {
 	// stays off so that errors before it would start land there too.
 	cmd := exec.Command(filepath.Join(BinDir(), "postgres"), "-D", s.dataDir)
 	cmd.Dir = s.dataDir // postgres needs a readable working directory
-	cmd.Env = s.env()
+	cmd.Env = append(s.env(), s.fakeEnv...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = sysProcAttr(s.owner.credential())

@@ -1,0 +1,85 @@
+package integration
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/casualdb/casualdb/internal/pgtest"
+)
+
+// gcRuns returns how many tombstone collections site i has run.
+func (c *cluster) gcRuns(i int) float64 {
+	c.t.Helper()
+	st := status(c.t.(*testing.T), c, i)
+	apply, _ := st["apply"].(map[string]any)
+	n, _ := apply["tombstone_collections"].(float64)
+	return n
+}
+
+func (c *cluster) tombstones(i int) string {
+	c.t.Helper()
+	n, err := c.queryString(i, `SELECT coalesce(string_agg(key, ',' ORDER BY key), '') FROM casualdb.row_version WHERE tbl = 'public.kv' AND deleted`)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return n
+}
+
+// TestGC_TombstonesGoOnceEverySiteHasSeenThem deletes rows while one site
+// is down: no site removes the tombstones while that site has not seen
+// them, and every site removes them once it has, without any timer on the
+// tombstones themselves.
+func TestGC_TombstonesGoOnceEverySiteHasSeenThem(t *testing.T) {
+	c := newCluster(t, 3, `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)`)
+	c.restartWith("gc:", "  interval: 200ms", "  heartbeat: 100ms")
+	c.exec(0, `INSERT INTO kv SELECT g, 'v' FROM generate_series(1, 6) g`)
+	c.waitConverged(30*time.Second, "kv")
+
+	c.stop(2)
+	c.exec(0, `DELETE FROM kv WHERE k <= 3`)
+	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if got, _ := c.queryString(1, `SELECT count(*)::text FROM kv`); got != "3" {
+			return fmt.Errorf("site b holds %s rows, want 3", got)
+		}
+		return nil
+	})
+	// Several collections later, a and b still keep the tombstones: c has
+	// not seen the deletes.
+	runs := []float64{c.gcRuns(0), c.gcRuns(1)}
+	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		for i, r := range runs {
+			if got := c.gcRuns(i); got < r+3 {
+				return fmt.Errorf("site %s ran %v collections since, want 3", c.sites[i].name, got-r)
+			}
+		}
+		return nil
+	})
+	for i := range 2 {
+		if got, want := c.tombstones(i), `["1"],["2"],["3"]`; got != want {
+			t.Fatalf("site %s while c is down: tombstones %s, want %s", c.sites[i].name, got, want)
+		}
+	}
+
+	c.start(2)
+	c.waitHealthy(2)
+	c.waitConverged(30*time.Second, "kv")
+	pgtest.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
+		for i := range c.sites {
+			if got := c.tombstones(i); got != "" {
+				return fmt.Errorf("site %s still keeps tombstones %s", c.sites[i].name, got)
+			}
+		}
+		return nil
+	})
+	// Live rows keep their versions, and the table still replicates.
+	if got, _ := c.queryString(1, `SELECT count(*)::text FROM casualdb.row_version WHERE tbl = 'public.kv'`); got != "3" {
+		t.Errorf("site b: %s row versions for kv, want 3 (the live rows)", got)
+	}
+	c.exec(1, `DELETE FROM kv WHERE k = 4`)
+	c.exec(2, `INSERT INTO kv VALUES (1, 'back')`)
+	c.waitConverged(30*time.Second, "kv")
+	if got, _ := c.queryString(0, `SELECT string_agg(k || '=' || v, ',' ORDER BY k) FROM kv`); got != "1=back,5=v,6=v" {
+		t.Errorf("site a after more writes: %s", got)
+	}
+}
