@@ -48,7 +48,6 @@ func writeEv(c *cluster, i, from, to int) {
 	}
 }
 
-
 // shipped returns how many transactions site i's sidecar has shipped to
 // site j (j's inbox acknowledged them).
 func shipped(t *testing.T, c *cluster, i, j int) float64 {
