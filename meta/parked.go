@@ -105,3 +105,13 @@ func nullJSON(b json.RawMessage) *string {
 	s := string(b)
 	return &s
 }
+
+// TrimConflictLog removes the conflicts logged more than keep ago, and
+// returns how many it removed: the log is bounded by age.
+func TrimConflictLog(ctx context.Context, q Execer, keep time.Duration) (int64, error) {
+	tag, err := q.Exec(ctx, `DELETE FROM casualdb.conflict_log WHERE logged_at < now() - make_interval(secs => $1)`, keep.Seconds())
+	if err != nil {
+		return 0, fmt.Errorf("trim conflict log: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}

@@ -46,6 +46,8 @@ type ConflictsConfig struct {
 	// or lww (the later of the two by HLC wins).
 	DeletePolicy string                         `yaml:"delete_policy"`
 	Tables       map[string]TableConflictConfig `yaml:"tables"`
+	// LogRetention bounds casualdb.conflict_log by age.
+	LogRetention time.Duration `yaml:"log_retention"`
 }
 
 // TableConflictConfig overrides the conflict rules of one table.
@@ -158,7 +160,7 @@ func DefaultConfig() Config {
 		NATS:      NATSConfig{Listen: "127.0.0.1:4222", OutboxMaxBytes: 8 << 30},
 		Admin:     AdminConfig{Listen: "127.0.0.1:9187"},
 		Apply:     ApplyConfig{MaxBatch: 256, WaitTimeout: 30 * time.Second},
-		Conflicts: ConflictsConfig{DeletePolicy: "delete_wins"},
+		Conflicts: ConflictsConfig{DeletePolicy: "delete_wins", LogRetention: 30 * 24 * time.Hour},
 		GC:        GCConfig{Interval: 30 * time.Second, Heartbeat: 10 * time.Second},
 		Log:       LogConfig{Level: "info", Format: "text"},
 	}
@@ -297,6 +299,9 @@ func (c Config) Validate() error {
 	}
 	if c.Apply.WaitTimeout <= 0 {
 		return bad("apply.wait_timeout", "must be positive")
+	}
+	if c.Conflicts.LogRetention <= 0 {
+		return bad("conflicts.log_retention", "must be positive")
 	}
 	if c.GC.Interval <= 0 {
 		return bad("gc.interval", "must be positive")

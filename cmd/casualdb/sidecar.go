@@ -310,6 +310,11 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 				if n > 0 {
 					s.log.Debug("collected tombstones every site has seen", "rows", n)
 				}
+				if n, err := meta.TrimConflictLog(qctx, conn, s.cfg.Conflicts.LogRetention); err != nil {
+					s.log.Warn("trim conflict log", "err", err)
+				} else if n > 0 {
+					s.log.Info("trimmed the conflict log", "rows", n, "older_than", s.cfg.Conflicts.LogRetention)
+				}
 			}
 		}
 		if conn != nil {

@@ -1,0 +1,88 @@
+package meta_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/internal/pgtest"
+	"github.com/casualdb/casualdb/meta"
+)
+
+func TestTrimConflictLog(t *testing.T) {
+	pg := pgtest.NewServer(t, "meta")
+	conn := pgtest.Connect(t, pg.DSN())
+	ctx := context.Background()
+	if err := meta.Install(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{`["old"]`, `["new"]`} {
+		if err := meta.LogConflict(ctx, conn, meta.Conflict{Table: "public.t", Key: key, Rule: "lww", Winner: "local"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `UPDATE casualdb.conflict_log SET logged_at = now() - interval '2 days' WHERE key = '["old"]'`); err != nil {
+		t.Fatal(err)
+	}
+	n, err := meta.TrimConflictLog(ctx, conn, 24*time.Hour)
+	if err != nil || n != 1 {
+		t.Fatalf("TrimConflictLog = %d, %v; want 1 removed", n, err)
+	}
+	var left string
+	if err := conn.QueryRow(ctx, `SELECT string_agg(key, ',') FROM casualdb.conflict_log`).Scan(&left); err != nil || left != `["new"]` {
+		t.Fatalf("left %q, %v; want the recent one", left, err)
+	}
+}
+
+// TestCollectTombstones checks the stability rule on recorded progress: a
+// tombstone of origin a goes only once the last transaction applied from
+// every other site says that site had applied a's delete.
+func TestCollectTombstones(t *testing.T) {
+	pg := pgtest.NewServer(t, "meta")
+	conn := pgtest.Connect(t, pg.DSN())
+	ctx := context.Background()
+	if err := meta.Install(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	v := casualdb.Version{HLC: casualdb.HLC{Wall: 1}, Origin: "a", VC: casualdb.VectorClock{"a": 1}}
+	err := meta.SaveVersions(ctx, conn, map[meta.RowKey]meta.RowVersion{
+		{Table: "public.t", Key: `["1"]`}: {Version: v, Deleted: true, OriginLSN: 100},
+		{Table: "public.t", Key: `["2"]`}: {Version: v, Deleted: true, OriginLSN: 300},
+		{Table: "public.t", Key: `["3"]`}: {Version: v, OriginLSN: 50}, // live: stays
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sites := []casualdb.SiteID{"a", "b", "c"}
+	collect := func() int64 {
+		t.Helper()
+		n, err := meta.CollectTombstones(ctx, conn, sites, "b")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// Nothing heard from c yet.
+	if n := collect(); n != 0 {
+		t.Fatalf("collected %d with no progress from c, want 0", n)
+	}
+	save := func(origin casualdb.SiteID, deps map[casualdb.SiteID]uint64) {
+		t.Helper()
+		if err := meta.SaveProgress(ctx, conn, origin, meta.Progress{Seq: 1, LSN: 1, Deps: deps}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	save("c", map[casualdb.SiteID]uint64{"a": 200})
+	if n := collect(); n != 1 {
+		t.Fatalf("c had applied a up to 200: collected %d, want 1 (key 1)", n)
+	}
+	save("c", map[casualdb.SiteID]uint64{"a": 300})
+	if n := collect(); n != 1 {
+		t.Fatalf("c had applied a up to 300: collected %d, want 1 (key 2)", n)
+	}
+	var left string
+	if err := conn.QueryRow(ctx, `SELECT string_agg(key, ',') FROM casualdb.row_version`).Scan(&left); err != nil || left != `["3"]` {
+		t.Fatalf("left %q, %v; want the live row only", left, err)
+	}
+}
