@@ -81,6 +81,8 @@ type clusterOptions struct {
 	// timestamps, and so the HLCs of its writes, are off by that much. The
 	// sidecars keep the real clock.
 	FakeTime map[int]string
+	// Extra are config lines added to every site's configuration.
+	Extra []string
 }
 
 // newCluster starts n PostgreSQL servers with schema applied at each, and
@@ -105,6 +107,7 @@ func newClusterWith(t testing.TB, opts clusterOptions) *cluster {
 		}
 	}
 	c := &cluster{t: t, ports: map[int]bool{}}
+	c.extra = opts.Extra
 	// Every PostgreSQL listens before the sidecars' ports are chosen, so
 	// that no server takes one of them in between.
 	for i, name := range names[:opts.Sites] {

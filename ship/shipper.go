@@ -92,13 +92,26 @@ func (s *Shipper) Run(ctx context.Context) error {
 		select {
 		case msgs <- m:
 		case <-ctx.Done():
+			_ = m.Nak()
 		}
 	}, jetstream.PullMaxMessages(2*s.cfg.MaxBatch))
 	if err != nil {
 		return fmt.Errorf("consume outbox for %s: %w", s.cfg.Peer, err)
 	}
-	defer cc.Stop()
 
+	// On the way out, hand back what was taken and not shipped, so that
+	// the next run gets it at once rather than after AckWait.
+	defer func() {
+		cc.Stop()
+		for {
+			select {
+			case m := <-msgs:
+				_ = m.Nak()
+			default:
+				return
+			}
+		}
+	}()
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := s.session(ctx, msgs)
@@ -138,6 +151,12 @@ func (s *Shipper) session(ctx context.Context, msgs <-chan jetstream.Msg) error 
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+		}
+		if ctx.Err() != nil {
+			for _, m := range pending {
+				_ = m.Nak()
+			}
+			return ctx.Err()
 		}
 	drain:
 		for len(pending) < s.cfg.MaxBatch {

@@ -53,6 +53,13 @@ Usage:
   casualdb uninstall --config FILE       remove slot, publication, origins and the casualdb schema
   casualdb conflicts --config FILE [--since DURATION] [--table NAME] [--limit N] [--json]
                                          list recent conflicts from the conflict log, newest first
+  casualdb parked --config FILE [--table NAME] [--limit N] [--json]
+                                         list the changes apply could not apply, newest first
+  casualdb parked discard --config FILE ID...
+                                         delete parked entries (all or, if one is unknown, none)
+  casualdb parked replay --config FILE ID...
+                                         write parked changes here as new local writes (they
+                                         replicate) and unpark each one written
   casualdb demo                          three local sites converging, on embedded defaults
   casualdb version
 
@@ -72,6 +79,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return m.uninstallCmd(ctx, args[1:])
 	case "conflicts":
 		return m.conflictsCmd(ctx, args[1:])
+	case "parked":
+		return m.parkedCmd(ctx, args[1:])
 	case "demo":
 		return m.demoCmd(ctx, args[1:])
 	case "version":

@@ -1,0 +1,106 @@
+package meta
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/casualdb/casualdb"
+	"github.com/jackc/pgx/v5"
+)
+
+// ParkedFilter selects parked entries for FindParked.
+type ParkedFilter struct {
+	Table string // CasualDB table name (schema.name); empty: every entry, those without a table included
+	Limit int    // at most this many, the newest; zero: no limit
+}
+
+// parkedSelect reads the columns scanParked expects. The payload stays NULL
+// (nil) when it is: a message parked without a body.
+const parkedSelect = `SELECT id, parked_at, coalesce(origin,''), coalesce(seq,0), coalesce(lsn::text,'0/0'),
+	coalesce(tbl,''), coalesce(key,''), reason, payload FROM casualdb.parked`
+
+func scanParked(rows pgx.Rows) (Parked, error) {
+	var (
+		p      Parked
+		origin string
+		seq    int64
+		lsn    string
+	)
+	if err := rows.Scan(&p.ID, &p.ParkedAt, &origin, &seq, &lsn, &p.Table, &p.Key, &p.Reason, &p.Payload); err != nil {
+		return Parked{}, err
+	}
+	p.Origin, p.Seq = casualdb.SiteID(origin), uint64(seq)
+	p.LSN, _ = casualdb.ParseLSN(lsn)
+	return p, nil
+}
+
+func collectParked(rows pgx.Rows, what string) ([]Parked, error) {
+	defer rows.Close()
+	out := []Parked{}
+	for rows.Next() {
+		p, err := scanParked(rows)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return out, nil
+}
+
+// FindParked returns the parked entries f selects, newest first (by the
+// time they were parked, then by id).
+func FindParked(ctx context.Context, q Querier, f ParkedFilter) ([]Parked, error) {
+	var where []string
+	var args []any
+	if f.Table != "" {
+		args = append(args, f.Table)
+		where = append(where, fmt.Sprintf("tbl = $%d", len(args)))
+	}
+	sql := parkedSelect
+	if len(where) > 0 {
+		sql += " WHERE " + strings.Join(where, " AND ")
+	}
+	sql += " ORDER BY parked_at DESC, id DESC"
+	if f.Limit > 0 {
+		args = append(args, f.Limit)
+		sql += fmt.Sprintf(" LIMIT $%d", len(args))
+	}
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list parked: %w", err)
+	}
+	return collectParked(rows, "list parked")
+}
+
+// LockParked reads the parked entry id and locks it (FOR UPDATE) until the
+// end of q's transaction, so that two replays of one entry cannot both
+// write it. ok is false when there is no such entry (any more).
+func LockParked(ctx context.Context, q Querier, id int64) (p Parked, ok bool, err error) {
+	rows, err := q.Query(ctx, parkedSelect+" WHERE id = $1 FOR UPDATE", id)
+	if err != nil {
+		return Parked{}, false, fmt.Errorf("read parked %d: %w", id, err)
+	}
+	list, err := collectParked(rows, fmt.Sprintf("read parked %d", id))
+	if err != nil || len(list) == 0 {
+		return Parked{}, false, err
+	}
+	return list[0], true, nil
+}
+
+// DeleteParked deletes the parked entries ids and returns the ids it
+// deleted, in ascending order: those of ids that existed.
+func DeleteParked(ctx context.Context, q Querier, ids []int64) ([]int64, error) {
+	rows, err := q.Query(ctx, `WITH d AS (DELETE FROM casualdb.parked WHERE id = ANY($1) RETURNING id) SELECT id FROM d ORDER BY id`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("delete parked: %w", err)
+	}
+	deleted, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("delete parked: %w", err)
+	}
+	return deleted, nil
+}
