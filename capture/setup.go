@@ -255,10 +255,38 @@ func EnsureCounters(ctx context.Context, conn *pgx.Conn, table string, cols []st
 		}
 	}
 	if ident != "f" {
-		if _, err := conn.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
-			return fmt.Errorf("%w: set REPLICA IDENTITY FULL on %s (needed for its counter columns): %v", casualdb.ErrDatabaseSetup, table, err)
-		}
-		log.Info("set REPLICA IDENTITY FULL so that updates carry their old values", "table", table, "counters", cols)
+		return setFullIdentity(ctx, conn, t, "its counter or column-merged columns", log)
 	}
+	return nil
+}
+
+// EnsureToastIdentity gives table REPLICA IDENTITY FULL when it has a column
+// that PostgreSQL may store out of line (TOAST), so that an update which
+// leaves such a value unchanged still ships it (from the old row): without
+// it, a peer where that update wins over a concurrent one cannot know the
+// value and must park the change.
+func EnsureToastIdentity(ctx context.Context, conn *pgx.Conn, t Table, log *slog.Logger) error {
+	var ident string
+	var toastable bool
+	err := conn.QueryRow(ctx, `
+		SELECT c.relreplident::text,
+		       EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+		               AND NOT a.attisdropped AND a.attstorage IN ('x', 'e'))
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2`, t.Schema, t.Name).Scan(&ident, &toastable)
+	if err != nil {
+		return fmt.Errorf("%w: replica identity of %s: %v", casualdb.ErrDatabaseSetup, t, err)
+	}
+	if !toastable || ident == "f" {
+		return nil
+	}
+	return setFullIdentity(ctx, conn, t, "columns that may be stored out of line", log)
+}
+
+func setFullIdentity(ctx context.Context, conn *pgx.Conn, t Table, why string, log *slog.Logger) error {
+	if _, err := conn.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
+		return fmt.Errorf("%w: set REPLICA IDENTITY FULL on %s (needed for %s): %v", casualdb.ErrDatabaseSetup, t, why, err)
+	}
+	log.Info("set REPLICA IDENTITY FULL so that updates carry their old values", "table", t.String(), "for", why)
 	return nil
 }

@@ -208,10 +208,21 @@ func TestToast_UnchangedValueKept(t *testing.T) {
 		ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;`)
 	c.exec(0, `INSERT INTO docs SELECT 1, string_agg(md5(i::text), '') , 0 FROM generate_series(1, 2000) i`)
 	c.waitConverged(30*time.Second, "docs")
-	c.exec(0, `UPDATE docs SET n = n + 1 WHERE id = 1`)
-	c.exec(1, `UPDATE docs SET n = n + 10 WHERE id = 1`)
+	// Concurrent updates: whichever wins, the site where it loses needs
+	// the winner's body, which the WAL only carries through the old row.
+	c.concurrently(
+		siteWrite{0, `UPDATE docs SET n = n + 1 WHERE id = 1`},
+		siteWrite{1, `UPDATE docs SET n = n + 10 WHERE id = 1`})
 	c.waitConverged(30*time.Second, "docs")
 	for i := range c.sites {
+		// database.toast_full_identity (the default) is what makes the
+		// concurrent case converge: the old row carries the value.
+		if got, err := c.queryString(i, `SELECT relreplident::text FROM pg_class WHERE relname = 'docs'`); err != nil || got != "f" {
+			t.Errorf("site %s: replica identity %q, %v; want f (full)", c.sites[i].name, got, err)
+		}
+		if got, err := c.queryString(i, `SELECT count(*)::text FROM casualdb.parked`); err != nil || got != "0" {
+			t.Errorf("site %s: %s changes parked, %v; want none", c.sites[i].name, got, err)
+		}
 		got, err := c.queryString(i, `SELECT length(body)::text FROM docs WHERE id = 1`)
 		if err != nil || got != "64000" {
 			t.Errorf("site %s: body length %s, %v; want 64000", c.sites[i].name, got, err)

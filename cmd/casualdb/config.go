@@ -119,6 +119,10 @@ type DatabaseConfig struct {
 	Slot           string        `yaml:"slot"`
 	Publication    string        `yaml:"publication"`
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// ToastFullIdentity gives every replicated table with a column that
+	// may be stored out of line REPLICA IDENTITY FULL, so that updates ship
+	// the TOASTed values they leave unchanged.
+	ToastFullIdentity bool `yaml:"toast_full_identity"`
 }
 
 // NATSConfig selects the embedded NATS server or an existing one.
@@ -156,7 +160,7 @@ type LogConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		DataDir:   "casualdb-data",
-		Database:  DatabaseConfig{Publication: "casualdb", ConnectTimeout: 10 * time.Second},
+		Database:  DatabaseConfig{Publication: "casualdb", ConnectTimeout: 10 * time.Second, ToastFullIdentity: true},
 		NATS:      NATSConfig{Listen: "127.0.0.1:4222", OutboxMaxBytes: 8 << 30},
 		Admin:     AdminConfig{Listen: "127.0.0.1:9187"},
 		Apply:     ApplyConfig{MaxBatch: 256, WaitTimeout: 30 * time.Second},

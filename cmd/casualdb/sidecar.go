@@ -89,6 +89,13 @@ func Prepare(ctx context.Context, cfg Config, log *slog.Logger) ([]capture.Table
 	if err := capture.EnsurePublication(ctx, conn, cfg.Database.Publication, published); err != nil {
 		return nil, err
 	}
+	if cfg.Database.ToastFullIdentity {
+		for _, t := range tables {
+			if err := capture.EnsureToastIdentity(ctx, conn, t, log); err != nil {
+				return nil, err
+			}
+		}
+	}
 	counters, merge := cfg.Conflicts.Counters(), cfg.Conflicts.MergeColumns()
 	for name := range cfg.Conflicts.Tables {
 		tbl, _ := capture.ParseTable(name)
