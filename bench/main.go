@@ -43,6 +43,9 @@ type options struct {
 type result struct {
 	name             string
 	baseTPS, replTPS float64
+	// The same two runs with site a's PostgreSQL and pgbench on CPU 0 and
+	// everything else on CPU 1 (pin.go); zero when not measured.
+	basePinned, replPinned float64
 	throttledTPS     float64
 	p50, p99, pmax   time.Duration
 	catchUp          time.Duration
@@ -184,8 +187,9 @@ func (c *cluster) stop() {
 
 var tpsLine = regexp.MustCompile(`tps = ([0-9.]+)`)
 
-// pgbench runs the upsert workload at s and returns its throughput.
-func pgbench(ctx context.Context, o options, s *pgtest.Server, dir string, rate int) (float64, error) {
+// pgbench runs the upsert workload at s and returns its throughput; cpu >= 0
+// runs it on that CPU only.
+func pgbench(ctx context.Context, o options, s *pgtest.Server, dir string, rate, cpu int) (float64, error) {
 	path := filepath.Join(dir, "upsert.sql")
 	if err := os.WriteFile(path, []byte(script), 0o644); err != nil {
 		return 0, err
@@ -197,7 +201,12 @@ func pgbench(ctx context.Context, o options, s *pgtest.Server, dir string, rate 
 	}
 	cctx, cancel := context.WithTimeout(ctx, o.duration+time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(cctx, pgbenchPath(), args...).CombinedOutput()
+	name := pgbenchPath()
+	if cpu >= 0 {
+		args = append([]string{"-c", strconv.Itoa(cpu), name}, args...)
+		name = "taskset"
+	}
+	out, err := exec.CommandContext(cctx, name, args...).CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("pgbench: %w\n%s", err, out)
 	}
@@ -250,7 +259,7 @@ func throttled(ctx context.Context, o options, c *cluster, r *result) error {
 	groups := c.cpuGroups()
 	cpuBefore := sampleCPU(groups)
 	profiled := profile(ctx, o, c)
-	tps, err := pgbench(ctx, o, a, c.dir, o.rate)
+	tps, err := pgbench(ctx, o, a, c.dir, o.rate, -1)
 	cpuAfter := sampleCPU(groups)
 	stopProbe()
 	profiled()
@@ -448,7 +457,10 @@ func baseline(ctx context.Context, o options, dir string, settings map[string]st
 	if err != nil {
 		return nil, err
 	}
-	if r.baseTPS, err = pgbench(ctx, o, c.servers[0], dir, 0); err == nil {
+	if r.baseTPS, err = pgbench(ctx, o, c.servers[0], dir, 0, -1); err == nil {
+		r.basePinned, err = pinnedRun(ctx, o, c, dir)
+	}
+	if err == nil {
 		err = c.servers[0].Exec(ctx, `TRUNCATE bench_kv`)
 	}
 	if err != nil {
@@ -456,6 +468,23 @@ func baseline(ctx context.Context, o options, dir string, settings map[string]st
 		return nil, err
 	}
 	return c, nil
+}
+
+// pinnedRun runs the unthrottled workload with site a's PostgreSQL and
+// pgbench on CPU 0 and everything else on CPU 1, then unpins (0: the
+// machine has fewer than two CPUs).
+func pinnedRun(ctx context.Context, o options, c *cluster, dir string) (float64, error) {
+	if !canPin() {
+		return 0, nil
+	}
+	if err := c.pin(true); err != nil {
+		return 0, err
+	}
+	tps, err := pgbench(ctx, o, c.servers[0], dir, 0, 0)
+	if uerr := c.pin(false); err == nil {
+		err = uerr
+	}
+	return tps, err
 }
 
 // sidecar is one casualdb process.
@@ -528,7 +557,13 @@ func benchCasualDB(ctx context.Context, o options, dir string) (result, error) {
 	if err := waitSame(ctx, c, 5*time.Minute); err != nil {
 		return r, err
 	}
-	if r.replTPS, err = pgbench(ctx, o, c.servers[0], dir, 0); err != nil {
+	if r.replTPS, err = pgbench(ctx, o, c.servers[0], dir, 0, -1); err != nil {
+		return r, err
+	}
+	if err := waitSame(ctx, c, 5*time.Minute); err != nil {
+		return r, err
+	}
+	if r.replPinned, err = pinnedRun(ctx, o, c, dir); err != nil {
 		return r, err
 	}
 	if err := waitSame(ctx, c, 5*time.Minute); err != nil {
@@ -683,7 +718,13 @@ func benchPglogical(ctx context.Context, o options, dir string) (result, error) 
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	if r.replTPS, err = pgbench(ctx, o, c.servers[0], dir, 0); err != nil {
+	if r.replTPS, err = pgbench(ctx, o, c.servers[0], dir, 0, -1); err != nil {
+		return r, err
+	}
+	if err := waitSame(ctx, c, 5*time.Minute); err != nil {
+		return r, err
+	}
+	if r.replPinned, err = pinnedRun(ctx, o, c, dir); err != nil {
 		return r, err
 	}
 	if err := waitSame(ctx, c, 5*time.Minute); err != nil {
@@ -711,9 +752,14 @@ func report(o options, rs []result) {
 		fmt.Println()
 	}
 	ms := func(d time.Duration) string { return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 1, 64) }
-	row("local tps, not replicating", func(r result) string { return fmt.Sprintf("%.0f", r.baseTPS) })
-	row("local tps, replicating", func(r result) string { return fmt.Sprintf("%.0f", r.replTPS) })
-	row("cost to the origin", func(r result) string { return fmt.Sprintf("%.1f%%", 100*(1-r.replTPS/r.baseTPS)) })
+	row("shared: local tps, not replicating", func(r result) string { return fmt.Sprintf("%.0f", r.baseTPS) })
+	row("shared: local tps, replicating", func(r result) string { return fmt.Sprintf("%.0f", r.replTPS) })
+	row("shared: cost to the origin", func(r result) string { return fmt.Sprintf("%.1f%%", 100*(1-r.replTPS/r.baseTPS)) })
+	if rs[0].basePinned > 0 {
+		row("pinned: local tps, not replicating", func(r result) string { return fmt.Sprintf("%.0f", r.basePinned) })
+		row("pinned: local tps, replicating", func(r result) string { return fmt.Sprintf("%.0f", r.replPinned) })
+		row("pinned: cost to the origin", func(r result) string { return fmt.Sprintf("%.1f%%", 100*(1-r.replPinned/r.basePinned)) })
+	}
 	row(fmt.Sprintf("throttled run tps (-R %d)", o.rate), func(r result) string { return fmt.Sprintf("%.0f", r.throttledTPS) })
 	row("lag p50 (ms)", func(r result) string { return ms(r.p50) })
 	row("lag p99 (ms)", func(r result) string { return ms(r.p99) })
@@ -736,6 +782,8 @@ func report(o options, rs []result) {
 			}
 		}
 	}
+	fmt.Printf("\nshared: everything on every core. pinned: site a's PostgreSQL (its walsenders included) and pgbench on CPU 0;\n")
+	fmt.Printf("the peers and every sidecar on CPU 1, as when the peers are other machines and the sidecar has its own CPU.\n")
 	fmt.Printf("\ntargets: lag p99 < 100 ms at 1,000 tps; cost to the origin < 10%%\n")
 }
 
