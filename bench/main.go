@@ -46,13 +46,13 @@ type result struct {
 	// The same two runs with site a's PostgreSQL and pgbench on CPU 0 and
 	// everything else on CPU 1 (pin.go); zero when not measured.
 	basePinned, replPinned float64
-	throttledTPS     float64
-	p50, p99, pmax   time.Duration
-	catchUp          time.Duration
-	probes           int
-	note             string
-	stages           []string // where the lag goes (casualdb only)
-	cpu              []string // who used the CPU during the throttled run
+	throttledTPS           float64
+	p50, p99, pmax         time.Duration
+	catchUp                time.Duration
+	probes                 int
+	note                   string
+	stages                 []string // where the lag goes (casualdb only)
+	cpu                    []string // who used the CPU during the throttled run
 }
 
 func main() {

@@ -212,6 +212,13 @@ func (c *Capturer) recover(ctx context.Context, conn *pgx.Conn) (uint64, error) 
 		}
 		c.log.Info("recovered version metadata from outbox", "through_seq", last.Seq, "txs", len(txs))
 	}
+	// An outbox trimmed empty (every peer had everything) has no last LSN:
+	// what capture recorded says how far it got. Without it, the slot
+	// (confirmed only every StatusInterval) would send those transactions
+	// again and they would be appended a second time under new sequences,
+	// which the peers' inboxes drop as duplicates by id and then wait for.
+	// Trim never purges past what is recorded, so st.LSN covers it.
+	lastLSN = max(lastLSN, st.LSN)
 	if lastLSN > 0 {
 		c.flushed.Store(lastLSN)
 	}

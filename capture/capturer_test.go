@@ -26,11 +26,52 @@ type env struct {
 	outbox *ship.Outbox
 	cap    *capture.Capturer
 	stop   func()
+	// statusInterval is how often capture confirms the slot; default 100ms.
+	statusInterval time.Duration
+	natsDir        string
+	nats           *pgtest.NATS
+}
+
+// startNATS starts the NATS server on the env's store and opens the
+// outbox; restartNATS stops it first (as a sidecar restart does, which
+// forgets JetStream's de-duplication window along with purged messages).
+func (e *env) startNATS(t *testing.T) {
+	t.Helper()
+	n, err := pgtest.StartNATS(e.natsDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Shutdown)
+	nc, err := nats.Connect(n.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob, err := ship.OpenOutbox(context.Background(), js, ship.OutboxConfig{Site: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.nats, e.outbox = n, ob
+}
+
+func (e *env) restartNATS(t *testing.T) {
+	t.Helper()
+	e.nats.Shutdown()
+	e.startNATS(t)
 }
 
 // newEnv prepares a site like the sidecar does and runs a Capturer into a
 // real JetStream outbox.
 func newEnv(t *testing.T, schema string) *env {
+	t.Helper()
+	return newEnvWith(t, schema, 100*time.Millisecond)
+}
+
+func newEnvWith(t *testing.T, schema string, statusInterval time.Duration) *env {
 	t.Helper()
 	ctx := context.Background()
 	pg := pgtest.NewServer(t, "cap")
@@ -55,28 +96,15 @@ func newEnv(t *testing.T, schema string) *env {
 	if err := capture.EnsureSlot(ctx, conn, "casualdb_a"); err != nil {
 		t.Fatal(err)
 	}
-	n := pgtest.NewNATS(t)
-	nc, err := nats.Connect(n.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ob, err := ship.OpenOutbox(ctx, js, ship.OutboxConfig{Site: "a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{pg: pg, conn: conn, outbox: ob}
+	e := &env{pg: pg, conn: conn, statusInterval: statusInterval, natsDir: t.TempDir()}
+	e.startNATS(t)
 	e.start(t)
 	t.Cleanup(func() { e.stop() })
 	return e
 }
 
 func (e *env) start(t *testing.T) {
-	c, err := capture.New(capture.Config{Site: "a", DSN: e.pg.DSN(), Slot: "casualdb_a", Outbox: e.outbox, StatusInterval: 100 * time.Millisecond,
+	c, err := capture.New(capture.Config{Site: "a", DSN: e.pg.DSN(), Slot: "casualdb_a", Outbox: e.outbox, StatusInterval: e.statusInterval,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -305,4 +333,50 @@ func TestCapturer_Deps(t *testing.T) {
 	if got := txs[2].Deps; got["c"] != 0x600 || got["b"] > 0x2000 || len(got) > 2 {
 		t.Errorf("after restart: deps %v, want c:1536 and b at most 8192", got)
 	}
+}
+
+// TestCapturer_RestartAfterPurge restarts capture after the outbox was
+// trimmed empty (every peer had everything) while the slot still confirms
+// an older position: the transactions PostgreSQL sends again were captured
+// already and must not be appended a second time under new sequences (a
+// peer's inbox would drop them as duplicates by id, and then wait for their
+// sequences for ever).
+func TestCapturer_RestartAfterPurge(t *testing.T) {
+	// The slot is confirmed only once an hour: everything is sent again.
+	e := newEnvWith(t, `CREATE TABLE t (id int PRIMARY KEY)`, time.Hour)
+	ctx := context.Background()
+	for i := 1; i <= 3; i++ {
+		if _, err := e.conn.Exec(ctx, `INSERT INTO t VALUES ($1)`, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := e.txs(t, 3)
+	pgtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if st, err := meta.LoadCaptureState(ctx, e.conn, "a"); err != nil || st.OutboxSeq != 3 {
+			return fmt.Errorf("capture state %+v, %v; want seq 3", st, err)
+		}
+		return nil
+	})
+	e.stop()
+	var confirmed string
+	if err := e.conn.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'casualdb_a'`).Scan(&confirmed); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := casualdb.ParseLSN(confirmed); l >= first[0].LSN {
+		t.Fatalf("slot confirmed %s already, past the first tx at %s: nothing would be sent again", confirmed, casualdb.FormatLSN(first[0].LSN))
+	}
+	if err := e.outbox.Purge(ctx, 4); err != nil {
+		t.Fatal(err)
+	}
+	e.restartNATS(t)
+	e.start(t)
+	if _, err := e.conn.Exec(ctx, `INSERT INTO t VALUES (4)`); err != nil {
+		t.Fatal(err)
+	}
+	got := e.txs(t, 1)
+	if got[0].Seq != 4 || got[0].LSN <= first[2].LSN || got[0].Changes[0].Key[0] != "4" {
+		t.Errorf("after restart the outbox holds seq %d, lsn %s, key %v; want seq 4, the insert of 4 only (after lsn %s)",
+			got[0].Seq, casualdb.FormatLSN(got[0].LSN), got[0].Changes[0].Key, casualdb.FormatLSN(first[2].LSN))
+	}
+	e.stop()
 }

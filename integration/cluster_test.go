@@ -134,6 +134,13 @@ func newClusterWith(t testing.TB, opts clusterOptions) *cluster {
 	t.Cleanup(func() {
 		for i := range c.sites {
 			c.stop(i)
+			if d := os.Getenv("CASUALDB_DUMP"); d != "" {
+				files, _ := filepath.Glob(filepath.Join(c.sites[i].dir, "sidecar-*.log"))
+				for _, f := range files {
+					b, _ := os.ReadFile(f)
+					_ = os.WriteFile(filepath.Join(d, c.sites[i].name+"-"+filepath.Base(f)), b, 0o644)
+				}
+			}
 			if t.Failed() {
 				t.Logf("sidecar %s log tail:\n%s", c.sites[i].name, c.logTail(i, 40))
 			}

@@ -213,3 +213,69 @@ func TestEntries(t *testing.T) {
 		}
 	}
 }
+
+// TestShipper_EnsureConsumerHandsBackInFlight takes outbox messages for a
+// peer and neither acknowledges nor hands them back (a shipper killed with
+// them in flight): the next EnsureConsumer makes them come again at once,
+// not after the acknowledgement timeout, and keeps what was acknowledged.
+func TestShipper_EnsureConsumerHandsBackInFlight(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a := startServer(t, t.TempDir(), mustPort(t))
+	t.Cleanup(a.Close)
+	ob, err := ship.OpenOutbox(ctx, jsFor(t, a.ClientURL()), ship.OutboxConfig{Site: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh, err := ship.NewShipper(ship.ShipperConfig{Site: "a", Peer: "b", PeerURL: "nats://127.0.0.1:1", Outbox: ob,
+		AckWait: time.Hour, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := sh.EnsureConsumer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ob.Append(ctx, []*casualdb.Tx{tx(1), tx(2), tx(3), tx(4)}); err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(4, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for m := range batch.Messages() {
+		if n++; n == 1 {
+			if err := m.DoubleAck(ctx); err != nil { // seq 1 reached the peer
+				t.Fatal(err)
+			}
+		}
+	}
+	if n != 4 {
+		t.Fatalf("fetched %d messages, want 4", n)
+	}
+	// Seqs 2-4 are in flight for an hour. A new run's consumer has them now.
+	cons, err = sh.EnsureConsumer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err = cons.Fetch(4, jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	for m := range batch.Messages() {
+		md, _ := m.Metadata()
+		seqs = append(seqs, md.Sequence.Stream)
+		if err := m.DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fmt.Sprint(seqs) != "[2 3 4]" {
+		t.Errorf("after EnsureConsumer: fetched seqs %v, want [2 3 4] at once", seqs)
+	}
+	// And again, with nothing in flight: the consumer is kept as it is.
+	if _, err := sh.EnsureConsumer(ctx); err != nil {
+		t.Errorf("EnsureConsumer of a restarted consumer: %v", err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -60,14 +61,41 @@ func NewShipper(cfg ShipperConfig) (*Shipper, error) {
 
 // EnsureConsumer creates the peer's durable consumer on the outbox, so that
 // the outbox keeps everything for a peer that has never connected yet.
+//
+// Messages an earlier run had taken and not acknowledged (it stopped or
+// crashed with them in flight) would come again only after AckWait, and
+// the peer would wait for them that long: such a consumer is created
+// afresh from its acknowledgement floor, so that they come at once. A crash
+// between the delete and the create costs a re-shipping of what the outbox
+// still holds, which the peer recognises as duplicates.
 func (s *Shipper) EnsureConsumer(ctx context.Context) (jetstream.Consumer, error) {
-	c, err := s.cfg.Outbox.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	cfg := jetstream.ConsumerConfig{
 		Durable:       ConsumerName(s.cfg.Peer),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       s.cfg.AckWait,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		MaxAckPending: 4 * s.cfg.MaxBatch,
-	})
+	}
+	st := s.cfg.Outbox.stream
+	if old, err := st.Consumer(ctx, cfg.Durable); err == nil {
+		info, err := old.Info(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("outbox consumer for %s: %w", s.cfg.Peer, err)
+		}
+		// Where it starts cannot change: keep what it was created with.
+		cfg.DeliverPolicy, cfg.OptStartSeq = info.Config.DeliverPolicy, info.Config.OptStartSeq
+		if info.NumAckPending > 0 {
+			if err := st.DeleteConsumer(ctx, cfg.Durable); err != nil {
+				return nil, fmt.Errorf("reset outbox consumer for %s: %w", s.cfg.Peer, err)
+			}
+			cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+			cfg.OptStartSeq = info.AckFloor.Stream + 1
+			s.log.Debug("outbox consumer restarted from its acknowledgement floor", "pending", info.NumAckPending, "from_seq", cfg.OptStartSeq)
+		}
+	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("outbox consumer for %s: %w", s.cfg.Peer, err)
+	}
+	c, err := st.CreateOrUpdateConsumer(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("create outbox consumer for %s: %w", s.cfg.Peer, err)
 	}
