@@ -75,6 +75,7 @@ type OriginStats struct {
 	Seq         uint64    // last applied origin sequence
 	LastCommit  time.Time // origin commit time of the last applied transaction
 	LastApplied time.Time // when it was applied here
+	Epoch       string    // of the origin's outbox, which Seq counts in
 }
 
 // Lag is the delay of the last applied transaction: applied minus committed.
@@ -212,7 +213,7 @@ func (a *Applier) Run(ctx context.Context) error {
 	}
 	a.mu.Lock()
 	for o, p := range a.progress {
-		a.stats.Origins[o] = OriginStats{Seq: p.Seq, LastCommit: p.CommitTime, LastApplied: p.AppliedAt}
+		a.stats.Origins[o] = OriginStats{Seq: p.Seq, LastCommit: p.CommitTime, LastApplied: p.AppliedAt, Epoch: p.Epoch}
 	}
 	a.mu.Unlock()
 
@@ -510,7 +511,7 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) (ok bool, err error
 				s.Parked += res.parked
 				o := s.Origins[origin]
 				o.Applied += uint64(len(run))
-				o.Seq = last.seq
+				o.Seq, o.Epoch = last.seq, last.epoch
 				o.LastCommit = last.tx.CommitTime
 				o.LastApplied = now
 				s.Origins[origin] = o

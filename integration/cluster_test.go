@@ -46,9 +46,10 @@ func TestMain(m *testing.M) {
 type site struct {
 	name      string
 	pg        *pgtest.Server
-	natsPort  int
-	adminPort int
-	dir       string
+	natsPort   int
+	adminPort  int
+	gossipPort int // with clusterOptions.Gossip
+	dir        string
 	cmd       *exec.Cmd
 	done      chan struct{}
 	runs      int
@@ -57,7 +58,8 @@ type site struct {
 type cluster struct {
 	t     testing.TB
 	sites []*site
-	extra []string // extra config lines for every site
+	extra  []string // extra config lines for every site
+	gossip bool
 	// links[i][j] carries site i's connection to site j's NATS (i ships to
 	// j); nil without clusterOptions.Links.
 	links    [][]*netproxy.Proxy
@@ -83,6 +85,10 @@ type clusterOptions struct {
 	FakeTime map[int]string
 	// Extra are config lines added to every site's configuration.
 	Extra []string
+	// Gossip replaces the static peers lists with gossip membership: site a
+	// names b to join, every other site names a, and sites learn each
+	// other's NATS from gossip.
+	Gossip bool
 }
 
 // newCluster starts n PostgreSQL servers with schema applied at each, and
@@ -121,7 +127,11 @@ func newClusterWith(t testing.TB, opts clusterOptions) *cluster {
 	}
 	for _, s := range c.sites {
 		s.natsPort, s.adminPort = c.freePort(), c.freePort()
+		if opts.Gossip {
+			s.gossipPort = c.freePort()
+		}
 	}
+	c.gossip = opts.Gossip
 	if opts.Links {
 		c.startLinks()
 	}
@@ -267,8 +277,22 @@ func (c *cluster) config(s *site) string {
 	fmt.Fprintf(&b, "nats:\n  listen: 127.0.0.1:%d\n", s.natsPort)
 	fmt.Fprintf(&b, "admin:\n  listen: 127.0.0.1:%d\n", s.adminPort)
 	fmt.Fprintf(&b, "log:\n  level: debug\n")
-	b.WriteString("peers:\n")
 	from := slices.Index(c.sites, s)
+	if c.gossip {
+		join := c.sites[0]
+		if from == 0 && len(c.sites) > 1 {
+			join = c.sites[1]
+		}
+		fmt.Fprintf(&b, "cluster:\n  bind: 127.0.0.1:%d\n  push_pull: 200ms\n", s.gossipPort)
+		if join != s {
+			fmt.Fprintf(&b, "  join: [127.0.0.1:%d]\n", join.gossipPort)
+		}
+		for _, l := range c.extra {
+			b.WriteString(l + "\n")
+		}
+		return b.String()
+	}
+	b.WriteString("peers:\n")
 	for to, p := range c.sites {
 		if p == s {
 			continue

@@ -160,6 +160,32 @@ func (o *Outbox) Since(ctx context.Context, after uint64, max int) ([]*casualdb.
 	return out, nil
 }
 
+// CommitTime returns the origin commit time of the transaction at seq, or
+// of the oldest one the outbox still holds above it when seq was purged;
+// ok is false when there is none.
+func (o *Outbox) CommitTime(ctx context.Context, seq uint64) (t time.Time, ok bool, err error) {
+	info, err := o.stream.Info(ctx)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("outbox info: %w", err)
+	}
+	seq = max64(seq, info.State.FirstSeq)
+	if info.State.Msgs == 0 || seq > info.State.LastSeq {
+		return time.Time{}, false, nil
+	}
+	m, err := o.stream.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return time.Time{}, false, nil
+	}
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("outbox message %d: %w", seq, err)
+	}
+	us, err := strconv.ParseInt(m.Header.Get(HeaderCommit), 10, 64)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("outbox message %d: commit header: %w", seq, err)
+	}
+	return time.UnixMicro(us), true, nil
+}
+
 // Purge removes every message below seq.
 func (o *Outbox) Purge(ctx context.Context, below uint64) error {
 	if err := o.stream.Purge(ctx, jetstream.WithPurgeSequence(below)); err != nil {

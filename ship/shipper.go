@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +36,7 @@ type ShipperConfig struct {
 type Shipper struct {
 	cfg     ShipperConfig
 	log     *slog.Logger
+	url     atomic.Pointer[string] // the peer's NATS URL; gossip may change it
 	shipped atomic.Uint64
 	up      atomic.Bool
 }
@@ -56,7 +58,39 @@ func NewShipper(cfg ShipperConfig) (*Shipper, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Shipper{cfg: cfg, log: cfg.Logger.With("component", "ship", "peer", string(cfg.Peer))}, nil
+	s := &Shipper{cfg: cfg, log: cfg.Logger.With("component", "ship", "peer", string(cfg.Peer))}
+	s.url.Store(&cfg.PeerURL)
+	return s, nil
+}
+
+// metaURL is the consumer metadata key that remembers the peer's NATS URL,
+// so that a restarted sidecar ships to a peer it learned of by gossip
+// before gossip tells it again.
+const metaURL = "casualdb_nats_url"
+
+// PeerURL returns the NATS URL the shipper publishes to.
+func (s *Shipper) PeerURL() string { return *s.url.Load() }
+
+// SetPeerURL changes where the shipper publishes (the peer came back at
+// another address); the next connection uses it. Call EnsureConsumer to
+// remember it across restarts.
+func (s *Shipper) SetPeerURL(url string) { s.url.Store(&url) }
+
+// Peers lists the peers the outbox keeps transactions for (one durable
+// consumer each) with the NATS URL each was last shipped to ("" if none
+// was recorded).
+func (o *Outbox) Peers(ctx context.Context) (map[casualdb.SiteID]string, error) {
+	out := map[casualdb.SiteID]string{}
+	lister := o.stream.ListConsumers(ctx)
+	for info := range lister.Info() {
+		if peer, ok := strings.CutPrefix(info.Name, "ship_"); ok {
+			out[casualdb.SiteID(peer)] = info.Config.Metadata[metaURL]
+		}
+	}
+	if err := lister.Err(); err != nil {
+		return nil, fmt.Errorf("list outbox consumers: %w", err)
+	}
+	return out, nil
 }
 
 // EnsureConsumer creates the peer's durable consumer on the outbox, so that
@@ -75,6 +109,7 @@ func (s *Shipper) EnsureConsumer(ctx context.Context) (jetstream.Consumer, error
 		AckWait:       s.cfg.AckWait,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		MaxAckPending: 4 * s.cfg.MaxBatch,
+		Metadata:      map[string]string{metaURL: s.PeerURL()},
 	}
 	st := s.cfg.Outbox.stream
 	if old, err := st.Consumer(ctx, cfg.Durable); err == nil {
@@ -159,10 +194,11 @@ func (s *Shipper) Run(ctx context.Context) error {
 
 // session holds one connection to the peer and ships until it fails.
 func (s *Shipper) session(ctx context.Context, msgs <-chan jetstream.Msg) error {
-	nc, err := nats.Connect(s.cfg.PeerURL, nats.Name("casualdb-ship-"+string(s.cfg.Site)), nats.Timeout(2*time.Second),
+	url := s.PeerURL()
+	nc, err := nats.Connect(url, nats.Name("casualdb-ship-"+string(s.cfg.Site)), nats.Timeout(2*time.Second),
 		nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))
 	if err != nil {
-		return fmt.Errorf("connect to %s at %s: %w", s.cfg.Peer, s.cfg.PeerURL, err)
+		return fmt.Errorf("connect to %s at %s: %w", s.cfg.Peer, url, err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/pprof"
@@ -23,6 +24,7 @@ type Status struct {
 	Apply      ApplyStatus             `json:"apply"`
 	Peers      map[string]PeerStatus   `json:"peers"`
 	Origins    map[string]OriginStatus `json:"origins"`
+	Cluster    *ClusterStatus          `json:"cluster,omitempty"` // with gossip (cluster.bind)
 }
 
 // CaptureStatus describes capture.
@@ -54,6 +56,14 @@ type ApplyStatus struct {
 type PeerStatus struct {
 	Connected bool   `json:"connected"`
 	Shipped   uint64 `json:"shipped_transactions"`
+	NATSURL   string `json:"nats_url"`
+	// With gossip: the peer's state, and how far it is behind this site's
+	// outbox by its own account (Reported: its digest has arrived).
+	State           string  `json:"state,omitempty"`
+	Reported        bool    `json:"reported"`
+	AppliedSeq      uint64  `json:"applied_seq"`
+	LagTransactions uint64  `json:"lag_transactions"`
+	LagSeconds      float64 `json:"lag_seconds"`
 }
 
 // OriginStatus describes what was applied from one origin.
@@ -102,9 +112,14 @@ func (s *Sidecar) Status() Status {
 			st.Origins[string(o)] = OriginStatus{Applied: os.Applied, Seq: os.Seq, LastCommit: os.LastCommit, LastApplied: os.LastApplied, LagSeconds: os.Lag().Seconds()}
 		}
 	}
-	for p, sh := range s.shippers {
-		st.Peers[string(p)] = PeerStatus{Connected: sh.Connected(), Shipped: sh.Shipped()}
+	for _, p := range s.peerList() {
+		if sh := s.shipper(p); sh != nil {
+			st.Peers[string(p)] = PeerStatus{Connected: sh.Connected(), Shipped: sh.Shipped(), NATSURL: sh.PeerURL()}
+		}
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s.clusterStatus(ctx, &st)
 	return st
 }
 
@@ -152,10 +167,14 @@ var (
 	descOutbox    = prometheus.NewDesc("casualdb_outbox_messages", "Transactions held in the outbox (not yet acknowledged by every peer).", nil, nil)
 	descInbox     = prometheus.NewDesc("casualdb_inbox_messages", "Transactions waiting in the inbox.", nil, nil)
 	descHealthy   = prometheus.NewDesc("casualdb_component_up", "1 when the component runs, 0 when it is failing.", []string{"component"}, nil)
+	descMember    = prometheus.NewDesc("casualdb_member_alive", "With gossip: 1 when the site is alive (or suspect), 0 when it failed or left.", []string{"site"}, nil)
+	descOwnership = prometheus.NewDesc("casualdb_ring_ownership_ratio", "With gossip: the site's share of the hash ring.", []string{"site"}, nil)
+	descPeerLagTx = prometheus.NewDesc("casualdb_peer_lag_transactions", "With gossip: transactions of this site's outbox the peer has not applied, by its own account.", []string{"peer"}, nil)
+	descPeerLagS  = prometheus.NewDesc("casualdb_peer_lag_seconds", "With gossip: age of the oldest transaction of this site the peer has not applied (0 when it has them all).", []string{"peer"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy} {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS} {
 		ch <- d
 	}
 }
@@ -190,6 +209,24 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descSlotWAL, float64(st.Capture.SlotRetainedWAL))
 	gauge(descOutbox, float64(st.Capture.OutboxMessages))
 	gauge(descInbox, float64(st.Apply.InboxMessages))
+	if st.Cluster != nil {
+		for _, m := range st.Cluster.Members {
+			alive := 0.0
+			if m.State == "alive" || m.State == "suspect" {
+				alive = 1
+			}
+			gauge(descMember, alive, m.Site)
+		}
+		for site, share := range st.Cluster.RingOwnership {
+			gauge(descOwnership, share, site)
+		}
+		for p, ps := range st.Peers {
+			if ps.Reported {
+				gauge(descPeerLagTx, float64(ps.LagTransactions), p)
+				gauge(descPeerLagS, ps.LagSeconds, p)
+			}
+		}
+	}
 	for name, state := range st.Components {
 		up := 0.0
 		if state == "running" {

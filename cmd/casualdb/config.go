@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ type Config struct {
 	Database  DatabaseConfig  `yaml:"database"`
 	NATS      NATSConfig      `yaml:"nats"`
 	Peers     []PeerConfig    `yaml:"peers"`
+	Cluster   ClusterConfig   `yaml:"cluster"`
 	Admin     AdminConfig     `yaml:"admin"`
 	Apply     ApplyConfig     `yaml:"apply"`
 	Conflicts ConflictsConfig `yaml:"conflicts"`
@@ -131,12 +133,44 @@ type NATSConfig struct {
 	URL            string `yaml:"url"`
 	SyncAlways     bool   `yaml:"sync_always"`
 	OutboxMaxBytes int64  `yaml:"outbox_max_bytes"`
+	// OutboxRetention keeps every transaction in the outbox at least this
+	// long, even once every known peer has it: a peer that gossip makes
+	// known later still gets it. 0: trim as soon as every known peer has it.
+	OutboxRetention time.Duration `yaml:"outbox_retention"`
 }
 
 // PeerConfig is another site.
 type PeerConfig struct {
 	Name    string `yaml:"name"`
 	NATSURL string `yaml:"nats_url"`
+}
+
+// ClusterConfig turns on gossip membership: sites find each other (and
+// each other's NATS) by joining any live site, instead of or besides the
+// static peers list.
+type ClusterConfig struct {
+	// Bind is where gossip listens (TCP and UDP), host:port. Empty: no
+	// gossip; the peers list is the cluster.
+	Bind string `yaml:"bind"`
+	// Advertise is the address peers reach this site's gossip at; default
+	// Bind (which must then be a specific IP).
+	Advertise string `yaml:"advertise"`
+	// Join lists gossip addresses of other sites; one live one is enough.
+	Join []string `yaml:"join"`
+	// SecretKey encrypts gossip: base64 of 16, 24 or 32 random bytes, the
+	// same at every site. Required off loopback unless Insecure.
+	SecretKey string `yaml:"secret_key"`
+	// Insecure allows plain-text gossip on non-loopback addresses.
+	Insecure bool `yaml:"insecure"`
+	// PushPull is how often a site exchanges its full state (membership
+	// and progress digest) with a random peer.
+	PushPull time.Duration `yaml:"push_pull"`
+}
+
+// Key decodes SecretKey (Validate has checked it).
+func (c ClusterConfig) Key() []byte {
+	k, _ := base64.StdEncoding.DecodeString(c.SecretKey)
+	return k
 }
 
 // AdminConfig is the HTTP endpoint for metrics, health and status.
@@ -161,11 +195,12 @@ func DefaultConfig() Config {
 	return Config{
 		DataDir:   "casualdb-data",
 		Database:  DatabaseConfig{Publication: "casualdb", ConnectTimeout: 10 * time.Second, ToastFullIdentity: true},
-		NATS:      NATSConfig{Listen: "127.0.0.1:4222", OutboxMaxBytes: 8 << 30},
+		NATS:      NATSConfig{Listen: "127.0.0.1:4222", OutboxMaxBytes: 8 << 30, OutboxRetention: 10 * time.Minute},
 		Admin:     AdminConfig{Listen: "127.0.0.1:9187"},
 		Apply:     ApplyConfig{MaxBatch: 256, WaitTimeout: 30 * time.Second},
 		Conflicts: ConflictsConfig{DeletePolicy: "delete_wins", LogRetention: 30 * 24 * time.Hour},
 		GC:        GCConfig{Interval: 30 * time.Second, Heartbeat: 10 * time.Second},
+		Cluster:   ClusterConfig{PushPull: 5 * time.Second},
 		Log:       LogConfig{Level: "info", Format: "text"},
 	}
 }
@@ -212,11 +247,28 @@ func (c *Config) ApplyEnv(getenv func(string) string) {
 	set(&c.NATS.URL, "CASUALDB_NATS_URL")
 	set(&c.Admin.Listen, "CASUALDB_ADMIN_LISTEN")
 	set(&c.Log.Level, "CASUALDB_LOG_LEVEL")
+	set(&c.Cluster.Bind, "CASUALDB_CLUSTER_BIND")
+	set(&c.Cluster.Advertise, "CASUALDB_CLUSTER_ADVERTISE")
+	set(&c.Cluster.SecretKey, "CASUALDB_CLUSTER_SECRET_KEY")
+	if v := getenv("CASUALDB_CLUSTER_JOIN"); v != "" {
+		c.Cluster.Join = splitList(v)
+	}
 	if v := getenv("CASUALDB_PEERS"); v != "" {
 		if peers, err := parsePeers(strings.Split(v, ",")); err == nil {
 			c.Peers = peers
 		}
 	}
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, it := range strings.Split(v, ",") {
+		if it = strings.TrimSpace(it); it != "" {
+			out = append(out, it)
+		}
+	}
+	return out
 }
 
 // parsePeers parses name=nats://host:port items.
@@ -276,6 +328,9 @@ func (c Config) Validate() error {
 	} else if u, err := url.Parse(c.NATS.URL); err != nil || u.Scheme != "nats" {
 		return bad("nats.url", "%q is not a nats:// URL", c.NATS.URL)
 	}
+	if c.NATS.OutboxRetention < 0 {
+		return bad("nats.outbox_retention", "must not be negative")
+	}
 	if c.NATS.OutboxMaxBytes == 0 || c.NATS.OutboxMaxBytes < -1 {
 		return bad("nats.outbox_max_bytes", "must be positive, or -1 for unbounded")
 	}
@@ -292,6 +347,9 @@ func (c Config) Validate() error {
 		if u, err := url.Parse(p.NATSURL); err != nil || u.Scheme != "nats" || u.Host == "" {
 			return bad(key+".nats_url", "%q is not a nats://host:port URL", p.NATSURL)
 		}
+	}
+	if err := c.Cluster.validate(bad); err != nil {
+		return err
 	}
 	if c.Admin.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
@@ -355,4 +413,60 @@ func (c Config) SlotName() string {
 		return c.Database.Slot
 	}
 	return "casualdb_" + strings.ReplaceAll(c.Site, "-", "_")
+}
+
+// validate checks the cluster keys; bad builds the error naming the key.
+func (c ClusterConfig) validate(bad func(key, format string, args ...any) error) error {
+	if c.Bind == "" {
+		if len(c.Join) > 0 || c.Advertise != "" {
+			return bad("cluster.bind", "required when cluster.join or cluster.advertise is set (where gossip listens, host:port)")
+		}
+		return nil
+	}
+	hostPort := func(key, v string) (string, error) {
+		host, port, err := net.SplitHostPort(v)
+		if err != nil || port == "" || port == "0" {
+			return "", bad(key, "%q is not host:port", v)
+		}
+		return host, nil
+	}
+	bindHost, err := hostPort("cluster.bind", c.Bind)
+	if err != nil {
+		return err
+	}
+	advHost := bindHost
+	if c.Advertise != "" {
+		if advHost, err = hostPort("cluster.advertise", c.Advertise); err != nil {
+			return err
+		}
+	}
+	if ip := net.ParseIP(advHost); ip == nil || ip.IsUnspecified() {
+		key := "cluster.advertise"
+		if c.Advertise == "" {
+			key = "cluster.bind"
+		}
+		return bad(key, "%q: peers need a specific IP address to reach this site's gossip at (set cluster.advertise)", advHost)
+	}
+	for i, j := range c.Join {
+		if _, err := hostPort(fmt.Sprintf("cluster.join[%d]", i), j); err != nil {
+			return err
+		}
+	}
+	if c.SecretKey != "" {
+		k, err := base64.StdEncoding.DecodeString(c.SecretKey)
+		if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
+			return bad("cluster.secret_key", "want base64 of 16, 24 or 32 bytes (e.g. from `head -c 32 /dev/urandom | base64`)")
+		}
+	} else if !c.Insecure && !(isLoopbackHost(bindHost) && isLoopbackHost(advHost)) {
+		return bad("cluster.secret_key", "required to gossip on %s, off loopback (or set cluster.insecure: true to gossip in plain text)", c.Bind)
+	}
+	if c.PushPull <= 0 {
+		return bad("cluster.push_pull", "must be positive")
+	}
+	return nil
+}
+
+func isLoopbackHost(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }

@@ -25,6 +25,12 @@ func TestLoadConfig(t *testing.T) {
 		if got, want := cfg.Apply.WaitTimeout, 10*time.Second; got != want {
 			t.Errorf("apply.wait_timeout: got %s, want %s", got, want)
 		}
+		if got, want := len(cfg.Cluster.Key()), 32; got != want {
+			t.Errorf("cluster.secret_key: %d bytes, want %d", got, want)
+		}
+		if got, want := cfg.Cluster.PushPull, 2*time.Second; got != want {
+			t.Errorf("cluster.push_pull: got %s, want %s", got, want)
+		}
 		if got, want := cfg.SlotName(), "casualdb_eu1"; got != want {
 			t.Errorf("slot: got %s, want %s", got, want)
 		}
@@ -67,6 +73,10 @@ func TestConfig_Validate(t *testing.T) {
 		{"bad-delete-policy.yml", `conflicts.delete_policy: "update_wins": want delete_wins or lww`},
 		{"bad-table-delete-policy.yml", "conflicts.tables.accounts.delete_policy"},
 		{"bad-merge.yml", `conflicts.tables.t.merge: "cells": want row or columns`},
+		{"bad-cluster-no-key.yml", "cluster.secret_key: required to gossip on 10.0.0.1:7946, off loopback"},
+		{"bad-cluster-key.yml", "cluster.secret_key: want base64 of 16, 24 or 32 bytes"},
+		{"bad-cluster-wildcard.yml", `cluster.bind: "0.0.0.0": peers need a specific IP address`},
+		{"bad-cluster-join.yml", "cluster.bind: required when cluster.join"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

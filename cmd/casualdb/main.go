@@ -60,6 +60,9 @@ Usage:
   casualdb parked replay --config FILE ID...
                                          write parked changes here as new local writes (they
                                          replicate) and unpark each one written
+  casualdb status [--config FILE | --admin HOST:PORT] [--json]
+                                         the running sidecar: health, peers and their lag, the
+                                         cluster as gossip sees it
   casualdb demo                          three local sites converging, on embedded defaults
   casualdb version
 
@@ -81,6 +84,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return m.conflictsCmd(ctx, args[1:])
 	case "parked":
 		return m.parkedCmd(ctx, args[1:])
+	case "status":
+		return m.statusCmd(ctx, args[1:])
 	case "demo":
 		return m.demoCmd(ctx, args[1:])
 	case "version":

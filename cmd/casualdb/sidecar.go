@@ -16,6 +16,7 @@ import (
 	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/capture"
 	"github.com/casualdb/casualdb/meta"
+	"github.com/casualdb/casualdb/ring"
 	"github.com/casualdb/casualdb/ship"
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
@@ -36,9 +37,16 @@ type Sidecar struct {
 	inbox    *ship.Inbox
 	capturer *capture.Capturer
 	applier  *apply.Applier
-	shippers map[casualdb.SiteID]*ship.Shipper
+	member   *ring.Membership // nil without cluster.bind
 	admin    net.Listener
 	delays   *prometheus.HistogramVec // commit at the origin to each stage
+
+	// peerMu guards shippers and group: peers learned by gossip are added
+	// while the sidecar runs.
+	peerMu   sync.Mutex
+	shippers map[casualdb.SiteID]*ship.Shipper
+	group    *errgroup.Group // Run's group, to start the shippers of new peers
+	groupCtx context.Context
 
 	mu        sync.Mutex
 	health    map[string]error // component -> last error (nil: running)
@@ -162,19 +170,25 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 	if s.inbox, err = ship.OpenInbox(ctx, js, site); err != nil {
 		return err
 	}
+	// Every peer the outbox kept transactions for (some learned by gossip
+	// in an earlier run), then the configured ones, whose URLs win. Before
+	// capture appends anything: the outbox keeps all for a peer that never
+	// connected yet.
+	known, err := s.outbox.Peers(ctx)
+	if err != nil {
+		return err
+	}
 	for _, p := range s.cfg.Peers {
-		stage := "shipped_" + p.Name
-		sh, err := ship.NewShipper(ship.ShipperConfig{Site: site, Peer: casualdb.SiteID(p.Name), PeerURL: p.NATSURL, Outbox: s.outbox, Logger: s.log,
-			ObserveDelay: func(d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, stage).Observe(d.Seconds()) }})
-		if err != nil {
+		known[casualdb.SiteID(p.Name)] = p.NATSURL
+	}
+	for peer, url := range known {
+		if url == "" {
+			s.log.Warn("the outbox keeps transactions for a peer whose address is unknown until gossip tells it", "peer", peer)
+			url = "nats://unknown.invalid:4222"
+		}
+		if err := s.addPeer(ctx, peer, url); err != nil {
 			return err
 		}
-		// Before capture appends anything: the outbox keeps all for a peer
-		// that never connected yet.
-		if _, err := sh.EnsureConsumer(ctx); err != nil {
-			return err
-		}
-		s.shippers[casualdb.SiteID(p.Name)] = sh
 	}
 	if s.capturer, err = capture.New(capture.Config{
 		Site: site, DSN: s.cfg.Database.DSN, Slot: s.cfg.SlotName(), Publication: s.cfg.Database.Publication,
@@ -198,7 +212,116 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 			return fmt.Errorf("admin.listen %s: %w", s.cfg.Admin.Listen, err)
 		}
 	}
+	if s.cfg.Cluster.Bind != "" {
+		adminAddr := ""
+		if s.admin != nil {
+			adminAddr = s.admin.Addr().String()
+		}
+		if s.member, err = ring.Join(ring.MemberConfig{
+			Site: site, Bind: s.cfg.Cluster.Bind, Advertise: s.cfg.Cluster.Advertise, Join: s.cfg.Cluster.Join,
+			SecretKey: s.cfg.Cluster.Key(), Insecure: s.cfg.Cluster.Insecure, PushPull: s.cfg.Cluster.PushPull,
+			Meta:  ring.NodeMeta{NATSURL: s.advertisedNATS(), Admin: adminAddr},
+			State: s.gossipState, Logger: s.log,
+		}); err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+	}
 	return nil
+}
+
+// advertisedNATS is the URL peers publish to this site's inbox at: the
+// external NATS when one is configured, else the embedded server's listen
+// address, with the gossip address's host when it listens on every
+// interface.
+func (s *Sidecar) advertisedNATS() string {
+	if s.cfg.NATS.URL != "" {
+		return s.cfg.NATS.URL
+	}
+	host, port, _ := net.SplitHostPort(s.cfg.NATS.Listen)
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		adv := s.cfg.Cluster.Advertise
+		if adv == "" {
+			adv = s.cfg.Cluster.Bind
+		}
+		host, _, _ = net.SplitHostPort(adv)
+	}
+	return "nats://" + net.JoinHostPort(host, port)
+}
+
+// addPeer starts shipping to peer at url: a shipper and its durable outbox
+// consumer, started at once when the sidecar runs. A known peer only gets
+// the new URL.
+func (s *Sidecar) addPeer(ctx context.Context, peer casualdb.SiteID, url string) error {
+	s.peerMu.Lock()
+	defer s.peerMu.Unlock()
+	if sh, ok := s.shippers[peer]; ok {
+		if sh.PeerURL() == url {
+			return nil
+		}
+		s.log.Info("peer's NATS address changed", "peer", peer, "from", sh.PeerURL(), "to", url)
+		sh.SetPeerURL(url)
+		_, err := sh.EnsureConsumer(ctx) // remembers it
+		return err
+	}
+	stage := "shipped_" + string(peer)
+	sh, err := ship.NewShipper(ship.ShipperConfig{Site: casualdb.SiteID(s.cfg.Site), Peer: peer, PeerURL: url, Outbox: s.outbox, Logger: s.log,
+		ObserveDelay: func(d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, stage).Observe(d.Seconds()) }})
+	if err != nil {
+		return err
+	}
+	if _, err := sh.EnsureConsumer(ctx); err != nil {
+		return err
+	}
+	s.shippers[peer] = sh
+	if s.group != nil {
+		s.log.Info("new peer: shipping to it", "peer", peer, "nats_url", url)
+		s.group.Go(func() error { return s.supervise(s.groupCtx, "ship:"+string(peer), sh.Run) })
+	}
+	return nil
+}
+
+// peerList returns the peers, sorted.
+func (s *Sidecar) peerList() []casualdb.SiteID {
+	s.peerMu.Lock()
+	defer s.peerMu.Unlock()
+	out := make([]casualdb.SiteID, 0, len(s.shippers))
+	for p := range s.shippers {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// shipper returns the shipper of peer (nil if unknown).
+func (s *Sidecar) shipper(peer casualdb.SiteID) *ship.Shipper {
+	s.peerMu.Lock()
+	defer s.peerMu.Unlock()
+	return s.shippers[peer]
+}
+
+// watchMembers ships to every live site gossip tells of, and follows their
+// NATS addresses.
+func (s *Sidecar) watchMembers(ctx context.Context) error {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		for _, m := range s.member.Members() {
+			if string(m.Site) == s.cfg.Site || m.State != ring.StateAlive || m.Meta.NATSURL == "" {
+				continue
+			}
+			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := s.addPeer(actx, m.Site, m.Meta.NATSURL)
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				s.log.Warn("add peer learned by gossip", "peer", m.Site, "err", err)
+			}
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return nil
+		}
+	}
 }
 
 // Run runs every component until ctx is done. Capture and apply restart
@@ -208,9 +331,14 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.supervise(ctx, "capture", s.capturer.Run) })
 	g.Go(func() error { return s.supervise(ctx, "apply", s.applier.Run) })
+	s.peerMu.Lock()
+	s.group, s.groupCtx = g, ctx
 	for peer, sh := range s.shippers {
-		sh := sh
 		g.Go(func() error { return s.supervise(ctx, "ship:"+string(peer), sh.Run) })
+	}
+	s.peerMu.Unlock()
+	if s.member != nil {
+		g.Go(func() error { return s.watchMembers(ctx) })
 	}
 	g.Go(func() error { return s.housekeep(ctx) })
 	if s.admin != nil {
@@ -228,7 +356,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 			return srv.Shutdown(sctx)
 		})
 	}
-	s.log.Info("casualdb running", "tables", len(s.tables), "peers", len(s.cfg.Peers), "admin", s.cfg.Admin.Listen)
+	s.log.Info("casualdb running", "tables", len(s.tables), "peers", len(s.peerList()), "admin", s.cfg.Admin.Listen, "gossip", s.cfg.Cluster.Bind)
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
@@ -271,10 +399,6 @@ func (s *Sidecar) setHealth(name string, err error) {
 // housekeep trims the outbox below what every peer and capture have, and
 // samples the slot's retained WAL and the queues for metrics.
 func (s *Sidecar) housekeep(ctx context.Context) error {
-	peers := make([]casualdb.SiteID, 0, len(s.shippers))
-	for p := range s.shippers {
-		peers = append(peers, p)
-	}
 	cfg, err := pgx.ParseConfig(s.cfg.Database.DSN)
 	if err != nil {
 		return fmt.Errorf("housekeeping: %w", err)
@@ -285,10 +409,7 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 			conn.Close(context.Background())
 		}
 	}()
-	sites := []casualdb.SiteID{casualdb.SiteID(s.cfg.Site)}
-	for _, p := range s.cfg.Peers {
-		sites = append(sites, casualdb.SiteID(p.Name))
-	}
+	var kept retention
 	tick := time.NewTicker(min(2*time.Second, s.cfg.GC.Heartbeat, s.cfg.GC.Interval))
 	defer tick.Stop()
 	var lastBeat, lastGC time.Time
@@ -304,6 +425,10 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 				lastBeat = time.Now()
 			}
 		}
+		// Every peer ever known (the outbox keeps a consumer for each) must
+		// have seen a tombstone before it goes.
+		peers := s.peerList()
+		sites := append([]casualdb.SiteID{casualdb.SiteID(s.cfg.Site)}, peers...)
 		if conn != nil && time.Since(lastGC) >= s.cfg.GC.Interval {
 			n, err := meta.CollectTombstones(qctx, conn, sites, casualdb.SiteID(s.cfg.Site))
 			if err != nil {
@@ -331,7 +456,8 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 				s.mu.Unlock()
 			}
 			if st, err := meta.LoadCaptureState(qctx, conn, casualdb.SiteID(s.cfg.Site)); err == nil {
-				if err := s.outbox.Trim(qctx, peers, st.OutboxSeq); err != nil {
+				floor := kept.floor(time.Now(), s.cfg.NATS.OutboxRetention, st.OutboxSeq)
+				if err := s.outbox.Trim(qctx, peers, floor); err != nil {
 					s.log.Debug("trim outbox", "err", err)
 				}
 			}
@@ -357,6 +483,11 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 
 // Close releases what Start acquired; safe to call twice.
 func (s *Sidecar) Close() {
+	if s.member != nil {
+		if err := s.member.Close(); err != nil {
+			s.log.Warn("leave the cluster", "err", err)
+		}
+	}
 	if s.capturer != nil {
 		s.capturer.Close()
 	}
@@ -372,4 +503,35 @@ func (s *Sidecar) Close() {
 		s.server.Close()
 		s.server = nil
 	}
+}
+
+// retention remembers how far the outbox had got at each housekeeping round,
+// so that trimming keeps what was appended within the retention period.
+type retention struct {
+	samples []retentionSample
+}
+
+type retentionSample struct {
+	at  time.Time
+	seq uint64
+}
+
+// floor records that the outbox holds up to seq now and returns the highest
+// sequence that was already there keep ago (0 while the sidecar has run for
+// less than keep: nothing may go yet). keep 0 returns seq.
+func (r *retention) floor(now time.Time, keep time.Duration, seq uint64) uint64 {
+	if keep <= 0 {
+		return seq
+	}
+	r.samples = append(r.samples, retentionSample{at: now, seq: seq})
+	// Drop the samples made obsolete by a newer one that is old enough.
+	i := 0
+	for i+1 < len(r.samples) && !r.samples[i+1].at.After(now.Add(-keep)) {
+		i++
+	}
+	r.samples = r.samples[i:]
+	if r.samples[0].at.After(now.Add(-keep)) {
+		return 0
+	}
+	return r.samples[0].seq
 }

@@ -1,0 +1,122 @@
+package integration
+
+import (
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/casualdb/casualdb/internal/pgtest"
+)
+
+// peerField reads st["peers"][peer][field] from site i's /status.
+func peerField(t *testing.T, c *cluster, i int, peer, field string) any {
+	t.Helper()
+	peers, _ := status(t, c, i)["peers"].(map[string]any)
+	p, _ := peers[peer].(map[string]any)
+	return p[field]
+}
+
+// memberStates renders site i's gossip view as "a=alive b=alive ...".
+func memberStates(t *testing.T, c *cluster, i int) string {
+	t.Helper()
+	cl, _ := status(t, c, i)["cluster"].(map[string]any)
+	members, _ := cl["members"].([]any)
+	var out []string
+	for _, m := range members {
+		mm := m.(map[string]any)
+		out = append(out, fmt.Sprintf("%v=%v", mm["site"], mm["state"]))
+	}
+	return strings.Join(out, " ")
+}
+
+// TestGossip_ClusterFormsAndHeals starts three sites that know nothing of
+// each other but one gossip address: they find each other's NATS, converge,
+// report each other's lag; a site killed is seen as dead and its backlog
+// grows; restarted, it rejoins and catches up.
+func TestGossip_ClusterFormsAndHeals(t *testing.T) {
+	c := newClusterWith(t, clusterOptions{Sites: 3, Gossip: true, Schema: `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)`})
+	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		for i := range c.sites {
+			if got := memberStates(t, c, i); got != "a=alive b=alive c=alive" {
+				return fmt.Errorf("site %s sees %q", c.sites[i].name, got)
+			}
+		}
+		return nil
+	})
+	for i := range c.sites {
+		c.exec(i, fmt.Sprintf(`INSERT INTO kv VALUES (%d, 'from %s')`, i, c.sites[i].name))
+	}
+	c.waitConverged(60*time.Second, "kv")
+	// Every peer reports, by gossip, that it has everything a wrote.
+	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		for _, p := range []string{"b", "c"} {
+			if r, lag := peerField(t, c, 0, p, "reported"), peerField(t, c, 0, p, "lag_transactions"); r != true || lag != 0.0 {
+				return fmt.Errorf("a's view of %s: reported %v, lag %v transactions", p, r, lag)
+			}
+		}
+		return nil
+	})
+	cl := status(t, c, 0)["cluster"].(map[string]any)
+	var share float64
+	for _, v := range cl["ring_ownership"].(map[string]any) {
+		share += v.(float64)
+	}
+	if share < 0.999 || share > 1.001 {
+		t.Errorf("ring ownership adds up to %f, want 1", share)
+	}
+	out, err := exec.Command(binary, "status", "--admin", fmt.Sprintf("127.0.0.1:%d", c.sites[0].adminPort)).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "cluster (gossip):") || !strings.Contains(string(out), "site a: healthy") {
+		t.Errorf("casualdb status: %v\n%s", err, out)
+	}
+
+	// c fails: a sees it dead, and what a writes meanwhile waits for it.
+	c.kill(2)
+	pgtest.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
+		if got := memberStates(t, c, 0); got != "a=alive b=alive c=dead" {
+			return fmt.Errorf("after c was killed, a sees %q", got)
+		}
+		return nil
+	})
+	c.exec(0, `INSERT INTO kv SELECT g, 'while c was down' FROM generate_series(10, 19) g`)
+	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if lag := peerField(t, c, 0, "c", "lag_transactions"); lag != 1.0 {
+			return fmt.Errorf("a's view of c: lag %v transactions, want 1", lag)
+		}
+		if lag := peerField(t, c, 0, "b", "lag_transactions"); lag != 0.0 {
+			return fmt.Errorf("a's view of b: lag %v transactions, want 0", lag)
+		}
+		return nil
+	})
+	if m := metrics(t, c, 0); !strings.Contains(m, `casualdb_member_alive{site="c"} 0`) || !strings.Contains(m, `casualdb_peer_lag_transactions{peer="c"} 1`) {
+		t.Errorf("a's metrics lack c's state and lag:\n%s", grepLines(m, "member_alive", "peer_lag"))
+	}
+
+	// c comes back: it rejoins, catches up, and a sees it has.
+	c.start(2)
+	c.waitHealthy(2)
+	c.waitConverged(60*time.Second, "kv")
+	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if got := memberStates(t, c, 0); got != "a=alive b=alive c=alive" {
+			return fmt.Errorf("after c came back, a sees %q", got)
+		}
+		if lag := peerField(t, c, 0, "c", "lag_transactions"); lag != 0.0 {
+			return fmt.Errorf("a's view of c: lag %v transactions, want 0", lag)
+		}
+		return nil
+	})
+}
+
+func grepLines(s string, subs ...string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		for _, sub := range subs {
+			if strings.Contains(l, sub) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
