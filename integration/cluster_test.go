@@ -44,20 +44,20 @@ func TestMain(m *testing.M) {
 
 // site is one PostgreSQL plus one casualdb process.
 type site struct {
-	name      string
-	pg        *pgtest.Server
+	name       string
+	pg         *pgtest.Server
 	natsPort   int
 	adminPort  int
 	gossipPort int // with clusterOptions.Gossip
 	dir        string
-	cmd       *exec.Cmd
-	done      chan struct{}
-	runs      int
+	cmd        *exec.Cmd
+	done       chan struct{}
+	runs       int
 }
 
 type cluster struct {
-	t     testing.TB
-	sites []*site
+	t      testing.TB
+	sites  []*site
 	extra  []string // extra config lines for every site
 	gossip bool
 	// links[i][j] carries site i's connection to site j's NATS (i ships to
