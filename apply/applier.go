@@ -67,6 +67,9 @@ type Config struct {
 	// inbox; "applied": committed here). Clock differences between the
 	// sites are included.
 	ObserveDelay func(origin casualdb.SiteID, stage string, d time.Duration)
+	// Hinter, when set, sees every transaction taken from the inbox
+	// before it is applied or acknowledged (hinted handoff).
+	Hinter Hinter
 }
 
 // OriginStats describes what was applied from one origin.
@@ -183,6 +186,7 @@ func (d *delivery) fail(delay time.Duration) {
 type inMsg struct {
 	d      *delivery
 	tx     *casualdb.Tx
+	data   []byte // tx as shipped
 	origin casualdb.SiteID
 	seq    uint64
 	epoch  string
@@ -284,6 +288,17 @@ func (a *Applier) handle(ctx context.Context, batch []jetstream.Msg) error {
 			im.d.fail(100 * time.Millisecond)
 			continue
 		}
+		if a.cfg.Hinter != nil {
+			// Before the message can be acknowledged: a hint kept only
+			// after the commit would be lost by a crash in between.
+			err := a.cfg.Hinter.Hint(ctx, Received{Origin: im.origin, Epoch: im.epoch, Seq: im.seq, Tx: im.tx, Data: im.data})
+			if err != nil {
+				a.log.Warn("keep hint; the transaction waits", "origin", im.origin, "seq", im.seq, "err", err)
+				blocked[im.origin] = true
+				im.d.fail(time.Second)
+				continue
+			}
+		}
 		switch a.admit(im) {
 		case admitDuplicate:
 			a.count(func(s *Stats) { s.Skipped++ })
@@ -379,6 +394,25 @@ func (a *Applier) noteDependency(im inMsg, site casualdb.SiteID, lsn uint64) {
 	}
 }
 
+// Hinter keeps what this site receives as hints for sites that are down.
+// The sidecar implements it with the ring and gossip membership.
+type Hinter interface {
+	// Hint is called, never concurrently, for every transaction taken from
+	// the inbox (duplicates included), before it is applied; it returns
+	// once any hint it keeps is durable. An error hands the transaction
+	// back to the inbox.
+	Hint(ctx context.Context, r Received) error
+}
+
+// Received is a transaction as it arrived from its origin.
+type Received struct {
+	Origin casualdb.SiteID
+	Epoch  string
+	Seq    uint64
+	Tx     *casualdb.Tx
+	Data   []byte // encoded as shipped
+}
+
 type admission int
 
 const (
@@ -432,7 +466,7 @@ func (a *Applier) decodeMsg(ctx context.Context, m jetstream.Msg) ([]inMsg, erro
 	now := time.Now()
 	out := make([]inMsg, 0, len(entries))
 	for _, e := range entries {
-		im := inMsg{d: d, origin: origin, epoch: h.Get(headerEpoch), seq: e.Seq, received: now}
+		im := inMsg{d: d, origin: origin, epoch: h.Get(headerEpoch), seq: e.Seq, received: now, data: e.Data}
 		if im.tx, err = casualdb.UnmarshalTx(e.Data); err == nil && im.tx.Origin != origin {
 			err = fmt.Errorf("%w: tx of %s arrived as from %s", casualdb.ErrGarbled, im.tx.Origin, origin)
 		}

@@ -85,9 +85,9 @@ type clusterOptions struct {
 	FakeTime map[int]string
 	// Extra are config lines added to every site's configuration.
 	Extra []string
-	// Gossip replaces the static peers lists with gossip membership: site a
-	// names b to join, every other site names a, and sites learn each
-	// other's NATS from gossip.
+	// Gossip replaces the static peers lists with gossip membership: each
+	// site names the others' gossip addresses to join (any one live one
+	// suffices), and sites learn each other's NATS from gossip.
 	Gossip bool
 }
 
@@ -279,13 +279,15 @@ func (c *cluster) config(s *site) string {
 	fmt.Fprintf(&b, "log:\n  level: debug\n")
 	from := slices.Index(c.sites, s)
 	if c.gossip {
-		join := c.sites[0]
-		if from == 0 && len(c.sites) > 1 {
-			join = c.sites[1]
-		}
 		fmt.Fprintf(&b, "cluster:\n  bind: 127.0.0.1:%d\n  push_pull: 200ms\n", s.gossipPort)
-		if join != s {
-			fmt.Fprintf(&b, "  join: [127.0.0.1:%d]\n", join.gossipPort)
+		var join []string
+		for _, p := range c.sites {
+			if p != s {
+				join = append(join, fmt.Sprintf("127.0.0.1:%d", p.gossipPort))
+			}
+		}
+		if len(join) > 0 {
+			fmt.Fprintf(&b, "  join: [%s]\n", strings.Join(join, ", "))
 		}
 		for _, l := range c.extra {
 			b.WriteString(l + "\n")

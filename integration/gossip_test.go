@@ -120,3 +120,61 @@ func grepLines(s string, subs ...string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestGossip_HintedHandoff: a writes while c is down, so b keeps a's
+// transactions as hints for c; then a goes down too, and c, back, gets a's
+// writes from b's hints.
+func TestGossip_HintedHandoff(t *testing.T) {
+	// No heartbeats during the test: a heartbeat of a's committed while b
+	// still took c for alive would be neither hinted nor, with a down,
+	// shipped, and c would wait for it.
+	c := newClusterWith(t, clusterOptions{Sites: 3, Gossip: true, Schema: `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)`,
+		Extra: []string{"gc:", "  heartbeat: 1h"}})
+	waitStates := func(i int, want string) {
+		t.Helper()
+		pgtest.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
+			if got := memberStates(t, c, i); got != want {
+				return fmt.Errorf("site %s sees %q, want %q", c.sites[i].name, got, want)
+			}
+			return nil
+		})
+	}
+	for i := range c.sites {
+		waitStates(i, "a=alive b=alive c=alive")
+	}
+	c.exec(0, `INSERT INTO kv VALUES (0, 'before')`)
+	c.waitConverged(60*time.Second, "kv")
+
+	c.kill(2)
+	waitStates(0, "a=alive b=alive c=dead")
+	waitStates(1, "a=alive b=alive c=dead")
+	for k := 1; k <= 5; k++ {
+		c.exec(0, `INSERT INTO kv VALUES ($1, 'while c was down')`, k)
+	}
+	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if n := peerField(t, c, 1, "c", "hints_held"); n != 5.0 {
+			return fmt.Errorf("b holds %v hints for c, want 5", n)
+		}
+		return nil
+	})
+	c.kill(0)
+	c.start(2)
+	c.waitHealthy(2)
+	pgtest.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
+		got, err := c.queryString(2, `SELECT count(*)::text FROM kv`)
+		if err != nil || got != "6" {
+			return fmt.Errorf("c holds %s rows, %v; want 6 (a's writes from b's hints)", got, err)
+		}
+		return nil
+	})
+	c.waitConverged(30*time.Second, "kv")
+	pgtest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		if n, h := peerField(t, c, 1, "c", "hints_held"), peerField(t, c, 1, "c", "hints_handed_off"); n != 0.0 || h != 5.0 {
+			return fmt.Errorf("b: %v hints held for c, %v handed off; want 0 and 5", n, h)
+		}
+		return nil
+	})
+	if m := metrics(t, c, 1); !strings.Contains(m, `casualdb_hints_handed_off_total{site="c"} 5`) {
+		t.Errorf("b's metrics lack the hand-off:\n%s", grepLines(m, "hints"))
+	}
+}

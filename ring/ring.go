@@ -149,6 +149,51 @@ func (r *Ring) Sloppy(id string, n int, alive func(casualdb.SiteID) bool) []Plac
 	return out
 }
 
+// HintHolders returns, for each member of id's preference list of n that is
+// down (other than origin, whose own outbox keeps its transactions), the
+// live site that keeps the transaction as a hint for it: the next live
+// site clockwise beyond the list, as Sloppy places it, or — in a cluster
+// too small to have one (three sites and n = 3) — the next live member of
+// the list. The origin never holds hints for its own transactions: the
+// point of a hint is that the member gets the transaction even while the
+// origin is down. A down member with no possible holder is left out.
+func (r *Ring) HintHolders(id string, n int, origin casualdb.SiteID, alive func(casualdb.SiteID) bool) map[casualdb.SiteID]casualdb.SiteID {
+	out := map[casualdb.SiteID]casualdb.SiteID{}
+	if n <= 0 {
+		return out
+	}
+	var pref, spare []casualdb.SiteID
+	r.walk(KeyHash(id), func(s casualdb.SiteID) bool {
+		if len(pref) < n {
+			pref = append(pref, s)
+		} else if alive(s) && s != origin {
+			spare = append(spare, s)
+		}
+		return true
+	})
+	for _, s := range pref {
+		if alive(s) && s != origin {
+			spare = append(spare, s) // list members stand in last
+		}
+	}
+	used := map[casualdb.SiteID]bool{}
+	for _, x := range pref {
+		if x == origin || alive(x) {
+			continue
+		}
+		for _, h := range spare {
+			if !used[h] {
+				out[x], used[h] = h, true
+				break
+			}
+		}
+		if _, ok := out[x]; !ok && len(spare) > 0 {
+			out[x] = spare[0] // more down members than holders: share one
+		}
+	}
+	return out
+}
+
 // Ownership returns the share of the hash space (0 to 1) for which each site
 // is the first in the preference list.
 func (r *Ring) Ownership() map[casualdb.SiteID]float64 {

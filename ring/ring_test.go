@@ -96,6 +96,28 @@ func TestRing_Sloppy(t *testing.T) {
 	}
 }
 
+func TestRing_HintHolders(t *testing.T) {
+	r := mustRing(t, "a", "b", "c")
+	id := "a-0/1000"
+	down := func(d ...casualdb.SiteID) func(casualdb.SiteID) bool {
+		return func(s casualdb.SiteID) bool { return !slices.Contains(d, s) }
+	}
+	// Three sites, n = 3, c down, a the origin: b keeps c's hint.
+	if got := r.HintHolders(id, 3, "a", down("c")); fmt.Sprint(got) != "map[c:b]" {
+		t.Errorf("c down: holders %v, want c's hint at b", got)
+	}
+	// The origin down too: nothing to do for it (its outbox has it).
+	if got := r.HintHolders(id, 3, "a", down("a", "c")); fmt.Sprint(got) != "map[c:b]" {
+		t.Errorf("a and c down: holders %v, want c's hint at b only", got)
+	}
+	if got := r.HintHolders(id, 3, "a", down("b", "c")); len(got) != 0 {
+		t.Errorf("only the origin live: holders %v, want none", got)
+	}
+	if got := r.HintHolders(id, 3, "a", down()); len(got) != 0 {
+		t.Errorf("all live: holders %v, want none", got)
+	}
+}
+
 // TestRing_Properties checks the laws the cluster relies on, for any members
 // and ids: placement does not depend on the order members are listed in;
 // sloppy placements are live, distinct, keep every live member of the
@@ -154,6 +176,26 @@ func TestRing_Properties(t *testing.T) {
 		}
 		if want := min(n, len(sites), live); len(placed) != want {
 			t.Fatalf("%d placements %+v, want %d (n=%d, %d live)", len(placed), placed, want, n, live)
+		}
+
+		origin := sites[rapid.IntRange(0, len(sites)-1).Draw(t, "origin")]
+		holders := r1.HintHolders(id, n, origin, alive)
+		anyHolder := false
+		for _, s := range sites {
+			anyHolder = anyHolder || (!dead[s] && s != origin)
+		}
+		for _, x := range p1 {
+			h, ok := holders[x]
+			switch {
+			case x == origin || !dead[x]:
+				if ok {
+					t.Fatalf("hint holder %s for %s, which is live or the origin", h, x)
+				}
+			case !ok && anyHolder:
+				t.Fatalf("down member %s of %v has no hint holder (origin %s, dead %v)", x, p1, origin, dead)
+			case ok && (dead[h] || h == origin || h == x):
+				t.Fatalf("hint for %s held by %s: dead, the origin or itself", x, h)
+			}
 		}
 
 		// Consistency: with one more site, an id's first site either stays

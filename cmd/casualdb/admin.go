@@ -64,6 +64,10 @@ type PeerStatus struct {
 	AppliedSeq      uint64  `json:"applied_seq"`
 	LagTransactions uint64  `json:"lag_transactions"`
 	LagSeconds      float64 `json:"lag_seconds"`
+	// Hints: transactions of other origins kept here for the peer while it
+	// was down, and how many were handed off to it since start.
+	HintsHeld   uint64 `json:"hints_held"`
+	HintsHanded uint64 `json:"hints_handed_off"`
 }
 
 // OriginStatus describes what was applied from one origin.
@@ -170,11 +174,13 @@ var (
 	descMember    = prometheus.NewDesc("casualdb_member_alive", "With gossip: 1 when the site is alive (or suspect), 0 when it failed or left.", []string{"site"}, nil)
 	descOwnership = prometheus.NewDesc("casualdb_ring_ownership_ratio", "With gossip: the site's share of the hash ring.", []string{"site"}, nil)
 	descPeerLagTx = prometheus.NewDesc("casualdb_peer_lag_transactions", "With gossip: transactions of this site's outbox the peer has not applied, by its own account.", []string{"peer"}, nil)
+	descHints     = prometheus.NewDesc("casualdb_hints_held", "With gossip: other origins' transactions kept here for a site that was down (hinted handoff).", []string{"site"}, nil)
+	descHanded    = prometheus.NewDesc("casualdb_hints_handed_off_total", "With gossip: hints delivered to the site they were kept for.", []string{"site"}, nil)
 	descPeerLagS  = prometheus.NewDesc("casualdb_peer_lag_seconds", "With gossip: age of the oldest transaction of this site the peer has not applied (0 when it has them all).", []string{"peer"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS} {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded} {
 		ch <- d
 	}
 }
@@ -225,6 +231,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				gauge(descPeerLagTx, float64(ps.LagTransactions), p)
 				gauge(descPeerLagS, ps.LagSeconds, p)
 			}
+			gauge(descHints, float64(ps.HintsHeld), p)
+			counter(descHanded, ps.HintsHanded, p)
 		}
 	}
 	for name, state := range st.Components {

@@ -72,6 +72,22 @@ func (s *Sidecar) clusterStatus(ctx context.Context, st *Status) {
 	}
 	st.Cluster = cs
 	self := casualdb.SiteID(s.cfg.Site)
+	held, err := s.hints.Held(ctx)
+	if err != nil {
+		s.log.Debug("hints held", "err", err)
+	}
+	s.peerMu.Lock()
+	for site, h := range s.handoffs {
+		ps := st.Peers[string(site)]
+		ps.HintsHanded = h.HandedOff()
+		st.Peers[string(site)] = ps
+	}
+	s.peerMu.Unlock()
+	for site, n := range held {
+		ps := st.Peers[string(site)]
+		ps.HintsHeld = n
+		st.Peers[string(site)] = ps
+	}
 	last := st.Capture.OutboxSeq
 	for name, ps := range st.Peers {
 		if m, ok := memberState(cs, name); ok {

@@ -165,6 +165,10 @@ type ClusterConfig struct {
 	// PushPull is how often a site exchanges its full state (membership
 	// and progress digest) with a random peer.
 	PushPull time.Duration `yaml:"push_pull"`
+	// N is the length of a transaction's preference list on the ring: the
+	// sites responsible for keeping it durably; one that is down gets it as
+	// a hint kept by a live stand-in.
+	N int `yaml:"n"`
 }
 
 // Key decodes SecretKey (Validate has checked it).
@@ -200,7 +204,7 @@ func DefaultConfig() Config {
 		Apply:     ApplyConfig{MaxBatch: 256, WaitTimeout: 30 * time.Second},
 		Conflicts: ConflictsConfig{DeletePolicy: "delete_wins", LogRetention: 30 * 24 * time.Hour},
 		GC:        GCConfig{Interval: 30 * time.Second, Heartbeat: 10 * time.Second},
-		Cluster:   ClusterConfig{PushPull: 5 * time.Second},
+		Cluster:   ClusterConfig{PushPull: 5 * time.Second, N: 3},
 		Log:       LogConfig{Level: "info", Format: "text"},
 	}
 }
@@ -462,6 +466,9 @@ func (c ClusterConfig) validate(bad func(key, format string, args ...any) error)
 	}
 	if c.PushPull <= 0 {
 		return bad("cluster.push_pull", "must be positive")
+	}
+	if c.N < 1 {
+		return bad("cluster.n", "must be at least 1")
 	}
 	return nil
 }

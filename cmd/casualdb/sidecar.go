@@ -38,6 +38,11 @@ type Sidecar struct {
 	capturer *capture.Capturer
 	applier  *apply.Applier
 	member   *ring.Membership // nil without cluster.bind
+	hints    *ship.Hints      // nil without cluster.bind
+	ringMu   sync.Mutex
+	ringOf   string     // the member set ring was built for
+	ring     *ring.Ring // over every site gossip knows, in any state
+	handoffs map[casualdb.SiteID]*ship.Handoff // guarded by peerMu
 	admin    net.Listener
 	delays   *prometheus.HistogramVec // commit at the origin to each stage
 
@@ -170,6 +175,11 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 	if s.inbox, err = ship.OpenInbox(ctx, js, site); err != nil {
 		return err
 	}
+	if s.cfg.Cluster.Bind != "" {
+		if s.hints, err = ship.OpenHints(ctx, js, site); err != nil {
+			return err
+		}
+	}
 	// Every peer the outbox kept transactions for (some learned by gossip
 	// in an earlier run), then the configured ones, whose URLs win. Before
 	// capture appends anything: the outbox keeps all for a peer that never
@@ -197,7 +207,12 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 	}); err != nil {
 		return err
 	}
+	var hinter apply.Hinter
+	if s.hints != nil {
+		hinter = s
+	}
 	if s.applier, err = apply.New(apply.Config{
+		Hinter: hinter,
 		Site: site, DSN: s.cfg.Database.DSN, Inbox: s.inbox.Consumer(), Capture: s.capturer,
 		MaxBatch: s.cfg.Apply.MaxBatch, WaitTimeout: s.cfg.Apply.WaitTimeout, Logger: s.log,
 		DeletePolicy: deletePolicy, Policies: policies, MergeColumns: s.cfg.Conflicts.MergeColumns(),
@@ -299,13 +314,16 @@ func (s *Sidecar) shipper(peer casualdb.SiteID) *ship.Shipper {
 	return s.shippers[peer]
 }
 
-// watchMembers ships to every live site gossip tells of, and follows their
-// NATS addresses.
+// watchMembers ships to every live site gossip tells of, follows their
+// NATS addresses, and hands off the hints kept for each.
 func (s *Sidecar) watchMembers(ctx context.Context) error {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		for _, m := range s.member.Members() {
+			if string(m.Site) != s.cfg.Site {
+				s.ensureHandoff(m.Site)
+			}
 			if string(m.Site) == s.cfg.Site || m.State != ring.StateAlive || m.Meta.NATSURL == "" {
 				continue
 			}
@@ -535,3 +553,75 @@ func (r *retention) floor(now time.Time, keep time.Duration, seq uint64) uint64 
 	}
 	return r.samples[0].seq
 }
+
+// ensureHandoff starts handing off the hints kept for site, once.
+func (s *Sidecar) ensureHandoff(site casualdb.SiteID) {
+	s.peerMu.Lock()
+	defer s.peerMu.Unlock()
+	if s.handoffs == nil {
+		s.handoffs = map[casualdb.SiteID]*ship.Handoff{}
+	}
+	if _, ok := s.handoffs[site]; ok || s.group == nil {
+		return
+	}
+	h, err := ship.NewHandoff(ship.HandoffConfig{Hints: s.hints, For: site, Logger: s.log, URL: func() (string, bool) {
+		for _, m := range s.member.Members() {
+			if m.Site == site {
+				return m.Meta.NATSURL, m.State == ring.StateAlive && m.Meta.NATSURL != ""
+			}
+		}
+		return "", false
+	}})
+	if err != nil {
+		s.log.Warn("hand off hints", "for", site, "err", err)
+		return
+	}
+	s.handoffs[site] = h
+	s.group.Go(func() error { return s.supervise(s.groupCtx, "handoff:"+string(site), h.Run) })
+}
+
+// currentRing is the ring over every site gossip knows of, in any state: a
+// site that is down keeps its place, so that its hints are kept for it.
+func (s *Sidecar) currentRing() (*ring.Ring, error) {
+	var sites []casualdb.SiteID
+	for _, m := range s.member.Members() {
+		sites = append(sites, m.Site)
+	}
+	key := fmt.Sprint(sites)
+	s.ringMu.Lock()
+	defer s.ringMu.Unlock()
+	if s.ring != nil && s.ringOf == key {
+		return s.ring, nil
+	}
+	r, err := ring.New(ring.Config{Sites: sites})
+	if err != nil {
+		return nil, err
+	}
+	s.ring, s.ringOf = r, key
+	return r, nil
+}
+
+// Hint implements apply.Hinter: when this site is the stand-in for a
+// member of the transaction's preference list that is down, it keeps the
+// transaction for that member.
+func (s *Sidecar) Hint(ctx context.Context, r apply.Received) error {
+	rg, err := s.currentRing()
+	if err != nil {
+		return err
+	}
+	self := casualdb.SiteID(s.cfg.Site)
+	for forSite, holder := range rg.HintHolders(r.Tx.ID(), s.cfg.Cluster.N, r.Origin, s.member.Alive) {
+		if holder != self {
+			continue
+		}
+		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := s.hints.Add(hctx, ship.Hint{For: forSite, Origin: r.Origin, Epoch: r.Epoch, Seq: r.Seq, LSN: r.Tx.LSN, Commit: r.Tx.CommitTime, Data: r.Data})
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var _ apply.Hinter = (*Sidecar)(nil)

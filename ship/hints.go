@@ -1,0 +1,210 @@
+package ship
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Hints keeps other origins' transactions for sites that were down when
+// they arrived here (hinted handoff): one JetStream stream per site,
+// `CASUALDB_HINTS_<site>`, subject `casualdb.hint.<site>.<for>.<origin>`,
+// work-queue retention so that a hint handed off is gone.
+type Hints struct {
+	site   casualdb.SiteID
+	js     jetstream.JetStream
+	stream jetstream.Stream
+}
+
+// Hint is one transaction kept for a site: the origin's transport headers
+// and the encoded transaction, as the origin shipped it.
+type Hint struct {
+	For    casualdb.SiteID
+	Origin casualdb.SiteID
+	Epoch  string
+	Seq    uint64 // the origin's outbox sequence
+	LSN    uint64 // the origin's commit LSN
+	Commit time.Time
+	Data   []byte
+}
+
+// HintsStream names the site's hint stream.
+func HintsStream(site casualdb.SiteID) string { return "CASUALDB_HINTS_" + string(site) }
+
+func hintSubject(site, forSite, origin casualdb.SiteID) string {
+	return "casualdb.hint." + string(site) + "." + string(forSite) + "." + string(origin)
+}
+
+// OpenHints creates (or opens) the site's hint stream.
+func OpenHints(ctx context.Context, js jetstream.JetStream, site casualdb.SiteID) (*Hints, error) {
+	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       HintsStream(site),
+		Subjects:   []string{"casualdb.hint." + string(site) + ".>"},
+		Storage:    jetstream.FileStorage,
+		Replicas:   1,
+		Retention:  jetstream.WorkQueuePolicy,
+		Duplicates: 2 * time.Minute,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open hints %s: %w", HintsStream(site), err)
+	}
+	return &Hints{site: site, js: js, stream: st}, nil
+}
+
+// Add stores h durably. Adding the same transaction for the same site
+// twice within two minutes stores it once; later, the receiving site
+// recognises the duplicate.
+func (hs *Hints) Add(ctx context.Context, h Hint) error {
+	m := nats.NewMsg(hintSubject(hs.site, h.For, h.Origin))
+	m.Data = h.Data
+	m.Header.Set(HeaderOrigin, string(h.Origin))
+	m.Header.Set(HeaderEpoch, h.Epoch)
+	m.Header.Set(HeaderSeq, strconv.FormatUint(h.Seq, 10))
+	m.Header.Set(HeaderLSN, strconv.FormatUint(h.LSN, 10))
+	m.Header.Set(HeaderCommit, strconv.FormatInt(h.Commit.UnixMicro(), 10))
+	m.Header.Set(nats.MsgIdHdr, "hint-"+string(h.For)+"-"+string(h.Origin)+"-"+casualdb.FormatLSN(h.LSN))
+	if _, err := hs.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("keep hint of %s-%s for %s: %w", h.Origin, casualdb.FormatLSN(h.LSN), h.For, err)
+	}
+	return nil
+}
+
+// Held returns how many hints are kept for each site.
+func (hs *Hints) Held(ctx context.Context) (map[casualdb.SiteID]uint64, error) {
+	prefix := "casualdb.hint." + string(hs.site) + "."
+	info, err := hs.stream.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	if err != nil {
+		return nil, fmt.Errorf("hints info: %w", err)
+	}
+	out := map[casualdb.SiteID]uint64{}
+	for subj, n := range info.State.Subjects {
+		forSite, _, _ := strings.Cut(strings.TrimPrefix(subj, prefix), ".")
+		out[casualdb.SiteID(forSite)] += n
+	}
+	return out, nil
+}
+
+// HandoffConfig configures the handing off of one site's hints.
+type HandoffConfig struct {
+	Hints *Hints
+	For   casualdb.SiteID
+	// URL returns the site's NATS URL now (gossip may change it), and
+	// whether the site is up: nothing is tried while it is down.
+	URL    func() (url string, up bool)
+	Logger *slog.Logger
+}
+
+// Handoff publishes the hints kept for one site into its inbox, as from
+// their origins, and removes each once the inbox holds it.
+type Handoff struct {
+	cfg    HandoffConfig
+	log    *slog.Logger
+	handed atomic.Uint64
+}
+
+// NewHandoff validates cfg.
+func NewHandoff(cfg HandoffConfig) (*Handoff, error) {
+	if cfg.Hints == nil || cfg.For == "" || cfg.URL == nil {
+		return nil, fmt.Errorf("%w: handoff needs hints, a site and its url", casualdb.ErrConfig)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Handoff{cfg: cfg, log: cfg.Logger.With("component", "handoff", "for", string(cfg.For))}, nil
+}
+
+// HandedOff returns the number of hints delivered since start.
+func (h *Handoff) HandedOff() uint64 { return h.handed.Load() }
+
+// Run hands off until ctx is done: while the site is up, it takes the hints
+// in order and publishes them to its inbox.
+func (h *Handoff) Run(ctx context.Context) error {
+	hs := h.cfg.Hints
+	name := "handoff_" + string(h.cfg.For)
+	cons, err := hs.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       name,
+		FilterSubject: "casualdb.hint." + string(hs.site) + "." + string(h.cfg.For) + ".>",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("hint consumer for %s: %w", h.cfg.For, err)
+	}
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		url, up := h.cfg.URL()
+		if up {
+			err = h.session(ctx, cons, url)
+			if ctx.Err() != nil {
+				break
+			}
+			h.log.Debug("handoff interrupted; retrying", "err", err, "in", backoff)
+			backoff = min(2*backoff, 5*time.Second)
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+	}
+	return nil
+}
+
+// session hands off hints over one connection until the site is down, the
+// connection fails, or nothing is left and the site goes down.
+func (h *Handoff) session(ctx context.Context, cons jetstream.Consumer, url string) error {
+	nc, err := nats.Connect(url, nats.Name("casualdb-handoff-"+string(h.cfg.Hints.site)), nats.Timeout(2*time.Second))
+	if err != nil {
+		return fmt.Errorf("connect to %s at %s: %w", h.cfg.For, url, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream at %s: %w", h.cfg.For, err)
+	}
+	for ctx.Err() == nil {
+		if _, up := h.cfg.URL(); !up {
+			return errors.New("site is down")
+		}
+		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return fmt.Errorf("fetch hints: %w", err)
+		}
+		for m := range batch.Messages() {
+			hdr := m.Headers()
+			out := nats.NewMsg(InboxSubject(h.cfg.For, casualdb.SiteID(hdr.Get(HeaderOrigin))))
+			out.Data = m.Data()
+			for _, k := range []string{HeaderOrigin, HeaderEpoch, HeaderSeq, HeaderLSN, HeaderCommit} {
+				out.Header.Set(k, hdr.Get(k))
+			}
+			lsn, _ := strconv.ParseUint(hdr.Get(HeaderLSN), 10, 64)
+			// The id the origin's own shipper gives a single transaction:
+			// whichever arrives second is dropped.
+			out.Header.Set(nats.MsgIdHdr, hdr.Get(HeaderOrigin)+"-"+casualdb.FormatLSN(lsn))
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, err := js.PublishMsg(pctx, out)
+			cancel()
+			if err != nil {
+				_ = m.NakWithDelay(time.Second)
+				return fmt.Errorf("hand off to %s: %w", h.cfg.For, err)
+			}
+			if err := m.DoubleAck(ctx); err != nil {
+				return fmt.Errorf("remove handed-off hint: %w", err)
+			}
+			h.handed.Add(1)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return fmt.Errorf("fetch hints: %w", err)
+		}
+	}
+	return ctx.Err()
+}
