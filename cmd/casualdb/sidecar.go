@@ -40,8 +40,8 @@ type Sidecar struct {
 	member   *ring.Membership // nil without cluster.bind
 	hints    *ship.Hints      // nil without cluster.bind
 	ringMu   sync.Mutex
-	ringOf   string     // the member set ring was built for
-	ring     *ring.Ring // over every site gossip knows, in any state
+	ringOf   string                            // the member set ring was built for
+	ring     *ring.Ring                        // over every site gossip knows, in any state
 	handoffs map[casualdb.SiteID]*ship.Handoff // guarded by peerMu
 	admin    net.Listener
 	delays   *prometheus.HistogramVec // commit at the origin to each stage
@@ -213,7 +213,7 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 	}
 	if s.applier, err = apply.New(apply.Config{
 		Hinter: hinter,
-		Site: site, DSN: s.cfg.Database.DSN, Inbox: s.inbox.Consumer(), Capture: s.capturer,
+		Site:   site, DSN: s.cfg.Database.DSN, Inbox: s.inbox.Consumer(), Capture: s.capturer,
 		MaxBatch: s.cfg.Apply.MaxBatch, WaitTimeout: s.cfg.Apply.WaitTimeout, Logger: s.log,
 		DeletePolicy: deletePolicy, Policies: policies, MergeColumns: s.cfg.Conflicts.MergeColumns(),
 		ObserveDelay: func(origin casualdb.SiteID, stage string, d time.Duration) {
