@@ -67,6 +67,13 @@ type Config struct {
 	// inbox; "applied": committed here). Clock differences between the
 	// sites are included.
 	ObserveDelay func(origin casualdb.SiteID, stage string, d time.Duration)
+	// Resend, when set, asks origin to ship its transactions to this site
+	// again from sequence from: called when an origin's sequence gap has
+	// lasted GapResend (a transaction lost on the way), again every
+	// GapResend while it lasts. It must return within seconds.
+	Resend func(ctx context.Context, origin casualdb.SiteID, from uint64) error
+	// GapResend; default 5s.
+	GapResend time.Duration
 	// Hinter, when set, sees every transaction taken from the inbox
 	// before it is applied or acknowledged (hinted handoff).
 	Hinter Hinter
@@ -100,7 +107,9 @@ type Stats struct {
 	// DependencyWaits counts transactions held back because a transaction
 	// they causally depend on (from another origin) was not applied yet.
 	DependencyWaits uint64
-	Origins         map[casualdb.SiteID]OriginStats
+	// Resends counts requests to an origin to ship again what is missing.
+	Resends uint64
+	Origins map[casualdb.SiteID]OriginStats
 }
 
 // Applier applies the inbox to the local database.
@@ -115,6 +124,7 @@ type Applier struct {
 
 	gapSince map[casualdb.SiteID]time.Time // when each origin's current gap was first seen
 	depSince map[casualdb.SiteID]time.Time // when each origin's current dependency wait began
+	resend   map[casualdb.SiteID]*resendState
 
 	mu    sync.Mutex
 	stats Stats
@@ -127,6 +137,9 @@ func New(cfg Config) (*Applier, error) {
 	}
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = 256
+	}
+	if cfg.GapResend <= 0 {
+		cfg.GapResend = 5 * time.Second
 	}
 	if cfg.WaitTimeout <= 0 {
 		cfg.WaitTimeout = 30 * time.Second
@@ -307,7 +320,7 @@ func (a *Applier) handle(ctx context.Context, batch []jetstream.Msg) error {
 		case admitGap:
 			// An earlier transaction of this origin is missing (a publish
 			// that failed and will be redelivered): wait for it.
-			a.noteGap(im)
+			a.noteGap(ctx, im)
 			blocked[im.origin] = true
 			im.d.fail(100 * time.Millisecond)
 			continue
@@ -328,6 +341,7 @@ func (a *Applier) handle(ctx context.Context, batch []jetstream.Msg) error {
 		}
 		delete(a.gapSince, im.origin)
 		delete(a.depSince, im.origin)
+		delete(a.resend, im.origin)
 		// Admit the next one of the same origin against this one.
 		p := a.progress[im.origin]
 		a.progress[im.origin] = meta.Progress{Seq: im.seq, LSN: im.tx.LSN, CommitTime: im.tx.CommitTime, Epoch: im.epoch, AppliedAt: p.AppliedAt}
@@ -336,9 +350,51 @@ func (a *Applier) handle(ctx context.Context, batch []jetstream.Msg) error {
 	return flush()
 }
 
+// resendState paces the requests to one origin to ship again.
+type resendState struct {
+	next  time.Time
+	every time.Duration
+}
+
+// askResend asks the origin to ship again from the first missing sequence
+// once a gap has lasted cfg.GapResend, then again with doubling intervals
+// (at most 5 minutes) while it lasts: a transaction lost between the origin
+// and this inbox comes again, and one the origin no longer holds at least
+// does not cost a full re-shipping every few seconds.
+func (a *Applier) askResend(ctx context.Context, origin casualdb.SiteID) {
+	if a.cfg.Resend == nil {
+		return
+	}
+	if a.resend == nil {
+		a.resend = map[casualdb.SiteID]*resendState{}
+	}
+	now := time.Now()
+	st, ok := a.resend[origin]
+	if !ok {
+		a.resend[origin] = &resendState{next: now.Add(a.cfg.GapResend), every: a.cfg.GapResend}
+		return
+	}
+	if now.Before(st.next) {
+		return
+	}
+	from := a.progress[origin].Seq + 1
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err := a.cfg.Resend(rctx, origin, from)
+	cancel()
+	a.count(func(s *Stats) { s.Resends++ })
+	if err != nil {
+		a.log.Warn("ask an origin to ship again what is missing", "origin", origin, "from_seq", from, "err", err)
+	} else {
+		a.log.Warn("transactions of an origin missing: asked it to ship them again", "origin", origin, "from_seq", from)
+	}
+	st.every = min(2*st.every, 5*time.Minute)
+	st.next = now.Add(st.every)
+}
+
 // noteGap warns, once, when an origin's gap lasts: the missing transactions
 // may be gone from its outbox for good (this site needs an initial copy).
-func (a *Applier) noteGap(im inMsg) {
+func (a *Applier) noteGap(ctx context.Context, im inMsg) {
+	a.askResend(ctx, im.origin)
 	if a.gapSince == nil {
 		a.gapSince = map[casualdb.SiteID]time.Time{}
 	}

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb/internal/pgtest"
+	"github.com/casualdb/casualdb/ship"
 )
 
 // peerField reads st["peers"][peer][field] from site i's /status.
@@ -69,6 +71,24 @@ func TestGossip_ClusterFormsAndHeals(t *testing.T) {
 	out, err := exec.Command(binary, "status", "--admin", fmt.Sprintf("127.0.0.1:%d", c.sites[0].adminPort)).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "cluster (gossip):") || !strings.Contains(string(out), "site a: healthy") {
 		t.Errorf("casualdb status: %v\n%s", err, out)
+	}
+
+	// b asks a to ship everything again (as apply does after waiting for a
+	// missing sequence): it all comes, and b recognises it as duplicates.
+	skipped := status(t, c, 1)["apply"].(map[string]any)["skipped_duplicates"].(float64)
+	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ship.RequestResend(rctx, fmt.Sprintf("nats://127.0.0.1:%d", c.sites[0].natsPort), "a", "b", 1); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if got := status(t, c, 1)["apply"].(map[string]any)["skipped_duplicates"].(float64); got <= skipped {
+			return fmt.Errorf("b skipped %v duplicates, had %v before the resend", got, skipped)
+		}
+		return nil
+	})
+	if err := ship.RequestResend(rctx, fmt.Sprintf("nats://127.0.0.1:%d", c.sites[0].natsPort), "a", "nobody", 1); err == nil || !strings.Contains(err.Error(), "unknown peer") {
+		t.Errorf("resend to an unknown peer: %v, want an error naming it", err)
 	}
 
 	// c fails: a sees it dead, and what a writes meanwhile waits for it.

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -39,6 +40,32 @@ type Shipper struct {
 	url     atomic.Pointer[string] // the peer's NATS URL; gossip may change it
 	shipped atomic.Uint64
 	up      atomic.Bool
+	// rewind, when non-zero, asks Run to ship again from that outbox
+	// sequence (the peer reported it missing); wake tells it at once.
+	rewind atomic.Uint64
+	wake   chan struct{}
+	// resent counts rewinds: it makes the message ids of what is shipped
+	// again new, so that the peer's inbox cannot drop them as duplicates.
+	resent atomic.Uint64
+}
+
+// errRewind ends a shipping round so that the next starts from the rewind
+// point.
+var errRewind = errors.New("rewind requested")
+
+// Rewind makes the shipper ship everything from outbox sequence from again
+// (the peer reports it missing), under fresh message ids; the peer skips
+// what it has. A sequence the outbox no longer holds is shipped from the
+// oldest one it holds.
+func (s *Shipper) Rewind(from uint64) {
+	if from == 0 {
+		from = 1
+	}
+	s.rewind.Store(from)
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 }
 
 // ConsumerName is the outbox consumer that tracks what peer holds.
@@ -58,7 +85,7 @@ func NewShipper(cfg ShipperConfig) (*Shipper, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Shipper{cfg: cfg, log: cfg.Logger.With("component", "ship", "peer", string(cfg.Peer))}
+	s := &Shipper{cfg: cfg, log: cfg.Logger.With("component", "ship", "peer", string(cfg.Peer)), wake: make(chan struct{}, 1)}
 	s.url.Store(&cfg.PeerURL)
 	return s, nil
 }
@@ -103,6 +130,11 @@ func (o *Outbox) Peers(ctx context.Context) (map[casualdb.SiteID]string, error) 
 // between the delete and the create costs a re-shipping of what the outbox
 // still holds, which the peer recognises as duplicates.
 func (s *Shipper) EnsureConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	return s.ensureConsumer(ctx, 0)
+}
+
+// ensureConsumer is EnsureConsumer; from > 0 restarts the consumer there.
+func (s *Shipper) ensureConsumer(ctx context.Context, from uint64) (jetstream.Consumer, error) {
 	cfg := jetstream.ConsumerConfig{
 		Durable:       ConsumerName(s.cfg.Peer),
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -119,13 +151,16 @@ func (s *Shipper) EnsureConsumer(ctx context.Context) (jetstream.Consumer, error
 		}
 		// Where it starts cannot change: keep what it was created with.
 		cfg.DeliverPolicy, cfg.OptStartSeq = info.Config.DeliverPolicy, info.Config.OptStartSeq
-		if info.NumAckPending > 0 {
+		if info.NumAckPending > 0 || from > 0 {
 			if err := st.DeleteConsumer(ctx, cfg.Durable); err != nil {
 				return nil, fmt.Errorf("reset outbox consumer for %s: %w", s.cfg.Peer, err)
 			}
 			cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
 			cfg.OptStartSeq = info.AckFloor.Stream + 1
-			s.log.Debug("outbox consumer restarted from its acknowledgement floor", "pending", info.NumAckPending, "from_seq", cfg.OptStartSeq)
+			if from > 0 {
+				cfg.OptStartSeq = from
+			}
+			s.log.Debug("outbox consumer restarted", "pending", info.NumAckPending, "ack_floor", info.AckFloor.Stream, "from_seq", cfg.OptStartSeq)
 		}
 	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return nil, fmt.Errorf("outbox consumer for %s: %w", s.cfg.Peer, err)
@@ -146,7 +181,23 @@ func (s *Shipper) Connected() bool { return s.up.Load() }
 // Run ships until ctx is done. A peer that cannot be reached is retried with
 // back-off; nothing is acknowledged in the outbox until the peer holds it.
 func (s *Shipper) Run(ctx context.Context) error {
-	cons, err := s.EnsureConsumer(ctx)
+	for ctx.Err() == nil {
+		from := s.rewind.Swap(0)
+		if from > 0 {
+			s.resent.Add(1)
+			s.log.Warn("the peer reports transactions missing: shipping again", "from_seq", from)
+		}
+		if err := s.round(ctx, from); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// round ships from one consumer until ctx is done (nil) or a rewind is
+// requested (nil: Run starts the next round).
+func (s *Shipper) round(ctx context.Context, from uint64) error {
+	cons, err := s.ensureConsumer(ctx, from)
 	if err != nil {
 		return err
 	}
@@ -179,7 +230,7 @@ func (s *Shipper) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		err := s.session(ctx, msgs)
 		s.up.Store(false)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, errRewind) {
 			break
 		}
 		s.log.Warn("peer unreachable; retrying", "err", err, "in", backoff)
@@ -208,10 +259,18 @@ func (s *Shipper) session(ctx context.Context, msgs <-chan jetstream.Msg) error 
 	s.up.Store(true)
 	var pending []jetstream.Msg
 	for {
+		if s.rewind.Load() != 0 {
+			for _, m := range pending {
+				_ = m.Nak()
+			}
+			return errRewind
+		}
 		if len(pending) == 0 {
 			select {
 			case m := <-msgs:
 				pending = append(pending, m)
+			case <-s.wake:
+				continue
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -335,9 +394,15 @@ func (s *Shipper) inboxMsg(msgs []jetstream.Msg) (*nats.Msg, error) {
 	out.Header.Set(HeaderLSN, last.Headers().Get(HeaderLSN))
 	out.Header.Set(HeaderOrigin, string(s.cfg.Site))
 	out.Header.Set(HeaderEpoch, s.cfg.Outbox.Epoch())
+	// After a rewind the ids are new: the inbox must store what it may
+	// have seen (and lost) within its de-duplication window.
+	suffix := ""
+	if n := s.resent.Load(); n > 0 {
+		suffix = "~" + strconv.FormatUint(n, 10)
+	}
 	if len(msgs) == 1 {
 		out.Data = first.Data()
-		out.Header.Set(nats.MsgIdHdr, first.Headers().Get(nats.MsgIdHdr))
+		out.Header.Set(nats.MsgIdHdr, first.Headers().Get(nats.MsgIdHdr)+suffix)
 		return out, nil
 	}
 	size := 0
@@ -353,7 +418,7 @@ func (s *Shipper) inboxMsg(msgs []jetstream.Msg) (*nats.Msg, error) {
 	// A bundle cut the same way is the same message: the inbox drops it if
 	// it is published again after a lost acknowledgement. Cut differently
 	// (after a restart), apply recognises the transactions it already has.
-	out.Header.Set(nats.MsgIdHdr, first.Headers().Get(nats.MsgIdHdr)+"+"+strconv.Itoa(len(msgs))+"+"+last.Headers().Get(nats.MsgIdHdr))
+	out.Header.Set(nats.MsgIdHdr, first.Headers().Get(nats.MsgIdHdr)+"+"+strconv.Itoa(len(msgs))+"+"+last.Headers().Get(nats.MsgIdHdr)+suffix)
 	return out, nil
 }
 
@@ -376,4 +441,33 @@ func (o *Outbox) Trim(ctx context.Context, peers []casualdb.SiteID, recorded uin
 		return nil
 	}
 	return o.Purge(ctx, floor+1)
+}
+
+// ResendSubject is where an origin's sidecar takes requests to ship again
+// (core NATS request/reply on the origin's own server).
+func ResendSubject(origin casualdb.SiteID) string { return "casualdb.resend." + string(origin) }
+
+// ResendRequest asks origin to ship to Peer again from outbox sequence From.
+type ResendRequest struct {
+	Peer casualdb.SiteID `json:"peer"`
+	From uint64          `json:"from"`
+}
+
+// RequestResend asks the origin whose NATS is at url to ship to peer again
+// from sequence from (peer has waited for it too long: lost somewhere).
+func RequestResend(ctx context.Context, url string, origin, peer casualdb.SiteID, from uint64) error {
+	nc, err := nats.Connect(url, nats.Name("casualdb-resend-"+string(peer)), nats.Timeout(2*time.Second))
+	if err != nil {
+		return fmt.Errorf("ask %s to resend: connect to %s: %w", origin, url, err)
+	}
+	defer nc.Close()
+	body, _ := json.Marshal(ResendRequest{Peer: peer, From: from})
+	reply, err := nc.RequestWithContext(ctx, ResendSubject(origin), body)
+	if err != nil {
+		return fmt.Errorf("ask %s to resend from %d: %w", origin, from, err)
+	}
+	if string(reply.Data) != "ok" {
+		return fmt.Errorf("ask %s to resend from %d: %s", origin, from, reply.Data)
+	}
+	return nil
 }

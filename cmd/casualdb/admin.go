@@ -47,6 +47,7 @@ type ApplyStatus struct {
 	Parked        uint64 `json:"parked"`
 	Garbled       uint64 `json:"garbled_messages"`
 	DepWaits      uint64 `json:"dependency_waits"`
+	Resends       uint64 `json:"resend_requests"`
 	GCRuns        uint64 `json:"tombstone_collections"`
 	Collected     uint64 `json:"tombstones_collected"`
 	InboxMessages uint64 `json:"inbox_messages"`
@@ -111,7 +112,7 @@ func (s *Sidecar) Status() Status {
 		as := s.applier.Stats()
 		st.Apply.Applied, st.Apply.Skipped, st.Apply.Changes = as.Applied, as.Skipped, as.Changes
 		st.Apply.Conflicts, st.Apply.Parked, st.Apply.Garbled = as.Conflicts, as.Parked, as.Garbled
-		st.Apply.DepWaits = as.DependencyWaits
+		st.Apply.DepWaits, st.Apply.Resends = as.DependencyWaits, as.Resends
 		for o, os := range as.Origins {
 			st.Origins[string(o)] = OriginStatus{Applied: os.Applied, Seq: os.Seq, LastCommit: os.LastCommit, LastApplied: os.LastApplied, LagSeconds: os.Lag().Seconds()}
 		}
@@ -174,13 +175,14 @@ var (
 	descMember    = prometheus.NewDesc("casualdb_member_alive", "With gossip: 1 when the site is alive (or suspect), 0 when it failed or left.", []string{"site"}, nil)
 	descOwnership = prometheus.NewDesc("casualdb_ring_ownership_ratio", "With gossip: the site's share of the hash ring.", []string{"site"}, nil)
 	descPeerLagTx = prometheus.NewDesc("casualdb_peer_lag_transactions", "With gossip: transactions of this site's outbox the peer has not applied, by its own account.", []string{"peer"}, nil)
+	descResends   = prometheus.NewDesc("casualdb_resend_requests_total", "Times this site asked an origin to ship again what it had waited too long for (a sequence gap).", nil, nil)
 	descHints     = prometheus.NewDesc("casualdb_hints_held", "With gossip: other origins' transactions kept here for a site that was down (hinted handoff).", []string{"site"}, nil)
 	descHanded    = prometheus.NewDesc("casualdb_hints_handed_off_total", "With gossip: hints delivered to the site they were kept for.", []string{"site"}, nil)
 	descPeerLagS  = prometheus.NewDesc("casualdb_peer_lag_seconds", "With gossip: age of the oldest transaction of this site the peer has not applied (0 when it has them all).", []string{"peer"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded} {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descResends} {
 		ch <- d
 	}
 }
@@ -211,6 +213,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descGarbled, st.Apply.Garbled)
 	counter(descSkipped, st.Apply.Skipped)
 	counter(descDepWaits, st.Apply.DepWaits)
+	counter(descResends, st.Apply.Resends)
 	counter(descCollected, st.Apply.Collected)
 	gauge(descSlotWAL, float64(st.Capture.SlotRetainedWAL))
 	gauge(descOutbox, float64(st.Capture.OutboxMessages))

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -212,7 +213,7 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 		hinter = s
 	}
 	if s.applier, err = apply.New(apply.Config{
-		Hinter: hinter,
+		Hinter: hinter, Resend: s.resend,
 		Site:   site, DSN: s.cfg.Database.DSN, Inbox: s.inbox.Consumer(), Capture: s.capturer,
 		MaxBatch: s.cfg.Apply.MaxBatch, WaitTimeout: s.cfg.Apply.WaitTimeout, Logger: s.log,
 		DeletePolicy: deletePolicy, Policies: policies, MergeColumns: s.cfg.Conflicts.MergeColumns(),
@@ -221,6 +222,9 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 		},
 	}); err != nil {
 		return err
+	}
+	if _, err := s.nc.Subscribe(ship.ResendSubject(site), s.onResend); err != nil {
+		return fmt.Errorf("subscribe to resend requests: %w", err)
 	}
 	if s.cfg.Admin.Listen != "" {
 		if s.admin, err = net.Listen("tcp", s.cfg.Admin.Listen); err != nil {
@@ -625,3 +629,30 @@ func (s *Sidecar) Hint(ctx context.Context, r apply.Received) error {
 }
 
 var _ apply.Hinter = (*Sidecar)(nil)
+
+// resend asks origin's sidecar to ship to this site again from sequence
+// from (apply waited too long for it).
+func (s *Sidecar) resend(ctx context.Context, origin casualdb.SiteID, from uint64) error {
+	sh := s.shipper(origin)
+	if sh == nil {
+		return fmt.Errorf("origin %s: its NATS address is unknown here", origin)
+	}
+	return ship.RequestResend(ctx, sh.PeerURL(), origin, casualdb.SiteID(s.cfg.Site), from)
+}
+
+// onResend answers a peer's request to ship to it again. Called on the NATS
+// client's goroutine: it only flags the shipper.
+func (s *Sidecar) onResend(m *nats.Msg) {
+	var req ship.ResendRequest
+	if err := json.Unmarshal(m.Data, &req); err != nil || req.Peer == "" {
+		_ = m.Respond([]byte("bad request"))
+		return
+	}
+	sh := s.shipper(req.Peer)
+	if sh == nil {
+		_ = m.Respond([]byte("unknown peer " + string(req.Peer)))
+		return
+	}
+	sh.Rewind(req.From)
+	_ = m.Respond([]byte("ok"))
+}
