@@ -342,6 +342,20 @@ func (w *txWriter) validate(ctx context.Context) error {
 			return fmt.Errorf("%w: %s %s was written locally meanwhile", errRace, k.Table, k.Key)
 		}
 	}
+	// A local TRUNCATE that capture recorded meanwhile leaves no row
+	// version behind for a key this site never had: compare the markers
+	// (w.truncs includes the run's own truncates, as the table does).
+	truncs, err := meta.LoadTruncations(ctx, w.tx)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		now, ok := truncs[k.Table]
+		before, was := w.truncs[k.Table]
+		if ok != was || (ok && (now.HLC != before.HLC || now.Origin != before.Origin)) {
+			return fmt.Errorf("%w: %s was truncated locally meanwhile", errRace, k.Table)
+		}
+	}
 	return nil
 }
 
