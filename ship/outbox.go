@@ -209,3 +209,37 @@ func max64(a, b uint64) uint64 {
 	}
 	return b
 }
+
+// AckFloor returns the outbox sequence up to which peer's inbox has
+// acknowledged everything (0 when the peer has no consumer).
+func (o *Outbox) AckFloor(ctx context.Context, peer casualdb.SiteID) (uint64, error) {
+	c, err := o.stream.Consumer(ctx, ConsumerName(peer))
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("consumer of %s: %w", peer, err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("consumer of %s: %w", peer, err)
+	}
+	return info.AckFloor.Stream, nil
+}
+
+// LSN returns the commit LSN of the transaction at seq (ok false when the
+// outbox does not hold it).
+func (o *Outbox) LSN(ctx context.Context, seq uint64) (uint64, bool, error) {
+	m, err := o.stream.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("outbox message %d: %w", seq, err)
+	}
+	lsn, err := strconv.ParseUint(m.Header.Get(HeaderLSN), 10, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("outbox message %d: lsn header: %w", seq, err)
+	}
+	return lsn, true, nil
+}

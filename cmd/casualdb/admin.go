@@ -36,6 +36,11 @@ type CaptureStatus struct {
 	OutboxSeq        uint64 `json:"outbox_last_seq"`
 	OutboxMessages   uint64 `json:"outbox_messages"`
 	FollowedApplyTxs uint64 `json:"followed_apply_transactions"`
+	// W-durability: the outbox sequence up to which every transaction is
+	// held by cluster.w sites, and the LSN casualdb.wait_durable compares.
+	W          int    `json:"w"`
+	DurableSeq uint64 `json:"w_durable_seq"`
+	DurableLSN string `json:"w_durable_lsn"`
 }
 
 // ApplyStatus describes apply.
@@ -96,6 +101,7 @@ func (s *Sidecar) Status() Status {
 	st.Capture.SlotRetainedWAL = s.slotLag
 	st.Apply.GCRuns, st.Apply.Collected = s.gcRuns, s.collected
 	st.Capture.OutboxMessages = s.outboxMsg
+	st.Capture.W, st.Capture.DurableSeq, st.Capture.DurableLSN = s.cfg.Cluster.W, s.durableSeq, casualdb.FormatLSN(s.durableLSN)
 	st.Apply.InboxMessages = s.inboxMsg
 	s.mu.Unlock()
 	for _, t := range s.tables {
@@ -157,32 +163,33 @@ func (s *Sidecar) adminHandler() http.Handler {
 type collector struct{ s *Sidecar }
 
 var (
-	descCaptured  = prometheus.NewDesc("casualdb_captured_transactions_total", "Local transactions captured into the outbox.", nil, nil)
-	descShipped   = prometheus.NewDesc("casualdb_shipped_transactions_total", "Transactions a peer's inbox acknowledged.", []string{"peer"}, nil)
-	descPeerUp    = prometheus.NewDesc("casualdb_peer_connected", "1 when the peer's NATS is reachable.", []string{"peer"}, nil)
-	descApplied   = prometheus.NewDesc("casualdb_applied_transactions_total", "Remote transactions applied, by origin.", []string{"origin"}, nil)
-	descLag       = prometheus.NewDesc("casualdb_apply_lag_seconds", "Commit at the origin to applied here, of the last transaction applied from it.", []string{"origin"}, nil)
-	descConflicts = prometheus.NewDesc("casualdb_conflicts_total", "True conflicts (concurrent versions) resolved and logged.", nil, nil)
-	descParked    = prometheus.NewDesc("casualdb_parked_total", "Changes or messages parked in casualdb.parked.", nil, nil)
-	descGarbled   = prometheus.NewDesc("casualdb_garbled_messages_total", "Transport messages that did not decode (parked).", nil, nil)
-	descSkipped   = prometheus.NewDesc("casualdb_duplicate_transactions_total", "Redelivered transactions recognised and skipped.", nil, nil)
-	descDepWaits  = prometheus.NewDesc("casualdb_dependency_waits_total", "Times a remote transaction was held back until what it causally depends on (from another origin) was applied.", nil, nil)
-	descCollected = prometheus.NewDesc("casualdb_tombstones_collected_total", "Tombstones (version metadata of deleted rows) removed once every site had seen them.", nil, nil)
-	descSlotWAL   = prometheus.NewDesc("casualdb_slot_retained_wal_bytes", "WAL the replication slot keeps on disk.", nil, nil)
-	descOutbox    = prometheus.NewDesc("casualdb_outbox_messages", "Transactions held in the outbox (not yet acknowledged by every peer).", nil, nil)
-	descInbox     = prometheus.NewDesc("casualdb_inbox_messages", "Transactions waiting in the inbox.", nil, nil)
-	descHealthy   = prometheus.NewDesc("casualdb_component_up", "1 when the component runs, 0 when it is failing.", []string{"component"}, nil)
-	descMember    = prometheus.NewDesc("casualdb_member_alive", "With gossip: 1 when the site is alive (or suspect), 0 when it failed or left.", []string{"site"}, nil)
-	descOwnership = prometheus.NewDesc("casualdb_ring_ownership_ratio", "With gossip: the site's share of the hash ring.", []string{"site"}, nil)
-	descPeerLagTx = prometheus.NewDesc("casualdb_peer_lag_transactions", "With gossip: transactions of this site's outbox the peer has not applied, by its own account.", []string{"peer"}, nil)
-	descResends   = prometheus.NewDesc("casualdb_resend_requests_total", "Times this site asked an origin to ship again what it had waited too long for (a sequence gap).", nil, nil)
-	descHints     = prometheus.NewDesc("casualdb_hints_held", "With gossip: other origins' transactions kept here for a site that was down (hinted handoff).", []string{"site"}, nil)
-	descHanded    = prometheus.NewDesc("casualdb_hints_handed_off_total", "With gossip: hints delivered to the site they were kept for.", []string{"site"}, nil)
-	descPeerLagS  = prometheus.NewDesc("casualdb_peer_lag_seconds", "With gossip: age of the oldest transaction of this site the peer has not applied (0 when it has them all).", []string{"peer"}, nil)
+	descCaptured   = prometheus.NewDesc("casualdb_captured_transactions_total", "Local transactions captured into the outbox.", nil, nil)
+	descShipped    = prometheus.NewDesc("casualdb_shipped_transactions_total", "Transactions a peer's inbox acknowledged.", []string{"peer"}, nil)
+	descPeerUp     = prometheus.NewDesc("casualdb_peer_connected", "1 when the peer's NATS is reachable.", []string{"peer"}, nil)
+	descApplied    = prometheus.NewDesc("casualdb_applied_transactions_total", "Remote transactions applied, by origin.", []string{"origin"}, nil)
+	descLag        = prometheus.NewDesc("casualdb_apply_lag_seconds", "Commit at the origin to applied here, of the last transaction applied from it.", []string{"origin"}, nil)
+	descConflicts  = prometheus.NewDesc("casualdb_conflicts_total", "True conflicts (concurrent versions) resolved and logged.", nil, nil)
+	descParked     = prometheus.NewDesc("casualdb_parked_total", "Changes or messages parked in casualdb.parked.", nil, nil)
+	descGarbled    = prometheus.NewDesc("casualdb_garbled_messages_total", "Transport messages that did not decode (parked).", nil, nil)
+	descSkipped    = prometheus.NewDesc("casualdb_duplicate_transactions_total", "Redelivered transactions recognised and skipped.", nil, nil)
+	descDepWaits   = prometheus.NewDesc("casualdb_dependency_waits_total", "Times a remote transaction was held back until what it causally depends on (from another origin) was applied.", nil, nil)
+	descCollected  = prometheus.NewDesc("casualdb_tombstones_collected_total", "Tombstones (version metadata of deleted rows) removed once every site had seen them.", nil, nil)
+	descSlotWAL    = prometheus.NewDesc("casualdb_slot_retained_wal_bytes", "WAL the replication slot keeps on disk.", nil, nil)
+	descOutbox     = prometheus.NewDesc("casualdb_outbox_messages", "Transactions held in the outbox (not yet acknowledged by every peer).", nil, nil)
+	descInbox      = prometheus.NewDesc("casualdb_inbox_messages", "Transactions waiting in the inbox.", nil, nil)
+	descHealthy    = prometheus.NewDesc("casualdb_component_up", "1 when the component runs, 0 when it is failing.", []string{"component"}, nil)
+	descMember     = prometheus.NewDesc("casualdb_member_alive", "With gossip: 1 when the site is alive (or suspect), 0 when it failed or left.", []string{"site"}, nil)
+	descOwnership  = prometheus.NewDesc("casualdb_ring_ownership_ratio", "With gossip: the site's share of the hash ring.", []string{"site"}, nil)
+	descPeerLagTx  = prometheus.NewDesc("casualdb_peer_lag_transactions", "With gossip: transactions of this site's outbox the peer has not applied, by its own account.", []string{"peer"}, nil)
+	descNotDurable = prometheus.NewDesc("casualdb_not_w_durable_transactions", "Local transactions in the outbox not yet held by cluster.w sites.", nil, nil)
+	descResends    = prometheus.NewDesc("casualdb_resend_requests_total", "Times this site asked an origin to ship again what it had waited too long for (a sequence gap).", nil, nil)
+	descHints      = prometheus.NewDesc("casualdb_hints_held", "With gossip: other origins' transactions kept here for a site that was down (hinted handoff).", []string{"site"}, nil)
+	descHanded     = prometheus.NewDesc("casualdb_hints_handed_off_total", "With gossip: hints delivered to the site they were kept for.", []string{"site"}, nil)
+	descPeerLagS   = prometheus.NewDesc("casualdb_peer_lag_seconds", "With gossip: age of the oldest transaction of this site the peer has not applied (0 when it has them all).", []string{"peer"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descResends} {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descResends, descNotDurable} {
 		ch <- d
 	}
 }
@@ -214,6 +221,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descSkipped, st.Apply.Skipped)
 	counter(descDepWaits, st.Apply.DepWaits)
 	counter(descResends, st.Apply.Resends)
+	gauge(descNotDurable, float64(st.Capture.OutboxSeq-min(st.Capture.OutboxSeq, st.Capture.DurableSeq)))
 	counter(descCollected, st.Apply.Collected)
 	gauge(descSlotWAL, float64(st.Capture.SlotRetainedWAL))
 	gauge(descOutbox, float64(st.Capture.OutboxMessages))

@@ -169,6 +169,10 @@ type ClusterConfig struct {
 	// sites responsible for keeping it durably; one that is down gets it as
 	// a hint kept by a live stand-in.
 	N int `yaml:"n"`
+	// W is how many sites (this one included) must hold a transaction
+	// durably for it to count as W-durable: casualdb.wait_durable() waits
+	// for it. It works with or without gossip.
+	W int `yaml:"w"`
 }
 
 // Key decodes SecretKey (Validate has checked it).
@@ -204,7 +208,7 @@ func DefaultConfig() Config {
 		Apply:     ApplyConfig{MaxBatch: 256, WaitTimeout: 30 * time.Second},
 		Conflicts: ConflictsConfig{DeletePolicy: "delete_wins", LogRetention: 30 * 24 * time.Hour},
 		GC:        GCConfig{Interval: 30 * time.Second, Heartbeat: 10 * time.Second},
-		Cluster:   ClusterConfig{PushPull: 5 * time.Second, N: 3},
+		Cluster:   ClusterConfig{PushPull: 5 * time.Second, N: 3, W: 2},
 		Log:       LogConfig{Level: "info", Format: "text"},
 	}
 }
@@ -421,6 +425,9 @@ func (c Config) SlotName() string {
 
 // validate checks the cluster keys; bad builds the error naming the key.
 func (c ClusterConfig) validate(bad func(key, format string, args ...any) error) error {
+	if c.W < 1 || (c.N >= 1 && c.W > c.N) {
+		return bad("cluster.w", "%d: want 1 to cluster.n (%d)", c.W, c.N)
+	}
 	if c.Bind == "" {
 		if len(c.Join) > 0 || c.Advertise != "" {
 			return bad("cluster.bind", "required when cluster.join or cluster.advertise is set (where gossip listens, host:port)")

@@ -54,14 +54,15 @@ type Sidecar struct {
 	group    *errgroup.Group // Run's group, to start the shippers of new peers
 	groupCtx context.Context
 
-	mu        sync.Mutex
-	health    map[string]error // component -> last error (nil: running)
-	slotLag   int64
-	outboxMsg uint64
-	inboxMsg  uint64
-	gcRuns    uint64 // tombstone collections run
-	collected uint64 // tombstones collected
-	started   time.Time
+	mu                     sync.Mutex
+	health                 map[string]error // component -> last error (nil: running)
+	slotLag                int64
+	outboxMsg              uint64
+	inboxMsg               uint64
+	gcRuns                 uint64 // tombstone collections run
+	durableSeq, durableLSN uint64 // W-durable watermark last saved
+	collected              uint64 // tombstones collected
+	started                time.Time
 }
 
 // NewSidecar validates cfg.
@@ -363,6 +364,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		g.Go(func() error { return s.watchMembers(ctx) })
 	}
 	g.Go(func() error { return s.housekeep(ctx) })
+	g.Go(func() error { return s.durabilityLoop(ctx) })
 	if s.admin != nil {
 		srv := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
 		g.Go(func() error {
