@@ -72,7 +72,8 @@ type Config struct {
 	// lasted GapResend (a transaction lost on the way), again every
 	// GapResend while it lasts. It must return within seconds.
 	Resend func(ctx context.Context, origin casualdb.SiteID, from uint64) error
-	// GapResend; default 5s.
+	// GapResend; default 30s (a large catch-up has gaps that close by
+	// themselves within seconds: asking sooner re-ships it all again).
 	GapResend time.Duration
 	// Hinter, when set, sees every transaction taken from the inbox
 	// before it is applied or acknowledged (hinted handoff).
@@ -139,7 +140,7 @@ func New(cfg Config) (*Applier, error) {
 		cfg.MaxBatch = 256
 	}
 	if cfg.GapResend <= 0 {
-		cfg.GapResend = 5 * time.Second
+		cfg.GapResend = 30 * time.Second
 	}
 	if cfg.WaitTimeout <= 0 {
 		cfg.WaitTimeout = 30 * time.Second

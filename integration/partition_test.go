@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -103,10 +105,60 @@ func TestPartition_BothSidesWrite(t *testing.T) {
 		t.Errorf("c holds what a and b wrote while cut off")
 	}
 
+	defer func() {
+		if t.Failed() {
+			for i := 1; i < len(c.sites); i++ {
+				t.Logf("rows where a and %s differ:\n%s", c.sites[i].name, c.diffRows(0, i, "kv", 10))
+			}
+		}
+	}()
 	healed := time.Now()
 	for _, p := range [][2]int{{0, 2}, {2, 0}, {1, 2}, {2, 1}} {
 		c.heal(p[0], p[1])
 	}
 	c.waitConverged(2*time.Minute, "kv")
 	t.Logf("converged %s after the heal", time.Since(healed).Round(time.Millisecond))
+}
+
+// diffRows lists up to limit rows of table (with their recorded versions)
+// that differ between sites i and j, for a failing test's log.
+func (c *cluster) diffRows(i, j int, table string, limit int) string {
+	q := fmt.Sprintf(`SELECT t::text || ' @ ' || coalesce((SELECT hlc_wall || '.' || hlc_logical || '/' || origin
+		FROM casualdb.row_version v WHERE v.tbl = 'public.%s' AND v.key = json_build_array(t.k::text)::text), '-')
+		FROM %s t ORDER BY 1`, table, table)
+	rows := func(i int) map[string]bool {
+		out := map[string]bool{}
+		conn, err := pgx.Connect(context.Background(), c.sites[i].pg.DSN())
+		if err != nil {
+			return out
+		}
+		defer conn.Close(context.Background())
+		rs, err := conn.Query(context.Background(), q)
+		if err != nil {
+			out["query failed: "+err.Error()] = true
+			return out
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var r string
+			if rs.Scan(&r) == nil {
+				out[r] = true
+			}
+		}
+		return out
+	}
+	a, b := rows(i), rows(j)
+	var out []string
+	for r := range a {
+		if !b[r] && len(out) < limit {
+			out = append(out, c.sites[i].name+" only: "+r)
+		}
+	}
+	for r := range b {
+		if !a[r] && len(out) < 2*limit {
+			out = append(out, c.sites[j].name+" only: "+r)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, "\n")
 }

@@ -47,6 +47,9 @@ type Shipper struct {
 	// resent counts rewinds: it makes the message ids of what is shipped
 	// again new, so that the peer's inbox cannot drop them as duplicates.
 	resent atomic.Uint64
+	// backoff is the wait before the next connection attempt (Run's
+	// goroutine only); it resets once a session has shipped something.
+	backoff time.Duration
 }
 
 // errRewind ends a shipping round so that the next starts from the rewind
@@ -85,7 +88,7 @@ func NewShipper(cfg ShipperConfig) (*Shipper, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Shipper{cfg: cfg, log: cfg.Logger.With("component", "ship", "peer", string(cfg.Peer)), wake: make(chan struct{}, 1)}
+	s := &Shipper{cfg: cfg, log: cfg.Logger.With("component", "ship", "peer", string(cfg.Peer)), wake: make(chan struct{}, 1), backoff: 100 * time.Millisecond}
 	s.url.Store(&cfg.PeerURL)
 	return s, nil
 }
@@ -226,20 +229,22 @@ func (s *Shipper) round(ctx context.Context, from uint64) error {
 			}
 		}
 	}()
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := s.session(ctx, msgs)
-		s.up.Store(false)
-		if ctx.Err() != nil || errors.Is(err, errRewind) {
-			break
-		}
-		s.log.Warn("peer unreachable; retrying", "err", err, "in", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-		}
-		backoff = min(2*backoff, 5*time.Second)
+	err = s.session(ctx, msgs)
+	s.up.Store(false)
+	if ctx.Err() != nil || errors.Is(err, errRewind) {
+		return nil
 	}
+	// The next round re-creates the consumer from its acknowledgement
+	// floor: what was in flight comes again first, in outbox order. Going
+	// on with this consumer would ship later messages before the ones
+	// handed back, and the peer would hold them back as a gap (many of
+	// them can fill its inbox consumer's pending window for good).
+	s.log.Warn("peer unreachable; retrying", "err", err, "in", s.backoff)
+	select {
+	case <-time.After(s.backoff):
+	case <-ctx.Done():
+	}
+	s.backoff = min(2*s.backoff, 5*time.Second)
 	return nil
 }
 
@@ -294,6 +299,7 @@ func (s *Shipper) session(ctx context.Context, msgs <-chan jetstream.Msg) error 
 		// later ones: restore outbox order (a bundle must be in order, or
 		// the peer meets a gap inside it), and keep one copy of each.
 		pending = inOrder(pending)
+		s.backoff = 100 * time.Millisecond
 		if err := s.publish(ctx, js, pending); err != nil {
 			// Leave the batch unacknowledged but ask for it again soon.
 			for _, m := range pending {
