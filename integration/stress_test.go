@@ -16,14 +16,17 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// stressDuration is how long the clients write: a few seconds by default,
-// a minute with CASUALDB_LONG set.
-func stressDuration() time.Duration {
+// longOr is short, or a minute with CASUALDB_LONG set: how long the slow
+// variants of the load tests run.
+func longOr(short time.Duration) time.Duration {
 	if os.Getenv("CASUALDB_LONG") != "" {
 		return time.Minute
 	}
-	return 8 * time.Second
+	return short
 }
+
+// stressDuration is how long the stress clients write.
+func stressDuration() time.Duration { return longOr(8 * time.Second) }
 
 // stressLedger is what the clients know they committed.
 type stressLedger struct {

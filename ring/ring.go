@@ -110,6 +110,21 @@ func (r *Ring) Preference(id string, n int) []casualdb.SiteID {
 	return out
 }
 
+// split walks the ring from id's hash: the first n distinct sites are the
+// preference list, and the sites after it that spare accepts are the
+// stand-ins, in ring order.
+func (r *Ring) split(id string, n int, spare func(casualdb.SiteID) bool) (pref, spares []casualdb.SiteID) {
+	r.walk(KeyHash(id), func(s casualdb.SiteID) bool {
+		if len(pref) < n {
+			pref = append(pref, s)
+		} else if spare(s) {
+			spares = append(spares, s)
+		}
+		return true
+	})
+	return pref, spares
+}
+
 // Placement is one site that keeps a transaction durably: a member of the
 // preference list, or a stand-in that keeps it as a hint for HintFor.
 type Placement struct {
@@ -127,15 +142,7 @@ func (r *Ring) Sloppy(id string, n int, alive func(casualdb.SiteID) bool) []Plac
 	if n <= 0 {
 		return nil
 	}
-	var pref, spare []casualdb.SiteID
-	r.walk(KeyHash(id), func(s casualdb.SiteID) bool {
-		if len(pref) < n {
-			pref = append(pref, s)
-		} else if alive(s) {
-			spare = append(spare, s)
-		}
-		return true
-	})
+	pref, spare := r.split(id, n, alive)
 	out := make([]Placement, 0, n)
 	for _, s := range pref {
 		switch {
@@ -162,15 +169,7 @@ func (r *Ring) HintHolders(id string, n int, origin casualdb.SiteID, alive func(
 	if n <= 0 {
 		return out
 	}
-	var pref, spare []casualdb.SiteID
-	r.walk(KeyHash(id), func(s casualdb.SiteID) bool {
-		if len(pref) < n {
-			pref = append(pref, s)
-		} else if alive(s) && s != origin {
-			spare = append(spare, s)
-		}
-		return true
-	})
+	pref, spare := r.split(id, n, func(s casualdb.SiteID) bool { return alive(s) && s != origin })
 	for _, s := range pref {
 		if alive(s) && s != origin {
 			spare = append(spare, s) // list members stand in last
