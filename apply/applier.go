@@ -45,6 +45,11 @@ type Config struct {
 	DSN string
 	// Inbox is the durable consumer of the site's inbox. Required.
 	Inbox jetstream.Consumer
+	// ResetInbox, when set, is called at the start of every Run for a fresh
+	// inbox consumer (see ship.Inbox.Reset): what a failed run had taken
+	// then comes again at once instead of after the acknowledgement
+	// timeout. Nil: Inbox is used as it is.
+	ResetInbox func(ctx context.Context) (jetstream.Consumer, error)
 	// Capture is the local capture. Required.
 	Capture Capture
 	// MaxBatch is the most transactions of one origin applied in one local
@@ -235,8 +240,14 @@ func (a *Applier) Run(ctx context.Context) error {
 	}
 	a.mu.Unlock()
 
+	inbox := a.cfg.Inbox
+	if a.cfg.ResetInbox != nil {
+		if inbox, err = a.cfg.ResetInbox(ctx); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+	}
 	msgs := make(chan jetstream.Msg, 4*a.cfg.MaxBatch)
-	cc, err := a.cfg.Inbox.Consume(func(m jetstream.Msg) {
+	cc, err := inbox.Consume(func(m jetstream.Msg) {
 		select {
 		case msgs <- m:
 		case <-ctx.Done():

@@ -30,16 +30,26 @@ func OpenInbox(ctx context.Context, js jetstream.JetStream, site casualdb.SiteID
 	if err != nil {
 		return nil, fmt.Errorf("open inbox %s: %w", InboxStream(site), err)
 	}
-	// Messages the previous run had taken but not acknowledged (it stopped
-	// or crashed) would wait for the acknowledgement timeout before coming
-	// again, and with them everything after them from the same origin. A
-	// work queue keeps every message until it is acknowledged, and apply is
-	// its only reader: start the consumer afresh, so that they come at once.
-	// Apply recognises what it had applied already.
-	if err := st.DeleteConsumer(ctx, "apply"); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+	in := &Inbox{site: site, stream: st}
+	if _, err := in.Reset(ctx); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// Reset starts apply's consumer afresh and returns it. Messages the
+// previous reader had taken but not acknowledged (it stopped, crashed, or
+// its run failed and is restarting in the same process) would wait for the
+// acknowledgement timeout before coming again, and with them everything
+// after them from the same origin. A work queue keeps every message until
+// it is acknowledged, and apply is its only reader, so a new consumer gets
+// them at once. Apply recognises what it had applied already. Call it
+// before every run of apply, never while one runs.
+func (i *Inbox) Reset(ctx context.Context) (jetstream.Consumer, error) {
+	if err := i.stream.DeleteConsumer(ctx, "apply"); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return nil, fmt.Errorf("reset inbox consumer: %w", err)
 	}
-	cons, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	cons, err := i.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       "apply",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       time.Minute,
@@ -49,7 +59,8 @@ func OpenInbox(ctx context.Context, js jetstream.JetStream, site casualdb.SiteID
 	if err != nil {
 		return nil, fmt.Errorf("open inbox consumer: %w", err)
 	}
-	return &Inbox{site: site, stream: st, cons: cons}, nil
+	i.cons = cons
+	return cons, nil
 }
 
 // Consumer is the durable consumer apply reads.
