@@ -131,6 +131,9 @@ func New(cfg Config) (*Capturer, error) {
 
 // Stats returns a snapshot of the counters.
 func (c *Capturer) Stats() Stats {
+	// Processed is read before LastSeq: every transaction at or below that
+	// position is then at or below LastSeq (the W-durability watermark relies
+	// on it).
 	return Stats{Captured: c.captured.Load(), Followed: c.followed.Load(), Processed: c.processed.Load(), LastSeq: c.lastSeq.Load(),
 		CounterFallbacks: c.noDeltas.Load()}
 }

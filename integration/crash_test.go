@@ -40,6 +40,19 @@ func writeEvents(ctx context.Context, c *cluster, i, from, to int, written *atom
 	return nil
 }
 
+// waitWritten polls until the writer reporting to done has written n
+// events; it fails the test if the writer stops first.
+func waitWritten(t *testing.T, written *atomic.Int64, done <-chan error, n int64) {
+	t.Helper()
+	for written.Load() < n {
+		select {
+		case err := <-done:
+			t.Fatalf("writer stopped early: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
 // checkExactlyOnce asserts that every site holds want events and that each
 // was applied (or written) exactly once there.
 func checkExactlyOnce(t *testing.T, c *cluster, want int) {
@@ -72,15 +85,7 @@ func TestCrash_SidecarKilledMidStream(t *testing.T) {
 	var written atomic.Int64
 	done := make(chan error, 1)
 	go func() { done <- writeEvents(ctx, c, 0, 0, total, &written) }()
-	waitWritten := func(n int64) {
-		for written.Load() < n {
-			select {
-			case err := <-done:
-				t.Fatalf("writer stopped early: %v", err)
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	}
+	waitWritten := func(n int64) { waitWritten(t, &written, done, n) }
 	waitWritten(200)
 	c.kill(0) // the origin's sidecar: capture and ship interrupted
 	waitWritten(500)
@@ -166,15 +171,7 @@ func TestCrash_PostgresRestartedUnderLoad(t *testing.T) {
 		}
 		done <- err
 	}()
-	waitWritten := func(n int64) {
-		for written.Load() < n {
-			select {
-			case err := <-done:
-				t.Fatalf("writer stopped early: %v", err)
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	}
+	waitWritten := func(n int64) { waitWritten(t, &written, done, n) }
 	waitWritten(200)
 	if err := c.sites[1].pg.Restart(ctx); err != nil { // a peer: apply loses its connections
 		t.Fatal(err)

@@ -93,6 +93,7 @@ type Membership struct {
 	members map[casualdb.SiteID]*Member
 	states  map[casualdb.SiteID][]byte
 	leaving map[casualdb.SiteID]bool // said they are leaving
+	sites   uint64                   // bumped when a site is first heard of
 	joined  bool
 
 	joinAttempts atomic.Int32 // for tests: how often joinLoop tried
@@ -229,6 +230,28 @@ func (m *Membership) Alive(site casualdb.SiteID) bool {
 	return ok && (mb.State == StateAlive || mb.State == StateSuspect)
 }
 
+// Generation changes whenever a site is heard of for the first time, so
+// that callers can keep what they derive from the member list (a ring)
+// until it changes.
+func (m *Membership) Generation() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.sites
+}
+
+// AllAlive reports whether every site heard of is alive or suspect: the
+// common case, checked without copying the member list.
+func (m *Membership) AllAlive() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, mb := range m.members {
+		if mb.State != StateAlive && mb.State != StateSuspect {
+			return false
+		}
+	}
+	return true
+}
+
 // RemoteState returns the last digest site sent in a full-state exchange
 // (nil if none yet).
 func (m *Membership) RemoteState(site casualdb.SiteID) []byte {
@@ -271,6 +294,7 @@ func (m *Membership) setState(n *memberlist.Node, state MemberState) {
 	if !ok {
 		mb = &Member{Site: site}
 		m.members[site] = mb
+		m.sites++
 	}
 	if mb.State != state {
 		mb.Since = time.Now()

@@ -124,15 +124,28 @@ func (o *Outbox) Last(ctx context.Context) (uint64, uint64, error) {
 	if info.State.Msgs == 0 {
 		return info.State.LastSeq, 0, nil
 	}
-	m, err := o.stream.GetMsg(ctx, info.State.LastSeq)
-	if err != nil {
-		return 0, 0, fmt.Errorf("outbox last message %d: %w", info.State.LastSeq, err)
+	lsn, ok, err := o.LSN(ctx, info.State.LastSeq)
+	if err == nil && !ok {
+		err = fmt.Errorf("outbox last message %d: %w", info.State.LastSeq, jetstream.ErrMsgNotFound)
 	}
-	lsn, err := strconv.ParseUint(m.Header.Get(HeaderLSN), 10, 64)
-	if err != nil {
-		return 0, 0, fmt.Errorf("outbox last message %d: lsn header: %w", info.State.LastSeq, err)
+	return info.State.LastSeq, lsn, err
+}
+
+// header reads one numeric header of the message at seq (ok false when the
+// outbox does not hold it).
+func (o *Outbox) header(ctx context.Context, seq uint64, name string) (v uint64, ok bool, err error) {
+	m, err := o.stream.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, false, nil
 	}
-	return info.State.LastSeq, lsn, nil
+	if err != nil {
+		return 0, false, fmt.Errorf("outbox message %d: %w", seq, err)
+	}
+	v, err = strconv.ParseUint(m.Header.Get(name), 10, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("outbox message %d: header %s: %w", seq, name, err)
+	}
+	return v, true, nil
 }
 
 // Since implements capture.Outbox.
@@ -172,18 +185,11 @@ func (o *Outbox) CommitTime(ctx context.Context, seq uint64) (t time.Time, ok bo
 	if info.State.Msgs == 0 || seq > info.State.LastSeq {
 		return time.Time{}, false, nil
 	}
-	m, err := o.stream.GetMsg(ctx, seq)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return time.Time{}, false, nil
+	us, ok, err := o.header(ctx, seq, HeaderCommit)
+	if !ok || err != nil {
+		return time.Time{}, false, err
 	}
-	if err != nil {
-		return time.Time{}, false, fmt.Errorf("outbox message %d: %w", seq, err)
-	}
-	us, err := strconv.ParseInt(m.Header.Get(HeaderCommit), 10, 64)
-	if err != nil {
-		return time.Time{}, false, fmt.Errorf("outbox message %d: commit header: %w", seq, err)
-	}
-	return time.UnixMicro(us), true, nil
+	return time.UnixMicro(int64(us)), true, nil
 }
 
 // Purge removes every message below seq.
@@ -230,16 +236,5 @@ func (o *Outbox) AckFloor(ctx context.Context, peer casualdb.SiteID) (uint64, er
 // LSN returns the commit LSN of the transaction at seq (ok false when the
 // outbox does not hold it).
 func (o *Outbox) LSN(ctx context.Context, seq uint64) (uint64, bool, error) {
-	m, err := o.stream.GetMsg(ctx, seq)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, fmt.Errorf("outbox message %d: %w", seq, err)
-	}
-	lsn, err := strconv.ParseUint(m.Header.Get(HeaderLSN), 10, 64)
-	if err != nil {
-		return 0, false, fmt.Errorf("outbox message %d: lsn header: %w", seq, err)
-	}
-	return lsn, true, nil
+	return o.header(ctx, seq, HeaderLSN)
 }

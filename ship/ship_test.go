@@ -79,6 +79,20 @@ func TestOutbox(t *testing.T) {
 	}
 }
 
+// runShipper runs sh until the returned stop is called, which waits for it
+// and reports its error.
+func runShipper(t *testing.T, ctx context.Context, sh *ship.Shipper) (stop func()) {
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- sh.Run(runCtx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("shipper: %v", err)
+		}
+	}
+}
+
 func mustPort(t *testing.T) int {
 	p, err := pgtest.FreePort()
 	if err != nil {
@@ -100,7 +114,9 @@ func TestShipper_PeerDownThenUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	bPort := mustPort(t)
-	sh, err := ship.NewShipper(ship.ShipperConfig{Site: "a", Peer: "b", PeerURL: fmt.Sprintf("nats://127.0.0.1:%d", bPort), Outbox: ob,
+	// Its address is not known yet either (as for a peer the outbox
+	// remembers before gossip tells where it is).
+	sh, err := ship.NewShipper(ship.ShipperConfig{Site: "a", Peer: "b", Outbox: ob,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -113,18 +129,11 @@ func TestShipper_PeerDownThenUp(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- sh.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("shipper: %v", err)
-		}
-	}()
-	if sh.Shipped() != 0 {
-		t.Fatalf("shipped %d to a peer that is down", sh.Shipped())
+	defer runShipper(t, ctx, sh)()
+	if sh.Shipped() != 0 || sh.Connected() {
+		t.Fatalf("shipped %d to a peer whose address is unknown (connected %v)", sh.Shipped(), sh.Connected())
 	}
+	sh.SetPeerURL(fmt.Sprintf("nats://127.0.0.1:%d", bPort))
 	b := startServer(t, filepath.Join(t.TempDir(), "b"), bPort)
 	t.Cleanup(b.Close)
 	in, err := ship.OpenInbox(ctx, jsFor(t, b.ClientURL()), "b")
@@ -303,15 +312,7 @@ func TestShipper_Rewind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- sh.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("shipper: %v", err)
-		}
-	}()
+	defer runShipper(t, ctx, sh)()
 	// Received counts the transactions the inbox holds and their lowest seq.
 	received := func() (n int, low uint64) {
 		t.Helper()

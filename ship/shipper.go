@@ -23,7 +23,7 @@ import (
 type ShipperConfig struct {
 	Site     casualdb.SiteID
 	Peer     casualdb.SiteID
-	PeerURL  string // the peer's NATS URL
+	PeerURL  string // the peer's NATS URL; empty: unknown yet (SetPeerURL)
 	Outbox   *Outbox
 	MaxBatch int           // transactions per publish round; default 256
 	AckWait  time.Duration // how long an unacknowledged outbox message waits before redelivery; default 30s
@@ -76,8 +76,8 @@ func ConsumerName(peer casualdb.SiteID) string { return "ship_" + string(peer) }
 
 // NewShipper validates cfg.
 func NewShipper(cfg ShipperConfig) (*Shipper, error) {
-	if cfg.Peer == "" || cfg.PeerURL == "" || cfg.Outbox == nil {
-		return nil, fmt.Errorf("%w: shipper needs a peer, its url and an outbox", casualdb.ErrConfig)
+	if cfg.Peer == "" || cfg.Outbox == nil {
+		return nil, fmt.Errorf("%w: shipper needs a peer and an outbox", casualdb.ErrConfig)
 	}
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = 256
@@ -251,6 +251,9 @@ func (s *Shipper) round(ctx context.Context, from uint64) error {
 // session holds one connection to the peer and ships until it fails.
 func (s *Shipper) session(ctx context.Context, msgs <-chan jetstream.Msg) error {
 	url := s.PeerURL()
+	if url == "" {
+		return fmt.Errorf("address of %s unknown (gossip has not told it yet)", s.cfg.Peer)
+	}
 	nc, err := nats.Connect(url, nats.Name("casualdb-ship-"+string(s.cfg.Site)), nats.Timeout(2*time.Second),
 		nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))
 	if err != nil {
@@ -433,15 +436,13 @@ func (s *Shipper) inboxMsg(msgs []jetstream.Msg) (*nats.Msg, error) {
 func (o *Outbox) Trim(ctx context.Context, peers []casualdb.SiteID, recorded uint64) error {
 	floor := recorded
 	for _, p := range peers {
-		c, err := o.stream.Consumer(ctx, ConsumerName(p))
+		// A peer without a consumer (being re-created) has floor 0:
+		// nothing is purged this round.
+		f, err := o.AckFloor(ctx, p)
 		if err != nil {
-			return fmt.Errorf("trim outbox: consumer of %s: %w", p, err)
+			return fmt.Errorf("trim outbox: %w", err)
 		}
-		info, err := c.Info(ctx)
-		if err != nil {
-			return fmt.Errorf("trim outbox: consumer of %s: %w", p, err)
-		}
-		floor = min(floor, info.AckFloor.Stream)
+		floor = min(floor, f)
 	}
 	if floor == 0 {
 		return nil

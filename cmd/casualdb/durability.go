@@ -55,10 +55,12 @@ func (s *Sidecar) durabilityLoop(ctx context.Context) error {
 			return nil
 		}
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		lsn, seq, ok := s.computeDurable(qctx)
+		lsn, seq, ok := s.computeDurable(qctx, savedSeq)
 		if ok && lsn > saved && (seq != savedSeq || time.Since(savedAt) >= 100*time.Millisecond) {
 			if conn == nil || conn.IsClosed() {
-				conn, _ = pgx.ConnectConfig(qctx, cfg)
+				if conn, err = pgx.ConnectConfig(qctx, cfg); err != nil {
+					s.log.Debug("durability watermark: connect", "err", err)
+				}
 			}
 			if conn != nil {
 				if err := meta.SaveDurability(qctx, conn, casualdb.SiteID(s.cfg.Site), s.cfg.Cluster.W, lsn); err != nil {
@@ -75,17 +77,21 @@ func (s *Sidecar) durabilityLoop(ctx context.Context) error {
 	}
 }
 
-// computeDurable computes the watermark and the W-durable outbox sequence.
-func (s *Sidecar) computeDurable(ctx context.Context) (lsn, seq uint64, ok bool) {
-	processed := s.capturer.Stats().Processed
-	last, _, err := s.outbox.Last(ctx)
-	if err != nil {
-		return 0, 0, false
+// computeDurable computes the watermark and the W-durable outbox sequence;
+// known is a sequence already known to be W-durable. It reads capture's
+// processed position before its outbox tail (both in memory): when nothing
+// was appended past known, no peer need be asked.
+func (s *Sidecar) computeDurable(ctx context.Context, known uint64) (lsn, seq uint64, ok bool) {
+	st := s.capturer.Stats() // reads Processed before LastSeq
+	processed, last := st.Processed, st.LastSeq
+	if last <= known {
+		return processed, last, processed > 0
 	}
 	var floors []uint64
 	for _, p := range s.peerList() {
 		f, err := s.outbox.AckFloor(ctx, p)
 		if err != nil {
+			s.log.Debug("durability watermark", "err", err)
 			return 0, 0, false
 		}
 		floors = append(floors, f)
@@ -96,6 +102,7 @@ func (s *Sidecar) computeDurable(ctx context.Context) (lsn, seq uint64, ok bool)
 	}
 	first, found, err := s.outbox.LSN(ctx, seq+1)
 	if err != nil || !found || first == 0 {
+		s.log.Debug("durability watermark: first transaction not yet durable", "seq", seq+1, "found", found, "err", err)
 		return 0, 0, false
 	}
 	return min(first-1, processed), seq, true

@@ -41,7 +41,7 @@ type Sidecar struct {
 	member   *ring.Membership // nil without cluster.bind
 	hints    *ship.Hints      // nil without cluster.bind
 	ringMu   sync.Mutex
-	ringOf   string                            // the member set ring was built for
+	ringGen  uint64                            // the membership generation ring was built for
 	ring     *ring.Ring                        // over every site gossip knows, in any state
 	handoffs map[casualdb.SiteID]*ship.Handoff // guarded by peerMu
 	admin    net.Listener
@@ -196,7 +196,6 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 	for peer, url := range known {
 		if url == "" {
 			s.log.Warn("the outbox keeps transactions for a peer whose address is unknown until gossip tells it", "peer", peer)
-			url = "nats://unknown.invalid:4222"
 		}
 		if err := s.addPeer(ctx, peer, url); err != nil {
 			return err
@@ -589,21 +588,21 @@ func (s *Sidecar) ensureHandoff(site casualdb.SiteID) {
 // currentRing is the ring over every site gossip knows of, in any state: a
 // site that is down keeps its place, so that its hints are kept for it.
 func (s *Sidecar) currentRing() (*ring.Ring, error) {
+	gen := s.member.Generation()
+	s.ringMu.Lock()
+	defer s.ringMu.Unlock()
+	if s.ring != nil && s.ringGen == gen {
+		return s.ring, nil
+	}
 	var sites []casualdb.SiteID
 	for _, m := range s.member.Members() {
 		sites = append(sites, m.Site)
-	}
-	key := fmt.Sprint(sites)
-	s.ringMu.Lock()
-	defer s.ringMu.Unlock()
-	if s.ring != nil && s.ringOf == key {
-		return s.ring, nil
 	}
 	r, err := ring.New(ring.Config{Sites: sites})
 	if err != nil {
 		return nil, err
 	}
-	s.ring, s.ringOf = r, key
+	s.ring, s.ringGen = r, gen
 	return r, nil
 }
 
@@ -611,6 +610,9 @@ func (s *Sidecar) currentRing() (*ring.Ring, error) {
 // member of the transaction's preference list that is down, it keeps the
 // transaction for that member.
 func (s *Sidecar) Hint(ctx context.Context, r apply.Received) error {
+	if s.member.AllAlive() {
+		return nil // every transaction, in the common case: no hint to keep
+	}
 	rg, err := s.currentRing()
 	if err != nil {
 		return err
