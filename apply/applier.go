@@ -43,13 +43,9 @@ type Config struct {
 	Site casualdb.SiteID
 	// DSN is the local PostgreSQL connection string. Required.
 	DSN string
-	// Inbox is the durable consumer of the site's inbox. Required.
-	Inbox jetstream.Consumer
-	// ResetInbox, when set, is called at the start of every Run for a fresh
-	// inbox consumer (see ship.Inbox.Reset): what a failed run had taken
-	// then comes again at once instead of after the acknowledgement
-	// timeout. Nil: Inbox is used as it is.
-	ResetInbox func(ctx context.Context) (jetstream.Consumer, error)
+	// Inbox is the site's inbox, read through one consumer per origin.
+	// Required.
+	Inbox Inbox
 	// Capture is the local capture. Required.
 	Capture Capture
 	// MaxBatch is the most transactions of one origin applied in one local
@@ -92,6 +88,9 @@ type OriginStats struct {
 	LastCommit  time.Time // origin commit time of the last applied transaction
 	LastApplied time.Time // when it was applied here
 	Epoch       string    // of the origin's outbox, which Seq counts in
+	// Held is how many of its transactions apply has taken from the inbox
+	// and holds, waiting for their turn (a predecessor, a dependency).
+	Held int
 }
 
 // Lag is the delay of the last applied transaction: applied minus committed.
@@ -178,29 +177,6 @@ func (a *Applier) count(f func(*Stats)) {
 	a.mu.Unlock()
 }
 
-// delivery is one inbox message, which carries one or more transactions
-// (a bundle): it is acknowledged once every one of them is applied or known
-// as a duplicate, and handed back as soon as one of them cannot be.
-type delivery struct {
-	m      jetstream.Msg
-	left   int
-	failed bool
-}
-
-func (d *delivery) done() {
-	d.left--
-	if d.left == 0 && !d.failed {
-		_ = d.m.Ack()
-	}
-}
-
-func (d *delivery) fail(delay time.Duration) {
-	if !d.failed {
-		d.failed = true
-		_ = d.m.NakWithDelay(delay)
-	}
-}
-
 // inMsg is one transaction from the inbox with its transport headers.
 type inMsg struct {
 	d      *delivery
@@ -209,11 +185,21 @@ type inMsg struct {
 	origin casualdb.SiteID
 	seq    uint64
 	epoch  string
+	hinted bool // the Hinter has seen it
 
 	received time.Time // taken from the inbox
 }
 
 // Run applies until ctx is done or a database error persists.
+//
+// It reads every origin through its own consumer and holds what it took in
+// memory, in each origin's sequence order, until it can be applied: an
+// origin whose next transaction waits (for its predecessor, or for what it
+// causally depends on from another origin) stays where it is while the
+// others go on, and goes on itself once the others have applied what it
+// needs. Each pass over the origins applies at most one run (MaxBatch
+// transactions, one local transaction) of each, so that dependent origins
+// interleave finely.
 func (a *Applier) Run(ctx context.Context) error {
 	cfg, err := CanonicalConfig(a.cfg.DSN)
 	if err != nil {
@@ -234,132 +220,179 @@ func (a *Applier) Run(ctx context.Context) error {
 	if a.progress, err = meta.LoadProgress(ctx, a.main); err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
+	known := make([]casualdb.SiteID, 0, len(a.progress))
 	a.mu.Lock()
 	for o, p := range a.progress {
 		a.stats.Origins[o] = OriginStats{Seq: p.Seq, LastCommit: p.CommitTime, LastApplied: p.AppliedAt, Epoch: p.Epoch}
+		if o != a.cfg.Site {
+			known = append(known, o)
+		}
 	}
 	a.mu.Unlock()
 
-	inbox := a.cfg.Inbox
-	if a.cfg.ResetInbox != nil {
-		if inbox, err = a.cfg.ResetInbox(ctx); err != nil {
-			return fmt.Errorf("apply: %w", err)
-		}
+	// The consumers' callbacks end with this run, whatever ends it.
+	rctx, cancel := context.WithCancel(ctx)
+	in := newIntake(a.cfg.Inbox, a.cfg.MaxBatch)
+	defer func() {
+		cancel()
+		in.stop()
+	}()
+	if err := in.discover(rctx, known); err != nil {
+		return fmt.Errorf("apply: %w", err)
 	}
-	msgs := make(chan jetstream.Msg, 4*a.cfg.MaxBatch)
-	cc, err := inbox.Consume(func(m jetstream.Msg) {
-		select {
-		case msgs <- m:
-		case <-ctx.Done():
-		}
-	}, jetstream.PullMaxMessages(2*a.cfg.MaxBatch))
-	if err != nil {
-		return fmt.Errorf("apply: consume inbox: %w", err)
-	}
-	defer cc.Stop()
-
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	lastDiscover, lastKeepAlive := time.Now(), time.Now()
+	decode := func(m jetstream.Msg, d *delivery) ([]inMsg, error) { return a.decodeMsg(ctx, m, d) }
 	for {
-		var batch []jetstream.Msg
+		if now := time.Now(); now.Sub(lastDiscover) >= time.Second {
+			// A new origin (gossip found it, or it is a hint's): its
+			// first transactions wait at most a second.
+			if err := in.discover(rctx, nil); err != nil {
+				return fmt.Errorf("apply: %w", err)
+			}
+			lastDiscover = now
+		}
+		if err := in.take(decode); err != nil {
+			return err
+		}
+		progressed, err := a.applyReady(ctx, in)
+		if err != nil {
+			return err
+		}
+		a.noteHeld(in)
+		if now := time.Now(); now.Sub(lastKeepAlive) >= time.Second {
+			in.keepAlive(now)
+			lastKeepAlive = now
+		}
+		if progressed {
+			continue
+		}
 		select {
-		case m := <-msgs:
-			batch = append(batch, m)
+		case <-in.wake:
+		case <-tick.C:
 		case <-ctx.Done():
 			return ctx.Err()
-		}
-		size := len(batch[0].Data())
-	drain:
-		for len(batch) < 4*a.cfg.MaxBatch && size < maxHandleBytes {
-			select {
-			case m := <-msgs:
-				batch = append(batch, m)
-				size += len(m.Data())
-			default:
-				break drain
-			}
-		}
-		if err := a.handle(ctx, batch); err != nil {
-			return err
 		}
 	}
 }
 
-// handle applies a batch of inbox messages: runs of consecutive messages
-// from one origin go into one local transaction each.
-func (a *Applier) handle(ctx context.Context, batch []jetstream.Msg) error {
-	var run []inMsg
-	blocked := map[casualdb.SiteID]bool{}
-	flush := func() error {
-		if len(run) == 0 {
-			return nil
+// noteHeld publishes how many transactions each origin holds.
+func (a *Applier) noteHeld(in *intake) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, q := range in.order {
+		if o := a.stats.Origins[q.origin]; o.Held != len(q.held) {
+			o.Held = len(q.held)
+			a.stats.Origins[q.origin] = o
 		}
-		ok, err := a.applyRun(ctx, run)
-		if !ok {
-			// The run went back to the inbox: what follows it must wait.
-			blocked[run[0].origin] = true
-		}
-		run = run[:0]
-		return err
 	}
-	var ims []inMsg
-	for _, m := range batch {
-		ms, err := a.decodeMsg(ctx, m)
-		if err != nil {
-			return err
-		}
-		ims = append(ims, ms...)
-	}
-	for _, im := range ims {
-		if blocked[im.origin] {
-			im.d.fail(100 * time.Millisecond)
+}
+
+// applyReady makes one pass over the origins and applies at most one run
+// of each from the head of what it holds. progressed tells whether anything
+// was applied or recognised as a duplicate.
+func (a *Applier) applyReady(ctx context.Context, in *intake) (progressed bool, err error) {
+	for _, q := range in.order {
+		if len(q.held) == 0 || time.Now().Before(q.retry) {
 			continue
 		}
-		if a.cfg.Hinter != nil {
+		n, err := a.applyHead(ctx, q)
+		if err != nil {
+			return progressed, err
+		}
+		progressed = progressed || n > 0
+	}
+	return progressed, nil
+}
+
+// applyHead applies the longest run of q's held transactions that may be
+// applied now, and returns how many transactions it consumed (applied, or
+// recognised as duplicates).
+func (a *Applier) applyHead(ctx context.Context, q *originQueue) (int, error) {
+	origin := q.origin
+	committed := a.progress[origin] // what is committed here; the run moves a.progress ahead
+	var run, twins []inMsg
+	i := 0
+build:
+	for ; i < len(q.held) && len(run) < a.cfg.MaxBatch; i++ {
+		im := &q.held[i]
+		if a.cfg.Hinter != nil && !im.hinted {
 			// Before the message can be acknowledged: a hint kept only
 			// after the commit would be lost by a crash in between.
 			err := a.cfg.Hinter.Hint(ctx, Received{Origin: im.origin, Epoch: im.epoch, Seq: im.seq, Tx: im.tx, Data: im.data})
 			if err != nil {
 				a.log.Warn("keep hint; the transaction waits", "origin", im.origin, "seq", im.seq, "err", err)
-				blocked[im.origin] = true
-				im.d.fail(time.Second)
-				continue
+				q.retry = time.Now().Add(time.Second)
+				break build
 			}
+			im.hinted = true
 		}
-		switch a.admit(im) {
+		switch a.admit(*im) {
 		case admitDuplicate:
-			a.count(func(s *Stats) { s.Skipped++ })
-			im.d.done()
+			if im.tx.LSN <= committed.LSN {
+				a.count(func(s *Stats) { s.Skipped++ })
+				im.d.done()
+			} else {
+				// A second copy (a resend) of a transaction in this run:
+				// acknowledged only once the run commits.
+				twins = append(twins, *im)
+			}
 			continue
 		case admitGap:
 			// An earlier transaction of this origin is missing (a publish
-			// that failed and will be redelivered): wait for it.
-			a.noteGap(ctx, im)
-			blocked[im.origin] = true
-			im.d.fail(100 * time.Millisecond)
-			continue
-		}
-		if len(run) > 0 && (run[0].origin != im.origin || len(run) >= a.cfg.MaxBatch || hasTruncate(im.tx) || hasTruncate(run[len(run)-1].tx)) {
-			if err := flush(); err != nil {
-				return err
+			// that failed and will come again, or is asked for again).
+			a.noteGap(ctx, *im)
+			if q.full() {
+				if n := q.release(time.Second); n > 0 {
+					a.log.Debug("handed back held messages behind a gap", "origin", origin, "messages", n)
+				}
 			}
+			break build
 		}
-		// After the flush: a dependency in the run just written counts only
-		// once it committed.
-		if site, lsn, ok := a.missingDep(im); ok {
-			a.noteDependency(im, site, lsn)
-			a.count(func(s *Stats) { s.DependencyWaits++ })
-			blocked[im.origin] = true
-			im.d.fail(100 * time.Millisecond)
-			continue
+		if len(run) > 0 && (hasTruncate(im.tx) || hasTruncate(run[len(run)-1].tx)) {
+			break build
 		}
-		delete(a.gapSince, im.origin)
-		delete(a.depSince, im.origin)
-		delete(a.resend, im.origin)
+		if site, lsn, ok := a.missingDep(*im); ok {
+			if _, waiting := a.depSince[origin]; !waiting {
+				a.count(func(s *Stats) { s.DependencyWaits++ })
+			}
+			a.noteDependency(*im, site, lsn)
+			break build
+		}
+		delete(a.gapSince, origin)
+		delete(a.depSince, origin)
+		delete(a.resend, origin)
 		// Admit the next one of the same origin against this one.
-		p := a.progress[im.origin]
-		a.progress[im.origin] = meta.Progress{Seq: im.seq, LSN: im.tx.LSN, CommitTime: im.tx.CommitTime, Epoch: im.epoch, AppliedAt: p.AppliedAt}
-		run = append(run, im)
+		a.progress[origin] = meta.Progress{Seq: im.seq, LSN: im.tx.LSN, CommitTime: im.tx.CommitTime, Epoch: im.epoch, AppliedAt: committed.AppliedAt}
+		run = append(run, *im)
 	}
-	return flush()
+	if len(run) == 0 {
+		q.held = q.held[i:]
+		return i, nil
+	}
+	ok, err := a.applyRun(ctx, run)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		// The run and its twins stay held and are tried again in a
+		// second; the duplicates seen on the way are done with.
+		q.retry = time.Now().Add(time.Second)
+		keep := append(append([]inMsg{}, run...), twins...)
+		slices.SortStableFunc(keep, func(x, y inMsg) int { return cmp.Compare(x.seq, y.seq) })
+		q.held = append(keep, q.held[i:]...)
+		return i - len(keep), nil
+	}
+	for _, im := range run {
+		im.d.done()
+	}
+	for _, im := range twins {
+		a.count(func(s *Stats) { s.Skipped++ })
+		im.d.done()
+	}
+	q.held = q.held[i:]
+	return i, nil
 }
 
 // resendState paces the requests to one origin to ship again.
@@ -520,7 +553,7 @@ const maxHandleBytes = 8 << 20
 // decodeMsg returns the transactions m carries. What does not decode is
 // parked (and counted) rather than applied: a whole message whose headers
 // or framing are garbled, or one transaction of a bundle.
-func (a *Applier) decodeMsg(ctx context.Context, m jetstream.Msg) ([]inMsg, error) {
+func (a *Applier) decodeMsg(ctx context.Context, m jetstream.Msg, d *delivery) ([]inMsg, error) {
 	h := m.Headers()
 	origin := casualdb.SiteID(h.Get(headerOrigin))
 	entries, err := ship.Entries(h, m.Data())
@@ -530,7 +563,6 @@ func (a *Applier) decodeMsg(ctx context.Context, m jetstream.Msg) ([]inMsg, erro
 	if err != nil {
 		return nil, a.parkGarbled(ctx, m, nil, err)
 	}
-	d := &delivery{m: m, left: len(entries)}
 	now := time.Now()
 	out := make([]inMsg, 0, len(entries))
 	for _, e := range entries {
@@ -542,15 +574,14 @@ func (a *Applier) decodeMsg(ctx context.Context, m jetstream.Msg) ([]inMsg, erro
 			if err := a.parkGarbled(ctx, m, &e, err); err != nil {
 				return nil, err
 			}
-			d.done()
 			continue
 		}
 		im.tx.Seq = e.Seq
 		out = append(out, im)
 	}
-	// In outbox order, whatever order the bundle was cut in: a transaction
-	// ahead of its predecessor in the same bundle would stall the origin.
-	slices.SortStableFunc(out, func(x, y inMsg) int { return cmp.Compare(x.seq, y.seq) })
+	if len(out) == 0 && len(entries) > 0 {
+		_ = m.Ack() // every transaction in it is parked
+	}
 	return out, nil
 }
 
@@ -580,7 +611,7 @@ func (a *Applier) parkGarbled(ctx context.Context, m jetstream.Msg, e *ship.Entr
 
 // applyRun applies consecutive transactions of one origin in one local
 // transaction, retrying what a race with local writers makes fail. ok is
-// false when the run was given back to the inbox instead.
+// false when it could not be applied now (the caller keeps it for later).
 func (a *Applier) applyRun(ctx context.Context, run []inMsg) (ok bool, err error) {
 	origin := run[0].origin
 	var lastErr error
@@ -595,9 +626,6 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) (ok bool, err error
 		}
 		res, err := a.applyTxs(ctx, conn, run, attempt > 0)
 		if err == nil {
-			for _, im := range run {
-				im.d.done()
-			}
 			last := run[len(run)-1]
 			now := time.Now()
 			if a.cfg.ObserveDelay != nil {
@@ -631,10 +659,8 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) (ok bool, err error
 			return false, ctx.Err()
 		}
 	}
-	// Give the run back to the inbox; forget the optimistic progress.
-	for _, im := range run {
-		im.d.fail(time.Second)
-	}
+	// The caller keeps the run and tries again; forget the optimistic
+	// progress.
 	if err := a.reloadProgress(ctx); err != nil {
 		return false, err
 	}

@@ -54,15 +54,20 @@ func TestCausal_ChildNeverBeforeParent(t *testing.T) {
 		}
 		return nil
 	})
-	// Held back: a few more rounds of it, and still no child at c.
+	// Held back, and what b writes after it with it (b's order): c holds
+	// both, applies neither.
+	c.exec(b, `INSERT INTO parent VALUES (2, 'from b, after the child')`)
 	pgtest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
-		if got := c.statusNumber(cc, "apply", "dependency_waits"); got < waits+3 {
-			return fmt.Errorf("c held the child back %v times, want 3", got-waits)
+		if got := c.statusNumber(cc, "origins", "b", "held_transactions"); got != 2 {
+			return fmt.Errorf("c holds %v of b's transactions, want 2", got)
 		}
 		return nil
 	})
 	if got, _ := c.queryString(cc, `SELECT count(*)::text FROM child`); got != "0" {
 		t.Fatalf("c applied b's child before a's parent: %s child rows", got)
+	}
+	if got, _ := c.queryString(cc, `SELECT count(*)::text FROM parent WHERE id = 2`); got != "0" {
+		t.Fatalf("c applied b's later transaction before the one it holds back")
 	}
 	c.heal(a, cc)
 	c.waitConverged(60*time.Second, "parent", "child")

@@ -140,12 +140,16 @@ func TestShipper_PeerDownThenUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cons, err := in.Reset(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
 	// The shipper bundles what it has in hand: 50 transactions arrive in
 	// one or more messages, every one of them once and in order.
 	want := uint64(1)
 	deadline := time.Now().Add(30 * time.Second)
 	for want <= 50 && time.Now().Before(deadline) {
-		msgs, err := in.Consumer().Fetch(50, jetstream.FetchMaxWait(time.Second))
+		msgs, err := cons.Fetch(50, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -307,6 +311,10 @@ func TestShipper_Rewind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cons, err := in.Reset(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
 	sh, err := ship.NewShipper(ship.ShipperConfig{Site: "a", Peer: "b", PeerURL: b.ClientURL(), Outbox: ob,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -316,7 +324,7 @@ func TestShipper_Rewind(t *testing.T) {
 	// Received counts the transactions the inbox holds and their lowest seq.
 	received := func() (n int, low uint64) {
 		t.Helper()
-		msgs, err := in.Consumer().Fetch(100, jetstream.FetchMaxWait(200*time.Millisecond))
+		msgs, err := cons.Fetch(100, jetstream.FetchMaxWait(200*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -83,6 +83,9 @@ type OriginStatus struct {
 	LastCommit  time.Time `json:"last_commit_time"`
 	LagSeconds  float64   `json:"lag_seconds"`
 	LastApplied time.Time `json:"last_applied_at"`
+	// Held: its transactions taken from the inbox and waiting here for
+	// their turn (a missing predecessor, or what they causally depend on).
+	Held int `json:"held_transactions"`
 }
 
 // Status returns a snapshot of the sidecar.
@@ -120,7 +123,7 @@ func (s *Sidecar) Status() Status {
 		st.Apply.Conflicts, st.Apply.Parked, st.Apply.Garbled = as.Conflicts, as.Parked, as.Garbled
 		st.Apply.DepWaits, st.Apply.Resends = as.DependencyWaits, as.Resends
 		for o, os := range as.Origins {
-			st.Origins[string(o)] = OriginStatus{Applied: os.Applied, Seq: os.Seq, LastCommit: os.LastCommit, LastApplied: os.LastApplied, LagSeconds: os.Lag().Seconds()}
+			st.Origins[string(o)] = OriginStatus{Applied: os.Applied, Seq: os.Seq, LastCommit: os.LastCommit, LastApplied: os.LastApplied, LagSeconds: os.Lag().Seconds(), Held: os.Held}
 		}
 	}
 	for _, p := range s.peerList() {

@@ -214,7 +214,7 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 	}
 	if s.applier, err = apply.New(apply.Config{
 		Hinter: hinter, Resend: s.resend,
-		Site: site, DSN: s.cfg.Database.DSN, Inbox: s.inbox.Consumer(), ResetInbox: s.inbox.Reset, Capture: s.capturer,
+		Site: site, DSN: s.cfg.Database.DSN, Inbox: s.inbox, Capture: s.capturer,
 		MaxBatch: s.cfg.Apply.MaxBatch, WaitTimeout: s.cfg.Apply.WaitTimeout, Logger: s.log,
 		DeletePolicy: deletePolicy, Policies: policies, MergeColumns: s.cfg.Conflicts.MergeColumns(),
 		ObserveDelay: func(origin casualdb.SiteID, stage string, d time.Duration) {
