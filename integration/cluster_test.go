@@ -60,6 +60,8 @@ type cluster struct {
 	sites  []*site
 	extra  []string // extra config lines for every site
 	gossip bool
+	// hintRetention is clusterOptions.HintRetention.
+	hintRetention time.Duration
 	// links[i][j] carries site i's connection to site j's NATS (i ships to
 	// j); nil without clusterOptions.Links.
 	links    [][]*netproxy.Proxy
@@ -89,6 +91,9 @@ type clusterOptions struct {
 	// site names the others' gossip addresses to join (any one live one
 	// suffices), and sites learn each other's NATS from gossip.
 	Gossip bool
+	// HintRetention, with Gossip, sets cluster.hint_retention (0: the
+	// default).
+	HintRetention time.Duration
 }
 
 // newCluster starts n PostgreSQL servers with schema applied at each, and
@@ -132,6 +137,7 @@ func newClusterWith(t testing.TB, opts clusterOptions) *cluster {
 		}
 	}
 	c.gossip = opts.Gossip
+	c.hintRetention = opts.HintRetention
 	if opts.Links {
 		c.startLinks()
 	}
@@ -280,6 +286,9 @@ func (c *cluster) config(s *site) string {
 	from := slices.Index(c.sites, s)
 	if c.gossip {
 		fmt.Fprintf(&b, "cluster:\n  bind: 127.0.0.1:%d\n  push_pull: 200ms\n", s.gossipPort)
+		if c.hintRetention > 0 {
+			fmt.Fprintf(&b, "  hint_retention: %s\n", c.hintRetention)
+		}
 		var join []string
 		for _, p := range c.sites {
 			if p != s {

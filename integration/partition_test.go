@@ -21,6 +21,11 @@ func partitionDuration() time.Duration { return longOr(4 * time.Second) }
 // writeLoad upserts random keys of kv at site i until stop, at most every
 // few milliseconds, and returns how many transactions it committed.
 func writeLoad(ctx context.Context, c *cluster, i int, stop <-chan struct{}) (int, error) {
+	return writeLoadEvery(ctx, c, i, stop, 2*time.Millisecond)
+}
+
+// writeLoadEvery is writeLoad with a pause of every between transactions.
+func writeLoadEvery(ctx context.Context, c *cluster, i int, stop <-chan struct{}, every time.Duration) (int, error) {
 	conn, err := pgx.Connect(ctx, c.sites[i].pg.DSN())
 	if err != nil {
 		return 0, err
@@ -32,7 +37,7 @@ func writeLoad(ctx context.Context, c *cluster, i int, stop <-chan struct{}) (in
 		select {
 		case <-stop:
 			return n, nil
-		case <-time.After(2 * time.Millisecond):
+		case <-time.After(every):
 		}
 		k := rng.Intn(200)
 		if _, err := conn.Exec(ctx, `INSERT INTO kv VALUES ($1, $2, 1) ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = kv.n + 1`,
@@ -43,10 +48,41 @@ func writeLoad(ctx context.Context, c *cluster, i int, stop <-chan struct{}) (in
 	}
 }
 
+// runLoad runs writeLoadEvery at every site until stop and returns what
+// each committed, or the first error.
+func runLoad(ctx context.Context, c *cluster, stop <-chan struct{}, every time.Duration) ([]int, error) {
+	var wg sync.WaitGroup
+	counts := make([]int, len(c.sites))
+	errs := make(chan error, len(c.sites))
+	for i := range c.sites {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n, err := writeLoadEvery(ctx, c, i, stop, every)
+			counts[i] = n
+			if err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return counts, <-errs
+}
+
+// lagAt returns, from site i's status, the lag of the last transaction it
+// applied from origin and how many of origin's transactions it holds.
+func (c *cluster) lagAt(i int, origin string) (lag time.Duration, held int) {
+	c.t.Helper()
+	s := c.statusNumber(i, "origins", origin, "lag_seconds")
+	return time.Duration(s * float64(time.Second)), int(c.statusNumber(i, "origins", origin, "held_transactions"))
+}
+
 // TestPartition_BothSidesWrite cuts c off from a and b in both directions
 // while all three write under load: both sides keep accepting writes, a
-// and b keep converging with each other, and after the heal all three hold
-// the same rows. It logs how long the catch-up took.
+// and b keep converging with each other, and after the heal, with the load
+// going on, c catches up and then all three hold the same rows. It logs
+// how long the catch-up took and the lag after it.
 func TestPartition_BothSidesWrite(t *testing.T) {
 	c := newClusterWith(t, clusterOptions{Sites: 3, Links: true, Schema: `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL, n int NOT NULL)`})
 	c.exec(0, `INSERT INTO kv SELECT g, 'start', 0 FROM generate_series(0, 199) g`)
@@ -55,27 +91,12 @@ func TestPartition_BothSidesWrite(t *testing.T) {
 	for _, p := range [][2]int{{0, 2}, {2, 0}, {1, 2}, {2, 1}} {
 		c.cut(p[0], p[1])
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), partitionDuration()+2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*partitionDuration()+3*time.Minute)
 	defer cancel()
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	counts := make([]int, len(c.sites))
-	errs := make(chan error, len(c.sites))
-	for i := range c.sites {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n, err := writeLoad(ctx, c, i, stop)
-			counts[i] = n
-			if err != nil {
-				errs <- err
-			}
-		}()
-	}
 	time.AfterFunc(partitionDuration(), func() { close(stop) })
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	counts, err := runLoad(ctx, c, stop, 2*time.Millisecond)
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("during a %s partition: a %d, b %d, c %d transactions", partitionDuration(), counts[0], counts[1], counts[2])
@@ -105,12 +126,65 @@ func TestPartition_BothSidesWrite(t *testing.T) {
 			}
 		}
 	}()
+	// Heal under a steady load (at most 50 transactions a second per site,
+	// which leaves the machine room to catch up; the partition's load has
+	// none): the catch-up is over once every site applies every other's
+	// transactions within a second of their commit, holding none back; then
+	// the lag is sampled for a while.
+	stop = make(chan struct{})
+	type load struct {
+		counts []int
+		err    error
+	}
+	loadDone := make(chan load, 1)
+	go func() {
+		n, err := runLoad(ctx, c, stop, 20*time.Millisecond)
+		loadDone <- load{n, err}
+	}()
 	healed := time.Now()
 	for _, p := range [][2]int{{0, 2}, {2, 0}, {1, 2}, {2, 1}} {
 		c.heal(p[0], p[1])
 	}
+	var worst time.Duration
+	pgtest.CheckFor(t, 2*time.Minute, 100*time.Millisecond, func() error {
+		for i := range c.sites {
+			for j := range c.sites {
+				if i == j {
+					continue
+				}
+				lag, held := c.lagAt(i, c.sites[j].name)
+				worst = max(worst, lag)
+				if lag > time.Second || held > 0 {
+					return fmt.Errorf("%s applies %s's transactions %s late, holding %d", c.sites[i].name, c.sites[j].name, lag, held)
+				}
+			}
+		}
+		return nil
+	})
+	caughtUp := time.Since(healed)
+	var lags []time.Duration
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
+		for _, o := range []string{"a", "b"} {
+			lag, _ := c.lagAt(2, o)
+			lags = append(lags, lag)
+		}
+		select {
+		case <-time.After(100 * time.Millisecond): // a sampling interval, not a wait for a condition
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		}
+	}
+	close(stop)
+	ld := <-loadDone
+	if ld.err != nil {
+		t.Fatal(ld.err)
+	}
+	after := ld.counts
 	c.waitConverged(2*time.Minute, "kv")
-	t.Logf("converged %s after the heal", time.Since(healed).Round(time.Millisecond))
+	sort.Slice(lags, func(i, j int) bool { return lags[i] < lags[j] })
+	t.Logf("after the heal, under load (a %d, b %d, c %d more transactions): caught up in %s (worst lag seen %s); then lag at c p50 %s, max %s; converged %s after the heal",
+		after[0], after[1], after[2], caughtUp.Round(time.Millisecond), worst.Round(time.Millisecond),
+		lags[len(lags)/2].Round(time.Millisecond), lags[len(lags)-1].Round(time.Millisecond), time.Since(healed).Round(time.Millisecond))
 }
 
 // diffRows lists up to limit rows of table (with their recorded versions)

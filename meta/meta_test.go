@@ -86,3 +86,63 @@ func TestCollectTombstones(t *testing.T) {
 		t.Fatalf("left %q, %v; want the live row only", left, err)
 	}
 }
+
+// TestHintExpiry records expired hints twice (they add up), resolves the
+// record once the site has applied far enough, reopens it on a later
+// expiry, and forgets it by age.
+func TestHintExpiry(t *testing.T) {
+	pg := pgtest.NewServer(t, "meta")
+	conn := pgtest.Connect(t, pg.DSN())
+	ctx := context.Background()
+	if err := meta.Install(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	load := func() []meta.HintExpiry {
+		t.Helper()
+		es, err := meta.LoadHintExpiries(ctx, conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return es
+	}
+	record := func(es ...meta.HintExpiry) {
+		t.Helper()
+		if err := meta.RecordHintExpiries(ctx, conn, es); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record(meta.HintExpiry{For: "c", Origin: "a", Epoch: "e1", Hints: 3, FirstSeq: 5, LastSeq: 7, LastLSN: 700})
+	record(meta.HintExpiry{For: "c", Origin: "a", Epoch: "e1", Hints: 2, FirstSeq: 8, LastSeq: 9, LastLSN: 900})
+	es := load()
+	if len(es) != 1 {
+		t.Fatalf("records: %+v, want one", es)
+	}
+	if e := es[0]; e.Hints != 5 || e.FirstSeq != 5 || e.LastSeq != 9 || e.LastLSN != 900 || !e.Resolved.IsZero() || e.FirstExpired.IsZero() {
+		t.Errorf("record: %+v, want 5 hints, seqs 5-9, LSN 900, open", e)
+	}
+	if ok, err := meta.ResolveHintExpiry(ctx, conn, "c", "a", "e1", 8); err != nil || ok {
+		t.Errorf("resolve at applied 8 = %v, %v; want not resolved (9 expired)", ok, err)
+	}
+	if ok, err := meta.ResolveHintExpiry(ctx, conn, "c", "a", "e2", 100); err != nil || ok {
+		t.Errorf("resolve in another epoch = %v, %v; want not resolved", ok, err)
+	}
+	if ok, err := meta.ResolveHintExpiry(ctx, conn, "c", "a", "e1", 9); err != nil || !ok {
+		t.Errorf("resolve at applied 9 = %v, %v; want resolved", ok, err)
+	}
+	if e := load()[0]; e.Resolved.IsZero() {
+		t.Errorf("record after resolve: %+v, want resolved", e)
+	}
+	record(meta.HintExpiry{For: "c", Origin: "a", Epoch: "e1", Hints: 1, FirstSeq: 12, LastSeq: 12, LastLSN: 1200})
+	if e := load()[0]; !e.Resolved.IsZero() || e.LastSeq != 12 || e.Hints != 6 {
+		t.Errorf("record after a later expiry: %+v, want open again, up to 12, 6 hints", e)
+	}
+	if n, err := meta.ForgetHintExpiries(ctx, conn, time.Hour, 24*time.Hour); err != nil || n != 0 {
+		t.Errorf("forget recent = %d, %v; want nothing removed", n, err)
+	}
+	if _, err := conn.Exec(ctx, `UPDATE casualdb.hint_expiry SET last_expired = now() - interval '2 days'`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := meta.ForgetHintExpiries(ctx, conn, time.Hour, 24*time.Hour); err != nil || n != 1 {
+		t.Errorf("forget open for two days = %d, %v; want 1 removed", n, err)
+	}
+}

@@ -129,7 +129,7 @@ var ddl = []string{
 
 // Install creates CasualDB's schema and tables if they do not exist.
 func Install(ctx context.Context, q Querier) error {
-	for _, s := range append(ddl[:len(ddl):len(ddl)], durabilityDDL...) {
+	for _, s := range append(append(ddl[:len(ddl):len(ddl)], durabilityDDL...), hintExpiryDDL...) {
 		if _, err := q.Exec(ctx, s); err != nil {
 			return fmt.Errorf("install casualdb schema: %w", err)
 		}

@@ -162,7 +162,11 @@ func (h *Handoff) Run(ctx context.Context) error {
 // session hands off hints over one connection until the site is down, the
 // connection fails, or nothing is left and the site goes down.
 func (h *Handoff) session(ctx context.Context, cons jetstream.Consumer, url string) error {
-	nc, err := nats.Connect(url, nats.Name("casualdb-handoff-"+string(h.cfg.Hints.site)), nats.Timeout(2*time.Second))
+	// No reconnecting: a publish to a site that went down fails at once
+	// and its hint is handed back, instead of waiting in the client's
+	// reconnect buffer and reaching the site later, after the hint may have
+	// expired here. The next session connects afresh.
+	nc, err := nats.Connect(url, nats.Name("casualdb-handoff-"+string(h.cfg.Hints.site)), nats.Timeout(2*time.Second), nats.NoReconnect())
 	if err != nil {
 		return fmt.Errorf("connect to %s at %s: %w", h.cfg.For, url, err)
 	}
@@ -180,6 +184,11 @@ func (h *Handoff) session(ctx context.Context, cons jetstream.Consumer, url stri
 			return fmt.Errorf("fetch hints: %w", err)
 		}
 		for m := range batch.Messages() {
+			if _, up := h.cfg.URL(); !up {
+				// Fetched while the site went down: hand it back.
+				_ = m.NakWithDelay(time.Second)
+				continue
+			}
 			hdr := m.Headers()
 			out := nats.NewMsg(InboxSubject(h.cfg.For, casualdb.SiteID(hdr.Get(HeaderOrigin))))
 			out.Data = m.Data()
@@ -207,4 +216,111 @@ func (h *Handoff) session(ctx context.Context, cons jetstream.Consumer, url stri
 		}
 	}
 	return ctx.Err()
+}
+
+// Expiry sums up hints that Expire removed for one site from one origin's
+// outbox epoch: what that site will not get from this holder. It can still
+// get them from the origin's outbox (which keeps everything a down peer has
+// not acknowledged), or from a repair.
+type Expiry struct {
+	For      casualdb.SiteID
+	Origin   casualdb.SiteID
+	Epoch    string // of the origin's outbox, which the sequences count in
+	Hints    uint64 // how many hints went
+	FirstSeq uint64 // the lowest origin outbox sequence among them
+	LastSeq  uint64 // the highest
+	LastLSN  uint64 // the origin's commit LSN of LastSeq
+}
+
+// expireBatch bounds the hints one Expire call looks at, so that a
+// housekeeping round stays short; the next call goes on.
+const expireBatch = 4096
+
+// Expire removes the hints this stream stored before cutoff, at most a few
+// thousand per call, oldest first. A
+// hint is never dropped silently: record is called first with what is about
+// to go, summed up by site, origin and epoch, and nothing is removed unless
+// it returns nil; it should store the summary durably. Expire returns what
+// it removed (nil when nothing was old enough).
+//
+// A hint handed off while Expire runs may be counted as expired too: the
+// summary can only overstate what its site misses, never understate it.
+func (hs *Hints) Expire(ctx context.Context, cutoff time.Time, record func(context.Context, []Expiry) error) ([]Expiry, error) {
+	info, err := hs.stream.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("expire hints: %w", err)
+	}
+	if info.State.Msgs == 0 {
+		return nil, nil
+	}
+	type key struct {
+		forSite, origin casualdb.SiteID
+		epoch           string
+	}
+	var (
+		sums  = map[key]*Expiry{}
+		order []key
+		cut   uint64 // every message below it is summed up
+		all   = "casualdb.hint." + string(hs.site) + ".>"
+	)
+	seq := info.State.FirstSeq
+	for range expireBatch {
+		// The next message at or after seq: work-queue acknowledgements
+		// leave holes in the sequence.
+		m, err := hs.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(all))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("expire hints: read hint at %d: %w", seq, err)
+		}
+		// Stored in arrival order: the first one young enough ends the
+		// expired prefix.
+		if !m.Time.Before(cutoff) {
+			break
+		}
+		forSite, origin := hs.parseSubject(m.Subject)
+		k := key{forSite, origin, m.Header.Get(HeaderEpoch)}
+		e, ok := sums[k]
+		if !ok {
+			e = &Expiry{For: forSite, Origin: origin, Epoch: k.epoch}
+			sums[k] = e
+			order = append(order, k)
+		}
+		oseq, _ := strconv.ParseUint(m.Header.Get(HeaderSeq), 10, 64)
+		lsn, _ := strconv.ParseUint(m.Header.Get(HeaderLSN), 10, 64)
+		e.Hints++
+		if e.FirstSeq == 0 || oseq < e.FirstSeq {
+			e.FirstSeq = oseq
+		}
+		if oseq >= e.LastSeq {
+			e.LastSeq, e.LastLSN = oseq, lsn
+		}
+		seq = m.Sequence + 1
+		cut = seq
+	}
+	if len(order) == 0 {
+		return nil, nil
+	}
+	out := make([]Expiry, 0, len(order))
+	for _, k := range order {
+		out = append(out, *sums[k])
+	}
+	if err := record(ctx, out); err != nil {
+		return nil, fmt.Errorf("expire hints: record before removing: %w", err)
+	}
+	// Only messages below cut go: the ones summed up (less any handed off
+	// meanwhile); later ones have higher sequences.
+	if err := hs.stream.Purge(ctx, jetstream.WithPurgeSequence(cut)); err != nil {
+		return nil, fmt.Errorf("expire hints below %d: %w", cut, err)
+	}
+	return out, nil
+}
+
+// parseSubject returns the site and origin of a hint's subject,
+// casualdb.hint.<site>.<for>.<origin>.
+func (hs *Hints) parseSubject(subj string) (forSite, origin casualdb.SiteID) {
+	rest := strings.TrimPrefix(subj, "casualdb.hint."+string(hs.site)+".")
+	f, o, _ := strings.Cut(rest, ".")
+	return casualdb.SiteID(f), casualdb.SiteID(o)
 }

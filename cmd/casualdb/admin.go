@@ -25,6 +25,14 @@ type Status struct {
 	Peers      map[string]PeerStatus   `json:"peers"`
 	Origins    map[string]OriginStatus `json:"origins"`
 	Cluster    *ClusterStatus          `json:"cluster,omitempty"` // with gossip (cluster.bind)
+	// With gossip: what this site misses because a holder let the hints
+	// for it expire (cleared once applied), and the hints this site, as a
+	// holder, expired (casualdb.hint_expiry).
+	Missing      []MissingStatus    `json:"missing,omitempty"`
+	HintExpiries []HintExpiryStatus `json:"hint_expiries,omitempty"`
+	// Warnings need an operator's attention without making the sidecar
+	// unhealthy (a restart would not help): /healthz lists them after ok.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // CaptureStatus describes capture.
@@ -74,6 +82,9 @@ type PeerStatus struct {
 	// was down, and how many were handed off to it since start.
 	HintsHeld   uint64 `json:"hints_held"`
 	HintsHanded uint64 `json:"hints_handed_off"`
+	// HintsExpired counts the hints kept here for the peer that were
+	// expired (cluster.hint_retention) since start.
+	HintsExpired uint64 `json:"hints_expired"`
 }
 
 // OriginStatus describes what was applied from one origin.
@@ -125,6 +136,10 @@ func (s *Sidecar) Status() Status {
 		for o, os := range as.Origins {
 			st.Origins[string(o)] = OriginStatus{Applied: os.Applied, Seq: os.Seq, LastCommit: os.LastCommit, LastApplied: os.LastApplied, LagSeconds: os.Lag().Seconds(), Held: os.Held}
 		}
+		st.Missing = s.missingFromHints(as.Origins)
+		for _, m := range st.Missing {
+			st.Warnings = append(st.Warnings, m.warning())
+		}
 	}
 	for _, p := range s.peerList() {
 		if sh := s.shipper(p); sh != nil {
@@ -152,6 +167,9 @@ func (s *Sidecar) adminHandler() http.Handler {
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
+		for _, warn := range st.Warnings {
+			_, _ = w.Write([]byte("warning: " + warn + "\n"))
+		}
 	})
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -189,10 +207,12 @@ var (
 	descHints      = prometheus.NewDesc("casualdb_hints_held", "With gossip: other origins' transactions kept here for a site that was down (hinted handoff).", []string{"site"}, nil)
 	descHanded     = prometheus.NewDesc("casualdb_hints_handed_off_total", "With gossip: hints delivered to the site they were kept for.", []string{"site"}, nil)
 	descPeerLagS   = prometheus.NewDesc("casualdb_peer_lag_seconds", "With gossip: age of the oldest transaction of this site the peer has not applied (0 when it has them all).", []string{"peer"}, nil)
+	descExpired    = prometheus.NewDesc("casualdb_hints_expired_total", "With gossip: hints kept here for the site that were removed after cluster.hint_retention (recorded in casualdb.hint_expiry first).", []string{"site"}, nil)
+	descMissed     = prometheus.NewDesc("casualdb_missed_transactions", "With gossip: transactions of the origin this site has not applied up to the last hint a holder expired for it; they come only from the origin's outbox or a repair (0: none missing).", []string{"origin"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descResends, descNotDurable} {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descExpired, descMissed, descResends, descNotDurable} {
 		ch <- d
 	}
 }
@@ -247,6 +267,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			gauge(descHints, float64(ps.HintsHeld), p)
 			counter(descHanded, ps.HintsHanded, p)
+			counter(descExpired, ps.HintsExpired, p)
+		}
+		missed := map[string]uint64{}
+		for o := range st.Origins {
+			missed[o] = 0
+		}
+		for _, m := range st.Missing {
+			missed[m.Origin] = max(missed[m.Origin], m.Missing)
+		}
+		for o, n := range missed {
+			gauge(descMissed, float64(n), o)
 		}
 	}
 	for name, state := range st.Components {

@@ -14,6 +14,9 @@ import (
 // behind each peer is and when a transaction has reached every site.
 type gossipState struct {
 	Applied map[casualdb.SiteID]appliedFrom `json:"applied"`
+	// Expired are the open records of hints this site expired (hints.go):
+	// each tells its site what it will not get from here.
+	Expired []expiredHints `json:"expired,omitempty"`
 }
 
 type appliedFrom struct {
@@ -22,9 +25,9 @@ type appliedFrom struct {
 }
 
 // gossipState is called from gossip's goroutines: it reads apply's stats
-// (a mutex, no I/O) and must not block.
+// and the cached expiry records (mutexes, no I/O) and must not block.
 func (s *Sidecar) gossipState() []byte {
-	st := gossipState{Applied: map[casualdb.SiteID]appliedFrom{}}
+	st := gossipState{Applied: map[casualdb.SiteID]appliedFrom{}, Expired: s.gossipedExpiries()}
 	if s.applier != nil {
 		for o, os := range s.applier.Stats().Origins {
 			st.Applied[o] = appliedFrom{Seq: os.Seq, Epoch: os.Epoch}
@@ -88,6 +91,14 @@ func (s *Sidecar) clusterStatus(ctx context.Context, st *Status) {
 		ps.HintsHeld = n
 		st.Peers[string(site)] = ps
 	}
+	s.mu.Lock()
+	for site, n := range s.hintsExpired {
+		ps := st.Peers[string(site)]
+		ps.HintsExpired = n
+		st.Peers[string(site)] = ps
+	}
+	st.HintExpiries = hintExpiryStatus(s.expiries)
+	s.mu.Unlock()
 	last := st.Capture.OutboxSeq
 	for name, ps := range st.Peers {
 		if m, ok := memberState(cs, name); ok {

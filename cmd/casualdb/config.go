@@ -173,6 +173,12 @@ type ClusterConfig struct {
 	// durably for it to count as W-durable: casualdb.wait_durable() waits
 	// for it. It works with or without gossip.
 	W int `yaml:"w"`
+	// HintRetention is how long this site keeps a hint for a site that is
+	// down. An older hint is removed, never silently: what was given up is
+	// recorded first (casualdb.hint_expiry), logged, counted, and gossiped
+	// to the site it was for, which reports the transactions it misses
+	// until it gets them from their origin. Default 24h; must be positive.
+	HintRetention time.Duration `yaml:"hint_retention"`
 }
 
 // Key decodes SecretKey (Validate has checked it).
@@ -208,7 +214,7 @@ func DefaultConfig() Config {
 		Apply:     ApplyConfig{MaxBatch: 256, WaitTimeout: 30 * time.Second},
 		Conflicts: ConflictsConfig{DeletePolicy: "delete_wins", LogRetention: 30 * 24 * time.Hour},
 		GC:        GCConfig{Interval: 30 * time.Second, Heartbeat: 10 * time.Second},
-		Cluster:   ClusterConfig{PushPull: 5 * time.Second, N: 3, W: 2},
+		Cluster:   ClusterConfig{PushPull: 5 * time.Second, N: 3, W: 2, HintRetention: 24 * time.Hour},
 		Log:       LogConfig{Level: "info", Format: "text"},
 	}
 }
@@ -427,6 +433,9 @@ func (c Config) SlotName() string {
 func (c ClusterConfig) validate(bad func(key, format string, args ...any) error) error {
 	if c.W < 1 || (c.N >= 1 && c.W > c.N) {
 		return bad("cluster.w", "%d: want 1 to cluster.n (%d)", c.W, c.N)
+	}
+	if c.HintRetention <= 0 {
+		return bad("cluster.hint_retention", "%s: must be positive (how long a hint is kept for a site that is down, e.g. 24h)", c.HintRetention)
 	}
 	if c.Bind == "" {
 		if len(c.Join) > 0 || c.Advertise != "" {

@@ -31,6 +31,9 @@ func TestLoadConfig(t *testing.T) {
 		if got, want := cfg.Cluster.PushPull, 2*time.Second; got != want {
 			t.Errorf("cluster.push_pull: got %s, want %s", got, want)
 		}
+		if got, want := cfg.Cluster.HintRetention, 6*time.Hour; got != want {
+			t.Errorf("cluster.hint_retention: got %s, want %s", got, want)
+		}
 		if got, want := cfg.SlotName(), "casualdb_eu1"; got != want {
 			t.Errorf("slot: got %s, want %s", got, want)
 		}
@@ -50,6 +53,9 @@ func TestLoadConfig(t *testing.T) {
 		def := DefaultConfig()
 		if cfg.NATS.Listen != def.NATS.Listen || cfg.Admin.Listen != def.Admin.Listen || cfg.DataDir != def.DataDir || cfg.Apply.MaxBatch != def.Apply.MaxBatch {
 			t.Errorf("defaults not applied: %+v", cfg)
+		}
+		if got, want := cfg.Cluster.HintRetention, 24*time.Hour; got != want {
+			t.Errorf("cluster.hint_retention default: got %s, want %s", got, want)
 		}
 	})
 }
@@ -77,6 +83,8 @@ func TestConfig_Validate(t *testing.T) {
 		{"bad-cluster-key.yml", "cluster.secret_key: want base64 of 16, 24 or 32 bytes"},
 		{"bad-cluster-wildcard.yml", `cluster.bind: "0.0.0.0": peers need a specific IP address`},
 		{"bad-cluster-join.yml", "cluster.bind: required when cluster.join"},
+		{"bad-hint-retention.yml", "cluster.hint_retention: 0s: must be positive"},
+		{"bad-hint-retention-negative.yml", "cluster.hint_retention: -1h0m0s: must be positive"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

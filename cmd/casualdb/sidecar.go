@@ -59,9 +59,11 @@ type Sidecar struct {
 	slotLag                int64
 	outboxMsg              uint64
 	inboxMsg               uint64
-	gcRuns                 uint64 // tombstone collections run
-	durableSeq, durableLSN uint64 // W-durable watermark last saved
-	collected              uint64 // tombstones collected
+	gcRuns                 uint64                     // tombstone collections run
+	durableSeq, durableLSN uint64                     // W-durable watermark last saved
+	collected              uint64                     // tombstones collected
+	hintsExpired           map[casualdb.SiteID]uint64 // hints expired here since start, by the site they were for
+	expiries               []meta.HintExpiry          // casualdb.hint_expiry as last loaded (gossiped when open)
 	started                time.Time
 }
 
@@ -419,8 +421,9 @@ func (s *Sidecar) setHealth(name string, err error) {
 	s.mu.Unlock()
 }
 
-// housekeep trims the outbox below what every peer and capture have, and
-// samples the slot's retained WAL and the queues for metrics.
+// housekeep trims the outbox below what every peer and capture have,
+// expires old hints (see hints.go), and samples the slot's retained WAL and
+// the queues for metrics.
 func (s *Sidecar) housekeep(ctx context.Context) error {
 	cfg, err := pgx.ParseConfig(s.cfg.Database.DSN)
 	if err != nil {
@@ -433,6 +436,7 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 		}
 	}()
 	var kept retention
+	missing := missingLog{}
 	tick := time.NewTicker(min(2*time.Second, s.cfg.GC.Heartbeat, s.cfg.GC.Interval))
 	defer tick.Stop()
 	var lastBeat, lastGC time.Time
@@ -484,6 +488,13 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 					s.log.Debug("trim outbox", "err", err)
 				}
 			}
+		}
+		if conn != nil && s.hints != nil {
+			s.expireHints(ctx, conn)
+			s.settleExpiries(ctx, conn)
+		}
+		if s.member != nil && s.applier != nil {
+			missing.update(s.log, s.missingFromHints(s.applier.Stats().Origins))
 		}
 		if n, _, err := s.outbox.Pending(qctx); err == nil {
 			s.mu.Lock()

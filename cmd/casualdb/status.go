@@ -76,6 +76,9 @@ func printStatus(w io.Writer, st Status) {
 		health = "UNHEALTHY"
 	}
 	fmt.Fprintf(w, "site %s: %s, up %s\n", st.Site, health, st.Uptime)
+	for _, warn := range st.Warnings {
+		fmt.Fprintf(w, "  WARNING: %s\n", warn)
+	}
 	names := sortedKeys(st.Components)
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-12s %s\n", n, st.Components[n])
@@ -111,6 +114,7 @@ func printStatus(w io.Writer, st Status) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%.3f\n", p, state, conn, ps.Shipped, behind, behindS, o.Applied, o.LagSeconds)
 	}
 	tw.Flush()
+	printHints(w, st)
 	if st.Cluster != nil {
 		fmt.Fprintln(w, "\ncluster (gossip):")
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -118,6 +122,33 @@ func printStatus(w io.Writer, st Status) {
 		for _, m := range st.Cluster.Members {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f%%\t%s\t%s\n", m.Site, m.State, m.Since.Format(time.RFC3339),
 				100*st.Cluster.RingOwnership[m.Site], m.Gossip, m.NATSURL)
+		}
+		tw.Flush()
+	}
+}
+
+// printHints prints what this site misses because hints for it expired at
+// a holder, and the hints it expired as a holder.
+func printHints(w io.Writer, st Status) {
+	if len(st.Missing) > 0 {
+		fmt.Fprintln(w, "\nmissing transactions (hints for this site expired at their holder; they come only from the origin's outbox or a repair):")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ORIGIN\tHOLDER\tEPOCH\tUP TO SEQ\tAPPLIED SEQ\tMISSING\tHINTS EXPIRED")
+		for _, m := range st.Missing {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\n", m.Origin, m.Holder, m.Epoch, m.UpToSeq, m.AppliedSeq, m.Missing, m.HintsExpired)
+		}
+		tw.Flush()
+	}
+	if len(st.HintExpiries) > 0 {
+		fmt.Fprintln(w, "\nhints expired here (cluster.hint_retention):")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "FOR\tORIGIN\tEPOCH\tHINTS\tSEQS\tLAST EXPIRED\tSTATE")
+		for _, e := range st.HintExpiries {
+			state := "open: the site has not applied past them"
+			if e.Resolved {
+				state = "resolved"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d-%d\t%s\t%s\n", e.For, e.Origin, e.Epoch, e.Hints, e.FirstSeq, e.LastSeq, e.LastExpired.Format(time.RFC3339), state)
 		}
 		tw.Flush()
 	}

@@ -1,0 +1,129 @@
+package ship_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/ship"
+	"go.uber.org/goleak"
+)
+
+// TestHints_Expire keeps hints for two sites, then expires those stored
+// before a cut-off: nothing goes unless the summary was recorded first,
+// what goes is summed up by site, origin and epoch, and later hints stay.
+func TestHints_Expire(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv := startServer(t, t.TempDir(), mustPort(t))
+	t.Cleanup(srv.Close)
+	js := jsFor(t, srv.ClientURL())
+	hs, err := ship.OpenHints(ctx, js, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := func(forSite, origin casualdb.SiteID, epoch string, seq uint64) {
+		t.Helper()
+		h := ship.Hint{For: forSite, Origin: origin, Epoch: epoch, Seq: seq, LSN: 100 * seq, Commit: time.Unix(1, 0), Data: []byte("tx")}
+		if err := hs.Add(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := func() map[casualdb.SiteID]uint64 {
+		t.Helper()
+		n, err := hs.Held(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	noRecord := func(context.Context, []ship.Expiry) error {
+		t.Error("record called with nothing to expire")
+		return nil
+	}
+
+	if got, err := hs.Expire(ctx, time.Now(), noRecord); err != nil || got != nil {
+		t.Fatalf("Expire on an empty stream = %+v, %v; want nothing", got, err)
+	}
+	add("c", "a", "e1", 3)
+	add("c", "a", "e1", 4)
+	add("c", "a", "e1", 5)
+	add("d", "a", "e1", 4)
+	add("c", "a", "e2", 1) // the origin's outbox was recreated
+	cutoff := time.Now()   // every hint above was stored before it
+	add("c", "a", "e2", 2)
+	// A hint handed off leaves a hole in the stream's sequence.
+	st, err := js.Stream(ctx, ship.HintsStream("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteMsg(ctx, 2); err != nil { // c's hint of seq 4
+		t.Fatal(err)
+	}
+
+	t.Run("nothing old enough", func(t *testing.T) {
+		if got, err := hs.Expire(ctx, cutoff.Add(-time.Hour), noRecord); err != nil || got != nil {
+			t.Fatalf("Expire(an hour ago) = %+v, %v; want nothing", got, err)
+		}
+	})
+	t.Run("record fails: nothing removed", func(t *testing.T) {
+		boom := errors.New("database down")
+		_, err := hs.Expire(ctx, cutoff, func(context.Context, []ship.Expiry) error { return boom })
+		if !errors.Is(err, boom) {
+			t.Fatalf("Expire = %v, want the record error", err)
+		}
+		if got := held(); got["c"] != 4 || got["d"] != 1 {
+			t.Fatalf("held after a failed record: %v, want c:4 d:1", got)
+		}
+	})
+	t.Run("expires what is older", func(t *testing.T) {
+		var recorded []ship.Expiry
+		got, err := hs.Expire(ctx, cutoff, func(_ context.Context, es []ship.Expiry) error {
+			// Recorded while the hints are still there.
+			if n := held(); n["c"] != 4 || n["d"] != 1 {
+				t.Errorf("held while recording: %v, want every hint still there", n)
+			}
+			recorded = es
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []ship.Expiry{
+			{For: "c", Origin: "a", Epoch: "e1", Hints: 2, FirstSeq: 3, LastSeq: 5, LastLSN: 500},
+			{For: "d", Origin: "a", Epoch: "e1", Hints: 1, FirstSeq: 4, LastSeq: 4, LastLSN: 400},
+			{For: "c", Origin: "a", Epoch: "e2", Hints: 1, FirstSeq: 1, LastSeq: 1, LastLSN: 100},
+		}
+		if len(got) != len(want) {
+			t.Fatalf("Expire = %+v, want %+v", got, want)
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Errorf("expiry %d: got %+v, want %+v", i, got[i], want[i])
+			}
+		}
+		if len(recorded) != len(got) {
+			t.Errorf("recorded %+v, returned %+v: want the same", recorded, got)
+		}
+		if n := held(); n["c"] != 1 || n["d"] != 0 {
+			t.Errorf("held after expiry: %v, want c:1 (the later hint) only", n)
+		}
+	})
+	t.Run("again: nothing left to expire", func(t *testing.T) {
+		if got, err := hs.Expire(ctx, cutoff, noRecord); err != nil || got != nil {
+			t.Fatalf("second Expire = %+v, %v; want nothing", got, err)
+		}
+	})
+	t.Run("the rest expires later", func(t *testing.T) {
+		got, err := hs.Expire(ctx, time.Now(), func(context.Context, []ship.Expiry) error { return nil })
+		if err != nil || len(got) != 1 || got[0].LastSeq != 2 || got[0].Epoch != "e2" {
+			t.Fatalf("Expire(now) = %+v, %v; want the e2 hint of seq 2", got, err)
+		}
+		if n := held(); len(n) != 0 {
+			t.Errorf("held after expiring all: %v, want none", n)
+		}
+	})
+}
