@@ -31,7 +31,7 @@ func TestLifecycle_RestartIdempotentAndUninstall(t *testing.T) {
 
 	m := metrics(t, c, 0)
 	for _, name := range []string{"casualdb_captured_transactions_total", `casualdb_shipped_transactions_total{peer="b"}`,
-		`casualdb_applied_transactions_total{origin="b"}`, `casualdb_apply_lag_seconds{origin="b"}`, "casualdb_conflicts_total",
+		`casualdb_applied_transactions_total{origin="b"}`, `casualdb_apply_lag_seconds{origin="b"}`, `casualdb_apply_held_transactions{origin="b"}`, "casualdb_conflicts_total",
 		"casualdb_slot_retained_wal_bytes", `casualdb_component_up{component="capture"} 1`} {
 		if !strings.Contains(m, name) {
 			t.Errorf("/metrics lacks %s", name)

@@ -189,6 +189,7 @@ var (
 	descPeerUp     = prometheus.NewDesc("casualdb_peer_connected", "1 when the peer's NATS is reachable.", []string{"peer"}, nil)
 	descApplied    = prometheus.NewDesc("casualdb_applied_transactions_total", "Remote transactions applied, by origin.", []string{"origin"}, nil)
 	descLag        = prometheus.NewDesc("casualdb_apply_lag_seconds", "Commit at the origin to applied here, of the last transaction applied from it.", []string{"origin"}, nil)
+	descHeld       = prometheus.NewDesc("casualdb_apply_held_transactions", "The origin's transactions taken from the inbox and waiting here for their turn (a missing predecessor, or what they causally depend on).", []string{"origin"}, nil)
 	descConflicts  = prometheus.NewDesc("casualdb_conflicts_total", "True conflicts (concurrent versions) resolved and logged.", nil, nil)
 	descParked     = prometheus.NewDesc("casualdb_parked_total", "Changes or messages parked in casualdb.parked.", nil, nil)
 	descGarbled    = prometheus.NewDesc("casualdb_garbled_messages_total", "Transport messages that did not decode (parked).", nil, nil)
@@ -212,7 +213,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descExpired, descMissed, descResends, descNotDurable} {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descHeld, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descExpired, descMissed, descResends, descNotDurable} {
 		ch <- d
 	}
 }
@@ -237,6 +238,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for o, os := range st.Origins {
 		counter(descApplied, os.Applied, o)
 		gauge(descLag, os.LagSeconds, o)
+		gauge(descHeld, float64(os.Held), o)
 	}
 	counter(descConflicts, st.Apply.Conflicts)
 	counter(descParked, st.Apply.Parked)
