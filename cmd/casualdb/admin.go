@@ -85,6 +85,10 @@ type PeerStatus struct {
 	// HintsExpired counts the hints kept here for the peer that were
 	// expired (cluster.hint_retention) since start.
 	HintsExpired uint64 `json:"hints_expired"`
+	// LateHints counts the hints kept for the peer, since start, for
+	// transactions received here before gossip declared it down (late
+	// hints: they arrived while it was failing).
+	LateHints uint64 `json:"late_hints"`
 }
 
 // OriginStatus describes what was applied from one origin.
@@ -208,12 +212,13 @@ var (
 	descHints      = prometheus.NewDesc("casualdb_hints_held", "With gossip: other origins' transactions kept here for a site that was down (hinted handoff).", []string{"site"}, nil)
 	descHanded     = prometheus.NewDesc("casualdb_hints_handed_off_total", "With gossip: hints delivered to the site they were kept for.", []string{"site"}, nil)
 	descPeerLagS   = prometheus.NewDesc("casualdb_peer_lag_seconds", "With gossip: age of the oldest transaction of this site the peer has not applied (0 when it has them all).", []string{"peer"}, nil)
+	descLate       = prometheus.NewDesc("casualdb_late_hints_total", "With gossip: hints kept for the site when it stopped being alive, for transactions received here while it was failing that it had not applied.", []string{"site"}, nil)
 	descExpired    = prometheus.NewDesc("casualdb_hints_expired_total", "With gossip: hints kept here for the site that were removed after cluster.hint_retention (recorded in casualdb.hint_expiry first).", []string{"site"}, nil)
 	descMissed     = prometheus.NewDesc("casualdb_missed_transactions", "With gossip: transactions of the origin this site has not applied up to the last hint a holder expired for it; they come only from the origin's outbox or a repair (0: none missing).", []string{"origin"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descHeld, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descExpired, descMissed, descResends, descNotDurable} {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descHeld, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descLate, descExpired, descMissed, descResends, descNotDurable} {
 		ch <- d
 	}
 }
@@ -270,6 +275,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descHints, float64(ps.HintsHeld), p)
 			counter(descHanded, ps.HintsHanded, p)
 			counter(descExpired, ps.HintsExpired, p)
+			counter(descLate, ps.LateHints, p)
 		}
 		missed := map[string]uint64{}
 		for o := range st.Origins {

@@ -97,6 +97,11 @@ func (s *Sidecar) clusterStatus(ctx context.Context, st *Status) {
 		ps.HintsExpired = n
 		st.Peers[string(site)] = ps
 	}
+	for site, n := range s.lateHinted {
+		ps := st.Peers[string(site)]
+		ps.LateHints = n
+		st.Peers[string(site)] = ps
+	}
 	st.HintExpiries = hintExpiryStatus(s.expiries)
 	s.mu.Unlock()
 	last := st.Capture.OutboxSeq

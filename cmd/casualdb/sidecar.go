@@ -63,6 +63,8 @@ type Sidecar struct {
 	durableSeq, durableLSN uint64                     // W-durable watermark last saved
 	collected              uint64                     // tombstones collected
 	hintsExpired           map[casualdb.SiteID]uint64 // hints expired here since start, by the site they were for
+	lateHinted             map[casualdb.SiteID]uint64 // late hints kept here since start (recent.go), by site
+	recent                 recentTxs                  // what apply received lately, for late hints
 	expiries               []meta.HintExpiry          // casualdb.hint_expiry as last loaded (gossiped when open)
 	started                time.Time
 }
@@ -325,10 +327,16 @@ func (s *Sidecar) shipper(peer casualdb.SiteID) *ship.Shipper {
 func (s *Sidecar) watchMembers(ctx context.Context) error {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
+	alive := map[casualdb.SiteID]bool{}
 	for {
 		for _, m := range s.member.Members() {
 			if string(m.Site) != s.cfg.Site {
 				s.ensureHandoff(m.Site)
+				up := s.member.Alive(m.Site)
+				if was, ok := alive[m.Site]; ok && was && !up {
+					s.keepLateHints(ctx, m.Site)
+				}
+				alive[m.Site] = up
 			}
 			if string(m.Site) == s.cfg.Site || m.State != ring.StateAlive || m.Meta.NATSURL == "" {
 				continue
@@ -621,6 +629,7 @@ func (s *Sidecar) currentRing() (*ring.Ring, error) {
 // member of the transaction's preference list that is down, it keeps the
 // transaction for that member.
 func (s *Sidecar) Hint(ctx context.Context, r apply.Received) error {
+	s.recent.add(time.Now(), r) // for late hints (recent.go)
 	if s.member.AllAlive() {
 		return nil // every transaction, in the common case: no hint to keep
 	}

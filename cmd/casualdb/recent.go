@@ -1,0 +1,141 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/apply"
+	"github.com/casualdb/casualdb/ship"
+)
+
+// Late hints. A site keeps a hint only for a transaction it receives while
+// gossip says a member of the transaction's preference list is down; but
+// between a member's failure and gossip declaring it dead pass seconds
+// (memberlist's probes and suspicion), and what arrived meanwhile was
+// applied and acknowledged as if the member would get it from its origin.
+// If the origin then goes down too, the member would wait for it until the
+// origin returns. So every site keeps in memory what it received recently,
+// and when a member stops being alive it hints, as the ring's stand-in,
+// every recent transaction the member had not applied by its last gossiped
+// digest. This is best effort by design: the recent window is memory (a
+// crash of this site forgets it), and the origin's outbox still holds every
+// transaction the member has not acknowledged.
+const (
+	// recentWindow is how long received transactions are remembered: well
+	// beyond memberlist's failure detection.
+	recentWindow = 2 * time.Minute
+	// recentMaxBytes bounds the memory they take; the oldest go first.
+	recentMaxBytes = 64 << 20
+)
+
+// recentTx is one transaction this site received, as the hint would keep it.
+type recentTx struct {
+	at  time.Time
+	id  string // the transaction's id (its place on the ring)
+	rec ship.Hint
+}
+
+// recentTxs remembers what this site received in the last recentWindow.
+// Safe for concurrent use: apply adds, the member watcher reads.
+type recentTxs struct {
+	mu    sync.Mutex
+	list  []recentTx // in arrival order
+	bytes int
+}
+
+// add remembers r (its data copied: the message it came in is not kept).
+func (rt *recentTxs) add(now time.Time, r apply.Received) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.list = append(rt.list, recentTx{at: now, id: r.Tx.ID(), rec: ship.Hint{Origin: r.Origin, Epoch: r.Epoch,
+		Seq: r.Seq, LSN: r.Tx.LSN, Commit: r.Tx.CommitTime, Data: bytes.Clone(r.Data)}})
+	rt.bytes += len(r.Data)
+	n := 0
+	for n < len(rt.list) && (now.Sub(rt.list[n].at) > recentWindow || rt.bytes > recentMaxBytes) {
+		rt.bytes -= len(rt.list[n].rec.Data)
+		n++
+	}
+	if n > 0 {
+		rt.list = append(rt.list[:0:0], rt.list[n:]...)
+	}
+}
+
+// missedBy returns the remembered transactions that a site had not applied
+// by its digest (applied, per origin; an origin it had in another epoch, or
+// not at all, counts as nothing applied), other than its own.
+func (rt *recentTxs) missedBy(site casualdb.SiteID, applied map[casualdb.SiteID]appliedFrom) []recentTx {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	var out []recentTx
+	for _, t := range rt.list {
+		if t.rec.Origin == site {
+			continue
+		}
+		if a, ok := applied[t.rec.Origin]; ok && a.Epoch == t.rec.Epoch && t.rec.Seq <= a.Seq {
+			continue
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+// lateHints keeps as hints for site, which just stopped being alive, the
+// recent transactions it may have missed and this site is the stand-in
+// for. It returns how many it kept.
+func (s *Sidecar) lateHints(ctx context.Context, site casualdb.SiteID) (int, error) {
+	var digest gossipState
+	if b := s.member.RemoteState(site); len(b) > 0 {
+		if err := json.Unmarshal(b, &digest); err != nil {
+			s.log.Warn("late hints: the site's gossiped digest does not decode; hinting all recent transactions", "for", site, "err", err)
+		}
+	}
+	missed := s.recent.missedBy(site, digest.Applied)
+	if len(missed) == 0 {
+		return 0, nil
+	}
+	rg, err := s.currentRing()
+	if err != nil {
+		return 0, err
+	}
+	self := casualdb.SiteID(s.cfg.Site)
+	kept := 0
+	for _, t := range missed {
+		holders := rg.HintHolders(t.id, s.cfg.Cluster.N, t.rec.Origin, s.member.Alive)
+		if holders[site] != self {
+			continue
+		}
+		h := t.rec
+		h.For = site
+		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := s.hints.Add(hctx, h)
+		cancel()
+		if err != nil {
+			return kept, err
+		}
+		kept++
+	}
+	return kept, nil
+}
+
+// keepLateHints runs lateHints for a site gossip no longer takes for alive,
+// logs and counts the outcome. Called by watchMembers.
+func (s *Sidecar) keepLateHints(ctx context.Context, site casualdb.SiteID) {
+	n, err := s.lateHints(ctx, site)
+	if err != nil {
+		s.log.Warn("keep late hints; the site gets those transactions from their origins only", "for", site, "kept", n, "err", err)
+	}
+	if n == 0 {
+		return
+	}
+	s.log.Info("kept late hints: transactions received before gossip declared the site down, which it had not applied", "for", site, "hints", n)
+	s.mu.Lock()
+	if s.lateHinted == nil {
+		s.lateHinted = map[casualdb.SiteID]uint64{}
+	}
+	s.lateHinted[site] += uint64(n)
+	s.mu.Unlock()
+}
