@@ -141,33 +141,65 @@ func grepLines(s string, subs ...string) string {
 	return strings.Join(out, "\n")
 }
 
+// newHintCluster starts three gossiping sites a, b, c with a table kv
+// holding one row, converged, every site seeing every other alive. Hints
+// expire after retention (0: the default). No heartbeats: one of a's
+// committed around c's failure would make the tests' exact hint counts off
+// by one.
+func newHintCluster(t *testing.T, retention time.Duration) *cluster {
+	t.Helper()
+	c := newClusterWith(t, clusterOptions{Sites: 3, Gossip: true, HintRetention: retention,
+		Schema: `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)`, Extra: []string{"gc:", "  heartbeat: 1h"}})
+	for i := range c.sites {
+		c.waitStates(i, "a=alive b=alive c=alive")
+	}
+	c.exec(0, `INSERT INTO kv VALUES (0, 'before')`)
+	c.waitConverged(60*time.Second, "kv")
+	// Every site's view of every other's digest is up to date, so that a
+	// late hint (recent.go) is kept only for what a failing site missed.
+	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		last := map[string]float64{}
+		for i, s := range c.sites {
+			last[s.name] = c.statusNumber(i, "capture", "outbox_last_seq")
+		}
+		for i, s := range c.sites {
+			for j, p := range c.sites {
+				for k, o := range c.sites {
+					if i == j || k == j {
+						continue
+					}
+					if got := c.statusNumber(i, "peers", p.name, "applied_from", o.name); got < last[o.name] {
+						return fmt.Errorf("%s sees %s applied %s up to %v of %v", s.name, p.name, o.name, got, last[o.name])
+					}
+				}
+			}
+		}
+		return nil
+	})
+	return c
+}
+
+// waitStates polls until site i sees the member states want.
+func (c *cluster) waitStates(i int, want string) {
+	t := c.t.(*testing.T)
+	t.Helper()
+	pgtest.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {
+		if got := memberStates(t, c, i); got != want {
+			return fmt.Errorf("site %s sees %q, want %q", c.sites[i].name, got, want)
+		}
+		return nil
+	})
+}
+
 // TestGossip_HintedHandoff: a writes while c is down, so b keeps a's
 // transactions as hints for c; then a goes down too, and c, back, gets a's
 // writes from b's hints.
 func TestGossip_HintedHandoff(t *testing.T) {
-	// No heartbeats during the test: a heartbeat of a's committed while b
-	// still took c for alive would be neither hinted nor, with a down,
-	// shipped, and c would wait for it.
-	c := newClusterWith(t, clusterOptions{Sites: 3, Gossip: true, Schema: `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)`,
-		Extra: []string{"gc:", "  heartbeat: 1h"}})
-	waitStates := func(i int, want string) {
-		t.Helper()
-		pgtest.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
-			if got := memberStates(t, c, i); got != want {
-				return fmt.Errorf("site %s sees %q, want %q", c.sites[i].name, got, want)
-			}
-			return nil
-		})
-	}
-	for i := range c.sites {
-		waitStates(i, "a=alive b=alive c=alive")
-	}
-	c.exec(0, `INSERT INTO kv VALUES (0, 'before')`)
-	c.waitConverged(60*time.Second, "kv")
+	c := newHintCluster(t, 0)
 
 	c.kill(2)
-	waitStates(0, "a=alive b=alive c=dead")
-	waitStates(1, "a=alive b=alive c=dead")
+	c.waitStates(0, "a=alive b=alive c=dead")
+	c.waitStates(1, "a=alive b=alive c=dead")
 	for k := 1; k <= 5; k++ {
 		c.exec(0, `INSERT INTO kv VALUES ($1, 'while c was down')`, k)
 	}
@@ -205,22 +237,7 @@ func TestGossip_HintedHandoff(t *testing.T) {
 // them as late hints (c had not applied them, by its last digest). Then a
 // goes down, and c, back, gets them from b.
 func TestGossip_LateHints(t *testing.T) {
-	c := newClusterWith(t, clusterOptions{Sites: 3, Gossip: true, Schema: `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)`,
-		Extra: []string{"gc:", "  heartbeat: 1h"}})
-	waitStates := func(i int, want string) {
-		t.Helper()
-		pgtest.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {
-			if got := memberStates(t, c, i); got != want {
-				return fmt.Errorf("site %s sees %q, want %q", c.sites[i].name, got, want)
-			}
-			return nil
-		})
-	}
-	for i := range c.sites {
-		waitStates(i, "a=alive b=alive c=alive")
-	}
-	c.exec(0, `INSERT INTO kv VALUES (0, 'before')`)
-	c.waitConverged(60*time.Second, "kv")
+	c := newHintCluster(t, 0)
 	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		// c's digest, as a sees it, includes the first row; b's view may be
 		// older (then b hints that row too, which c skips).
@@ -243,7 +260,7 @@ func TestGossip_LateHints(t *testing.T) {
 	if got := memberStates(t, c, 1); !strings.Contains(got, "c=alive") && !strings.Contains(got, "c=suspect") {
 		t.Logf("b declared c down before it applied a's writes (%s): the late path is not what this run exercises", got)
 	}
-	waitStates(1, "a=alive b=alive c=dead")
+	c.waitStates(1, "a=alive b=alive c=dead")
 	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		n, _ := peerField(t, c, 1, "c", "hints_held").(float64)
 		late, _ := peerField(t, c, 1, "c", "late_hints").(float64)

@@ -55,29 +55,11 @@ func healthzBody(t *testing.T, c *cluster, i int) string {
 // writes from a's outbox, every site converges and the report clears, at c
 // and at b.
 func TestHints_RetentionExpiresReportsAndRepairs(t *testing.T) {
-	// No heartbeats during the test (as in TestGossip_HintedHandoff): a
-	// heartbeat of a's committed while b still took c for alive would be
-	// neither hinted nor shipped, and the counts below would be off by one.
-	c := newClusterWith(t, clusterOptions{Sites: 3, Gossip: true, HintRetention: 2 * time.Second,
-		Schema: `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)`, Extra: []string{"gc:", "  heartbeat: 1h"}})
-	waitStates := func(i int, want string) {
-		t.Helper()
-		pgtest.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
-			if got := memberStates(t, c, i); got != want {
-				return fmt.Errorf("site %s sees %q, want %q", c.sites[i].name, got, want)
-			}
-			return nil
-		})
-	}
-	for i := range c.sites {
-		waitStates(i, "a=alive b=alive c=alive")
-	}
-	c.exec(0, `INSERT INTO kv VALUES (0, 'before')`)
-	c.waitConverged(60*time.Second, "kv")
+	c := newHintCluster(t, 2*time.Second)
 
 	c.kill(2)
-	waitStates(0, "a=alive b=alive c=dead")
-	waitStates(1, "a=alive b=alive c=dead")
+	c.waitStates(0, "a=alive b=alive c=dead")
+	c.waitStates(1, "a=alive b=alive c=dead")
 	for k := 1; k <= 5; k++ {
 		c.exec(0, `INSERT INTO kv VALUES ($1, 'while c was down')`, k)
 	}

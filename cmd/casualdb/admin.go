@@ -76,6 +76,9 @@ type PeerStatus struct {
 	State           string  `json:"state,omitempty"`
 	Reported        bool    `json:"reported"`
 	AppliedSeq      uint64  `json:"applied_seq"`
+	// AppliedFrom is the peer's gossiped digest: the last sequence it has
+	// applied from every origin (in that origin's current epoch or not).
+	AppliedFrom map[string]uint64 `json:"applied_from,omitempty"`
 	LagTransactions uint64  `json:"lag_transactions"`
 	LagSeconds      float64 `json:"lag_seconds"`
 	// Hints: transactions of other origins kept here for the peer while it

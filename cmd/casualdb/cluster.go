@@ -119,6 +119,10 @@ func (s *Sidecar) clusterStatus(ctx context.Context, st *Status) {
 			got = appliedFrom{}
 		}
 		ps.AppliedSeq = got.Seq
+		ps.AppliedFrom = map[string]uint64{}
+		for o, a := range digest.Applied {
+			ps.AppliedFrom[string(o)] = a.Seq
+		}
 		ps.LagTransactions = last - min(last, got.Seq)
 		if ps.LagTransactions > 0 {
 			if t, ok, err := s.outbox.CommitTime(ctx, got.Seq+1); err == nil && ok {
