@@ -73,14 +73,14 @@ type PeerStatus struct {
 	NATSURL   string `json:"nats_url"`
 	// With gossip: the peer's state, and how far it is behind this site's
 	// outbox by its own account (Reported: its digest has arrived).
-	State           string  `json:"state,omitempty"`
-	Reported        bool    `json:"reported"`
-	AppliedSeq      uint64  `json:"applied_seq"`
+	State      string `json:"state,omitempty"`
+	Reported   bool   `json:"reported"`
+	AppliedSeq uint64 `json:"applied_seq"`
 	// AppliedFrom is the peer's gossiped digest: the last sequence it has
 	// applied from every origin (in that origin's current epoch or not).
-	AppliedFrom map[string]uint64 `json:"applied_from,omitempty"`
-	LagTransactions uint64  `json:"lag_transactions"`
-	LagSeconds      float64 `json:"lag_seconds"`
+	AppliedFrom     map[string]uint64 `json:"applied_from,omitempty"`
+	LagTransactions uint64            `json:"lag_transactions"`
+	LagSeconds      float64           `json:"lag_seconds"`
 	// Hints: transactions of other origins kept here for the peer while it
 	// was down, and how many were handed off to it since start.
 	HintsHeld   uint64 `json:"hints_held"`
