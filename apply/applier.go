@@ -313,6 +313,7 @@ func (a *Applier) applyHead(ctx context.Context, q *originQueue) (int, error) {
 	origin := q.origin
 	committed := a.progress[origin] // what is committed here; the run moves a.progress ahead
 	var run, twins []inMsg
+	gap := false // the head waits for a missing sequence
 	i := 0
 build:
 	for ; i < len(q.held) && len(run) < a.cfg.MaxBatch; i++ {
@@ -343,11 +344,7 @@ build:
 			// An earlier transaction of this origin is missing (a publish
 			// that failed and will come again, or is asked for again).
 			a.noteGap(ctx, *im)
-			if q.full() {
-				if n := q.release(time.Second); n > 0 {
-					a.log.Debug("handed back held messages behind a gap", "origin", origin, "messages", n)
-				}
-			}
+			gap = len(run) == 0
 			break build
 		}
 		if len(run) > 0 && (hasTruncate(im.tx) || hasTruncate(run[len(run)-1].tx)) {
@@ -369,6 +366,12 @@ build:
 	}
 	if len(run) == 0 {
 		q.held = q.held[i:]
+		if gap && q.full() {
+			// The missing one comes after what is held: make room.
+			if n := q.release(time.Second); n > 0 {
+				a.log.Debug("handed back held messages behind a gap", "origin", origin, "messages", n)
+			}
+		}
 		return i, nil
 	}
 	ok, err := a.applyRun(ctx, run)
