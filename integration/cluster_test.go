@@ -89,7 +89,10 @@ type clusterOptions struct {
 	Extra []string
 	// Gossip replaces the static peers lists with gossip membership: each
 	// site names the others' gossip addresses to join (any one live one
-	// suffices), and sites learn each other's NATS from gossip.
+	// suffices), and sites learn each other's NATS from gossip. With Links
+	// too, each site also lists its peers with their links' addresses
+	// (a configured address wins over the advertised one), so that the
+	// links control shipping while gossip runs beside them, uncut.
 	Gossip bool
 	// HintRetention, with Gossip, sets cluster.hint_retention (0: the
 	// default).
@@ -298,10 +301,14 @@ func (c *cluster) config(s *site) string {
 		if len(join) > 0 {
 			fmt.Fprintf(&b, "  join: [%s]\n", strings.Join(join, ", "))
 		}
-		for _, l := range c.extra {
-			b.WriteString(l + "\n")
+		if c.links == nil {
+			for _, l := range c.extra {
+				b.WriteString(l + "\n")
+			}
+			return b.String()
 		}
-		return b.String()
+		// With links too: the peers list pins each peer's NATS address to
+		// the link, over what gossip advertises.
 	}
 	b.WriteString("peers:\n")
 	for to, p := range c.sites {

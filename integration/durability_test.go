@@ -52,3 +52,52 @@ func TestDurability_WaitDurable(t *testing.T) {
 		return nil
 	})
 }
+
+// TestDurability_SurvivesOriginLoss: with gossip, a's writes reach only b
+// (a->c is cut); wait_durable acknowledges them (a and b hold them); then
+// site a is lost for good, sidecar and PostgreSQL. b, seeing a down, relays
+// to c the transactions of a that c had not applied (relay hints), and the
+// surviving sites converge on every table.
+func TestDurability_SurvivesOriginLoss(t *testing.T) {
+	c := newClusterWith(t, clusterOptions{Sites: 3, Links: true, Gossip: true,
+		Schema: `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)`, Extra: []string{"gc:", "  heartbeat: 1h"}})
+	for i := range c.sites {
+		c.waitStates(i, "a=alive b=alive c=alive")
+	}
+	c.exec(0, `INSERT INTO kv VALUES (0, 'before')`)
+	c.waitConverged(60*time.Second, "kv")
+
+	c.cut(0, 2)
+	for k := 1; k <= 5; k++ {
+		c.exec(0, `INSERT INTO kv VALUES ($1, 'acknowledged by a and b')`, k)
+	}
+	if _, err := c.queryString(0, `SELECT casualdb.wait_durable('30 seconds')::text`); err != nil {
+		t.Fatalf("wait_durable with a->b up: %v", err)
+	}
+	if got, _ := c.queryString(2, `SELECT count(*)::text FROM kv`); got != "1" {
+		t.Fatalf("c holds %s rows with a->c cut, want 1", got)
+	}
+	// Site a is lost.
+	c.kill(0)
+	if err := c.sites[0].pg.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	c.waitStates(1, "a=dead b=alive c=alive")
+	pgtest.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
+		for _, i := range []int{1, 2} {
+			got, err := c.queryString(i, `SELECT count(*)::text FROM kv`)
+			if err != nil || got != "6" {
+				return fmt.Errorf("site %s holds %s rows, %v; want 6", c.sites[i].name, got, err)
+			}
+		}
+		return nil
+	})
+	b, err1 := c.checksum(1, "kv")
+	cs, err2 := c.checksum(2, "kv")
+	if err1 != nil || err2 != nil || b != cs {
+		t.Errorf("b and c differ after a's loss: %s vs %s (%v, %v)", b, cs, err1, err2)
+	}
+	if n, _ := peerField(t, c, 1, "c", "relay_hints").(float64); n < 5 {
+		t.Errorf("b relayed %v of a's transactions to c, want at least 5", n)
+	}
+}

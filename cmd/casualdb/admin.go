@@ -92,6 +92,10 @@ type PeerStatus struct {
 	// transactions received here before gossip declared it down (late
 	// hints: they arrived while it was failing).
 	LateHints uint64 `json:"late_hints"`
+	// RelayHints counts the hints kept for the peer, since start, for
+	// transactions of an origin that went down which the peer had not
+	// applied (relayed from here, since the origin cannot ship them).
+	RelayHints uint64 `json:"relay_hints"`
 }
 
 // OriginStatus describes what was applied from one origin.
@@ -215,13 +219,14 @@ var (
 	descHints      = prometheus.NewDesc("casualdb_hints_held", "With gossip: other origins' transactions kept here for a site that was down (hinted handoff).", []string{"site"}, nil)
 	descHanded     = prometheus.NewDesc("casualdb_hints_handed_off_total", "With gossip: hints delivered to the site they were kept for.", []string{"site"}, nil)
 	descPeerLagS   = prometheus.NewDesc("casualdb_peer_lag_seconds", "With gossip: age of the oldest transaction of this site the peer has not applied (0 when it has them all).", []string{"peer"}, nil)
+	descRelay      = prometheus.NewDesc("casualdb_relay_hints_total", "With gossip: hints kept for the live site, when an origin stopped being alive, for that origin's transactions received here that the site had not applied.", []string{"site"}, nil)
 	descLate       = prometheus.NewDesc("casualdb_late_hints_total", "With gossip: hints kept for the site when it stopped being alive, for transactions received here while it was failing that it had not applied.", []string{"site"}, nil)
 	descExpired    = prometheus.NewDesc("casualdb_hints_expired_total", "With gossip: hints kept here for the site that were removed after cluster.hint_retention (recorded in casualdb.hint_expiry first).", []string{"site"}, nil)
 	descMissed     = prometheus.NewDesc("casualdb_missed_transactions", "With gossip: transactions of the origin this site has not applied up to the last hint a holder expired for it; they come only from the origin's outbox or a repair (0: none missing).", []string{"origin"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descHeld, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descLate, descExpired, descMissed, descResends, descNotDurable} {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descHeld, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descLate, descRelay, descExpired, descMissed, descResends, descNotDurable} {
 		ch <- d
 	}
 }
@@ -279,6 +284,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			counter(descHanded, ps.HintsHanded, p)
 			counter(descExpired, ps.HintsExpired, p)
 			counter(descLate, ps.LateHints, p)
+			counter(descRelay, ps.RelayHints, p)
 		}
 		missed := map[string]uint64{}
 		for o := range st.Origins {

@@ -102,6 +102,11 @@ func (s *Sidecar) clusterStatus(ctx context.Context, st *Status) {
 		ps.LateHints = n
 		st.Peers[string(site)] = ps
 	}
+	for site, n := range s.relayed {
+		ps := st.Peers[string(site)]
+		ps.RelayHints = n
+		st.Peers[string(site)] = ps
+	}
 	st.HintExpiries = hintExpiryStatus(s.expiries)
 	s.mu.Unlock()
 	last := st.Capture.OutboxSeq

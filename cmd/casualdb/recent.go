@@ -121,21 +121,69 @@ func (s *Sidecar) lateHints(ctx context.Context, site casualdb.SiteID) (int, err
 	return kept, nil
 }
 
-// keepLateHints runs lateHints for a site gossip no longer takes for alive,
-// logs and counts the outcome. Called by watchMembers.
+// relayHints keeps as hints for every other live peer the recent
+// transactions of origin, which just stopped being alive, that the peer had
+// not applied by its last gossiped digest: a peer cut off from the origin
+// (or slower) would otherwise wait for them until the origin returns, and
+// for ever if it does not, while this site holds them. Every live site that
+// received them relays them; the peer applies one copy. It returns how many
+// it kept, by peer.
+func (s *Sidecar) relayHints(ctx context.Context, origin casualdb.SiteID) (map[casualdb.SiteID]int, error) {
+	out := map[casualdb.SiteID]int{}
+	self := casualdb.SiteID(s.cfg.Site)
+	for _, m := range s.member.Members() {
+		if m.Site == self || m.Site == origin || !s.member.Alive(m.Site) {
+			continue
+		}
+		var digest gossipState
+		if b := s.member.RemoteState(m.Site); len(b) > 0 {
+			if err := json.Unmarshal(b, &digest); err != nil {
+				s.log.Warn("relay hints: the peer's gossiped digest does not decode; relaying all recent transactions", "peer", m.Site, "err", err)
+			}
+		}
+		for _, t := range s.recent.missedBy(m.Site, digest.Applied) {
+			if t.rec.Origin != origin {
+				continue
+			}
+			h := t.rec
+			h.For = m.Site
+			hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := s.hints.Add(hctx, h)
+			cancel()
+			if err != nil {
+				return out, err
+			}
+			out[m.Site]++
+		}
+	}
+	return out, nil
+}
+
+// keepLateHints runs lateHints and relayHints for a site gossip no longer
+// takes for alive, logs and counts the outcome. Called by watchMembers.
 func (s *Sidecar) keepLateHints(ctx context.Context, site casualdb.SiteID) {
 	n, err := s.lateHints(ctx, site)
 	if err != nil {
 		s.log.Warn("keep late hints; the site gets those transactions from their origins only", "for", site, "kept", n, "err", err)
 	}
-	if n == 0 {
-		return
+	if n > 0 {
+		s.log.Info("kept late hints: transactions received before gossip declared the site down, which it had not applied", "for", site, "hints", n)
 	}
-	s.log.Info("kept late hints: transactions received before gossip declared the site down, which it had not applied", "for", site, "hints", n)
+	relayed, err := s.relayHints(ctx, site)
+	if err != nil {
+		s.log.Warn("relay a down origin's transactions to peers that lack them", "origin", site, "err", err)
+	}
+	for peer, k := range relayed {
+		s.log.Info("relaying a down origin's transactions to a peer that had not applied them", "origin", site, "for", peer, "hints", k)
+	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.lateHinted == nil {
 		s.lateHinted = map[casualdb.SiteID]uint64{}
+		s.relayed = map[casualdb.SiteID]uint64{}
 	}
 	s.lateHinted[site] += uint64(n)
-	s.mu.Unlock()
+	for peer, k := range relayed {
+		s.relayed[peer] += uint64(k)
+	}
 }

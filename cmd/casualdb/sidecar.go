@@ -64,6 +64,7 @@ type Sidecar struct {
 	collected              uint64                     // tombstones collected
 	hintsExpired           map[casualdb.SiteID]uint64 // hints expired here since start, by the site they were for
 	lateHinted             map[casualdb.SiteID]uint64 // late hints kept here since start (recent.go), by site
+	relayed                map[casualdb.SiteID]uint64 // relay hints kept here since start (recent.go), by site
 	recent                 recentTxs                  // what apply received lately, for late hints
 	expiries               []meta.HintExpiry          // casualdb.hint_expiry as last loaded (gossiped when open)
 	started                time.Time
@@ -303,6 +304,16 @@ func (s *Sidecar) addPeer(ctx context.Context, peer casualdb.SiteID, url string)
 	return nil
 }
 
+// configuredPeer tells whether site is in the peers list of the config.
+func (s *Sidecar) configuredPeer(site casualdb.SiteID) bool {
+	for _, p := range s.cfg.Peers {
+		if casualdb.SiteID(p.Name) == site {
+			return true
+		}
+	}
+	return false
+}
+
 // peerList returns the peers, sorted.
 func (s *Sidecar) peerList() []casualdb.SiteID {
 	s.peerMu.Lock()
@@ -338,8 +349,8 @@ func (s *Sidecar) watchMembers(ctx context.Context) error {
 				}
 				alive[m.Site] = up
 			}
-			if string(m.Site) == s.cfg.Site || m.State != ring.StateAlive || m.Meta.NATSURL == "" {
-				continue
+			if string(m.Site) == s.cfg.Site || m.State != ring.StateAlive || m.Meta.NATSURL == "" || s.configuredPeer(m.Site) {
+				continue // a configured peer's nats_url wins over what the site advertises
 			}
 			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			err := s.addPeer(actx, m.Site, m.Meta.NATSURL)
