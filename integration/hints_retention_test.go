@@ -57,12 +57,7 @@ func healthzBody(t *testing.T, c *cluster, i int) string {
 func TestHints_RetentionExpiresReportsAndRepairs(t *testing.T) {
 	c := newHintCluster(t, 2*time.Second)
 
-	c.kill(2)
-	c.waitStates(0, "a=alive b=alive c=dead")
-	c.waitStates(1, "a=alive b=alive c=dead")
-	for k := 1; k <= 5; k++ {
-		c.exec(0, `INSERT INTO kv VALUES ($1, 'while c was down')`, k)
-	}
+	c.writeWhileCDown()
 	// b has every one of them as a hint (held, or already expired).
 	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		held, expired := peerField(t, c, 1, "c", "hints_held"), peerField(t, c, 1, "c", "hints_expired")

@@ -60,10 +60,11 @@ func OpenHints(ctx context.Context, js jetstream.JetStream, site casualdb.SiteID
 	return &Hints{site: site, js: js, stream: st}, nil
 }
 
-// Add stores h durably. Adding the same transaction for the same site
-// twice within two minutes stores it once; later, the receiving site
-// recognises the duplicate.
-func (hs *Hints) Add(ctx context.Context, h Hint) error {
+// Add stores h durably and tells whether it is new. Adding the same
+// transaction for the same site twice within two minutes stores it once
+// (added is false the second time); later, the receiving site recognises
+// the duplicate.
+func (hs *Hints) Add(ctx context.Context, h Hint) (added bool, err error) {
 	m := nats.NewMsg(hintSubject(hs.site, h.For, h.Origin))
 	m.Data = h.Data
 	m.Header.Set(HeaderOrigin, string(h.Origin))
@@ -72,10 +73,11 @@ func (hs *Hints) Add(ctx context.Context, h Hint) error {
 	m.Header.Set(HeaderLSN, strconv.FormatUint(h.LSN, 10))
 	m.Header.Set(HeaderCommit, strconv.FormatInt(h.Commit.UnixMicro(), 10))
 	m.Header.Set(nats.MsgIdHdr, "hint-"+string(h.For)+"-"+string(h.Origin)+"-"+casualdb.FormatLSN(h.LSN))
-	if _, err := hs.js.PublishMsg(ctx, m); err != nil {
-		return fmt.Errorf("keep hint of %s-%s for %s: %w", h.Origin, casualdb.FormatLSN(h.LSN), h.For, err)
+	ack, err := hs.js.PublishMsg(ctx, m)
+	if err != nil {
+		return false, fmt.Errorf("keep hint of %s-%s for %s: %w", h.Origin, casualdb.FormatLSN(h.LSN), h.For, err)
 	}
-	return nil
+	return !ack.Duplicate, nil
 }
 
 // Held returns how many hints are kept for each site.

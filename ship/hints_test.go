@@ -28,7 +28,7 @@ func TestHints_Expire(t *testing.T) {
 	add := func(forSite, origin casualdb.SiteID, epoch string, seq uint64) {
 		t.Helper()
 		h := ship.Hint{For: forSite, Origin: origin, Epoch: epoch, Seq: seq, LSN: 100 * seq, Commit: time.Unix(1, 0), Data: []byte("tx")}
-		if err := hs.Add(ctx, h); err != nil {
+		if _, err := hs.Add(ctx, h); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -126,4 +126,31 @@ func TestHints_Expire(t *testing.T) {
 			t.Errorf("held after expiring all: %v, want none", n)
 		}
 	})
+}
+
+// TestHints_AddTellsDuplicates: the same transaction for the same site is
+// kept once, and the second Add says so; for another site it is new.
+func TestHints_AddTellsDuplicates(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv := startServer(t, t.TempDir(), mustPort(t))
+	t.Cleanup(srv.Close)
+	hs, err := ship.OpenHints(ctx, jsFor(t, srv.ClientURL()), "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := ship.Hint{For: "c", Origin: "a", Epoch: "e", Seq: 1, LSN: 100, Commit: time.Unix(1, 0), Data: []byte("tx")}
+	for i, want := range []bool{true, false} {
+		if added, err := hs.Add(ctx, h); err != nil || added != want {
+			t.Fatalf("Add #%d = %v, %v; want %v", i+1, added, err, want)
+		}
+	}
+	h.For = "d"
+	if added, err := hs.Add(ctx, h); err != nil || !added {
+		t.Fatalf("Add for another site = %v, %v; want new", added, err)
+	}
+	held, err := hs.Held(ctx)
+	if err != nil || held["c"] != 1 || held["d"] != 1 {
+		t.Errorf("held %v, %v; want one for c and one for d", held, err)
+	}
 }

@@ -85,7 +85,7 @@ func (rt *recentTxs) missedBy(site casualdb.SiteID, applied map[casualdb.SiteID]
 
 // lateHints keeps as hints for site, which just stopped being alive, the
 // recent transactions it may have missed and this site is the stand-in
-// for. It returns how many it kept.
+// for. It returns how many it kept that were not kept already.
 func (s *Sidecar) lateHints(ctx context.Context, site casualdb.SiteID) (int, error) {
 	var digest gossipState
 	if b := s.member.RemoteState(site); len(b) > 0 {
@@ -111,12 +111,14 @@ func (s *Sidecar) lateHints(ctx context.Context, site casualdb.SiteID) (int, err
 		h := t.rec
 		h.For = site
 		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := s.hints.Add(hctx, h)
+		added, err := s.hints.Add(hctx, h)
 		cancel()
 		if err != nil {
 			return kept, err
 		}
-		kept++
+		if added { // not already kept (on receipt, or by an earlier round)
+			kept++
+		}
 	}
 	return kept, nil
 }
@@ -127,7 +129,7 @@ func (s *Sidecar) lateHints(ctx context.Context, site casualdb.SiteID) (int, err
 // (or slower) would otherwise wait for them until the origin returns, and
 // for ever if it does not, while this site holds them. Every live site that
 // received them relays them; the peer applies one copy. It returns how many
-// it kept, by peer.
+// it kept that were not kept already, by peer.
 func (s *Sidecar) relayHints(ctx context.Context, origin casualdb.SiteID) (map[casualdb.SiteID]int, error) {
 	out := map[casualdb.SiteID]int{}
 	self := casualdb.SiteID(s.cfg.Site)
@@ -148,12 +150,14 @@ func (s *Sidecar) relayHints(ctx context.Context, origin casualdb.SiteID) (map[c
 			h := t.rec
 			h.For = m.Site
 			hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := s.hints.Add(hctx, h)
+			added, err := s.hints.Add(hctx, h)
 			cancel()
 			if err != nil {
 				return out, err
 			}
-			out[m.Site]++
+			if added {
+				out[m.Site]++
+			}
 		}
 	}
 	return out, nil

@@ -654,7 +654,7 @@ func (s *Sidecar) Hint(ctx context.Context, r apply.Received) error {
 			continue
 		}
 		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := s.hints.Add(hctx, ship.Hint{For: forSite, Origin: r.Origin, Epoch: r.Epoch, Seq: r.Seq, LSN: r.Tx.LSN, Commit: r.Tx.CommitTime, Data: r.Data})
+		_, err := s.hints.Add(hctx, ship.Hint{For: forSite, Origin: r.Origin, Epoch: r.Epoch, Seq: r.Seq, LSN: r.Tx.LSN, Commit: r.Tx.CommitTime, Data: r.Data})
 		cancel()
 		if err != nil {
 			return err
