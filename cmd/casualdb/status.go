@@ -89,7 +89,7 @@ func printStatus(w io.Writer, st Status) {
 		st.Apply.Applied, st.Apply.Conflicts, st.Apply.Parked, st.Apply.Garbled, st.Apply.InboxMessages)
 
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nPEER\tSTATE\tNATS\tSHIPPED\tBEHIND (txs)\tBEHIND (s)\tAPPLIED FROM IT\tITS LAG (s)")
+	fmt.Fprintln(tw, "\nPEER\tSTATE\tNATS\tSHIPPED\tBEHIND (txs)\tBEHIND (s)\tAPPLIED FROM IT\tITS LAG (s)\tWAITING HERE\tHINTS HELD\tHANDED OFF")
 	peers := map[string]bool{}
 	for p := range st.Peers {
 		peers[p] = true
@@ -111,7 +111,8 @@ func printStatus(w io.Writer, st Status) {
 		if ps.Reported {
 			behind, behindS = fmt.Sprint(ps.LagTransactions), fmt.Sprintf("%.1f", ps.LagSeconds)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%.3f\n", p, state, conn, ps.Shipped, behind, behindS, o.Applied, o.LagSeconds)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%.3f\t%d\t%d\t%d\n", p, state, conn, ps.Shipped, behind, behindS, o.Applied, o.LagSeconds,
+			o.Held, ps.HintsHeld, ps.HintsHanded)
 	}
 	tw.Flush()
 	printHints(w, st)
