@@ -550,9 +550,6 @@ func hasTruncate(tx *casualdb.Tx) bool {
 	return false
 }
 
-// maxHandleBytes bounds the inbox messages applied in one go.
-const maxHandleBytes = 8 << 20
-
 // decodeMsg returns the transactions m carries. What does not decode is
 // parked (and counted) rather than applied: a whole message whose headers
 // or framing are garbled, or one transaction of a bundle.

@@ -48,6 +48,8 @@ func (d *delivery) done() {
 	d.left--
 	if d.left == 0 && !d.acked {
 		d.acked = true
+		// A lost acknowledgement costs a redelivery, which apply
+		// recognises as a duplicate.
 		_ = d.m.Ack()
 		d.origin.forget(d)
 	}

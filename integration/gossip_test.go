@@ -148,8 +148,16 @@ func grepLines(s string, subs ...string) string {
 // by one.
 func newHintCluster(t *testing.T, retention time.Duration) *cluster {
 	t.Helper()
-	c := newClusterWith(t, clusterOptions{Sites: 3, Gossip: true, HintRetention: retention,
-		Schema: `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)`, Extra: []string{"gc:", "  heartbeat: 1h"}})
+	return newHintClusterWith(t, clusterOptions{HintRetention: retention})
+}
+
+// newHintClusterWith is newHintCluster with more options (Links, say).
+func newHintClusterWith(t *testing.T, opts clusterOptions) *cluster {
+	t.Helper()
+	opts.Sites, opts.Gossip = 3, true
+	opts.Schema = `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)`
+	opts.Extra = append(opts.Extra, "gc:", "  heartbeat: 1h")
+	c := newClusterWith(t, opts)
 	for i := range c.sites {
 		c.waitStates(i, "a=alive b=alive c=alive")
 	}

@@ -37,6 +37,21 @@ func (s *Sidecar) gossipState() []byte {
 	return b
 }
 
+// peerDigest returns site's last gossiped digest; ok is false when none
+// arrived yet or it does not decode (then the digest is empty: the site is
+// taken to have applied nothing).
+func (s *Sidecar) peerDigest(site casualdb.SiteID) (d gossipState, ok bool) {
+	b := s.member.RemoteState(site)
+	if len(b) == 0 {
+		return gossipState{}, false
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		s.log.Debug("a peer's gossiped digest does not decode", "peer", site, "err", err)
+		return gossipState{}, false
+	}
+	return d, true
+}
+
 // ClusterStatus is the gossip view in /status.
 type ClusterStatus struct {
 	Members []MemberStatus `json:"members"`
@@ -114,8 +129,8 @@ func (s *Sidecar) clusterStatus(ctx context.Context, st *Status) {
 		if m, ok := memberState(cs, name); ok {
 			ps.State = m
 		}
-		var digest gossipState
-		if err := json.Unmarshal(s.member.RemoteState(casualdb.SiteID(name)), &digest); err != nil {
+		digest, ok := s.peerDigest(casualdb.SiteID(name))
+		if !ok {
 			st.Peers[name] = ps
 			continue
 		}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -99,7 +98,7 @@ func (m MissingStatus) warning() string {
 // recording them first on conn. Called by housekeep; without a database
 // connection nothing expires (hints are kept longer rather than dropped
 // unrecorded).
-func (s *Sidecar) expireHints(ctx context.Context, conn *pgx.Conn) {
+func (s *Sidecar) expireHints(ctx context.Context, conn *pgx.Conn) (expired bool) {
 	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cutoff := time.Now().Add(-s.cfg.Cluster.HintRetention)
@@ -112,7 +111,7 @@ func (s *Sidecar) expireHints(ctx context.Context, conn *pgx.Conn) {
 	})
 	if err != nil {
 		s.log.Warn("expire hints", "err", err)
-		return
+		return false
 	}
 	for _, e := range gone {
 		s.log.Warn("hints expired: the site will not get these transactions from here; they come only from the origin's outbox or a repair",
@@ -125,12 +124,14 @@ func (s *Sidecar) expireHints(ctx context.Context, conn *pgx.Conn) {
 		s.hintsExpired[e.For] += e.Hints
 		s.mu.Unlock()
 	}
+	return len(gone) > 0
 }
 
 // settleExpiries marks resolved the records whose site has applied past
 // them (by its gossiped digest), forgets old ones, and reloads what this
-// site gossips and shows.
-func (s *Sidecar) settleExpiries(ctx context.Context, conn *pgx.Conn) {
+// site gossips and shows when any of that, or an expiry (changed), moved
+// the table, or it was never loaded.
+func (s *Sidecar) settleExpiries(ctx context.Context, conn *pgx.Conn, changed bool) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	s.mu.Lock()
@@ -150,6 +151,7 @@ func (s *Sidecar) settleExpiries(ctx context.Context, conn *pgx.Conn) {
 			return
 		}
 		if resolved {
+			changed = true
 			s.log.Info("expired hints resolved: the site has applied the origin past them", "for", e.For, "origin", e.Origin,
 				"epoch", e.Epoch, "last_seq", e.LastSeq, "applied_seq", got.Seq)
 		}
@@ -157,7 +159,11 @@ func (s *Sidecar) settleExpiries(ctx context.Context, conn *pgx.Conn) {
 	if n, err := meta.ForgetHintExpiries(ctx, conn, expiryKeepResolved, expiryForget); err != nil {
 		s.log.Warn("forget expired hints", "err", err)
 	} else if n > 0 {
+		changed = true
 		s.log.Info("forgot old records of expired hints", "records", n)
+	}
+	if !changed && s.expiriesLoaded {
+		return
 	}
 	recs, err := meta.LoadHintExpiries(ctx, conn)
 	if err != nil {
@@ -167,15 +173,13 @@ func (s *Sidecar) settleExpiries(ctx context.Context, conn *pgx.Conn) {
 	s.mu.Lock()
 	s.expiries = recs
 	s.mu.Unlock()
+	s.expiriesLoaded = true
 }
 
 // remoteApplied returns what site says, in its last gossiped digest, it
 // has applied from origin.
 func (s *Sidecar) remoteApplied(site, origin casualdb.SiteID) (appliedFrom, bool) {
-	var digest gossipState
-	if err := json.Unmarshal(s.member.RemoteState(site), &digest); err != nil {
-		return appliedFrom{}, false
-	}
+	digest, _ := s.peerDigest(site)
 	got, ok := digest.Applied[origin]
 	return got, ok
 }
@@ -203,8 +207,10 @@ func (s *Sidecar) missingFromHints(applied map[casualdb.SiteID]apply.OriginStats
 	self := casualdb.SiteID(s.cfg.Site)
 	digests := map[casualdb.SiteID]gossipState{}
 	for _, m := range s.member.Members() {
-		var digest gossipState
-		if m.Site != self && json.Unmarshal(s.member.RemoteState(m.Site), &digest) == nil {
+		if m.Site == self {
+			continue
+		}
+		if digest, ok := s.peerDigest(m.Site); ok {
 			digests[m.Site] = digest
 		}
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"sync"
 	"time"
 
@@ -40,27 +39,33 @@ type recentTx struct {
 }
 
 // recentTxs remembers what this site received in the last recentWindow.
-// Safe for concurrent use: apply adds, the member watcher reads.
+// Safe for concurrent use: apply adds (for every received transaction: it
+// must stay cheap), the member watcher reads.
 type recentTxs struct {
 	mu    sync.Mutex
-	list  []recentTx // in arrival order
+	list  []recentTx // list[head:] are remembered, in arrival order
+	head  int
 	bytes int
 }
 
-// add remembers r (its data copied: the message it came in is not kept).
+// add remembers r (its data copied: the message it came in is not kept)
+// and forgets what fell out of the window or the byte bound.
 func (rt *recentTxs) add(now time.Time, r apply.Received) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	rt.list = append(rt.list, recentTx{at: now, id: r.Tx.ID(), rec: ship.Hint{Origin: r.Origin, Epoch: r.Epoch,
 		Seq: r.Seq, LSN: r.Tx.LSN, Commit: r.Tx.CommitTime, Data: bytes.Clone(r.Data)}})
 	rt.bytes += len(r.Data)
-	n := 0
-	for n < len(rt.list) && (now.Sub(rt.list[n].at) > recentWindow || rt.bytes > recentMaxBytes) {
-		rt.bytes -= len(rt.list[n].rec.Data)
-		n++
+	for rt.head < len(rt.list) && (now.Sub(rt.list[rt.head].at) > recentWindow || rt.bytes > recentMaxBytes) {
+		rt.bytes -= len(rt.list[rt.head].rec.Data)
+		rt.list[rt.head] = recentTx{} // its data can go
+		rt.head++
 	}
-	if n > 0 {
-		rt.list = append(rt.list[:0:0], rt.list[n:]...)
+	// Compact once the forgotten prefix is the larger half: each entry is
+	// copied a bounded number of times, not once per add.
+	if rt.head > len(rt.list)/2 {
+		rt.list = append(rt.list[:0:0], rt.list[rt.head:]...)
+		rt.head = 0
 	}
 }
 
@@ -71,7 +76,7 @@ func (rt *recentTxs) missedBy(site casualdb.SiteID, applied map[casualdb.SiteID]
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	var out []recentTx
-	for _, t := range rt.list {
+	for _, t := range rt.list[rt.head:] {
 		if t.rec.Origin == site {
 			continue
 		}
@@ -87,12 +92,7 @@ func (rt *recentTxs) missedBy(site casualdb.SiteID, applied map[casualdb.SiteID]
 // recent transactions it may have missed and this site is the stand-in
 // for. It returns how many it kept that were not kept already.
 func (s *Sidecar) lateHints(ctx context.Context, site casualdb.SiteID) (int, error) {
-	var digest gossipState
-	if b := s.member.RemoteState(site); len(b) > 0 {
-		if err := json.Unmarshal(b, &digest); err != nil {
-			s.log.Warn("late hints: the site's gossiped digest does not decode; hinting all recent transactions", "for", site, "err", err)
-		}
-	}
+	digest, _ := s.peerDigest(site)
 	missed := s.recent.missedBy(site, digest.Applied)
 	if len(missed) == 0 {
 		return 0, nil
@@ -102,25 +102,9 @@ func (s *Sidecar) lateHints(ctx context.Context, site casualdb.SiteID) (int, err
 		return 0, err
 	}
 	self := casualdb.SiteID(s.cfg.Site)
-	kept := 0
-	for _, t := range missed {
-		holders := rg.HintHolders(t.id, s.cfg.Cluster.N, t.rec.Origin, s.member.Alive)
-		if holders[site] != self {
-			continue
-		}
-		h := t.rec
-		h.For = site
-		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		added, err := s.hints.Add(hctx, h)
-		cancel()
-		if err != nil {
-			return kept, err
-		}
-		if added { // not already kept (on receipt, or by an earlier round)
-			kept++
-		}
-	}
-	return kept, nil
+	return s.keepHints(ctx, site, missed, func(t recentTx) bool {
+		return rg.HintHolders(t.id, s.cfg.Cluster.N, t.rec.Origin, s.member.Alive)[site] == self
+	})
 }
 
 // relayHints keeps as hints for every other live peer the recent
@@ -137,30 +121,37 @@ func (s *Sidecar) relayHints(ctx context.Context, origin casualdb.SiteID) (map[c
 		if m.Site == self || m.Site == origin || !s.member.Alive(m.Site) {
 			continue
 		}
-		var digest gossipState
-		if b := s.member.RemoteState(m.Site); len(b) > 0 {
-			if err := json.Unmarshal(b, &digest); err != nil {
-				s.log.Warn("relay hints: the peer's gossiped digest does not decode; relaying all recent transactions", "peer", m.Site, "err", err)
-			}
-		}
-		for _, t := range s.recent.missedBy(m.Site, digest.Applied) {
-			if t.rec.Origin != origin {
-				continue
-			}
-			h := t.rec
-			h.For = m.Site
-			hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			added, err := s.hints.Add(hctx, h)
-			cancel()
-			if err != nil {
-				return out, err
-			}
-			if added {
-				out[m.Site]++
-			}
+		digest, _ := s.peerDigest(m.Site)
+		n, err := s.keepHints(ctx, m.Site, s.recent.missedBy(m.Site, digest.Applied), func(t recentTx) bool { return t.rec.Origin == origin })
+		out[m.Site] = n
+		if err != nil {
+			return out, err
 		}
 	}
 	return out, nil
+}
+
+// keepHints keeps, as hints for site, the transactions of ts that want
+// accepts, and returns how many were not kept already.
+func (s *Sidecar) keepHints(ctx context.Context, site casualdb.SiteID, ts []recentTx, want func(recentTx) bool) (int, error) {
+	kept := 0
+	for _, t := range ts {
+		if !want(t) {
+			continue
+		}
+		h := t.rec
+		h.For = site
+		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		added, err := s.hints.Add(hctx, h)
+		cancel()
+		if err != nil {
+			return kept, err
+		}
+		if added { // not already kept (on receipt, or by an earlier round)
+			kept++
+		}
+	}
+	return kept, nil
 }
 
 // keepLateHints runs lateHints and relayHints for a site gossip no longer

@@ -81,6 +81,21 @@ func TestRecentTxs_Bounds(t *testing.T) {
 			t.Errorf("kept %v, want the newest four", got)
 		}
 	})
+	t.Run("compacted", func(t *testing.T) {
+		var rt recentTxs
+		start := time.Now()
+		for seq := uint64(1); seq <= 10_000; seq++ {
+			// One a millisecond... then a jump past the window.
+			rt.add(start.Add(time.Duration(seq)*time.Millisecond), received("a", "e", seq, 1))
+		}
+		rt.add(start.Add(recentWindow+time.Hour), received("a", "e", 10_001, 1))
+		if got := seqsOf(rt.missedBy("c", nil)); !slices.Equal(got, []uint64{10_001}) {
+			t.Errorf("kept %d transactions, want only the last", len(got))
+		}
+		if len(rt.list)-rt.head != 1 || len(rt.list) > 2 || rt.bytes != 1 {
+			t.Errorf("list %d long from %d, %d bytes; want the forgotten prefix compacted away", len(rt.list), rt.head, rt.bytes)
+		}
+	})
 	t.Run("data copied", func(t *testing.T) {
 		var rt recentTxs
 		r := received("a", "e", 1, 3)

@@ -67,6 +67,7 @@ type Sidecar struct {
 	relayed                map[casualdb.SiteID]uint64 // relay hints kept here since start (recent.go), by site
 	recent                 recentTxs                  // what apply received lately, for late hints
 	expiries               []meta.HintExpiry          // casualdb.hint_expiry as last loaded (gossiped when open)
+	expiriesLoaded         bool                       // expiries was loaded once (housekeep's)
 	started                time.Time
 }
 
@@ -509,8 +510,7 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 			}
 		}
 		if conn != nil && s.hints != nil {
-			s.expireHints(ctx, conn)
-			s.settleExpiries(ctx, conn)
+			s.settleExpiries(ctx, conn, s.expireHints(ctx, conn))
 		}
 		if s.member != nil && s.applier != nil {
 			missing.update(s.log, s.missingFromHints(s.applier.Stats().Origins))
