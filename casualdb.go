@@ -221,23 +221,11 @@ func ParseLSN(s string) (uint64, error) {
 	return h<<32 | l, nil
 }
 
-// Marshal encodes t for the transport.
-func (t *Tx) Marshal() ([]byte, error) {
-	b, err := json.Marshal(t)
-	if err != nil {
-		return nil, fmt.Errorf("marshal tx %s: %w", t.ID(), err)
-	}
-	return b, nil
-}
-
-// UnmarshalTx decodes and checks a transaction from the transport. Anything
-// that is not a well-formed Tx gives an error wrapping ErrGarbled.
-func UnmarshalTx(b []byte) (*Tx, error) {
+// decodeJSON reads the JSON encoding of a Tx, which sidecars of earlier
+// versions wrote (see codec.go).
+func decodeJSON(b []byte) (*Tx, error) {
 	var t Tx
 	if err := json.Unmarshal(b, &t); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrGarbled, err)
-	}
-	if err := t.Validate(); err != nil {
 		return nil, err
 	}
 	return &t, nil
