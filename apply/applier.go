@@ -24,9 +24,10 @@ type Capture interface {
 	// WaitProcessed returns once every local write ending at or before
 	// lsn has been versioned.
 	WaitProcessed(ctx context.Context, lsn uint64) error
-	// BeginApply and EndApply bracket the commit of an apply transaction.
-	BeginApply(xid uint32)
-	EndApply(xid uint32)
+	// BeginApply and EndApply bracket the commit of an apply transaction
+	// that recorded w; ok tells whether it committed.
+	BeginApply(xid uint32, w meta.Written)
+	EndApply(xid uint32, ok bool)
 }
 
 // Message header names (the transport's; see package ship).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/casualdb/casualdb"
 	"github.com/jackc/pgx/v5"
@@ -16,6 +17,11 @@ type localTable struct {
 	cols   map[string]string
 	keys   []string // primary-key column names in key order
 	keyTyp []string
+	// replicaTriggers tells whether the table has triggers that fire in
+	// apply's sessions (ENABLE REPLICA or ENABLE ALWAYS): their changes are
+	// written one by one, so that the triggers see each.
+	replicaTriggers bool
+	described       time.Time
 }
 
 // describeLocal reads the local definition of rel's table.
@@ -67,6 +73,12 @@ func describeLocal(ctx context.Context, conn *pgx.Conn, rel casualdb.Relation) (
 	if err := t.check(rel); err != nil {
 		return nil, err
 	}
+	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1::regclass AND tgenabled IN ('A', 'R') AND NOT tgisinternal)`,
+		t.ident).Scan(&t.replicaTriggers)
+	if err != nil {
+		return nil, fmt.Errorf("describe local table %s: triggers: %w", rel.Table, err)
+	}
+	t.described = time.Now()
 	return t, nil
 }
 

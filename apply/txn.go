@@ -49,9 +49,6 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 			}
 		}
 	}()
-	if !careful {
-		w.batch = &pgx.Batch{}
-	}
 	if err := w.prepare(ctx, run); err != nil {
 		return res, err
 	}
@@ -68,22 +65,20 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 		return res, err
 	}
 	validated := time.Now()
-	if w.batch == nil {
-		w.batch = &pgx.Batch{}
-	}
-	q := execBatch{w.batch}
-	if err := meta.SaveVersions(ctx, q, w.written); err != nil {
+	q := execQueue{w}
+	if err := w.saveWritten(ctx, q); err != nil {
 		return res, err
 	}
 	last := run[len(run)-1]
 	if err := meta.SaveProgress(ctx, q, last.origin, meta.Progress{Seq: last.seq, LSN: last.tx.LSN, CommitTime: last.tx.CommitTime, Epoch: last.epoch, Deps: last.tx.Deps}); err != nil {
 		return res, err
 	}
-	w.batch.Queue(`SELECT pg_replication_origin_xact_setup($1::pg_lsn, $2)`, casualdb.FormatLSN(last.tx.LSN), last.tx.CommitTime)
-	w.batch.Queue("COMMIT")
-	a.cfg.Capture.BeginApply(w.xid)
+	w.queue = append(w.queue,
+		stmt{sql: `SELECT pg_replication_origin_xact_setup($1::pg_lsn, $2)`, args: []any{casualdb.FormatLSN(last.tx.LSN), last.tx.CommitTime}, rows: -1, what: "set up replication origin progress"},
+		stmt{sql: "COMMIT", rows: -1, what: "commit"})
+	a.cfg.Capture.BeginApply(w.xid, meta.Written{Versions: w.all, Truncations: w.raised})
 	err = w.flush(ctx)
-	a.cfg.Capture.EndApply(w.xid)
+	a.cfg.Capture.EndApply(w.xid, err == nil)
 	if err != nil {
 		return res, fmt.Errorf("commit: %w", err)
 	}
@@ -92,12 +87,34 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 	return w.res, nil
 }
 
-// execBatch queues the statements of meta's Save functions into a batch.
-type execBatch struct{ b *pgx.Batch }
+// saveWritten records the versions written since the last save (queued
+// into q, or run on it) and keeps them for capture (see Capture.BeginApply).
+func (w *txWriter) saveWritten(ctx context.Context, q meta.Execer) error {
+	if err := meta.SaveVersions(ctx, q, w.written); err != nil {
+		return err
+	}
+	for k, rv := range w.written {
+		w.all[k] = rv
+	}
+	w.written = map[meta.RowKey]meta.RowVersion{}
+	return nil
+}
 
-func (e execBatch) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	e.b.Queue(sql, args...)
+// execQueue queues the statements of meta's Save functions for the next
+// flush.
+type execQueue struct{ w *txWriter }
+
+func (e execQueue) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	e.w.queue = append(e.w.queue, stmt{sql: sql, args: args, rows: -1, what: "record metadata"})
 	return pgconn.CommandTag{}, nil
+}
+
+// stmt is a statement queued for the next flush.
+type stmt struct {
+	sql  string
+	args []any
+	rows int64  // rows it must affect; -1: any number
+	what string // for errors
 }
 
 // dbConn is the connection an apply transaction runs on (a *pgx.Conn inside
@@ -119,7 +136,9 @@ type txWriter struct {
 	tables  map[string]*localTable
 	bad     map[string]error // tables whose changes are parked
 	truncs  map[string]casualdb.Version
-	written map[meta.RowKey]meta.RowVersion
+	written map[meta.RowKey]meta.RowVersion // not saved yet
+	all     map[meta.RowKey]meta.RowVersion // every version the transaction records
+	raised  map[string]casualdb.Version     // the truncation markers it raises
 	// loaded holds the versions on record when the transaction decided.
 	loaded map[meta.RowKey]meta.RowVersion
 	// inserted holds the rows this transaction inserted where none was.
@@ -130,16 +149,11 @@ type txWriter struct {
 	res        runResult
 	waited     time.Duration // time spent waiting for capture
 
-	// In the optimistic (not careful) mode, row writes are queued and sent
-	// in one round trip; the rows they write carry xid as their xmin.
-	batch   *pgx.Batch
-	pending []queuedWrite
-}
-
-// queuedWrite is a row write waiting in batch.
-type queuedWrite struct {
-	key  meta.RowKey
-	xmin bool // the statement returns the new row's xmin
+	// In the optimistic (not careful) mode, row writes are gathered (plan,
+	// see bulk.go) or queued, and sent in one round trip at the next
+	// flush; the rows they write carry xid as their xmin.
+	plan  plan
+	queue []stmt
 }
 
 // prepare opens the transaction, resolves the tables, locks every row the
@@ -147,6 +161,8 @@ type queuedWrite struct {
 func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 	w.bad = map[string]error{}
 	w.written = map[meta.RowKey]meta.RowVersion{}
+	w.all = map[meta.RowKey]meta.RowVersion{}
+	w.raised = map[string]casualdb.Version{}
 	w.inserted = map[meta.RowKey]bool{}
 	w.unverified = map[meta.RowKey]bool{}
 	w.loaded = map[meta.RowKey]meta.RowVersion{}
@@ -479,7 +495,11 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor, Columns: c.Columns, OriginLSN: im.tx.LSN}
 	switch c.Op {
 	case casualdb.OpDelete:
-		if st.present {
+		switch {
+		case !st.present:
+		case w.bulk(lt, c):
+			w.plan.write(rk, lt, im.tx.Relations[c.Table], c, true)
+		default:
 			if err := w.exec(ctx, im, c, "DELETE FROM "+lt.ident+" WHERE "+lt.keyMatch(1), keyArgs(c.Key)...); err != nil {
 				return err
 			}
@@ -501,9 +521,16 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 		var xmin uint32
 		var ok bool
 		var err error
-		if st.present {
+		switch {
+		case w.bulk(lt, c):
+			w.plan.write(rk, lt, rel, c, st.present)
+			xmin, ok = w.xid, true
+			if !st.present {
+				w.inserted[rk] = true
+			}
+		case st.present:
 			xmin, ok, err = w.update(ctx, im, lt, rel, c)
-		} else {
+		default:
 			xmin, ok, err = w.insert(ctx, im, lt, rel, c)
 			if ok {
 				w.inserted[rk] = true
@@ -584,9 +611,11 @@ func textArg(v casualdb.Value) any {
 // returningXmin runs a write that returns the new row's xmin. ok is false
 // when the change was parked instead.
 func (w *txWriter) returningXmin(ctx context.Context, im inMsg, c *casualdb.Change, q string, args []any) (uint32, bool, error) {
-	if w.batch != nil {
-		w.batch.Queue(q, args...)
-		w.pending = append(w.pending, queuedWrite{key: meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}, xmin: true})
+	if !w.careful {
+		if err := w.unplan(ctx, c); err != nil {
+			return 0, false, err
+		}
+		w.queue = append(w.queue, stmt{sql: q, args: args, rows: 1, what: "write " + c.Table + " " + casualdb.KeyString(c.Key)})
 		// No savepoint in this mode: the new row version's xmin is the
 		// transaction's id, and the metadata can be queued before the write
 		// has run.
@@ -605,9 +634,11 @@ func (w *txWriter) returningXmin(ctx context.Context, im inMsg, c *casualdb.Chan
 }
 
 func (w *txWriter) exec(ctx context.Context, im inMsg, c *casualdb.Change, q string, args ...any) error {
-	if w.batch != nil {
-		w.batch.Queue(q, args...)
-		w.pending = append(w.pending, queuedWrite{key: meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}})
+	if !w.careful {
+		if err := w.unplan(ctx, c); err != nil {
+			return err
+		}
+		w.queue = append(w.queue, stmt{sql: q, args: args, rows: 1, what: "write " + c.Table + " " + casualdb.KeyString(c.Key)})
 		return nil
 	}
 	err := w.guard(ctx, im, c, func() error {
@@ -620,38 +651,49 @@ func (w *txWriter) exec(ctx context.Context, im inMsg, c *casualdb.Change, q str
 	return err
 }
 
-// flush sends the queued writes (and whatever else the batch holds) in one
-// round trip, and checks that every row written carries the transaction's
-// id as its xmin, as the metadata queued with them says. Any error fails the
-// attempt; the careful retry then finds the row.
+// flush sends the gathered and queued statements in one round trip, and
+// checks that every write affected the rows it had to (so the metadata
+// queued with them is true). Any error fails the attempt; the careful retry
+// then finds the row.
 func (w *txWriter) flush(ctx context.Context) error {
-	if w.batch == nil || w.batch.Len() == 0 {
+	stmts := append(w.plan.statements(), w.queue...)
+	w.queue = nil
+	if len(stmts) == 0 {
 		return nil
 	}
-	br := w.tx.SendBatch(ctx, w.batch)
-	for _, p := range w.pending {
-		if !p.xmin {
-			if _, err := br.Exec(); err != nil {
-				br.Close()
-				return fmt.Errorf("write %s %s: %w", p.key.Table, p.key.Key, err)
-			}
-			continue
+	b := &pgx.Batch{}
+	for _, s := range stmts {
+		b.Queue(s.sql, s.args...)
+	}
+	br := w.tx.SendBatch(ctx, b)
+	for _, s := range stmts {
+		tag, err := br.Exec()
+		if err == nil && s.rows >= 0 && tag.RowsAffected() != s.rows {
+			err = fmt.Errorf("%d rows, not %d", tag.RowsAffected(), s.rows)
 		}
-		var xmin string
-		if err := br.QueryRow().Scan(&xmin); err != nil {
+		if err != nil {
 			br.Close()
-			return fmt.Errorf("write %s %s: %w", p.key.Table, p.key.Key, err)
-		}
-		if x, _ := strconv.ParseUint(xmin, 10, 32); uint32(x) != w.xid {
-			br.Close()
-			return fmt.Errorf("write %s %s: row xmin %s, not the transaction's id %d", p.key.Table, p.key.Key, xmin, w.xid)
+			return fmt.Errorf("%s: %w", s.what, err)
 		}
 	}
 	if err := br.Close(); err != nil {
 		return fmt.Errorf("write batch: %w", err)
 	}
-	w.batch, w.pending = &pgx.Batch{}, nil
 	return nil
+}
+
+// unplan writes what the plan holds before a change of one of its rows is
+// written on its own (the two must not change order).
+func (w *txWriter) unplan(ctx context.Context, c *casualdb.Change) error {
+	if w.plan.has(meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}) {
+		return w.flush(ctx)
+	}
+	return nil
+}
+
+// bulk tells whether c's write may be gathered with others (see bulk.go).
+func (w *txWriter) bulk(lt *localTable, c *casualdb.Change) bool {
+	return !w.careful && !lt.replicaTriggers && !w.a.cfg.MergeColumns[c.Table] && len(c.Deltas) == 0
 }
 
 // errParked reports that guard parked the change.
@@ -806,10 +848,9 @@ func (w *txWriter) truncate(ctx context.Context, lt *localTable, c *casualdb.Cha
 	if err := w.flush(ctx); err != nil {
 		return err
 	}
-	if err := meta.SaveVersions(ctx, w.tx, w.written); err != nil {
+	if err := w.saveWritten(ctx, w.tx); err != nil {
 		return err
 	}
-	w.written = map[meta.RowKey]meta.RowVersion{}
 	if _, err := w.tx.Exec(ctx, "LOCK TABLE "+lt.ident+" IN SHARE ROW EXCLUSIVE MODE"); err != nil {
 		return fmt.Errorf("lock %s for truncate: %w", lt.name, err)
 	}
@@ -857,6 +898,16 @@ func (w *txWriter) truncate(ctx context.Context, lt *localTable, c *casualdb.Cha
 	if err := meta.SaveTruncation(ctx, w.tx, lt.name, c.Version); err != nil {
 		return err
 	}
+	if t, ok := w.raised[lt.name]; !ok || conflict.Less(t, c.Version) {
+		w.raised[lt.name] = c.Version
+	}
+	// The marker removed the versions it supersedes, those this
+	// transaction recorded included.
+	for k, rv := range w.all {
+		if k.Table == lt.name && conflict.Less(rv.Version, c.Version) {
+			delete(w.all, k)
+		}
+	}
 	if t, ok := w.truncs[lt.name]; !ok || conflict.Less(t, c.Version) {
 		w.truncs[lt.name] = c.Version
 	}
@@ -869,9 +920,13 @@ func (w *txWriter) truncate(ctx context.Context, lt *localTable, c *casualdb.Cha
 	return nil
 }
 
+// tableRecheck is how long a table's local description is trusted: a
+// trigger or column added since shows up within it.
+const tableRecheck = 30 * time.Second
+
 // table returns the local description of rel's table, cached.
 func (a *Applier) table(ctx context.Context, rel casualdb.Relation) (*localTable, error) {
-	if lt, ok := a.tables[rel.Table]; ok {
+	if lt, ok := a.tables[rel.Table]; ok && time.Since(lt.described) < tableRecheck {
 		if err := lt.check(rel); err == nil {
 			return lt, nil
 		}

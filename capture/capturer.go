@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
-	"github.com/casualdb/casualdb/conflict"
 	"github.com/casualdb/casualdb/meta"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -19,9 +18,11 @@ import (
 // Outbox stores captured transactions durably and in order. It is the
 // site's own JetStream stream; *ship.Outbox implements it.
 type Outbox interface {
-	// Append stores txs in order and returns once every one is durable,
-	// with the outbox sequence of the last (sequences are consecutive).
-	Append(ctx context.Context, txs []*casualdb.Tx) (lastSeq uint64, err error)
+	// Publish starts storing txs in order right after outbox sequence
+	// after (setting their Seq to after+1, after+2, ...) and returns
+	// without waiting; wait returns once every one is durable, or with the
+	// first that was refused, in which case none after it is stored.
+	Publish(ctx context.Context, txs []*casualdb.Tx, after uint64) (wait func(context.Context) error, err error)
 	// Last returns the sequence and commit LSN of the newest stored tx
 	// (zeros when empty).
 	Last(ctx context.Context) (seq, lsn uint64, err error)
@@ -46,6 +47,15 @@ type Config struct {
 	StatusInterval time.Duration
 	// MaxBatch is the most transactions versioned and appended at once. Default 256.
 	MaxBatch int
+	// MaxInflight is how many batches may be in the outbox's hands, or
+	// waiting for their versions to be recorded, while the next ones are
+	// versioned. Default 8.
+	MaxInflight int
+	// VersionCache is how many recorded row versions capture keeps in
+	// memory (see versionCache); about 300 bytes each. Default 100000;
+	// negative: none (every local write reads its row's version from the
+	// database).
+	VersionCache int
 	// Counters lists, by table (schema.name), the counter columns: changes
 	// carry how much they moved them (casualdb.Change.Deltas). The table
 	// needs REPLICA IDENTITY FULL so that updates carry the old values.
@@ -71,6 +81,10 @@ type Stats struct {
 	// values because their deltas could not be computed (no old row, or a
 	// value that is not a finite decimal).
 	CounterFallbacks uint64
+	// VersionLookups counts the rows whose current version capture needed;
+	// VersionMisses those of them the version cache did not hold (read
+	// from the database).
+	VersionLookups, VersionMisses uint64
 }
 
 // Capturer reads the local slot into the outbox. Run it once; it stops when
@@ -85,19 +99,38 @@ type Capturer struct {
 	lastSeq   atomic.Uint64
 	processed atomic.Uint64
 	noDeltas  atomic.Uint64
+	sent      atomic.Uint64 // the last batch the versioner handed on
+
+	cacheLookups, cacheMisses atomic.Uint64
 
 	nudgeMu   sync.Mutex
 	nudgeConn *pgx.Conn // commits an empty transaction to flush WAL; see nudge
 
 	// appliedFrom is, per site, the commit LSN there of the last of its
 	// transactions that apply committed here before the WAL position
-	// process has reached: the dependencies of the next local transaction.
+	// the versioner has reached: the dependencies of the next local
+	// transaction. The versioner's goroutine only.
 	appliedFrom map[casualdb.SiteID]uint64
 
+	// cacheMu guards cache, which the versioner and the recorder share.
+	cacheMu sync.Mutex
+	cache   *versionCache
+
 	mu       sync.Mutex
-	advanced chan struct{} // closed and replaced whenever processed moves
+	recent   [recentLSNs]seqLSN // the outbox sequence and commit LSN of the latest transactions, by seq modulo the size
+	advanced chan struct{}      // closed and replaced whenever processed moves
+	recorded uint64             // the last batch the recorder recorded
+	recordCh chan struct{}      // closed and replaced whenever recorded moves
 	rd       *reader
-	inflight map[uint32]chan struct{} // apply transactions committing now
+	inflight map[uint32]*applyTx // apply transactions committing, or committed and not yet met in the WAL
+}
+
+// applyTx is one apply transaction as capture knows it: what it wrote, and
+// whether its commit has returned.
+type applyTx struct {
+	w     meta.Written
+	ended chan struct{} // closed by EndApply
+	ok    bool          // committed (set before ended is closed)
 }
 
 // New validates cfg and returns a Capturer.
@@ -123,10 +156,17 @@ func New(cfg Config) (*Capturer, error) {
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = 256
 	}
+	if cfg.MaxInflight <= 0 {
+		cfg.MaxInflight = 8
+	}
+	if cfg.VersionCache == 0 {
+		cfg.VersionCache = 100000
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Capturer{cfg: cfg, log: cfg.Logger.With("component", "capture"), advanced: make(chan struct{}), inflight: map[uint32]chan struct{}{}}, nil
+	return &Capturer{cfg: cfg, log: cfg.Logger.With("component", "capture"), advanced: make(chan struct{}), recordCh: make(chan struct{}),
+		inflight: map[uint32]*applyTx{}}, nil
 }
 
 // Stats returns a snapshot of the counters.
@@ -135,19 +175,24 @@ func (c *Capturer) Stats() Stats {
 	// position is then at or below LastSeq (the W-durability watermark relies
 	// on it).
 	return Stats{Captured: c.captured.Load(), Followed: c.followed.Load(), Processed: c.processed.Load(), LastSeq: c.lastSeq.Load(),
-		CounterFallbacks: c.noDeltas.Load()}
+		CounterFallbacks: c.noDeltas.Load(), VersionLookups: c.cacheLookups.Load(), VersionMisses: c.cacheMisses.Load()}
 }
 
 // Run captures until ctx is done or an error occurs.
 func (c *Capturer) Run(ctx context.Context) error {
-	conn, err := pgx.Connect(ctx, c.cfg.DSN)
+	conn, err := c.connect(ctx, "casualdb-capture")
 	if err != nil {
-		return fmt.Errorf("capture: connect: %w", err)
+		return err
 	}
 	defer conn.Close(context.Background())
-	catConn, err := pgx.Connect(ctx, c.cfg.DSN)
+	recConn, err := c.connect(ctx, "casualdb-capture-record")
 	if err != nil {
-		return fmt.Errorf("capture: connect: %w", err)
+		return err
+	}
+	defer recConn.Close(context.Background())
+	catConn, err := c.connect(ctx, "casualdb-capture-catalog")
+	if err != nil {
+		return err
 	}
 	defer catConn.Close(context.Background())
 	replCfg, err := pgconn.ParseConfig(c.cfg.DSN)
@@ -155,6 +200,7 @@ func (c *Capturer) Run(ctx context.Context) error {
 		return fmt.Errorf("capture: parse dsn: %w", err)
 	}
 	replCfg.RuntimeParams["replication"] = "database"
+	replCfg.RuntimeParams["application_name"] = "casualdb-capture-slot"
 	for k, v := range casualdb.CanonicalParams {
 		replCfg.RuntimeParams[k] = v
 	}
@@ -168,7 +214,35 @@ func (c *Capturer) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	v := &versioner{c: c, conn: conn, next: c.lastSeq.Load()}
+	if v.truncs, err = meta.LoadTruncations(ctx, conn); err != nil {
+		return err
+	}
+	// What apply has committed so far: the transactions the slot will
+	// stream again after a restart may get a few more dependencies than
+	// they had, which is safe (none of those can depend on them: they
+	// were not shipped yet).
+	progress, err := meta.LoadProgress(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("capture: %w", err)
+	}
+	c.appliedFrom = map[casualdb.SiteID]uint64{}
+	for site, p := range progress {
+		c.appliedFrom[site] = p.LSN
+	}
+	// A fresh cache and pipeline each run: a failed run may have versioned
+	// transactions that never reached the outbox.
+	c.cacheMu.Lock()
+	c.cache = newVersionCache(c.cfg.VersionCache)
+	c.cacheMu.Unlock()
+	c.mu.Lock()
+	c.recorded = 0
+	c.sent.Store(0)
+	c.mu.Unlock()
+
 	ch := make(chan decodedTx, 4*c.cfg.MaxBatch)
+	batches := make(chan *batch, c.cfg.MaxInflight)
+	v.out = batches
 	rd := &reader{c: c, out: ch, conn: replConn, catConn: catConn}
 	rd.dec = newDecoder(rd, c.cfg.Counters, c.cfg.MergeColumns, &c.noDeltas)
 	c.mu.Lock()
@@ -182,8 +256,23 @@ func (c *Capturer) Run(ctx context.Context) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return rd.run(gctx, 0, skipUpTo) })
-	g.Go(func() error { return c.process(gctx, conn, ch) })
+	g.Go(func() error { return v.run(gctx, ch) })
+	g.Go(func() error { return (&recorder{c: c, conn: recConn, in: batches}).run(gctx) })
 	return g.Wait()
+}
+
+// connect opens a normal connection to the local database.
+func (c *Capturer) connect(ctx context.Context, name string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(c.cfg.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("capture: parse dsn: %w", err)
+	}
+	cfg.RuntimeParams["application_name"] = name
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("capture: connect: %w", err)
+	}
+	return conn, nil
 }
 
 // recover writes the metadata of transactions that reached the outbox before
@@ -274,120 +363,6 @@ func (c *Capturer) saveMeta(ctx context.Context, conn *pgx.Conn, vs map[meta.Row
 	return nil
 }
 
-// process versions batches of decoded transactions, appends them to the
-// outbox, records their metadata, and only then confirms them to the slot.
-func (c *Capturer) process(ctx context.Context, conn *pgx.Conn, ch <-chan decodedTx) error {
-	truncs, err := meta.LoadTruncations(ctx, conn)
-	if err != nil {
-		return err
-	}
-	// What apply has committed so far: the transactions the slot will
-	// stream again after a restart may get a few more dependencies than
-	// they had, which is safe (none of those can depend on them: they
-	// were not shipped yet).
-	progress, err := meta.LoadProgress(ctx, conn)
-	if err != nil {
-		return fmt.Errorf("capture: %w", err)
-	}
-	c.appliedFrom = map[casualdb.SiteID]uint64{}
-	for site, p := range progress {
-		c.appliedFrom[site] = p.LSN
-	}
-	for {
-		var batch []decodedTx
-		select {
-		case d := <-ch:
-			batch = append(batch, d)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	drain:
-		for len(batch) < c.cfg.MaxBatch {
-			select {
-			case d := <-ch:
-				batch = append(batch, d)
-			default:
-				break drain
-			}
-		}
-		if err := c.processBatch(ctx, conn, batch, truncs); err != nil {
-			return err
-		}
-	}
-}
-
-func (c *Capturer) processBatch(ctx context.Context, conn *pgx.Conn, batch []decodedTx, truncs map[string]casualdb.Version) error {
-	start := time.Now()
-	var (
-		local []*casualdb.Tx
-		keys  []meta.RowKey
-		end   uint64
-	)
-	for _, d := range batch {
-		switch {
-		case d.tx == nil:
-			end = max(end, d.watermark)
-		case d.applied:
-			// Apply's transaction is in the WAL before the local ones that
-			// follow it: make sure it is visible before reading versions.
-			if err := c.waitVisible(ctx, d.tx.Xid); err != nil {
-				return err
-			}
-			c.followed.Add(1)
-			end = max(end, d.tx.LSN)
-			if d.from != "" && d.fromLSN > c.appliedFrom[d.from] {
-				c.appliedFrom[d.from] = d.fromLSN
-			}
-		default:
-			d.tx.Deps = c.deps()
-			local = append(local, d.tx)
-			end = max(end, d.tx.LSN)
-			for _, ch := range d.tx.Changes {
-				if ch.Op != casualdb.OpTruncate {
-					keys = append(keys, meta.RowKey{Table: ch.Table, Key: casualdb.KeyString(ch.Key)})
-				}
-			}
-		}
-	}
-	if len(local) > 0 {
-		stored, err := meta.LoadVersions(ctx, conn, keys)
-		if err != nil {
-			return fmt.Errorf("capture: %w", err)
-		}
-		newTruncs := map[string]casualdb.Version{}
-		for _, tx := range local {
-			tx.Origin = c.cfg.Site
-			if err := c.version(ctx, conn, tx, stored, truncs, newTruncs); err != nil {
-				return err
-			}
-		}
-		versioned := time.Now()
-		seq, err := c.cfg.Outbox.Append(ctx, local)
-		if err != nil {
-			return fmt.Errorf("capture: append %d txs to outbox: %w", len(local), err)
-		}
-		c.lastSeq.Store(seq)
-		appended := time.Now()
-		// Only what the batch wrote is recorded.
-		written, _ := recordedVersions(local)
-		if err := c.saveMeta(ctx, conn, written, newTruncs, meta.CaptureState{OutboxSeq: seq, LSN: local[len(local)-1].LSN}); err != nil {
-			return fmt.Errorf("capture: record versions through outbox seq %d: %w", seq, err)
-		}
-		c.captured.Add(uint64(len(local)))
-		if c.cfg.ObserveDelay != nil {
-			for _, tx := range local {
-				c.cfg.ObserveDelay(appended.Sub(tx.CommitTime))
-			}
-		}
-		c.log.Debug("captured batch", "txs", len(local), "versioning", versioned.Sub(start), "append", appended.Sub(versioned), "took", time.Since(start),
-			"oldest_commit_age", time.Since(local[0].CommitTime))
-	}
-	if end > 0 {
-		c.advance(end)
-	}
-	return nil
-}
-
 // deps copies appliedFrom for a local transaction (nil when empty).
 func (c *Capturer) deps() map[casualdb.SiteID]uint64 {
 	var out map[casualdb.SiteID]uint64
@@ -401,71 +376,6 @@ func (c *Capturer) deps() map[casualdb.SiteID]uint64 {
 		out[site] = lsn
 	}
 	return out
-}
-
-// version gives every change of tx its version, reading (and updating) the
-// current versions in stored.
-func (c *Capturer) version(ctx context.Context, conn *pgx.Conn, tx *casualdb.Tx, stored map[meta.RowKey]meta.RowVersion, truncs, newTruncs map[string]casualdb.Version) error {
-	at := commitMicros(tx.CommitTime)
-	for i := range tx.Changes {
-		ch := &tx.Changes[i]
-		if ch.Op == casualdb.OpTruncate {
-			// Above every version the table holds, so that rows written
-			// before the truncate, wherever, lose to it.
-			maxHLC, err := meta.MaxHLC(ctx, conn, ch.Table)
-			if err != nil {
-				return fmt.Errorf("capture: %w", err)
-			}
-			for k, rv := range stored {
-				if k.Table == ch.Table {
-					if rv.Version.HLC.Compare(maxHLC) > 0 {
-						maxHLC = rv.Version.HLC
-					}
-					delete(stored, k)
-				}
-			}
-			if t, ok := truncs[ch.Table]; ok && t.HLC.Compare(maxHLC) > 0 {
-				maxHLC = t.HLC
-			}
-			ch.Version = casualdb.Version{HLC: conflict.NextHLC(maxHLC, at), Origin: c.cfg.Site, VC: casualdb.VectorClock{}}
-			truncs[ch.Table] = ch.Version
-			newTruncs[ch.Table] = ch.Version
-			continue
-		}
-		k := meta.RowKey{Table: ch.Table, Key: casualdb.KeyString(ch.Key)}
-		var (
-			prev  *casualdb.Version
-			floor casualdb.VectorClock
-		)
-		if rv, ok := stored[k]; ok {
-			prev = &rv.Version
-			floor = rv.Floor
-		}
-		if t, ok := truncs[ch.Table]; ok && (prev == nil || conflict.Less(*prev, t)) {
-			// The row was (re)written after a truncate that superseded its
-			// old version: the new version must exceed the truncate's.
-			tv := casualdb.Version{HLC: t.HLC, Origin: t.Origin}
-			if prev != nil {
-				tv.VC = prev.VC
-			}
-			prev = &tv
-		}
-		ch.Version = conflict.Next(prev, c.cfg.Site, at)
-		if ch.Op == casualdb.OpDelete {
-			floor = conflict.Join(floor, ch.Version.VC)
-		}
-		ch.Floor = floor
-		if c.cfg.MergeColumns[ch.Table] && ch.Op != casualdb.OpDelete {
-			var before map[string]casualdb.Stamp
-			var beforeRow casualdb.Stamp
-			if rv, ok := stored[k]; ok && !rv.Deleted {
-				before, beforeRow = rv.Columns, rv.Version.Stamp()
-			}
-			ch.Columns = columnStamps(tx.Relations[ch.Table], ch, before, beforeRow)
-		}
-		stored[k] = meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: floor, Columns: ch.Columns}
-	}
-	return nil
 }
 
 // columnStamps returns the version of every column of the row after ch:
@@ -486,6 +396,67 @@ func columnStamps(rel casualdb.Relation, ch *casualdb.Change, before map[string]
 		}
 	}
 	return out
+}
+
+// recentLSNs is how many (sequence, LSN) pairs CommitLSN remembers.
+const recentLSNs = 1 << 14
+
+type seqLSN struct{ seq, lsn uint64 }
+
+// noteAppended remembers the commit LSNs of txs, stored in the outbox.
+func (c *Capturer) noteAppended(txs []*casualdb.Tx) {
+	c.mu.Lock()
+	for _, tx := range txs {
+		c.recent[tx.Seq%recentLSNs] = seqLSN{tx.Seq, tx.LSN}
+	}
+	c.mu.Unlock()
+}
+
+// CommitLSN returns the commit LSN of the transaction at outbox sequence
+// seq, if it is among the latest ones capture appended.
+func (c *Capturer) CommitLSN(seq uint64) (uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.recent[seq%recentLSNs]; e.seq == seq && seq != 0 {
+		return e.lsn, true
+	}
+	return 0, false
+}
+
+// Advanced returns a channel that is closed the next time the processed
+// position moves.
+func (c *Capturer) Advanced() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.advanced
+}
+
+// markRecorded notes that the recorder has recorded every batch up to gen.
+func (c *Capturer) markRecorded(gen uint64) {
+	c.mu.Lock()
+	if gen > c.recorded {
+		c.recorded = gen
+		close(c.recordCh)
+		c.recordCh = make(chan struct{})
+	}
+	c.mu.Unlock()
+}
+
+// waitRecorded returns once the recorder has recorded every batch up to gen.
+func (c *Capturer) waitRecorded(ctx context.Context, gen uint64) error {
+	for {
+		c.mu.Lock()
+		done, ch := c.recorded >= gen, c.recordCh
+		c.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 func (c *Capturer) advance(lsn uint64) {
@@ -584,37 +555,66 @@ func (c *Capturer) Close() {
 	}
 }
 
-// BeginApply tells capture that apply is about to commit transaction xid.
-// Capture, meeting that transaction in the WAL, waits for EndApply before it
-// reads versions, so that it never versions a later local write against
-// metadata the apply transaction has not made visible yet.
-func (c *Capturer) BeginApply(xid uint32) {
+// BeginApply tells capture that apply is about to commit transaction xid,
+// which recorded w. Capture, meeting that transaction in the WAL, waits for
+// EndApply before it reads versions (so that it never versions a later local
+// write against metadata the apply transaction has not made visible yet),
+// and takes w into its version cache.
+func (c *Capturer) BeginApply(xid uint32, w meta.Written) {
 	c.mu.Lock()
-	c.inflight[xid] = make(chan struct{})
+	c.inflight[xid] = &applyTx{w: w, ended: make(chan struct{})}
 	c.mu.Unlock()
 }
 
-// EndApply tells capture that the commit of xid has returned (or failed).
-func (c *Capturer) EndApply(xid uint32) {
+// EndApply tells capture that the commit of xid has returned: committed
+// (ok) or not. A transaction that did not commit never appears in the WAL;
+// one whose outcome apply could not learn (ok false, committed all the
+// same) is met unknown, and capture then forgets its cached versions.
+func (c *Capturer) EndApply(xid uint32, ok bool) {
 	c.mu.Lock()
-	if ch, ok := c.inflight[xid]; ok {
-		close(ch)
+	defer c.mu.Unlock()
+	a, found := c.inflight[xid]
+	if !found {
+		return
+	}
+	if ok {
+		a.ok = true
+	} else {
 		delete(c.inflight, xid)
 	}
-	c.mu.Unlock()
+	close(a.ended)
+	if len(c.inflight) > maxApplyTracked {
+		// Capture restarted past transactions it will never meet again;
+		// forgetting one costs a cleared cache at worst.
+		for x, t := range c.inflight {
+			if t.ok && x != xid {
+				delete(c.inflight, x)
+				break
+			}
+		}
+	}
 }
 
-func (c *Capturer) waitVisible(ctx context.Context, xid uint32) error {
+// maxApplyTracked bounds the apply transactions capture remembers.
+const maxApplyTracked = 4096
+
+// appliedWrites waits until the commit of apply transaction xid has
+// returned and returns what it wrote; known is false when apply did not
+// tell (or its commit's outcome was unknown to it).
+func (c *Capturer) appliedWrites(ctx context.Context, xid uint32) (w meta.Written, known bool, err error) {
 	c.mu.Lock()
-	ch, ok := c.inflight[xid]
+	a, ok := c.inflight[xid]
 	c.mu.Unlock()
 	if !ok {
-		return nil
+		return w, false, nil
 	}
 	select {
-	case <-ch:
-		return nil
+	case <-a.ended:
 	case <-ctx.Done():
-		return ctx.Err()
+		return w, false, ctx.Err()
 	}
+	c.mu.Lock()
+	delete(c.inflight, xid)
+	c.mu.Unlock()
+	return a.w, a.ok, nil
 }

@@ -13,11 +13,18 @@ var durabilityDDL = []string{
 	// One row: every local transaction with a commit LSN below durable_lsn
 	// is held durably by at least w sites (this one included), or was not
 	// replicated at all. Written by the sidecar; not replicated.
-	`CREATE TABLE IF NOT EXISTS casualdb.durability (
+	//
+	// Unlogged: saving the watermark writes no WAL. Logged, each save was
+	// WAL that moved the position capture processes, which then called for
+	// the next save: an idle site wrote ten tiny transactions a second. A
+	// crash empties it; the sidecar saves it again at once, and a waiter
+	// meanwhile only waits.
+	`CREATE UNLOGGED TABLE IF NOT EXISTS casualdb.durability (
 		site        text        PRIMARY KEY,
 		w           int         NOT NULL,
 		durable_lsn pg_lsn      NOT NULL,
 		updated_at  timestamptz NOT NULL DEFAULT now())`,
+	`ALTER TABLE casualdb.durability SET UNLOGGED`,
 	// casualdb.wait_durable(timeout) returns once everything this site had
 	// written when it was called (the caller's committed transactions among
 	// it) is W-durable, or raises an error after timeout. It polls the

@@ -184,3 +184,11 @@ func SaveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion) error
 	}
 	return nil
 }
+
+// Written is what one transaction recorded: the versions of the rows it
+// wrote and the truncation markers it raised. Apply hands capture what each
+// of its transactions wrote (capture keeps versions in memory).
+type Written struct {
+	Versions    map[RowKey]RowVersion
+	Truncations map[string]casualdb.Version
+}

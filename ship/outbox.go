@@ -78,19 +78,15 @@ func OpenOutbox(ctx context.Context, js jetstream.JetStream, cfg OutboxConfig) (
 // site's store is lost, and receivers must know.
 func (o *Outbox) Epoch() string { return o.epoch }
 
-// Append implements capture.Outbox.
+// Append stores txs in order and returns once every one is durable, with
+// the outbox sequence of the last.
 func (o *Outbox) Append(ctx context.Context, txs []*casualdb.Tx) (uint64, error) {
 	futs := make([]jetstream.PubAckFuture, 0, len(txs))
 	for _, tx := range txs {
-		data, err := tx.Marshal()
+		m, err := o.message(tx)
 		if err != nil {
 			return 0, err
 		}
-		m := nats.NewMsg(OutboxSubject(o.site))
-		m.Data = data
-		m.Header.Set(HeaderLSN, strconv.FormatUint(tx.LSN, 10))
-		m.Header.Set(HeaderCommit, strconv.FormatInt(tx.CommitTime.UnixMicro(), 10))
-		m.Header.Set(nats.MsgIdHdr, tx.ID())
 		f, err := o.js.PublishMsgAsync(m)
 		if err != nil {
 			return 0, fmt.Errorf("append tx %s: %w", tx.ID(), err)
@@ -113,6 +109,69 @@ func (o *Outbox) Append(ctx context.Context, txs []*casualdb.Tx) (uint64, error)
 		}
 	}
 	return last, nil
+}
+
+// message builds the outbox message of tx.
+func (o *Outbox) message(tx *casualdb.Tx) (*nats.Msg, error) {
+	data, err := tx.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	m := nats.NewMsg(OutboxSubject(o.site))
+	m.Data = data
+	m.Header.Set(HeaderLSN, strconv.FormatUint(tx.LSN, 10))
+	m.Header.Set(HeaderCommit, strconv.FormatInt(tx.CommitTime.UnixMicro(), 10))
+	m.Header.Set(nats.MsgIdHdr, tx.ID())
+	return m, nil
+}
+
+// Publish implements capture.Outbox: it starts appending txs right after
+// sequence after, numbering them after+1, after+2, ..., and returns without
+// waiting for the server. Each message carries the sequence the stream must
+// end at before it (Nats-Expected-Last-Sequence), so the outbox never holds
+// a transaction out of order or twice: once one is refused (the outbox is
+// full, say), every later one is refused too, and capture starts again from
+// the last one stored.
+func (o *Outbox) Publish(ctx context.Context, txs []*casualdb.Tx, after uint64) (wait func(context.Context) error, err error) {
+	a := &appending{txs: txs, futs: make([]jetstream.PubAckFuture, 0, len(txs))}
+	for i, tx := range txs {
+		m, err := o.message(tx)
+		if err != nil {
+			return nil, err
+		}
+		tx.Seq = after + uint64(i) + 1
+		f, err := o.js.PublishMsgAsync(m, jetstream.WithExpectLastSequence(after+uint64(i)))
+		if err != nil {
+			return nil, fmt.Errorf("append tx %s as outbox sequence %d: %w", tx.ID(), tx.Seq, err)
+		}
+		a.futs = append(a.futs, f)
+	}
+	return a.wait, nil
+}
+
+// appending is a Publish in flight.
+type appending struct {
+	txs  []*casualdb.Tx
+	futs []jetstream.PubAckFuture
+}
+
+// wait returns once the outbox holds every transaction of the Publish, or
+// the first error.
+func (a *appending) wait(ctx context.Context) error {
+	for i, f := range a.futs {
+		tx := a.txs[i]
+		select {
+		case ack := <-f.Ok():
+			if ack.Duplicate || ack.Sequence != tx.Seq {
+				return fmt.Errorf("append tx %s: stored as outbox sequence %d (duplicate %t), not %d", tx.ID(), ack.Sequence, ack.Duplicate, tx.Seq)
+			}
+		case err := <-f.Err():
+			return fmt.Errorf("append tx %s as outbox sequence %d: %w", tx.ID(), tx.Seq, err)
+		case <-ctx.Done():
+			return fmt.Errorf("append tx %s: %w", tx.ID(), ctx.Err())
+		}
+	}
+	return nil
 }
 
 // Last implements capture.Outbox.

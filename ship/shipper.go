@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +32,9 @@ type ShipperConfig struct {
 	// ObserveDelay, when set, is told for every shipped transaction how
 	// long after its commit the peer acknowledged it.
 	ObserveDelay func(time.Duration)
+	// OnAck, when set, is called after the peer acknowledged a publish
+	// (Acked moved). It must not block.
+	OnAck func()
 }
 
 // Shipper copies the outbox into one peer's inbox.
@@ -50,7 +54,68 @@ type Shipper struct {
 	// backoff is the wait before the next connection attempt (Run's
 	// goroutine only); it resets once a session has shipped something.
 	backoff time.Duration
+
+	ackMu sync.Mutex
+	acked ackTracker
 }
+
+// ackTracker follows the outbox sequence up to which the peer holds every
+// transaction, from the acknowledgements of its inbox (which may come out
+// of order after a failed publish).
+type ackTracker struct {
+	floor uint64
+	above map[uint64]bool
+}
+
+// ack notes that the peer holds seq.
+func (t *ackTracker) ack(seq uint64) {
+	if seq <= t.floor {
+		return
+	}
+	if seq != t.floor+1 {
+		if t.above == nil {
+			t.above = map[uint64]bool{}
+		}
+		t.above[seq] = true
+		return
+	}
+	t.floor = seq
+	for t.above[t.floor+1] {
+		delete(t.above, t.floor+1)
+		t.floor++
+	}
+}
+
+// raise sets the floor to at least f (the consumer's acknowledgement floor,
+// which covers what an earlier run shipped and what the outbox purged).
+func (t *ackTracker) raise(f uint64) {
+	if f <= t.floor {
+		return
+	}
+	t.floor = f
+	for seq := range t.above {
+		if seq <= f {
+			delete(t.above, seq)
+		}
+	}
+	for t.above[t.floor+1] {
+		delete(t.above, t.floor+1)
+		t.floor++
+	}
+}
+
+// Acked returns the outbox sequence up to which the peer's inbox holds
+// every transaction, as far as this shipper knows (from the consumer's
+// acknowledgement floor when a round starts, and the peer's acknowledgements
+// since): what W-durability counts, without asking the server.
+func (s *Shipper) Acked() uint64 {
+	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	return s.acked.floor
+}
+
+// maxBackoff bounds the wait between two attempts to reach a peer.
+const maxBackoff = time.Second
 
 // errRewind ends a shipping round so that the next starts from the rewind
 // point.
@@ -172,6 +237,11 @@ func (s *Shipper) ensureConsumer(ctx context.Context, from uint64) (jetstream.Co
 	if err != nil {
 		return nil, fmt.Errorf("create outbox consumer for %s: %w", s.cfg.Peer, err)
 	}
+	if info, err := c.Info(ctx); err == nil {
+		s.ackMu.Lock()
+		s.acked.raise(info.AckFloor.Stream)
+		s.ackMu.Unlock()
+	}
 	return c, nil
 }
 
@@ -244,7 +314,10 @@ func (s *Shipper) round(ctx context.Context, from uint64) error {
 	case <-time.After(s.backoff):
 	case <-ctx.Done():
 	}
-	s.backoff = min(2*s.backoff, 5*time.Second)
+	// At most a second: a peer that comes back (a restarted sidecar) gets
+	// its backlog within a second, and a connection attempt to one that is
+	// down costs next to nothing.
+	s.backoff = min(2*s.backoff, maxBackoff)
 	return nil
 }
 
@@ -375,12 +448,20 @@ func (s *Shipper) publish(ctx context.Context, js jetstream.JetStream, batch []j
 			if err := m.Ack(); err != nil {
 				return fmt.Errorf("ack outbox message: %w", err)
 			}
+			if md, err := m.Metadata(); err == nil {
+				s.ackMu.Lock()
+				s.acked.ack(md.Sequence.Stream)
+				s.ackMu.Unlock()
+			}
 			s.shipped.Add(1)
 			if s.cfg.ObserveDelay != nil {
 				if us, err := strconv.ParseInt(m.Headers().Get(HeaderCommit), 10, 64); err == nil {
 					s.cfg.ObserveDelay(time.Since(time.UnixMicro(us)))
 				}
 			}
+		}
+		if s.cfg.OnAck != nil {
+			s.cfg.OnAck()
 		}
 	}
 	return nil

@@ -28,16 +28,16 @@ func wDurable(w int, last uint64, floors []uint64) uint64 {
 
 // durabilityLoop keeps casualdb.durability up to date, which
 // casualdb.wait_durable polls: the LSN below which every local transaction
-// is W-durable. It reads capture's processed position first and the outbox
-// tail second, so a transaction appended in between never counts as
-// durable. Each save is itself a little WAL, which moves the processed
-// position: when nothing new became durable, saves are spaced 100ms apart
-// so that an idle site does not write in a loop.
+// is W-durable. It wakes when capture's processed position moves or a peer
+// acknowledges something (and once a second), and saves at most every
+// durableEvery: an idle site does nothing at all. The table is unlogged, so
+// a save writes no WAL (and does not move the processed position in turn).
 func (s *Sidecar) durabilityLoop(ctx context.Context) error {
 	cfg, err := pgx.ParseConfig(s.cfg.Database.DSN)
 	if err != nil {
 		return err
 	}
+	cfg.RuntimeParams["application_name"] = "casualdb-durability"
 	var conn *pgx.Conn
 	defer func() {
 		if conn != nil {
@@ -46,17 +46,24 @@ func (s *Sidecar) durabilityLoop(ctx context.Context) error {
 	}()
 	var saved, savedSeq uint64
 	var savedAt time.Time
-	tick := time.NewTicker(10 * time.Millisecond)
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			return nil
-		}
+		advanced := s.capturer.Advanced()
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		lsn, seq, ok := s.computeDurable(qctx, savedSeq)
-		if ok && lsn > saved && (seq != savedSeq || time.Since(savedAt) >= 100*time.Millisecond) {
+		if ok && lsn > saved {
+			if wait := durableEvery - time.Since(savedAt); wait > 0 {
+				// Saved a moment ago: save again shortly with what is
+				// known then.
+				cancel()
+				select {
+				case <-time.After(wait):
+					continue
+				case <-ctx.Done():
+					return nil
+				}
+			}
 			if conn == nil || conn.IsClosed() {
 				if conn, err = pgx.ConnectConfig(qctx, cfg); err != nil {
 					s.log.Debug("durability watermark: connect", "err", err)
@@ -74,13 +81,33 @@ func (s *Sidecar) durabilityLoop(ctx context.Context) error {
 			}
 		}
 		cancel()
+		select {
+		case <-advanced:
+		case <-s.durableWake:
+		case <-tick.C:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// durableEvery is the shortest interval between two saves of the
+// watermark.
+const durableEvery = 10 * time.Millisecond
+
+// wakeDurability tells the durability loop that a peer acknowledged
+// something; it never blocks.
+func (s *Sidecar) wakeDurability() {
+	select {
+	case s.durableWake <- struct{}{}:
+	default:
 	}
 }
 
 // computeDurable computes the watermark and the W-durable outbox sequence;
 // known is a sequence already known to be W-durable. It reads capture's
-// processed position before its outbox tail (both in memory): when nothing
-// was appended past known, no peer need be asked.
+// processed position before its outbox tail, and what each peer holds from
+// its shipper's memory.
 func (s *Sidecar) computeDurable(ctx context.Context, known uint64) (lsn, seq uint64, ok bool) {
 	st := s.capturer.Stats() // reads Processed before LastSeq
 	processed, last := st.Processed, st.LastSeq
@@ -89,21 +116,23 @@ func (s *Sidecar) computeDurable(ctx context.Context, known uint64) (lsn, seq ui
 	}
 	var floors []uint64
 	for _, p := range s.peerList() {
-		f, err := s.outbox.AckFloor(ctx, p)
-		if err != nil {
-			s.log.Debug("durability watermark", "err", err)
-			return 0, 0, false
+		if sh := s.shipper(p); sh != nil {
+			floors = append(floors, sh.Acked())
 		}
-		floors = append(floors, f)
 	}
 	seq = wDurable(s.cfg.Cluster.W, last, floors)
 	if seq >= last {
 		return processed, seq, processed > 0
 	}
-	first, found, err := s.outbox.LSN(ctx, seq+1)
-	if err != nil || !found || first == 0 {
-		s.log.Debug("durability watermark: first transaction not yet durable", "seq", seq+1, "found", found, "err", err)
-		return 0, 0, false
+	first, ok := s.capturer.CommitLSN(seq + 1)
+	if !ok {
+		// Older than capture remembers: ask the outbox.
+		var err error
+		first, ok, err = s.outbox.LSN(ctx, seq+1)
+		if err != nil || !ok || first == 0 {
+			s.log.Debug("durability watermark: first transaction not yet durable", "seq", seq+1, "found", ok, "err", err)
+			return 0, 0, false
+		}
 	}
 	return min(first-1, processed), seq, true
 }

@@ -66,6 +66,7 @@ type Sidecar struct {
 	lateHinted             map[casualdb.SiteID]uint64 // late hints kept here since start (recent.go), by site
 	relayed                map[casualdb.SiteID]uint64 // relay hints kept here since start (recent.go), by site
 	recent                 recentTxs                  // what apply received lately, for late hints
+	durableWake            chan struct{}              // a peer acknowledged something (durability.go)
 	expiries               []meta.HintExpiry          // casualdb.hint_expiry as last loaded (gossiped when open)
 	expiriesLoaded         bool                       // expiries was loaded once (housekeep's)
 	started                time.Time
@@ -77,6 +78,7 @@ func NewSidecar(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		return nil, err
 	}
 	return &Sidecar{cfg: cfg, log: log.With("site", cfg.Site), health: map[string]error{}, shippers: map[casualdb.SiteID]*ship.Shipper{},
+		durableWake: make(chan struct{}, 1),
 		delays: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "casualdb_delay_seconds",
 			Help:    "Time from a transaction's commit at its origin to a stage: captured (durable in the origin's outbox), shipped_<peer> (the peer's inbox holds it), received (taken from the inbox here), applied (committed here). Includes clock differences between sites.",
@@ -290,7 +292,7 @@ func (s *Sidecar) addPeer(ctx context.Context, peer casualdb.SiteID, url string)
 	}
 	stage := "shipped_" + string(peer)
 	sh, err := ship.NewShipper(ship.ShipperConfig{Site: casualdb.SiteID(s.cfg.Site), Peer: peer, PeerURL: url, Outbox: s.outbox, Logger: s.log,
-		ObserveDelay: func(d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, stage).Observe(d.Seconds()) }})
+		ObserveDelay: func(d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, stage).Observe(d.Seconds()) }, OnAck: s.wakeDurability})
 	if err != nil {
 		return err
 	}

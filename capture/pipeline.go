@@ -1,0 +1,460 @@
+package capture
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/conflict"
+	"github.com/casualdb/casualdb/meta"
+	"github.com/jackc/pgx/v5"
+)
+
+// The pipeline after the reader has two stages, each a goroutine, so that
+// versioning the next batch, the outbox storing the one before and the
+// database recording the one before that overlap instead of taking turns
+// (in turns they capped capture at about 5,000 transactions a second on two
+// cores, far below what the origin commits):
+//
+//	versioner: versions each local write against the version cache (one
+//	           query for the rows it misses), stamps dependencies, and
+//	           publishes the batch to the outbox without waiting;
+//	recorder:  waits until the outbox holds each batch, records the
+//	           versions of every batch waiting (one transaction for all),
+//	           and only then advances the processed position, which the
+//	           slot confirms and apply waits for.
+//
+// At most MaxInflight batches sit between the two. Order is kept
+// throughout: the outbox refuses a message that does not follow the last
+// one it stored, and the recorder takes batches in the order they were
+// published. A truncation drains the pipeline before and after it is
+// versioned (it reads and replaces every version of its table).
+
+// batch is one group of decoded transactions on its way through the
+// pipeline.
+type batch struct {
+	gen   uint64 // its number in this run
+	local []*casualdb.Tx
+	wait  func(context.Context) error // the outbox's Publish of local
+	keys  []meta.RowKey               // rows local wrote, for the cache
+	// truncs are the truncation markers local raised.
+	truncs map[string]casualdb.Version
+	end    uint64 // every transaction ending at or before it is in the batch or earlier
+}
+
+// versioner is the pipeline's first stage (one per Run).
+type versioner struct {
+	c      *Capturer
+	conn   *pgx.Conn // reads versions the cache misses
+	truncs map[string]casualdb.Version
+	out    chan<- *batch
+	gen    uint64
+	next   uint64 // the outbox sequence the next transaction gets
+}
+
+// run takes decoded transactions from in until ctx is done or an error.
+func (v *versioner) run(ctx context.Context, in <-chan decodedTx) error {
+	defer close(v.out)
+	for {
+		var items []decodedTx
+		select {
+		case d := <-in:
+			items = append(items, d)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	drain:
+		for len(items) < v.c.cfg.MaxBatch {
+			select {
+			case d := <-in:
+				items = append(items, d)
+			default:
+				break drain
+			}
+		}
+		if err := v.process(ctx, items); err != nil {
+			return err
+		}
+	}
+}
+
+// process versions items and hands them on, as one batch or, around a
+// truncation, several.
+func (v *versioner) process(ctx context.Context, items []decodedTx) error {
+	b := &batch{}
+	for _, d := range items {
+		switch {
+		case d.tx == nil:
+			b.end = max(b.end, d.watermark)
+		case d.applied:
+			if err := v.followApplied(ctx, d); err != nil {
+				return err
+			}
+			b.end = max(b.end, d.tx.LSN)
+		case hasTruncate(d.tx):
+			// Reads the table's greatest version: everything before it
+			// must be recorded, and what comes after it must see it
+			// recorded.
+			if err := v.send(ctx, b); err != nil {
+				return err
+			}
+			if err := v.drain(ctx); err != nil {
+				return err
+			}
+			d.tx.Deps = v.c.deps()
+			t := &batch{local: []*casualdb.Tx{d.tx}, end: d.tx.LSN}
+			if err := v.version(ctx, t); err != nil {
+				return err
+			}
+			if err := v.send(ctx, t); err != nil {
+				return err
+			}
+			if err := v.drain(ctx); err != nil {
+				return err
+			}
+			b = &batch{}
+		default:
+			// What apply had committed before it, in WAL order.
+			d.tx.Deps = v.c.deps()
+			b.local = append(b.local, d.tx)
+			b.end = max(b.end, d.tx.LSN)
+		}
+	}
+	if len(b.local) > 0 {
+		if err := v.version(ctx, b); err != nil {
+			return err
+		}
+	}
+	return v.send(ctx, b)
+}
+
+// followApplied handles a transaction that apply wrote: capture waits until
+// its commit is visible, takes the versions it recorded into the cache, and
+// notes what it applied (the next local transaction depends on it).
+func (v *versioner) followApplied(ctx context.Context, d decodedTx) error {
+	c := v.c
+	w, known, err := c.appliedWrites(ctx, d.tx.Xid)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !known:
+		// Written under a replication origin without apply telling
+		// capture what it recorded (a commit whose outcome apply did not
+		// learn, or a transaction of an earlier run): the cache cannot
+		// know which versions changed.
+		if err := v.drain(ctx); err != nil {
+			return err
+		}
+		c.cacheMu.Lock()
+		c.cache.clear()
+		c.cacheMu.Unlock()
+		truncs, err := meta.LoadTruncations(ctx, v.conn)
+		if err != nil {
+			return fmt.Errorf("capture: %w", err)
+		}
+		v.truncs = truncs
+	case len(w.Truncations) > 0:
+		if err := v.drain(ctx); err != nil {
+			return err
+		}
+		fallthrough
+	default:
+		c.cacheMu.Lock()
+		for tbl, tv := range w.Truncations {
+			if t, ok := v.truncs[tbl]; !ok || conflict.Less(t, tv) {
+				v.truncs[tbl] = tv
+			}
+			c.cache.dropTable(tbl)
+		}
+		for k, rv := range w.Versions {
+			if p, ok := c.cache.pending[k]; ok {
+				// Cannot happen: apply waits for capture to record a local
+				// write of a row before it commits its own.
+				c.log.Error("apply recorded a version of a row whose local version is not recorded yet", "table", k.Table, "key", k.Key)
+				p.rv = rv
+				c.cache.pending[k] = p
+				continue
+			}
+			c.cache.put(k, rv)
+		}
+		c.cacheMu.Unlock()
+	}
+	c.followed.Add(1)
+	if d.from != "" && d.fromLSN > c.appliedFrom[d.from] {
+		c.appliedFrom[d.from] = d.fromLSN
+	}
+	return nil
+}
+
+// version gives every change of b's transactions its version.
+func (v *versioner) version(ctx context.Context, b *batch) error {
+	c := v.c
+	b.gen = v.gen + 1
+	// The versions the cache does not know, in one query.
+	var miss []meta.RowKey
+	c.cacheMu.Lock()
+	seen := map[meta.RowKey]bool{}
+	for _, tx := range b.local {
+		for _, ch := range tx.Changes {
+			if ch.Op == casualdb.OpTruncate {
+				continue
+			}
+			k := meta.RowKey{Table: ch.Table, Key: casualdb.KeyString(ch.Key)}
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			if _, ok := c.cache.get(k); !ok {
+				miss = append(miss, k)
+			}
+		}
+	}
+	c.cacheMu.Unlock()
+	loaded, err := meta.LoadVersions(ctx, v.conn, miss)
+	if err != nil {
+		return fmt.Errorf("capture: %w", err)
+	}
+	c.cacheMisses.Add(uint64(len(miss)))
+	c.cacheLookups.Add(uint64(len(seen)))
+
+	c.cacheMu.Lock()
+	defer c.cacheMu.Unlock()
+	// A row's current version: what this batch wrote, else what the cache
+	// or the database holds; nothing for a row of a table this batch
+	// truncated (the truncation removed it).
+	lookup := func(k meta.RowKey) (meta.RowVersion, bool) {
+		if rv, ok := c.cache.get(k); ok {
+			return rv, true
+		}
+		if _, ok := b.truncs[k.Table]; ok {
+			return meta.RowVersion{}, false
+		}
+		rv, ok := loaded[k]
+		return rv, ok
+	}
+	for _, tx := range b.local {
+		tx.Origin = c.cfg.Site
+		if err := v.versionTx(ctx, tx, lookup, b); err != nil {
+			return err
+		}
+	}
+	for k := range seen {
+		b.keys = append(b.keys, k)
+	}
+	v.gen = b.gen
+	return nil
+}
+
+// versionTx gives every change of tx its version; lookup returns a row's
+// current version (the cache holds the ones tx's earlier changes wrote).
+// Called with cacheMu held.
+func (v *versioner) versionTx(ctx context.Context, tx *casualdb.Tx, lookup func(meta.RowKey) (meta.RowVersion, bool), b *batch) error {
+	c := v.c
+	at := commitMicros(tx.CommitTime)
+	for i := range tx.Changes {
+		ch := &tx.Changes[i]
+		if ch.Op == casualdb.OpTruncate {
+			// Above every version the table holds, so that rows written
+			// before the truncate, wherever, lose to it. The pipeline is
+			// drained: the database holds every version but those this
+			// transaction wrote before the truncate.
+			maxHLC, err := meta.MaxHLC(ctx, v.conn, ch.Table)
+			if err != nil {
+				return fmt.Errorf("capture: %w", err)
+			}
+			for k, p := range c.cache.pending {
+				if k.Table == ch.Table && p.rv.Version.HLC.Compare(maxHLC) > 0 {
+					maxHLC = p.rv.Version.HLC
+				}
+			}
+			if t, ok := v.truncs[ch.Table]; ok && t.HLC.Compare(maxHLC) > 0 {
+				maxHLC = t.HLC
+			}
+			ch.Version = casualdb.Version{HLC: conflict.NextHLC(maxHLC, at), Origin: c.cfg.Site, VC: casualdb.VectorClock{}}
+			v.truncs[ch.Table] = ch.Version
+			if b.truncs == nil {
+				b.truncs = map[string]casualdb.Version{}
+			}
+			b.truncs[ch.Table] = ch.Version
+			// Its rows' versions are gone once it is recorded, those this
+			// transaction wrote before it included.
+			c.cache.dropTable(ch.Table)
+			for k := range c.cache.pending {
+				if k.Table == ch.Table {
+					delete(c.cache.pending, k)
+				}
+			}
+			continue
+		}
+		k := meta.RowKey{Table: ch.Table, Key: casualdb.KeyString(ch.Key)}
+		var (
+			prev  *casualdb.Version
+			floor casualdb.VectorClock
+		)
+		rv, ok := lookup(k)
+		if ok {
+			prev = &rv.Version
+			floor = rv.Floor
+		}
+		if t, ok := v.truncs[ch.Table]; ok && (prev == nil || conflict.Less(*prev, t)) {
+			// The row was (re)written after a truncate that superseded its
+			// old version: the new version must exceed the truncate's.
+			tv := casualdb.Version{HLC: t.HLC, Origin: t.Origin}
+			if prev != nil {
+				tv.VC = prev.VC
+			}
+			prev = &tv
+		}
+		ch.Version = conflict.Next(prev, c.cfg.Site, at)
+		if ch.Op == casualdb.OpDelete {
+			floor = conflict.Join(floor, ch.Version.VC)
+		}
+		ch.Floor = floor
+		if c.cfg.MergeColumns[ch.Table] && ch.Op != casualdb.OpDelete {
+			var before map[string]casualdb.Stamp
+			var beforeRow casualdb.Stamp
+			if ok && !rv.Deleted {
+				before, beforeRow = rv.Columns, rv.Version.Stamp()
+			}
+			ch.Columns = columnStamps(tx.Relations[ch.Table], ch, before, beforeRow)
+		}
+		// Later changes to the row see this version.
+		nrv := meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: floor, Columns: ch.Columns, OriginLSN: tx.LSN}
+		if !nrv.Deleted {
+			nrv.Xmin = tx.Xid
+		}
+		c.cache.write(k, nrv, b.gen)
+	}
+	return nil
+}
+
+// send publishes b's transactions to the outbox (without waiting) and hands
+// b to the recorder; an empty batch only carries its end position.
+func (v *versioner) send(ctx context.Context, b *batch) error {
+	if len(b.local) == 0 && b.end == 0 {
+		return nil
+	}
+	if b.gen == 0 {
+		v.gen++
+		b.gen = v.gen
+	}
+	if len(b.local) > 0 {
+		wait, err := v.c.cfg.Outbox.Publish(ctx, b.local, v.next)
+		if err != nil {
+			return fmt.Errorf("capture: append %d txs to the outbox: %w", len(b.local), err)
+		}
+		b.wait = wait
+		v.next += uint64(len(b.local))
+	}
+	select {
+	case v.out <- b:
+		v.c.sent.Store(b.gen)
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// drain waits until the recorder has recorded every batch sent so far.
+func (v *versioner) drain(ctx context.Context) error {
+	return v.c.waitRecorded(ctx, v.gen)
+}
+
+// hasTruncate tells whether tx truncates a table.
+func hasTruncate(tx *casualdb.Tx) bool {
+	for _, c := range tx.Changes {
+		if c.Op == casualdb.OpTruncate {
+			return true
+		}
+	}
+	return false
+}
+
+// recorder is the pipeline's second stage (one per Run).
+type recorder struct {
+	c    *Capturer
+	conn *pgx.Conn // records versions
+	in   <-chan *batch
+}
+
+// run records batches until in is closed, ctx is done or an error.
+func (r *recorder) run(ctx context.Context) error {
+	c := r.c
+	for {
+		var group []*batch
+		select {
+		case b, ok := <-r.in:
+			if !ok {
+				return ctx.Err()
+			}
+			group = append(group, b)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	drain:
+		for len(group) < c.cfg.MaxInflight {
+			select {
+			case b, ok := <-r.in:
+				if !ok {
+					break drain
+				}
+				group = append(group, b)
+			default:
+				break drain
+			}
+		}
+		if err := r.record(ctx, group); err != nil {
+			return err
+		}
+	}
+}
+
+// record waits until the outbox holds the group's transactions, records
+// their versions and the capture state in one transaction, and advances.
+func (r *recorder) record(ctx context.Context, group []*batch) error {
+	c := r.c
+	start := time.Now()
+	var local []*casualdb.Tx
+	var end uint64
+	for _, b := range group {
+		if b.wait != nil {
+			if err := b.wait(ctx); err != nil {
+				return fmt.Errorf("capture: %w", err)
+			}
+		}
+		local = append(local, b.local...)
+		end = max(end, b.end)
+	}
+	appended := time.Now()
+	if len(local) > 0 {
+		last := local[len(local)-1]
+		c.noteAppended(local)
+		c.lastSeq.Store(last.Seq)
+		// Only what the group wrote is recorded, in order: a truncation
+		// supersedes what came before it.
+		written, truncs := recordedVersions(local)
+		if err := c.saveMeta(ctx, r.conn, written, truncs, meta.CaptureState{OutboxSeq: last.Seq, LSN: last.LSN}); err != nil {
+			return fmt.Errorf("capture: record versions through outbox seq %d: %w", last.Seq, err)
+		}
+		c.cacheMu.Lock()
+		for _, b := range group {
+			c.cache.recorded(b.keys, b.gen)
+		}
+		c.cacheMu.Unlock()
+		c.captured.Add(uint64(len(local)))
+		if c.cfg.ObserveDelay != nil {
+			for _, tx := range local {
+				c.cfg.ObserveDelay(appended.Sub(tx.CommitTime))
+			}
+		}
+		c.log.Debug("captured", "batches", len(group), "txs", len(local), "append_wait", appended.Sub(start), "took", time.Since(start),
+			"oldest_commit_age", time.Since(local[0].CommitTime))
+	}
+	if end > 0 {
+		c.advance(end)
+	}
+	c.markRecorded(group[len(group)-1].gen)
+	return nil
+}
