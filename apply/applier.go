@@ -28,6 +28,12 @@ type Capture interface {
 	// that recorded w; ok tells whether it committed.
 	BeginApply(xid uint32, w meta.Written)
 	EndApply(xid uint32, ok bool)
+	// Pending returns the versions of local writes that are not recorded
+	// in the database yet (call it before reading the database), and
+	// whether some key has one capture is still storing.
+	Pending(keys []meta.RowKey) (map[meta.RowKey]meta.RowVersion, bool)
+	// FlushVersions returns once every pending version is recorded.
+	FlushVersions(ctx context.Context) error
 }
 
 // Message header names (the transport's; see package ship).

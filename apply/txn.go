@@ -113,8 +113,9 @@ func (e execQueue) Exec(_ context.Context, sql string, args ...any) (pgconn.Comm
 type stmt struct {
 	sql  string
 	args []any
-	rows int64  // rows it must affect; -1: any number
-	what string // for errors
+	rows int64   // rows it must affect; -1: any number
+	into *string // when set, the statement returns one text value, stored here
+	what string  // for errors
 }
 
 // dbConn is the connection an apply transaction runs on (a *pgx.Conn inside
@@ -211,6 +212,9 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 		b.Queue(sql, args...)
 	}
 	b.Queue(meta.TruncationsQuery)
+	// Before the database is read: a version recorded meanwhile is found
+	// there.
+	pend, inflight := w.a.cfg.Capture.Pending(all)
 	br := w.tx.SendBatch(ctx, b)
 	defer br.Close()
 	if _, err := br.Exec(); err != nil {
@@ -258,14 +262,43 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 	if err := br.Close(); err != nil {
 		return fmt.Errorf("prepare: %w", err)
 	}
-	return w.useVersions(ctx, all, vs)
+	overlay(vs, pend)
+	return w.useVersions(ctx, all, vs, inflight)
+}
+
+// overlay takes into vs the versions capture has not recorded yet, where
+// they are newer: the database's stands on a tie (apply decided against the
+// pending one and joined the clocks).
+func overlay(vs, pending map[meta.RowKey]meta.RowVersion) {
+	for k, p := range pending {
+		if db, ok := vs[k]; !ok || db.Version.Stamp().Less(p.Version.Stamp()) {
+			vs[k] = p
+		}
+	}
+}
+
+// loadVersions returns the current versions of keys: the database's, with
+// what capture has not recorded yet over them. It fails with errRace when
+// capture is still storing a version of one of them (a local write since
+// the last wait for capture).
+func (w *txWriter) loadVersions(ctx context.Context, keys []meta.RowKey) (map[meta.RowKey]meta.RowVersion, error) {
+	pend, inflight := w.a.cfg.Capture.Pending(keys)
+	if inflight {
+		return nil, fmt.Errorf("%w: a row was written locally meanwhile", errRace)
+	}
+	vs, err := meta.LoadVersions(ctx, w.tx, keys)
+	if err != nil {
+		return nil, err
+	}
+	overlay(vs, pend)
+	return vs, nil
 }
 
 // useVersions takes vs, the recorded versions of keys, as what the run
 // decides against. A local write that capture may not have versioned yet
 // makes a key suspect: the optimistic path validates those before commit,
 // the careful one waits for capture now and reads again.
-func (w *txWriter) useVersions(ctx context.Context, keys []meta.RowKey, vs map[meta.RowKey]meta.RowVersion) error {
+func (w *txWriter) useVersions(ctx context.Context, keys []meta.RowKey, vs map[meta.RowKey]meta.RowVersion, inflight bool) error {
 	var suspect []meta.RowKey
 	for _, k := range keys {
 		st := w.state[k]
@@ -273,7 +306,8 @@ func (w *txWriter) useVersions(ctx context.Context, keys []meta.RowKey, vs map[m
 		// A row here whose xmin is not on record, or a row absent here
 		// (a local delete, or insert and delete, leave no xmin), may have
 		// a local write capture has not versioned yet.
-		if !st.present || !ok || rv.Xmin != st.xmin {
+		// And a row capture is still storing a local version of.
+		if !st.present || !ok || rv.Xmin != st.xmin || inflight {
 			suspect = append(suspect, k)
 		}
 	}
@@ -288,7 +322,7 @@ func (w *txWriter) useVersions(ctx context.Context, keys []meta.RowKey, vs map[m
 			return err
 		}
 		var err error
-		if vs, err = meta.LoadVersions(ctx, w.tx, keys); err != nil {
+		if vs, err = w.loadVersions(ctx, keys); err != nil {
 			return err
 		}
 	}
@@ -314,10 +348,16 @@ func (w *txWriter) waitCapture(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return w.waitFor(ctx, p)
+}
+
+// waitFor waits until capture has versioned every local transaction that
+// ends at or before lsn.
+func (w *txWriter) waitFor(ctx context.Context, lsn uint64) error {
 	wctx, cancel := context.WithTimeout(ctx, w.a.cfg.WaitTimeout)
 	defer cancel()
 	start := time.Now()
-	err = w.a.cfg.Capture.WaitProcessed(wctx, p)
+	err := w.a.cfg.Capture.WaitProcessed(wctx, lsn)
 	w.waited += time.Since(start)
 	return err
 }
@@ -341,15 +381,52 @@ func (w *txWriter) validate(ctx context.Context) error {
 	if len(keys) == 0 {
 		return nil
 	}
+	// The writes, and where the WAL ends after them, in one round trip.
+	var lsn string
+	w.queue = append(w.queue, stmt{sql: `SELECT pg_current_wal_insert_lsn()::text`, rows: -1, into: &lsn, what: "read wal insert position"})
 	if err := w.flush(ctx); err != nil {
 		return err
 	}
-	if err := w.waitCapture(ctx); err != nil {
-		return err
-	}
-	vs, err := meta.LoadVersions(ctx, w.tx, keys)
+	p, err := casualdb.ParseLSN(lsn)
 	if err != nil {
 		return err
+	}
+	if err := w.waitFor(ctx, p); err != nil {
+		return err
+	}
+	// The versions and truncation markers now, in one round trip (what
+	// capture has not recorded first: see Capture.Pending).
+	pend, inflight := w.a.cfg.Capture.Pending(keys)
+	if inflight {
+		return fmt.Errorf("%w: a row was written locally meanwhile", errRace)
+	}
+	b := &pgx.Batch{}
+	sql, args := meta.VersionsQuery(keys)
+	b.Queue(sql, args...)
+	b.Queue(meta.TruncationsQuery)
+	br := w.tx.SendBatch(ctx, b)
+	rows, err := br.Query()
+	if err != nil {
+		br.Close()
+		return fmt.Errorf("load row versions: %w", err)
+	}
+	vs, err := meta.ScanVersions(rows, len(keys))
+	if err != nil {
+		br.Close()
+		return err
+	}
+	overlay(vs, pend)
+	if rows, err = br.Query(); err != nil {
+		br.Close()
+		return fmt.Errorf("load truncations: %w", err)
+	}
+	truncs, err := meta.ScanTruncations(rows)
+	if err != nil {
+		br.Close()
+		return err
+	}
+	if err := br.Close(); err != nil {
+		return fmt.Errorf("validate: %w", err)
 	}
 	for _, k := range keys {
 		now, ok := vs[k]
@@ -361,10 +438,6 @@ func (w *txWriter) validate(ctx context.Context) error {
 	// A local TRUNCATE that capture recorded meanwhile leaves no row
 	// version behind for a key this site never had: compare the markers
 	// (w.truncs includes the run's own truncates, as the table does).
-	truncs, err := meta.LoadTruncations(ctx, w.tx)
-	if err != nil {
-		return err
-	}
 	for _, k := range keys {
 		now, ok := truncs[k.Table]
 		before, was := w.truncs[k.Table]
@@ -667,6 +740,13 @@ func (w *txWriter) flush(ctx context.Context) error {
 	}
 	br := w.tx.SendBatch(ctx, b)
 	for _, s := range stmts {
+		if s.into != nil {
+			if err := br.QueryRow().Scan(s.into); err != nil {
+				br.Close()
+				return fmt.Errorf("%s: %w", s.what, err)
+			}
+			continue
+		}
 		tag, err := br.Exec()
 		if err == nil && s.rows >= 0 && tag.RowsAffected() != s.rows {
 			err = fmt.Errorf("%d rows, not %d", tag.RowsAffected(), s.rows)
@@ -843,18 +923,30 @@ func (w *txWriter) logConflict(ctx context.Context, lt *localTable, im inMsg, c 
 // truncate applies a remote TRUNCATE: rows whose version is older than the
 // truncate go; rows written later (anywhere) stay.
 func (w *txWriter) truncate(ctx context.Context, lt *localTable, c *casualdb.Change) error {
-	// Write and record what this transaction decided so far before reading
-	// the table.
+	// Write what this transaction decided so far before reading the table.
 	if err := w.flush(ctx); err != nil {
-		return err
-	}
-	if err := w.saveWritten(ctx, w.tx); err != nil {
 		return err
 	}
 	if _, err := w.tx.Exec(ctx, "LOCK TABLE "+lt.ident+" IN SHARE ROW EXCLUSIVE MODE"); err != nil {
 		return fmt.Errorf("lock %s for truncate: %w", lt.name, err)
 	}
 	if err := w.waitCapture(ctx); err != nil {
+		return err
+	}
+	// Every local version in the database: the marker removes those it
+	// supersedes there, and capture must not record one of them after.
+	// Before this transaction writes versions of its own: the recorder
+	// would wait for them (a second truncate in the same transaction can
+	// still meet that: the wait is bounded, and the retry finds the
+	// versions recorded).
+	fctx, cancel := context.WithTimeout(ctx, flushTimeout)
+	err := w.a.cfg.Capture.FlushVersions(fctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("wait for capture to record its versions: %w", err)
+	}
+	// Then record what this transaction decided so far.
+	if err := w.saveWritten(ctx, w.tx); err != nil {
 		return err
 	}
 	rows, err := w.tx.Query(ctx, "SELECT "+lt.keyText()+" FROM "+lt.ident)
@@ -919,6 +1011,9 @@ func (w *txWriter) truncate(ctx context.Context, lt *localTable, c *casualdb.Cha
 	w.res.changes++
 	return nil
 }
+
+// flushTimeout bounds apply's wait for capture to record its versions.
+const flushTimeout = 5 * time.Second
 
 // tableRecheck is how long a table's local description is trusted: a
 // trigger or column added since shows up within it.

@@ -87,7 +87,7 @@ func (w *txWriter) resolveUnique(ctx context.Context, im inMsg, c *casualdb.Chan
 	if err := w.waitCapture(ctx); err != nil {
 		return err
 	}
-	vs, err := meta.LoadVersions(ctx, w.tx, []meta.RowKey{hk})
+	vs, err := w.loadVersions(ctx, []meta.RowKey{hk})
 	if err != nil {
 		return err
 	}

@@ -253,6 +253,9 @@ func (r *runner) backlog(ctx context.Context, res *scenarioResult) error {
 	}
 	resumed := time.Now()
 	m.event("b resumed")
+	// With -profile, where the replay spends its CPU (its first seconds).
+	replayed := r.rep.observe(ctx, r.spec.name+"-replay", 5)
+	defer replayed()
 	if paused := m.res.events[len(m.res.events)-1].at; r.spec.kind == kindCasualDB && paused > time.Minute {
 		// b's own walsender gives up on the stopped sidecar's replication
 		// connection after wal_sender_timeout (60 s).

@@ -116,9 +116,12 @@ type Capturer struct {
 	cacheMu sync.Mutex
 	cache   *versionCache
 
+	recordNow chan struct{} // asks the recorder to record what waits, now
+
 	mu       sync.Mutex
 	recent   [recentLSNs]seqLSN // the outbox sequence and commit LSN of the latest transactions, by seq modulo the size
 	advanced chan struct{}      // closed and replaced whenever processed moves
+	appended uint64             // the last batch the outbox holds
 	recorded uint64             // the last batch the recorder recorded
 	recordCh chan struct{}      // closed and replaced whenever recorded moves
 	rd       *reader
@@ -166,7 +169,8 @@ func New(cfg Config) (*Capturer, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &Capturer{cfg: cfg, log: cfg.Logger.With("component", "capture"), advanced: make(chan struct{}), recordCh: make(chan struct{}),
-		inflight: map[uint32]*applyTx{}}, nil
+		recordNow: make(chan struct{}, 1),
+		inflight:  map[uint32]*applyTx{}}, nil
 }
 
 // Stats returns a snapshot of the counters.
@@ -236,14 +240,15 @@ func (c *Capturer) Run(ctx context.Context) error {
 	c.cache = newVersionCache(c.cfg.VersionCache)
 	c.cacheMu.Unlock()
 	c.mu.Lock()
-	c.recorded = 0
+	c.recorded, c.appended = 0, 0
 	c.sent.Store(0)
 	c.mu.Unlock()
 
 	ch := make(chan decodedTx, 4*c.cfg.MaxBatch)
-	batches := make(chan *batch, c.cfg.MaxInflight)
-	v.out = batches
-	rd := &reader{c: c, out: ch, conn: replConn, catConn: catConn}
+	published := make(chan *batch, c.cfg.MaxInflight)
+	appended := make(chan *batch, c.cfg.MaxInflight)
+	v.out = published
+	rd := &reader{c: c, out: ch, conn: replConn, catConn: catConn, wakeCh: make(chan struct{}, 1)}
 	rd.dec = newDecoder(rd, c.cfg.Counters, c.cfg.MergeColumns, &c.noDeltas)
 	c.mu.Lock()
 	c.rd = rd
@@ -257,7 +262,8 @@ func (c *Capturer) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return rd.run(gctx, 0, skipUpTo) })
 	g.Go(func() error { return v.run(gctx, ch) })
-	g.Go(func() error { return (&recorder{c: c, conn: recConn, in: batches}).run(gctx) })
+	g.Go(func() error { return (&appender{c: c, in: published, out: appended}).run(gctx) })
+	g.Go(func() error { return (&recorder{c: c, conn: recConn, in: appended}).run(gctx) })
 	return g.Wait()
 }
 
@@ -351,7 +357,8 @@ func (c *Capturer) saveMeta(ctx context.Context, conn *pgx.Conn, vs map[meta.Row
 			return err
 		}
 	}
-	if err := meta.SaveVersions(ctx, &b, vs); err != nil {
+	// Apply may have written newer versions of these rows meanwhile.
+	if err := meta.SaveNewerVersions(ctx, &b, vs); err != nil {
 		return err
 	}
 	if err := meta.SaveCaptureState(ctx, &b, c.cfg.Site, st); err != nil {
@@ -431,6 +438,51 @@ func (c *Capturer) Advanced() <-chan struct{} {
 	return c.advanced
 }
 
+// Pending returns the versions of keys that capture has versioned and
+// stored in the outbox but not yet recorded in casualdb.row_version; a
+// version it holds is newer than what the database holds for the key,
+// unless apply wrote the key since (then the database's stamp is the same
+// or greater: take the greater, the database's on a tie). inflight is true
+// when a key has a version capture is still storing in the outbox: wait for
+// the processed position to pass it (WaitProcessed) and ask again.
+//
+// Call it before reading the database's versions: a version recorded in
+// between is then found in the database.
+func (c *Capturer) Pending(keys []meta.RowKey) (vs map[meta.RowKey]meta.RowVersion, inflight bool) {
+	c.mu.Lock()
+	appended := c.appended
+	c.mu.Unlock()
+	c.cacheMu.Lock()
+	defer c.cacheMu.Unlock()
+	if c.cache == nil || len(c.cache.pending) == 0 {
+		return nil, false
+	}
+	for _, k := range keys {
+		p, ok := c.cache.pending[k]
+		switch {
+		case !ok:
+		case p.gen > appended:
+			inflight = true
+		default:
+			if vs == nil {
+				vs = map[meta.RowKey]meta.RowVersion{}
+			}
+			vs[k] = p.rv
+		}
+	}
+	return vs, inflight
+}
+
+// FlushVersions records every version capture has stored in the outbox
+// (and that apply may have read from Pending) in the database, and returns
+// once they are there. Apply calls it before it truncates a table.
+func (c *Capturer) FlushVersions(ctx context.Context) error {
+	c.mu.Lock()
+	gen := c.appended
+	c.mu.Unlock()
+	return c.recordThrough(ctx, gen)
+}
+
 // markRecorded notes that the recorder has recorded every batch up to gen.
 func (c *Capturer) markRecorded(gen uint64) {
 	c.mu.Lock()
@@ -442,8 +494,20 @@ func (c *Capturer) markRecorded(gen uint64) {
 	c.mu.Unlock()
 }
 
-// waitRecorded returns once the recorder has recorded every batch up to gen.
-func (c *Capturer) waitRecorded(ctx context.Context, gen uint64) error {
+// markAppended notes that the outbox holds every batch up to gen.
+func (c *Capturer) markAppended(gen uint64) {
+	c.mu.Lock()
+	c.appended = max(c.appended, gen)
+	c.mu.Unlock()
+}
+
+// recordThrough asks the recorder to record now and returns once it has
+// recorded every batch up to gen.
+func (c *Capturer) recordThrough(ctx context.Context, gen uint64) error {
+	select {
+	case c.recordNow <- struct{}{}:
+	default:
+	}
 	for {
 		c.mu.Lock()
 		done, ch := c.recorded >= gen, c.recordCh

@@ -252,10 +252,14 @@ func TestCapturer_Run(t *testing.T) {
 		if v := txs[5].Changes[0].Version; v.HLC.Compare(txs[4].Changes[0].Version.HLC) <= 0 {
 			t.Errorf("insert after truncate got %s, not above the truncate's %s", v.HLC, txs[4].Changes[0].Version.HLC)
 		}
-		vs, err := meta.LoadVersions(ctx, e.conn, []meta.RowKey{{Table: "public.t", Key: `["9"]`}})
-		if err != nil || vs[meta.RowKey{Table: "public.t", Key: `["9"]`}].Version.VC["a"] != 1 {
-			t.Errorf("version of id 9: %+v, %v", vs, err)
-		}
+		// Recorded a moment after it is in the outbox.
+		pgtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+			vs, err := meta.LoadVersions(ctx, e.conn, []meta.RowKey{{Table: "public.t", Key: `["9"]`}})
+			if err != nil || vs[meta.RowKey{Table: "public.t", Key: `["9"]`}].Version.VC["a"] != 1 {
+				return fmt.Errorf("version of id 9: %+v, %v", vs, err)
+			}
+			return nil
+		})
 	})
 	t.Run("WaitProcessed returns for the current WAL position", func(t *testing.T) {
 		var lsn string

@@ -11,25 +11,40 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// The pipeline after the reader has two stages, each a goroutine, so that
+// The pipeline after the reader has three stages, each a goroutine, so that
 // versioning the next batch, the outbox storing the one before and the
-// database recording the one before that overlap instead of taking turns
-// (in turns they capped capture at about 5,000 transactions a second on two
-// cores, far below what the origin commits):
+// database recording older ones overlap instead of taking turns (in turns
+// they capped capture at about 5,000 transactions a second on two cores, far
+// below what the origin commits):
 //
 //	versioner: versions each local write against the version cache (one
 //	           query for the rows it misses), stamps dependencies, and
 //	           publishes the batch to the outbox without waiting;
-//	recorder:  waits until the outbox holds each batch, records the
-//	           versions of every batch waiting (one transaction for all),
-//	           and only then advances the processed position, which the
-//	           slot confirms and apply waits for.
+//	appender:  waits until the outbox holds each batch, then advances the
+//	           processed position (which the slot confirms and apply waits
+//	           for): the outbox is the source of truth;
+//	recorder:  records the versions in casualdb.row_version, lazily: every
+//	           recordEvery transactions or recordDelay after the oldest
+//	           unrecorded one, in one transaction for all of them.
 //
-// At most MaxInflight batches sit between the two. Order is kept
+// Until it is recorded, a version lives in the cache as pending, and apply
+// reads it from there (Capturer.Pending); what the database holds is at
+// most recordDelay older. Recording per transaction, as before, cost the
+// origin's database a transaction per local transaction at low load.
+//
+// At most MaxInflight batches sit between two stages. Order is kept
 // throughout: the outbox refuses a message that does not follow the last
-// one it stored, and the recorder takes batches in the order they were
-// published. A truncation drains the pipeline before and after it is
-// versioned (it reads and replaces every version of its table).
+// one it stored, and each stage takes batches in the order they were
+// published. A truncation drains the pipeline (everything recorded) before
+// and after it is versioned: it reads and replaces every version of its
+// table.
+
+// recordEvery and recordDelay bound how long versions wait to be recorded
+// in the database (see above).
+const (
+	recordEvery = 2048
+	recordDelay = 20 * time.Millisecond
+)
 
 // batch is one group of decoded transactions on its way through the
 // pipeline.
@@ -41,6 +56,10 @@ type batch struct {
 	// truncs are the truncation markers local raised.
 	truncs map[string]casualdb.Version
 	end    uint64 // every transaction ending at or before it is in the batch or earlier
+	// recordFirst makes the appender wait until the batch is recorded
+	// before it advances past it: apply reads truncation markers from the
+	// database only.
+	recordFirst bool
 }
 
 // versioner is the pipeline's first stage (one per Run).
@@ -96,14 +115,14 @@ func (v *versioner) process(ctx context.Context, items []decodedTx) error {
 			// Reads the table's greatest version: everything before it
 			// must be recorded, and what comes after it must see it
 			// recorded.
-			if err := v.send(ctx, b); err != nil {
+			if err := v.versionAndSend(ctx, b); err != nil {
 				return err
 			}
 			if err := v.drain(ctx); err != nil {
 				return err
 			}
 			d.tx.Deps = v.c.deps()
-			t := &batch{local: []*casualdb.Tx{d.tx}, end: d.tx.LSN}
+			t := &batch{local: []*casualdb.Tx{d.tx}, end: d.tx.LSN, recordFirst: true}
 			if err := v.version(ctx, t); err != nil {
 				return err
 			}
@@ -121,6 +140,11 @@ func (v *versioner) process(ctx context.Context, items []decodedTx) error {
 			b.end = max(b.end, d.tx.LSN)
 		}
 	}
+	return v.versionAndSend(ctx, b)
+}
+
+// versionAndSend versions b's local transactions, if any, and hands b on.
+func (v *versioner) versionAndSend(ctx context.Context, b *batch) error {
 	if len(b.local) > 0 {
 		if err := v.version(ctx, b); err != nil {
 			return err
@@ -170,9 +194,10 @@ func (v *versioner) followApplied(ctx context.Context, d decodedTx) error {
 		}
 		for k, rv := range w.Versions {
 			if p, ok := c.cache.pending[k]; ok {
-				// Cannot happen: apply waits for capture to record a local
-				// write of a row before it commits its own.
-				c.log.Error("apply recorded a version of a row whose local version is not recorded yet", "table", k.Table, "key", k.Key)
+				// Apply decided against a local version not recorded yet
+				// (it read it from Pending): its version is the current
+				// one now; the recorder will not overwrite it (it records
+				// only over older versions).
 				p.rv = rv
 				c.cache.pending[k] = p
 				continue
@@ -359,7 +384,7 @@ func (v *versioner) send(ctx context.Context, b *batch) error {
 
 // drain waits until the recorder has recorded every batch sent so far.
 func (v *versioner) drain(ctx context.Context) error {
-	return v.c.waitRecorded(ctx, v.gen)
+	return v.c.recordThrough(ctx, v.gen)
 }
 
 // hasTruncate tells whether tx truncates a table.
@@ -372,66 +397,124 @@ func hasTruncate(tx *casualdb.Tx) bool {
 	return false
 }
 
-// recorder is the pipeline's second stage (one per Run).
+// appender is the pipeline's second stage (one per Run).
+type appender struct {
+	c   *Capturer
+	in  <-chan *batch
+	out chan<- *batch
+}
+
+// run waits for the outbox to hold each batch, in order, and advances.
+func (a *appender) run(ctx context.Context) error {
+	c := a.c
+	defer close(a.out)
+	for {
+		var b *batch
+		select {
+		case b = <-a.in:
+			if b == nil {
+				return ctx.Err()
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if b.wait != nil {
+			if err := b.wait(ctx); err != nil {
+				return fmt.Errorf("capture: %w", err)
+			}
+			appended := time.Now()
+			last := b.local[len(b.local)-1]
+			c.noteAppended(b.local)
+			c.lastSeq.Store(last.Seq)
+			c.captured.Add(uint64(len(b.local)))
+			if c.cfg.ObserveDelay != nil {
+				for _, tx := range b.local {
+					c.cfg.ObserveDelay(appended.Sub(tx.CommitTime))
+				}
+			}
+		}
+		c.markAppended(b.gen)
+		select {
+		case a.out <- b:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if b.recordFirst {
+			if err := c.recordThrough(ctx, b.gen); err != nil {
+				return err
+			}
+		}
+		if b.end > 0 {
+			c.advance(b.end)
+		}
+	}
+}
+
+// recorder is the pipeline's third stage (one per Run).
 type recorder struct {
 	c    *Capturer
 	conn *pgx.Conn // records versions
 	in   <-chan *batch
 }
 
-// run records batches until in is closed, ctx is done or an error.
+// run records batches until in is closed, ctx is done or an error: once
+// recordEvery transactions wait, recordDelay after the first of them, or
+// at once when the versioner or apply asks (recordThrough).
 func (r *recorder) run(ctx context.Context) error {
 	c := r.c
+	var (
+		group []*batch
+		txs   int
+		timer = time.NewTimer(time.Hour)
+		due   <-chan time.Time // set while versions wait
+	)
+	timer.Stop()
+	defer timer.Stop()
 	for {
-		var group []*batch
+		now := false
 		select {
 		case b, ok := <-r.in:
 			if !ok {
 				return ctx.Err()
 			}
 			group = append(group, b)
+			if len(b.local) > 0 && txs == 0 {
+				timer.Reset(recordDelay)
+				due = timer.C
+			}
+			txs += len(b.local)
+		case <-due:
+			now = true
+		case <-c.recordNow:
+			now = true
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-	drain:
-		for len(group) < c.cfg.MaxInflight {
-			select {
-			case b, ok := <-r.in:
-				if !ok {
-					break drain
-				}
-				group = append(group, b)
-			default:
-				break drain
-			}
+		// Batches without local transactions have nothing to record: they
+		// only move the recorded mark, at once.
+		if len(group) == 0 || (!now && txs > 0 && txs < recordEvery) {
+			continue
 		}
 		if err := r.record(ctx, group); err != nil {
 			return err
 		}
+		group, txs = group[:0], 0
+		timer.Stop()
+		due = nil
 	}
 }
 
-// record waits until the outbox holds the group's transactions, records
-// their versions and the capture state in one transaction, and advances.
+// record writes the versions of group and the capture state in one
+// transaction.
 func (r *recorder) record(ctx context.Context, group []*batch) error {
 	c := r.c
 	start := time.Now()
 	var local []*casualdb.Tx
-	var end uint64
 	for _, b := range group {
-		if b.wait != nil {
-			if err := b.wait(ctx); err != nil {
-				return fmt.Errorf("capture: %w", err)
-			}
-		}
 		local = append(local, b.local...)
-		end = max(end, b.end)
 	}
-	appended := time.Now()
 	if len(local) > 0 {
 		last := local[len(local)-1]
-		c.noteAppended(local)
-		c.lastSeq.Store(last.Seq)
 		// Only what the group wrote is recorded, in order: a truncation
 		// supersedes what came before it.
 		written, truncs := recordedVersions(local)
@@ -443,17 +526,8 @@ func (r *recorder) record(ctx context.Context, group []*batch) error {
 			c.cache.recorded(b.keys, b.gen)
 		}
 		c.cacheMu.Unlock()
-		c.captured.Add(uint64(len(local)))
-		if c.cfg.ObserveDelay != nil {
-			for _, tx := range local {
-				c.cfg.ObserveDelay(appended.Sub(tx.CommitTime))
-			}
-		}
-		c.log.Debug("captured", "batches", len(group), "txs", len(local), "append_wait", appended.Sub(start), "took", time.Since(start),
+		c.log.Debug("recorded versions", "batches", len(group), "txs", len(local), "took", time.Since(start),
 			"oldest_commit_age", time.Since(local[0].CommitTime))
-	}
-	if end > 0 {
-		c.advance(end)
 	}
 	c.markRecorded(group[len(group)-1].gen)
 	return nil

@@ -2,10 +2,8 @@ package capture
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -14,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"golang.org/x/sync/errgroup"
 )
 
 // reader owns the replication connection: it decodes the slot's stream into
@@ -27,10 +26,7 @@ type reader struct {
 	dec     *decoder
 
 	received atomic.Uint64 // end of the last WAL data received
-
-	mu         sync.Mutex
-	wakeNeeded bool
-	cancelRecv context.CancelFunc
+	wakeCh   chan struct{} // asks sendStatus for a keepalive now
 }
 
 // describe implements catalog: names and types of the relation's columns as
@@ -73,14 +69,17 @@ func (r *reader) describe(ctx context.Context, m *pglogrepl.RelationMessage) (ca
 
 // wake asks the server for a keepalive now (so that the watermark moves).
 func (r *reader) wake() {
-	r.mu.Lock()
-	r.wakeNeeded = true
-	if r.cancelRecv != nil {
-		r.cancelRecv()
+	select {
+	case r.wakeCh <- struct{}{}:
+	default:
 	}
-	r.mu.Unlock()
 }
 
+// run streams the slot until ctx is done or an error. Two goroutines share
+// the replication connection: one receives (without a deadline: setting one
+// per message cost more than decoding it), the other sends the standby
+// status on a timer and whenever a keepalive is wanted (wake). They never
+// write and read the same part of the connection; cancelling closes it.
 func (r *reader) run(ctx context.Context, startLSN uint64, skipUpTo uint64) error {
 	cfg := r.c.cfg
 	err := pglogrepl.StartReplication(ctx, r.conn, cfg.Slot, pglogrepl.LSN(startLSN), pglogrepl.StartReplicationOptions{
@@ -89,61 +88,63 @@ func (r *reader) run(ctx context.Context, startLSN uint64, skipUpTo uint64) erro
 	if err != nil {
 		return fmt.Errorf("start replication on slot %s: %w", cfg.Slot, err)
 	}
-	nextStatus := time.Now()
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		r.mu.Lock()
-		wake := r.wakeNeeded
-		r.wakeNeeded = false
-		r.mu.Unlock()
-		now := time.Now()
-		if wake || !now.Before(nextStatus) {
-			flush := r.c.flushed.Load()
-			write := max(r.received.Load(), flush)
-			err := pglogrepl.SendStandbyStatusUpdate(ctx, r.conn, pglogrepl.StandbyStatusUpdate{
-				WALWritePosition: pglogrepl.LSN(write),
-				// Always explicit: pglogrepl copies the write position into a
-				// zero flush position, which would confirm what the outbox
-				// does not hold yet.
-				WALFlushPosition: pglogrepl.LSN(max(flush, 1)),
-				WALApplyPosition: pglogrepl.LSN(max(flush, 1)),
-				ReplyRequested:   wake,
-			})
+	g, gctx := errgroup.WithContext(ctx)
+	stop := context.AfterFunc(gctx, func() { _ = r.conn.Conn().Close() })
+	defer stop()
+	g.Go(func() error { return r.sendStatus(gctx) })
+	g.Go(func() error {
+		for {
+			raw, err := r.conn.ReceiveMessage(context.Background())
 			if err != nil {
-				return fmt.Errorf("send standby status: %w", err)
+				if gctx.Err() != nil {
+					return gctx.Err()
+				}
+				return fmt.Errorf("receive from slot %s: %w", cfg.Slot, err)
 			}
-			nextStatus = now.Add(cfg.StatusInterval)
+			switch msg := raw.(type) {
+			case *pgproto3.ErrorResponse:
+				return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+			case *pgproto3.CopyData:
+				if err := r.handle(gctx, msg.Data, skipUpTo); err != nil {
+					return err
+				}
+			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, nextStatus)
-		r.mu.Lock()
-		r.cancelRecv = cancel
-		if r.wakeNeeded {
-			cancel()
-		}
-		r.mu.Unlock()
-		raw, err := r.conn.ReceiveMessage(rctx)
-		r.mu.Lock()
-		r.cancelRecv = nil
-		r.mu.Unlock()
-		cancel()
+	})
+	return g.Wait()
+}
+
+// sendStatus confirms the slot's position every StatusInterval, and asks for
+// a keepalive at once when woken.
+func (r *reader) sendStatus(ctx context.Context) error {
+	tick := time.NewTicker(r.c.cfg.StatusInterval)
+	defer tick.Stop()
+	wake := false
+	for {
+		flush := r.c.flushed.Load()
+		write := max(r.received.Load(), flush)
+		err := pglogrepl.SendStandbyStatusUpdate(ctx, r.conn, pglogrepl.StandbyStatusUpdate{
+			WALWritePosition: pglogrepl.LSN(write),
+			// Always explicit: pglogrepl copies the write position into a
+			// zero flush position, which would confirm what the outbox
+			// does not hold yet.
+			WALFlushPosition: pglogrepl.LSN(max(flush, 1)),
+			WALApplyPosition: pglogrepl.LSN(max(flush, 1)),
+			ReplyRequested:   wake,
+		})
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if pgconn.Timeout(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				continue
-			}
-			return fmt.Errorf("receive from slot %s: %w", cfg.Slot, err)
+			return fmt.Errorf("send standby status: %w", err)
 		}
-		switch msg := raw.(type) {
-		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
-		case *pgproto3.CopyData:
-			if err := r.handle(ctx, msg.Data, skipUpTo); err != nil {
-				return err
-			}
+		select {
+		case <-tick.C:
+			wake = false
+		case <-r.wakeCh:
+			wake = true
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }

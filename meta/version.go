@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/casualdb/casualdb"
 	"github.com/jackc/pgx/v5"
@@ -107,6 +109,18 @@ func ScanVersions(rows pgx.Rows, hint int) (map[RowKey]RowVersion, error) {
 
 // SaveVersions records versions, replacing what was recorded, in one statement.
 func SaveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion) error {
+	return saveVersions(ctx, q, vs, false)
+}
+
+// SaveNewerVersions records versions, each only where the recorded one is
+// older by (HLC, origin). Capture records a local write's version after
+// apply may have decided against it and written its own (see
+// capture.Capturer.Pending); apply's is then the same or greater, and wins.
+func SaveNewerVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion) error {
+	return saveVersions(ctx, q, vs, true)
+}
+
+func saveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion, newer bool) error {
 	if len(vs) == 0 {
 		return nil
 	}
@@ -124,7 +138,21 @@ func SaveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion) error
 		colvs   = make([]*string, 0, n)
 		olsns   = make([]*int64, 0, n)
 	)
-	for k, rv := range vs {
+	// In key order: capture and apply may record some of the same rows at
+	// once, and the same order makes them wait for each other rather than
+	// deadlock.
+	order := make([]RowKey, 0, n)
+	for k := range vs {
+		order = append(order, k)
+	}
+	slices.SortFunc(order, func(a, b RowKey) int {
+		if c := strings.Compare(a.Table, b.Table); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Key, b.Key)
+	})
+	for _, k := range order {
+		rv := vs[k]
 		vc, err := json.Marshal(rv.Version.VC)
 		if err != nil {
 			return fmt.Errorf("save row version %s %s: %w", k.Table, k.Key, err)
@@ -169,7 +197,18 @@ func SaveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion) error
 			olsns = append(olsns, nil)
 		}
 	}
-	_, err := q.Exec(ctx, `
+	sql := saveVersionsSQL
+	if newer {
+		sql += ` WHERE (v.hlc_wall, v.hlc_logical, v.origin COLLATE "C") < (excluded.hlc_wall, excluded.hlc_logical, excluded.origin COLLATE "C")`
+	}
+	_, err := q.Exec(ctx, sql, tbls, keys, walls, logical, origins, vcs, deleted, xmins, floors, colvs, olsns)
+	if err != nil {
+		return fmt.Errorf("save %d row versions: %w", n, err)
+	}
+	return nil
+}
+
+const saveVersionsSQL = `
 		INSERT INTO casualdb.row_version AS v (tbl, key, hlc_wall, hlc_logical, origin, vclock, deleted, row_xmin, floor, col_versions, origin_lsn)
 		SELECT tbl, key, wall, logical, origin, vc::jsonb, deleted, xmin, floor::jsonb, colv::jsonb, olsn
 		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bool[], $8::bigint[], $9::text[], $10::text[], $11::bigint[])
@@ -177,13 +216,7 @@ func SaveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion) error
 		ON CONFLICT (tbl, key) DO UPDATE SET
 			hlc_wall = excluded.hlc_wall, hlc_logical = excluded.hlc_logical, origin = excluded.origin,
 			vclock = excluded.vclock, deleted = excluded.deleted, row_xmin = excluded.row_xmin,
-			floor = excluded.floor, col_versions = excluded.col_versions, origin_lsn = excluded.origin_lsn, updated_at = now()`,
-		tbls, keys, walls, logical, origins, vcs, deleted, xmins, floors, colvs, olsns)
-	if err != nil {
-		return fmt.Errorf("save %d row versions: %w", n, err)
-	}
-	return nil
-}
+			floor = excluded.floor, col_versions = excluded.col_versions, origin_lsn = excluded.origin_lsn, updated_at = now()`
 
 // Written is what one transaction recorded: the versions of the rows it
 // wrote and the truncation markers it raised. Apply hands capture what each
