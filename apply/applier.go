@@ -34,6 +34,8 @@ type Capture interface {
 	Pending(keys []meta.RowKey) (map[meta.RowKey]meta.RowVersion, bool)
 	// FlushVersions returns once every pending version is recorded.
 	FlushVersions(ctx context.Context) error
+	// TruncationGen changes whenever capture records a local truncation.
+	TruncationGen() uint64
 }
 
 // Message header names (the transport's; see package ship).
@@ -86,6 +88,12 @@ type Config struct {
 	// Hinter, when set, sees every transaction taken from the inbox
 	// before it is applied or acknowledged (hinted handoff).
 	Hinter Hinter
+	// Peers, when set, returns the sites this one exchanges transactions
+	// with (configured, or learned by gossip): apply reads each one's
+	// transactions from the moment it is known. Others (the origin of a
+	// hint) are found by looking at the inbox every discoverEvery. It is
+	// called often and must be cheap.
+	Peers func() []casualdb.SiteID
 }
 
 // OriginStats describes what was applied from one origin.
@@ -133,6 +141,11 @@ type Applier struct {
 	main     *pgx.Conn
 	progress map[casualdb.SiteID]meta.Progress
 	tables   map[string]*localTable
+	// truncs caches casualdb.truncation as of capture's truncation
+	// generation truncGen (valid unless apply truncated since).
+	truncs      map[string]casualdb.Version
+	truncGen    uint64
+	truncsValid bool
 
 	gapSince map[casualdb.SiteID]time.Time // when each origin's current gap was first seen
 	depSince map[casualdb.SiteID]time.Time // when each origin's current dependency wait began
@@ -244,21 +257,31 @@ func (a *Applier) Run(ctx context.Context) error {
 		cancel()
 		in.stop()
 	}()
+	if a.cfg.Peers != nil {
+		known = append(known, a.cfg.Peers()...)
+	}
 	if err := in.discover(rctx, known); err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	lastDiscover, lastKeepAlive := time.Now(), time.Now()
+	lastDiscover, lastKeepAlive, lastPeers := time.Now(), time.Now(), time.Now()
 	decode := func(m jetstream.Msg, d *delivery) ([]inMsg, error) { return a.decodeMsg(ctx, m, d) }
 	for {
-		if now := time.Now(); now.Sub(lastDiscover) >= time.Second {
-			// A new origin (gossip found it, or it is a hint's): its
-			// first transactions wait at most a second.
+		if now := time.Now(); now.Sub(lastDiscover) >= discoverEvery {
+			// An origin that is not a peer (a hint's, say): its first
+			// transactions wait at most discoverEvery.
 			if err := in.discover(rctx, nil); err != nil {
 				return fmt.Errorf("apply: %w", err)
 			}
 			lastDiscover = now
+		}
+		if now := time.Now(); a.cfg.Peers != nil && now.Sub(lastPeers) >= peersEvery {
+			// A peer is read from (about) the moment it is known.
+			if err := in.ensure(rctx, a.cfg.Peers()); err != nil {
+				return fmt.Errorf("apply: %w", err)
+			}
+			lastPeers = now
 		}
 		if err := in.take(decode); err != nil {
 			return err
@@ -283,6 +306,13 @@ func (a *Applier) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// discoverEvery is how often apply looks for origins it has no consumer
+// for: an origin's first transactions wait at most this long.
+const discoverEvery = 2 * time.Second
+
+// peersEvery is how often apply asks the sidecar for its peers.
+const peersEvery = 100 * time.Millisecond
 
 // noteHeld publishes how many transactions each origin holds.
 func (a *Applier) noteHeld(in *intake) {
@@ -668,6 +698,7 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) (ok bool, err error
 	}
 	// The caller keeps the run and tries again; forget the optimistic
 	// progress.
+	a.truncsValid = false
 	if err := a.reloadProgress(ctx); err != nil {
 		return false, err
 	}

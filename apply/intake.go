@@ -105,7 +105,24 @@ func (in *intake) discover(ctx context.Context, also []casualdb.SiteID) error {
 	if err != nil {
 		return err
 	}
-	for _, o := range append(origins, also...) {
+	return in.ensure(ctx, append(origins, also...))
+}
+
+// ensure starts a consumer for every one of origins that has none yet; ctx
+// bounds the consumers' lives, as for discover.
+func (in *intake) ensure(ctx context.Context, origins []casualdb.SiteID) error {
+	missing := false
+	for _, o := range origins {
+		if _, ok := in.queues[o]; !ok {
+			missing = true
+		}
+	}
+	if !missing {
+		return nil
+	}
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, o := range origins {
 		if _, ok := in.queues[o]; ok {
 			continue
 		}
@@ -187,9 +204,10 @@ func (in *intake) take(decode func(m jetstream.Msg, d *delivery) ([]inMsg, error
 				break drain
 			}
 		}
-		if added {
+		if added && !slices.IsSortedFunc(q.held, func(x, y inMsg) int { return cmp.Compare(x.seq, y.seq) }) {
 			// In outbox order, whatever order the messages came in: a
 			// transaction ahead of its predecessor would stall the origin.
+			// (They nearly always come in order: check before sorting.)
 			slices.SortStableFunc(q.held, func(x, y inMsg) int { return cmp.Compare(x.seq, y.seq) })
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strconv"
 	"strings"
@@ -129,17 +130,18 @@ type dbConn interface {
 
 // txWriter carries the state of one apply transaction.
 type txWriter struct {
-	a       *Applier
-	tx      dbConn
-	xid     uint32 // the transaction's id: the xmin of every row it writes outside savepoints
-	careful bool
-	state   map[meta.RowKey]*rowState
-	tables  map[string]*localTable
-	bad     map[string]error // tables whose changes are parked
-	truncs  map[string]casualdb.Version
-	written map[meta.RowKey]meta.RowVersion // not saved yet
-	all     map[meta.RowKey]meta.RowVersion // every version the transaction records
-	raised  map[string]casualdb.Version     // the truncation markers it raises
+	a        *Applier
+	tx       dbConn
+	xid      uint32 // the transaction's id: the xmin of every row it writes outside savepoints
+	careful  bool
+	state    map[meta.RowKey]*rowState
+	tables   map[string]*localTable
+	bad      map[string]error                // tables whose changes are parked
+	truncs   map[string]casualdb.Version     // the table's markers, the run's own included
+	truncGen uint64                          // capture's truncation generation when truncs was read
+	written  map[meta.RowKey]meta.RowVersion // not saved yet
+	all      map[meta.RowKey]meta.RowVersion // every version the transaction records
+	raised   map[string]casualdb.Version     // the truncation markers it raises
 	// loaded holds the versions on record when the transaction decided.
 	loaded map[meta.RowKey]meta.RowVersion
 	// inserted holds the rows this transaction inserted where none was.
@@ -211,7 +213,14 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 		sql, args := meta.VersionsQuery(all)
 		b.Queue(sql, args...)
 	}
-	b.Queue(meta.TruncationsQuery)
+	// Truncation markers change rarely: read them only when capture
+	// recorded a local truncation, or apply applied one, since.
+	tgen := w.a.cfg.Capture.TruncationGen()
+	loadTruncs := !w.a.truncsValid || tgen != w.a.truncGen
+	if loadTruncs {
+		b.Queue(meta.TruncationsQuery)
+	}
+	w.truncGen = tgen
 	// Before the database is read: a version recorded meanwhile is found
 	// there.
 	pend, inflight := w.a.cfg.Capture.Pending(all)
@@ -252,13 +261,17 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 			return err
 		}
 	}
-	rows, err := br.Query()
-	if err != nil {
-		return fmt.Errorf("load truncations: %w", err)
+	if loadTruncs {
+		rows, err := br.Query()
+		if err != nil {
+			return fmt.Errorf("load truncations: %w", err)
+		}
+		if w.a.truncs, err = meta.ScanTruncations(rows); err != nil {
+			return err
+		}
+		w.a.truncGen, w.a.truncsValid = tgen, true
 	}
-	if w.truncs, err = meta.ScanTruncations(rows); err != nil {
-		return err
-	}
+	w.truncs = maps.Clone(w.a.truncs)
 	if err := br.Close(); err != nil {
 		return fmt.Errorf("prepare: %w", err)
 	}
@@ -394,40 +407,17 @@ func (w *txWriter) validate(ctx context.Context) error {
 	if err := w.waitFor(ctx, p); err != nil {
 		return err
 	}
-	// The versions and truncation markers now, in one round trip (what
-	// capture has not recorded first: see Capture.Pending).
+	// The versions now (what capture has not recorded first: see
+	// Capture.Pending).
 	pend, inflight := w.a.cfg.Capture.Pending(keys)
 	if inflight {
 		return fmt.Errorf("%w: a row was written locally meanwhile", errRace)
 	}
-	b := &pgx.Batch{}
-	sql, args := meta.VersionsQuery(keys)
-	b.Queue(sql, args...)
-	b.Queue(meta.TruncationsQuery)
-	br := w.tx.SendBatch(ctx, b)
-	rows, err := br.Query()
+	vs, err := meta.LoadVersions(ctx, w.tx, keys)
 	if err != nil {
-		br.Close()
-		return fmt.Errorf("load row versions: %w", err)
-	}
-	vs, err := meta.ScanVersions(rows, len(keys))
-	if err != nil {
-		br.Close()
 		return err
 	}
 	overlay(vs, pend)
-	if rows, err = br.Query(); err != nil {
-		br.Close()
-		return fmt.Errorf("load truncations: %w", err)
-	}
-	truncs, err := meta.ScanTruncations(rows)
-	if err != nil {
-		br.Close()
-		return err
-	}
-	if err := br.Close(); err != nil {
-		return fmt.Errorf("validate: %w", err)
-	}
 	for _, k := range keys {
 		now, ok := vs[k]
 		before, was := w.loaded[k]
@@ -436,14 +426,9 @@ func (w *txWriter) validate(ctx context.Context) error {
 		}
 	}
 	// A local TRUNCATE that capture recorded meanwhile leaves no row
-	// version behind for a key this site never had: compare the markers
-	// (w.truncs includes the run's own truncates, as the table does).
-	for _, k := range keys {
-		now, ok := truncs[k.Table]
-		before, was := w.truncs[k.Table]
-		if ok != was || (ok && (now.HLC != before.HLC || now.Origin != before.Origin)) {
-			return fmt.Errorf("%w: %s was truncated locally meanwhile", errRace, k.Table)
-		}
+	// version behind for a key this site never had.
+	if w.a.cfg.Capture.TruncationGen() != w.truncGen {
+		return fmt.Errorf("%w: a table was truncated locally meanwhile", errRace)
 	}
 	return nil
 }
@@ -993,6 +978,7 @@ func (w *txWriter) truncate(ctx context.Context, lt *localTable, c *casualdb.Cha
 	if t, ok := w.raised[lt.name]; !ok || conflict.Less(t, c.Version) {
 		w.raised[lt.name] = c.Version
 	}
+	w.a.truncsValid = false // read them again next time
 	// The marker removed the versions it supersedes, those this
 	// transaction recorded included.
 	for k, rv := range w.all {

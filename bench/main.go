@@ -45,6 +45,8 @@ type options struct {
 	binary            string
 	keep              bool
 	profile           string
+	statements        int    // top statements per site in the throttled run (pg_stat_statements); 0: none
+	scenarios         string // comma-separated scenario names to run; empty: all
 	logLevel          string
 	out               string
 }
@@ -64,6 +66,8 @@ func main() {
 	flag.StringVar(&o.logLevel, "log-level", "warn", "sidecars' log level (their logs are in the temporary directory: use -keep)")
 	flag.StringVar(&o.profile, "profile", "", "write CPU profiles of the sidecars during the throttled run into this directory")
 	flag.StringVar(&o.out, "out", "docs/perf", "directory for results.txt and lag.svg")
+	flag.StringVar(&o.scenarios, "scenarios", "", "run only these scenarios (comma-separated: baseline, saturation-4, saturation-8, throttled, backlog); for quick comparisons, not for the published figures")
+	flag.IntVar(&o.statements, "statements", 0, "report each site's N most expensive statements of the throttled run (pg_stat_statements)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -165,6 +165,12 @@ func scenarioTable(o options, k scenarioKind, rs []*systemResult, b *strings.Bui
 			}
 			return fmt.Sprintf("%.0f", float64(s.txs)/s.replay.Seconds())
 		})
+		row("machine cores busy during the replay", func(s *scenarioResult) string {
+			if s.replay <= 0 {
+				return none
+			}
+			return fmt.Sprintf("%.2f", s.replayBusy/s.replay.Seconds())
+		})
 	}
 	if k != scenarioBaseline {
 		row("lag p50 (ms)", func(s *scenarioResult) string { return ms(s.lag.p50) })
@@ -197,6 +203,14 @@ func scenarioTable(o options, k scenarioKind, rs []*systemResult, b *strings.Bui
 		if s.hasCPU && s.cpu.wall > 0 && s.cpu.others()/s.cpu.wall > noisyCores {
 			fmt.Fprintf(b, "  %s: other processes used %.2f cores on average meanwhile: the machine was not quiet\n",
 				t.cols[i], s.cpu.others()/s.cpu.wall)
+		}
+	}
+	for i, r := range cols {
+		if s := r.scenarios[k]; s != nil && len(s.statements) > 0 {
+			fmt.Fprintf(b, "\n  %s, most expensive statements per site (pg_stat_statements):\n", t.cols[i])
+			for _, l := range s.statements {
+				b.WriteString("    " + l + "\n")
+			}
 		}
 	}
 	for i, r := range cols {

@@ -65,10 +65,16 @@ type scenarioResult struct {
 	hasCPU  bool
 	events  []event
 	stages  []string // casualdb's delay histograms, throttled run only
+	// statements are each site's most expensive statements (-statements),
+	// throttled run only.
+	statements []string
 	// backlog scenario
 	replay time.Duration // from resuming b until b holds what a holds
-	notes  []string      // what the reader must know (an unverified pause)
-	err    error
+	// replayBusy is the machine's busy CPU time during the replay (seconds,
+	// all cores): whether the replay was bound by the CPU.
+	replayBusy float64
+	notes      []string // what the reader must know (an unverified pause)
+	err        error
 }
 
 // measurement is a scenario in progress: its CPU window and its probes.
@@ -166,7 +172,10 @@ func (r *runner) saturation(ctx context.Context, res *scenarioResult, clients in
 	if err != nil {
 		return err
 	}
+	secs := max(1, int(r.o.duration.Seconds())-2)
+	observed := r.rep.observe(ctx, fmt.Sprintf("%s-saturation-%d", r.spec.name, clients), secs)
 	first, last, err := r.load(ctx, m, pgbenchRun{clients: clients, duration: r.o.duration})
+	res.stages = observed()
 	if err != nil {
 		return err
 	}
@@ -182,6 +191,11 @@ func (r *runner) throttled(ctx context.Context, res *scenarioResult) error {
 	if err := r.c.settle(ctx); err != nil {
 		return err
 	}
+	if r.o.statements > 0 {
+		if err := r.c.resetStatements(ctx); err != nil {
+			return err
+		}
+	}
 	m, err := r.begin(ctx, res, true)
 	if err != nil {
 		return err
@@ -192,6 +206,11 @@ func (r *runner) throttled(ctx context.Context, res *scenarioResult) error {
 	res.stages = observed()
 	if err != nil {
 		return err
+	}
+	if r.o.statements > 0 {
+		if res.statements, err = r.c.topStatements(ctx, r.o.statements); err != nil {
+			return err
+		}
 	}
 	return r.finish(ctx, m, first, last)
 }
@@ -251,7 +270,7 @@ func (r *runner) backlog(ctx context.Context, res *scenarioResult) error {
 	if err := r.rep.resume(ctx, b); err != nil {
 		return err
 	}
-	resumed := time.Now()
+	resumed, busy := time.Now(), machineBusy()
 	m.event("b resumed")
 	// With -profile, where the replay spends its CPU (its first seconds).
 	replayed := r.rep.observe(ctx, r.spec.name+"-replay", 5)
@@ -265,6 +284,7 @@ func (r *runner) backlog(ctx context.Context, res *scenarioResult) error {
 		return fmt.Errorf("replay at site b: %w", err)
 	}
 	res.replay = time.Since(resumed)
+	res.replayBusy = machineBusy() - busy
 	m.event("b caught up")
 	first, last := r.probe.stop()
 	if err := r.c.converge(ctx); err != nil {

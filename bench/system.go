@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -48,16 +49,31 @@ var allScenarios = []scenarioKind{scenarioBaseline, scenarioSat4, scenarioSat8, 
 
 // plan lists the systems the options ask for, in the order they run.
 func plan(o options) []systemSpec {
-	all := allScenarios
+	all := o.only(allScenarios)
 	specs := []systemSpec{{name: "casualdb", kind: kindCasualDB, sites: 3, scenarios: all}}
 	if o.pglogical {
 		specs = append(specs, systemSpec{name: "pglogical", kind: kindPglogical, sites: 3, scenarios: all})
 	}
-	if o.five {
-		specs = append(specs, systemSpec{name: "casualdb-5", kind: kindCasualDB, sites: 5,
-			scenarios: []scenarioKind{scenarioSat4, scenarioThrottled}})
+	if five := o.only([]scenarioKind{scenarioSat4, scenarioThrottled}); o.five && len(five) > 0 {
+		specs = append(specs, systemSpec{name: "casualdb-5", kind: kindCasualDB, sites: 5, scenarios: five})
 	}
 	return specs
+}
+
+// only keeps the scenarios -scenarios names (all when it is empty).
+func (o options) only(ks []scenarioKind) []scenarioKind {
+	if o.scenarios == "" {
+		return ks
+	}
+	var out []scenarioKind
+	for _, k := range ks {
+		for _, name := range strings.Split(o.scenarios, ",") {
+			if strings.TrimSpace(name) == k.String() {
+				out = append(out, k)
+			}
+		}
+	}
+	return out
 }
 
 // has reports whether s runs scenario k.
@@ -109,6 +125,9 @@ func (r *runner) run(ctx context.Context, dir string) error {
 			return err
 		}
 		settings = pglogicalSettings
+	}
+	if r.o.statements > 0 {
+		settings = withStatements(settings)
 	}
 	r.log.Info("starting servers", "sites", r.spec.sites)
 	c, err := startCluster(ctx, dir, r.spec.sites, settings)

@@ -18,17 +18,19 @@ import (
 // Outbox stores captured transactions durably and in order. It is the
 // site's own JetStream stream; *ship.Outbox implements it.
 type Outbox interface {
-	// Publish starts storing txs in order right after outbox sequence
-	// after (setting their Seq to after+1, after+2, ...) and returns
-	// without waiting; wait returns once every one is durable, or with the
-	// first that was refused, in which case none after it is stored.
-	Publish(ctx context.Context, txs []*casualdb.Tx, after uint64) (wait func(context.Context) error, err error)
-	// Last returns the sequence and commit LSN of the newest stored tx
-	// (zeros when empty).
-	Last(ctx context.Context) (seq, lsn uint64, err error)
+	// Publish starts storing txs, numbered consecutively (Seq), in order,
+	// as messages right after message afterMsg, and returns how many
+	// messages that takes without waiting; wait returns once every one is
+	// durable, or with the first that was refused, in which case none after
+	// it is stored.
+	Publish(ctx context.Context, txs []*casualdb.Tx, afterMsg uint64) (msgs uint64, wait func(context.Context) error, err error)
+	// Last returns the sequence and commit LSN of the newest stored tx and
+	// the sequence of its message (transaction zeros when empty).
+	Last(ctx context.Context) (lastTx, lastLSN, lastMsg uint64, err error)
 	// Since returns up to max stored txs with sequence above after, in
-	// order, with Seq set.
-	Since(ctx context.Context, after uint64, max int) ([]*casualdb.Tx, error)
+	// order, with Seq set, and the sequence of the message holding the
+	// last of them.
+	Since(ctx context.Context, after uint64, max int) ([]*casualdb.Tx, uint64, error)
 }
 
 // Config configures a Capturer.
@@ -100,6 +102,7 @@ type Capturer struct {
 	processed atomic.Uint64
 	noDeltas  atomic.Uint64
 	sent      atomic.Uint64 // the last batch the versioner handed on
+	truncGen  atomic.Uint64 // local truncations recorded
 
 	cacheLookups, cacheMisses atomic.Uint64
 
@@ -214,11 +217,11 @@ func (c *Capturer) Run(ctx context.Context) error {
 	}
 	defer replConn.Close(context.Background())
 
-	skipUpTo, err := c.recover(ctx, conn)
+	skipUpTo, lastMsg, err := c.recover(ctx, conn)
 	if err != nil {
 		return err
 	}
-	v := &versioner{c: c, conn: conn, next: c.lastSeq.Load()}
+	v := &versioner{c: c, conn: conn, next: c.lastSeq.Load(), nextMsg: lastMsg}
 	if v.truncs, err = meta.LoadTruncations(ctx, conn); err != nil {
 		return err
 	}
@@ -284,29 +287,32 @@ func (c *Capturer) connect(ctx context.Context, name string) (*pgx.Conn, error) 
 // recover writes the metadata of transactions that reached the outbox before
 // a crash but whose versions were not recorded, and returns the commit LSN
 // of the newest outbox entry: the reader skips what is already there.
-func (c *Capturer) recover(ctx context.Context, conn *pgx.Conn) (uint64, error) {
+func (c *Capturer) recover(ctx context.Context, conn *pgx.Conn) (skipUpTo, lastMsg uint64, err error) {
 	st, err := meta.LoadCaptureState(ctx, conn, c.cfg.Site)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	lastSeq, lastLSN, err := c.cfg.Outbox.Last(ctx)
+	lastSeq, lastLSN, lastMsg, err := c.cfg.Outbox.Last(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("capture: read outbox tail: %w", err)
+		return 0, 0, fmt.Errorf("capture: read outbox tail: %w", err)
 	}
+	// An outbox trimmed empty still numbers transactions on from what was
+	// recorded.
+	lastSeq = max(lastSeq, st.OutboxSeq)
 	c.lastSeq.Store(lastSeq)
 	for st.OutboxSeq < lastSeq {
-		txs, err := c.cfg.Outbox.Since(ctx, st.OutboxSeq, c.cfg.MaxBatch)
+		txs, msg, err := c.cfg.Outbox.Since(ctx, st.OutboxSeq, c.cfg.MaxBatch)
 		if err != nil {
-			return 0, fmt.Errorf("capture: re-read outbox after %d: %w", st.OutboxSeq, err)
+			return 0, 0, fmt.Errorf("capture: re-read outbox after %d: %w", st.OutboxSeq, err)
 		}
 		if len(txs) == 0 {
 			break // purged: versions were recorded before purging
 		}
 		versions, truncs := recordedVersions(txs)
 		last := txs[len(txs)-1]
-		st = meta.CaptureState{OutboxSeq: last.Seq, LSN: last.LSN}
+		st = meta.CaptureState{OutboxSeq: last.Seq, LSN: last.LSN, OutboxMsg: msg}
 		if err := c.saveMeta(ctx, conn, versions, truncs, st); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		c.log.Info("recovered version metadata from outbox", "through_seq", last.Seq, "txs", len(txs))
 	}
@@ -320,7 +326,7 @@ func (c *Capturer) recover(ctx context.Context, conn *pgx.Conn) (uint64, error) 
 	if lastLSN > 0 {
 		c.flushed.Store(lastLSN)
 	}
-	return lastLSN, nil
+	return lastLSN, lastMsg, nil
 }
 
 // recordedVersions lists the metadata that txs (already versioned) imply.
@@ -366,6 +372,9 @@ func (c *Capturer) saveMeta(ctx context.Context, conn *pgx.Conn, vs map[meta.Row
 	}
 	if err := b.Send(ctx, conn); err != nil {
 		return fmt.Errorf("save %d versions, %d truncations and the capture state: %w", len(vs), len(truncs), err)
+	}
+	if len(truncs) > 0 {
+		c.truncGen.Add(1) // apply reads the markers again
 	}
 	return nil
 }
@@ -429,6 +438,10 @@ func (c *Capturer) CommitLSN(seq uint64) (uint64, bool) {
 	}
 	return 0, false
 }
+
+// TruncationGen changes whenever capture has recorded a local truncation
+// marker in the database.
+func (c *Capturer) TruncationGen() uint64 { return c.truncGen.Load() }
 
 // Advanced returns a channel that is closed the next time the processed
 // position moves.

@@ -53,6 +53,7 @@ type batch struct {
 	local []*casualdb.Tx
 	wait  func(context.Context) error // the outbox's Publish of local
 	keys  []meta.RowKey               // rows local wrote, for the cache
+	msg   uint64                      // the outbox message holding the last of local
 	// truncs are the truncation markers local raised.
 	truncs map[string]casualdb.Version
 	end    uint64 // every transaction ending at or before it is in the batch or earlier
@@ -64,12 +65,13 @@ type batch struct {
 
 // versioner is the pipeline's first stage (one per Run).
 type versioner struct {
-	c      *Capturer
-	conn   *pgx.Conn // reads versions the cache misses
-	truncs map[string]casualdb.Version
-	out    chan<- *batch
-	gen    uint64
-	next   uint64 // the outbox sequence the next transaction gets
+	c       *Capturer
+	conn    *pgx.Conn // reads versions the cache misses
+	truncs  map[string]casualdb.Version
+	out     chan<- *batch
+	gen     uint64
+	next    uint64 // the outbox sequence of the last transaction published
+	nextMsg uint64 // the sequence of the last outbox message published
 }
 
 // run takes decoded transactions from in until ctx is done or an error.
@@ -217,10 +219,16 @@ func (v *versioner) followApplied(ctx context.Context, d decodedTx) error {
 func (v *versioner) version(ctx context.Context, b *batch) error {
 	c := v.c
 	b.gen = v.gen + 1
-	// The versions the cache does not know, in one query.
+	// The current versions of the rows the batch writes: a snapshot of
+	// what the cache holds, and what it does not from the database in one
+	// query. A snapshot, because the recorder may move entries meanwhile
+	// (a recorded tombstone leaves the cache: read again then, it would be
+	// neither in the cache nor among what was loaded, and the row would
+	// start a fresh clock).
 	var miss []meta.RowKey
-	c.cacheMu.Lock()
+	known := map[meta.RowKey]meta.RowVersion{}
 	seen := map[meta.RowKey]bool{}
+	c.cacheMu.Lock()
 	for _, tx := range b.local {
 		for _, ch := range tx.Changes {
 			if ch.Op == casualdb.OpTruncate {
@@ -231,7 +239,9 @@ func (v *versioner) version(ctx context.Context, b *batch) error {
 				continue
 			}
 			seen[k] = true
-			if _, ok := c.cache.get(k); !ok {
+			if rv, ok := c.cache.get(k); ok {
+				known[k] = rv
+			} else {
 				miss = append(miss, k)
 			}
 		}
@@ -241,22 +251,26 @@ func (v *versioner) version(ctx context.Context, b *batch) error {
 	if err != nil {
 		return fmt.Errorf("capture: %w", err)
 	}
+	for k, rv := range loaded {
+		known[k] = rv
+	}
 	c.cacheMisses.Add(uint64(len(miss)))
 	c.cacheLookups.Add(uint64(len(seen)))
 
 	c.cacheMu.Lock()
 	defer c.cacheMu.Unlock()
-	// A row's current version: what this batch wrote, else what the cache
-	// or the database holds; nothing for a row of a table this batch
-	// truncated (the truncation removed it).
+	// A row's current version: what this batch wrote (pending under its
+	// generation, which nothing else touches while it is versioned), else
+	// the snapshot; nothing for a row of a table this batch truncated (the
+	// truncation removed it).
 	lookup := func(k meta.RowKey) (meta.RowVersion, bool) {
-		if rv, ok := c.cache.get(k); ok {
-			return rv, true
+		if p, ok := c.cache.pending[k]; ok && p.gen == b.gen {
+			return p.rv, true
 		}
 		if _, ok := b.truncs[k.Table]; ok {
 			return meta.RowVersion{}, false
 		}
-		rv, ok := loaded[k]
+		rv, ok := known[k]
 		return rv, ok
 	}
 	for _, tx := range b.local {
@@ -366,12 +380,17 @@ func (v *versioner) send(ctx context.Context, b *batch) error {
 		b.gen = v.gen
 	}
 	if len(b.local) > 0 {
-		wait, err := v.c.cfg.Outbox.Publish(ctx, b.local, v.next)
+		for i, tx := range b.local {
+			tx.Seq = v.next + uint64(i) + 1
+		}
+		msgs, wait, err := v.c.cfg.Outbox.Publish(ctx, b.local, v.nextMsg)
 		if err != nil {
 			return fmt.Errorf("capture: append %d txs to the outbox: %w", len(b.local), err)
 		}
 		b.wait = wait
 		v.next += uint64(len(b.local))
+		v.nextMsg += msgs
+		b.msg = v.nextMsg
 	}
 	select {
 	case v.out <- b:
@@ -510,17 +529,20 @@ func (r *recorder) record(ctx context.Context, group []*batch) error {
 	c := r.c
 	start := time.Now()
 	var local []*casualdb.Tx
+	var lastMsg uint64
 	for _, b := range group {
 		local = append(local, b.local...)
+		lastMsg = max(lastMsg, b.msg)
 	}
 	if len(local) > 0 {
 		last := local[len(local)-1]
 		// Only what the group wrote is recorded, in order: a truncation
 		// supersedes what came before it.
 		written, truncs := recordedVersions(local)
-		if err := c.saveMeta(ctx, r.conn, written, truncs, meta.CaptureState{OutboxSeq: last.Seq, LSN: last.LSN}); err != nil {
+		if err := c.saveMeta(ctx, r.conn, written, truncs, meta.CaptureState{OutboxSeq: last.Seq, LSN: last.LSN, OutboxMsg: lastMsg}); err != nil {
 			return fmt.Errorf("capture: record versions through outbox seq %d: %w", last.Seq, err)
 		}
+
 		c.cacheMu.Lock()
 		for _, b := range group {
 			c.cache.recorded(b.keys, b.gen)

@@ -63,6 +63,19 @@ func TestConvergence_ConcurrentUpdates(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
+	defer func() {
+		if t.Failed() {
+			for i := 1; i < len(c.sites); i++ {
+				t.Logf("rows where a and %s differ:\n%s", c.sites[i].name, c.diffRows(0, i, "kv", 10))
+			}
+			for i := range c.sites {
+				v, _ := c.queryString(i, `SELECT string_agg(key || ' ' || hlc_wall || '.' || hlc_logical || '/' || origin || ' ' || vclock::text ||
+					CASE WHEN deleted THEN ' deleted floor ' || coalesce(floor::text, '-') ELSE '' END || ' xmin ' || coalesce(row_xmin::text, '-') ||
+					' lsn ' || coalesce(origin_lsn::text, '-'), E'\n' ORDER BY key) FROM casualdb.row_version WHERE tbl = 'public.kv'`)
+				t.Logf("site %s versions:\n%s", c.sites[i].name, v)
+			}
+		}
+	}()
 	c.waitConverged(60*time.Second, "kv")
 	for i := range c.sites {
 		parked, err := c.queryString(i, `SELECT count(*)::text FROM casualdb.parked`)

@@ -64,20 +64,22 @@ func SaveProgress(ctx context.Context, q Execer, origin casualdb.SiteID, p Progr
 	return nil
 }
 
-// CaptureState is capture's high-water mark: the outbox sequence, and its
-// commit LSN, up to which version metadata of local writes is recorded.
+// CaptureState is capture's high-water mark: the outbox sequence of the
+// last transaction whose version metadata is recorded, its commit LSN, and
+// the outbox message that holds it.
 type CaptureState struct {
 	OutboxSeq uint64
 	LSN       uint64
+	OutboxMsg uint64 // 0 when recorded by an earlier version
 }
 
 // LoadCaptureState returns the capture state of site (zero if none).
 func LoadCaptureState(ctx context.Context, q Querier, site casualdb.SiteID) (CaptureState, error) {
 	var (
-		seq int64
-		lsn string
+		seq, msg int64
+		lsn      string
 	)
-	err := q.QueryRow(ctx, `SELECT outbox_seq, lsn::text FROM casualdb.capture_state WHERE site = $1`, string(site)).Scan(&seq, &lsn)
+	err := q.QueryRow(ctx, `SELECT outbox_seq, lsn::text, outbox_msg FROM casualdb.capture_state WHERE site = $1`, string(site)).Scan(&seq, &lsn, &msg)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return CaptureState{}, nil
 	}
@@ -88,15 +90,15 @@ func LoadCaptureState(ctx context.Context, q Querier, site casualdb.SiteID) (Cap
 	if err != nil {
 		return CaptureState{}, fmt.Errorf("load capture state: %w", err)
 	}
-	return CaptureState{OutboxSeq: uint64(seq), LSN: l}, nil
+	return CaptureState{OutboxSeq: uint64(seq), LSN: l, OutboxMsg: uint64(msg)}, nil
 }
 
 // SaveCaptureState records st for site.
 func SaveCaptureState(ctx context.Context, q Execer, site casualdb.SiteID, st CaptureState) error {
 	_, err := q.Exec(ctx, `
-		INSERT INTO casualdb.capture_state (site, outbox_seq, lsn) VALUES ($1, $2, $3::pg_lsn)
-		ON CONFLICT (site) DO UPDATE SET outbox_seq = excluded.outbox_seq, lsn = excluded.lsn, updated_at = now()`,
-		string(site), int64(st.OutboxSeq), casualdb.FormatLSN(st.LSN))
+		INSERT INTO casualdb.capture_state (site, outbox_seq, lsn, outbox_msg) VALUES ($1, $2, $3::pg_lsn, $4)
+		ON CONFLICT (site) DO UPDATE SET outbox_seq = excluded.outbox_seq, lsn = excluded.lsn, outbox_msg = excluded.outbox_msg, updated_at = now()`,
+		string(site), int64(st.OutboxSeq), casualdb.FormatLSN(st.LSN), int64(st.OutboxMsg))
 	if err != nil {
 		return fmt.Errorf("save capture state: %w", err)
 	}

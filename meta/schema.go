@@ -110,6 +110,9 @@ var ddl = []string{
 		outbox_seq  bigint      NOT NULL,
 		lsn         pg_lsn      NOT NULL,
 		updated_at  timestamptz NOT NULL DEFAULT now())`,
+	// The outbox message holding the transaction at outbox_seq (outbox
+	// messages hold a batch of transactions each).
+	`ALTER TABLE casualdb.capture_state ADD COLUMN IF NOT EXISTS outbox_msg bigint NOT NULL DEFAULT 0`,
 	// Changes that could not be applied, with everything needed to replay them.
 	`CREATE TABLE IF NOT EXISTS casualdb.parked (
 		id          bigserial   PRIMARY KEY,

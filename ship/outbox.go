@@ -19,6 +19,7 @@ const (
 	HeaderCommit = "Casualdb-Commit" // origin commit time, Unix microseconds
 	HeaderOrigin = "Casualdb-Origin" // origin site
 	HeaderEpoch  = "Casualdb-Epoch"  // creation time of the origin's outbox
+	HeaderID     = "Casualdb-Id"     // the transaction's id (casualdb.Tx.ID), in the outbox
 )
 
 // OutboxStream names a site's outbox stream.
@@ -78,15 +79,64 @@ func OpenOutbox(ctx context.Context, js jetstream.JetStream, cfg OutboxConfig) (
 // site's store is lost, and receivers must know.
 func (o *Outbox) Epoch() string { return o.epoch }
 
-// Append stores txs in order and returns once every one is durable, with
-// the outbox sequence of the last.
+// An outbox message carries one transaction or a bundle of consecutive ones,
+// in the form of an inbox message (see Entries): HeaderSeq is the sequence
+// of the first, HeaderBundle how many (when more than one), HeaderLSN the
+// commit LSN of the last, HeaderCommit the commit time of the first, and
+// HeaderID the id of the first. Transactions are numbered by their own
+// sequence, gapless from 1 (casualdb.Tx.Seq: what apply, hints, gossip and
+// W-durability count); the stream's sequence numbers messages. Capture
+// stores each batch it captured as one message: the stream's per-message
+// costs (storing, two deliveries and two acknowledgements per peer) were
+// most of the origin sidecar's CPU when every transaction was a message.
+//
+// Messages of earlier versions carry one transaction each and no
+// HeaderSeq: their transaction's sequence is the message's.
+
+// span returns the transaction sequences a message holds, first to last.
+func span(h nats.Header, msgSeq uint64) (first, last uint64, err error) {
+	v := h.Get(HeaderSeq)
+	if v == "" {
+		return msgSeq, msgSeq, nil
+	}
+	first, err = strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: bad %s header %q", casualdb.ErrGarbled, HeaderSeq, v)
+	}
+	n := uint64(1)
+	if b := h.Get(HeaderBundle); b != "" {
+		if n, err = strconv.ParseUint(b, 10, 64); err != nil || n == 0 {
+			return 0, 0, fmt.Errorf("%w: bad %s header %q", casualdb.ErrGarbled, HeaderBundle, b)
+		}
+	}
+	return first, first + n - 1, nil
+}
+
+// outboxEntries returns the transactions of an outbox message.
+func outboxEntries(h nats.Header, data []byte, msgSeq uint64) ([]Entry, error) {
+	if h.Get(HeaderSeq) == "" {
+		return []Entry{{Seq: msgSeq, Data: data}}, nil
+	}
+	return Entries(h, data)
+}
+
+// Append stores txs in order, one message each, and returns once every one
+// is durable, with the sequence of the last; a transaction appended twice is
+// stored once (de-duplicated by id). Capture uses Publish; Append remains for
+// tools and tests.
 func (o *Outbox) Append(ctx context.Context, txs []*casualdb.Tx) (uint64, error) {
 	futs := make([]jetstream.PubAckFuture, 0, len(txs))
 	for _, tx := range txs {
-		m, err := o.message(tx)
+		data, err := tx.Marshal()
 		if err != nil {
 			return 0, err
 		}
+		m := nats.NewMsg(OutboxSubject(o.site))
+		m.Data = data
+		m.Header.Set(HeaderLSN, strconv.FormatUint(tx.LSN, 10))
+		m.Header.Set(HeaderCommit, strconv.FormatInt(tx.CommitTime.UnixMicro(), 10))
+		m.Header.Set(HeaderID, tx.ID())
+		m.Header.Set(nats.MsgIdHdr, tx.ID())
 		f, err := o.js.PublishMsgAsync(m)
 		if err != nil {
 			return 0, fmt.Errorf("append tx %s: %w", tx.ID(), err)
@@ -111,150 +161,309 @@ func (o *Outbox) Append(ctx context.Context, txs []*casualdb.Tx) (uint64, error)
 	return last, nil
 }
 
-// message builds the outbox message of tx.
-func (o *Outbox) message(tx *casualdb.Tx) (*nats.Msg, error) {
-	data, err := tx.Marshal()
-	if err != nil {
-		return nil, err
-	}
-	m := nats.NewMsg(OutboxSubject(o.site))
-	m.Data = data
-	m.Header.Set(HeaderLSN, strconv.FormatUint(tx.LSN, 10))
-	m.Header.Set(HeaderCommit, strconv.FormatInt(tx.CommitTime.UnixMicro(), 10))
-	m.Header.Set(nats.MsgIdHdr, tx.ID())
-	return m, nil
-}
-
-// Publish implements capture.Outbox: it starts appending txs right after
-// sequence after, numbering them after+1, after+2, ..., and returns without
-// waiting for the server. Each message carries the sequence the stream must
-// end at before it (Nats-Expected-Last-Sequence), so the outbox never holds
-// a transaction out of order or twice: once one is refused (the outbox is
-// full, say), every later one is refused too, and capture starts again from
-// the last one stored.
-func (o *Outbox) Publish(ctx context.Context, txs []*casualdb.Tx, after uint64) (wait func(context.Context) error, err error) {
-	a := &appending{txs: txs, futs: make([]jetstream.PubAckFuture, 0, len(txs))}
-	for i, tx := range txs {
-		m, err := o.message(tx)
-		if err != nil {
-			return nil, err
+// Publish implements capture.Outbox. It stores txs, whose Seq the caller has
+// numbered consecutively, as bundles of at most maxBundleBytes, the first
+// right after message afterMsg, and returns how many messages that takes
+// without waiting for the server. Each message carries the message sequence
+// the stream must end at before it (Nats-Expected-Last-Sequence), so the
+// outbox never holds a transaction out of order or twice: once one message
+// is refused (the outbox is full, say), every later one is refused too, and
+// capture starts again from the last one stored. That makes the stream's
+// de-duplication by message id needless here.
+func (o *Outbox) Publish(ctx context.Context, txs []*casualdb.Tx, afterMsg uint64) (msgs uint64, wait func(context.Context) error, err error) {
+	a := &appending{}
+	for start := 0; start < len(txs); {
+		var body []byte
+		end := start
+		for end < len(txs) && (end == start || len(body) < maxBundleBytes) {
+			data, err := txs[end].Marshal()
+			if err != nil {
+				return 0, nil, err
+			}
+			if end == start && (end+1 == len(txs)) {
+				body = data // alone: no framing
+			} else {
+				if end == start {
+					body = make([]byte, 0, len(data)*(len(txs)-start)+16)
+				}
+				body = AppendEntry(body, Entry{Seq: txs[end].Seq, Data: data})
+			}
+			end++
 		}
-		tx.Seq = after + uint64(i) + 1
-		f, err := o.js.PublishMsgAsync(m, jetstream.WithExpectLastSequence(after+uint64(i)))
-		if err != nil {
-			return nil, fmt.Errorf("append tx %s as outbox sequence %d: %w", tx.ID(), tx.Seq, err)
+		first, last := txs[start], txs[end-1]
+		m := nats.NewMsg(OutboxSubject(o.site))
+		m.Data = body
+		m.Header.Set(HeaderSeq, strconv.FormatUint(first.Seq, 10))
+		if n := end - start; n > 1 {
+			m.Header.Set(HeaderBundle, strconv.Itoa(n))
+		} else if len(txs) > start+1 {
+			// Cut to one by the size bound: still framed.
+			m.Header.Set(HeaderBundle, "1")
 		}
-		a.futs = append(a.futs, f)
+		m.Header.Set(HeaderLSN, strconv.FormatUint(last.LSN, 10))
+		m.Header.Set(HeaderCommit, strconv.FormatInt(first.CommitTime.UnixMicro(), 10))
+		m.Header.Set(HeaderID, first.ID())
+		msgSeq := afterMsg + msgs + 1
+		f, err := o.js.PublishMsgAsync(m, jetstream.WithExpectLastSequence(msgSeq-1))
+		if err != nil {
+			return 0, nil, fmt.Errorf("append txs %d..%d as outbox message %d: %w", first.Seq, last.Seq, msgSeq, err)
+		}
+		a.parts = append(a.parts, appendPart{fut: f, msgSeq: msgSeq, first: first.Seq, last: last.Seq})
+		msgs++
+		start = end
 	}
-	return a.wait, nil
+	return msgs, a.wait, nil
 }
 
 // appending is a Publish in flight.
 type appending struct {
-	txs  []*casualdb.Tx
-	futs []jetstream.PubAckFuture
+	parts []appendPart
+}
+
+type appendPart struct {
+	fut         jetstream.PubAckFuture
+	msgSeq      uint64
+	first, last uint64
 }
 
 // wait returns once the outbox holds every transaction of the Publish, or
 // the first error.
 func (a *appending) wait(ctx context.Context) error {
-	for i, f := range a.futs {
-		tx := a.txs[i]
+	for _, p := range a.parts {
 		select {
-		case ack := <-f.Ok():
-			if ack.Duplicate || ack.Sequence != tx.Seq {
-				return fmt.Errorf("append tx %s: stored as outbox sequence %d (duplicate %t), not %d", tx.ID(), ack.Sequence, ack.Duplicate, tx.Seq)
+		case ack := <-p.fut.Ok():
+			if ack.Duplicate || ack.Sequence != p.msgSeq {
+				return fmt.Errorf("append txs %d..%d: stored as outbox message %d (duplicate %t), not %d", p.first, p.last, ack.Sequence, ack.Duplicate, p.msgSeq)
 			}
-		case err := <-f.Err():
-			return fmt.Errorf("append tx %s as outbox sequence %d: %w", tx.ID(), tx.Seq, err)
+		case err := <-p.fut.Err():
+			return fmt.Errorf("append txs %d..%d as outbox message %d: %w", p.first, p.last, p.msgSeq, err)
 		case <-ctx.Done():
-			return fmt.Errorf("append tx %s: %w", tx.ID(), ctx.Err())
+			return fmt.Errorf("append txs %d..%d: %w", p.first, p.last, ctx.Err())
 		}
 	}
 	return nil
 }
 
-// Last implements capture.Outbox.
-func (o *Outbox) Last(ctx context.Context) (uint64, uint64, error) {
+// Last implements capture.Outbox: the sequence and commit LSN of the newest
+// stored transaction and the sequence of its message (zeros when the
+// outbox is empty; lastTx and lastMsg stay when it was trimmed empty).
+func (o *Outbox) Last(ctx context.Context) (lastTx, lastLSN, lastMsg uint64, err error) {
 	info, err := o.stream.Info(ctx)
 	if err != nil {
-		return 0, 0, fmt.Errorf("outbox info: %w", err)
+		return 0, 0, 0, fmt.Errorf("outbox info: %w", err)
 	}
+	lastMsg = info.State.LastSeq
 	if info.State.Msgs == 0 {
-		return info.State.LastSeq, 0, nil
+		// Trimmed empty: the message sequence goes on; the transactions'
+		// is in the capture state.
+		return 0, 0, lastMsg, nil
 	}
-	lsn, ok, err := o.LSN(ctx, info.State.LastSeq)
-	if err == nil && !ok {
-		err = fmt.Errorf("outbox last message %d: %w", info.State.LastSeq, jetstream.ErrMsgNotFound)
+	m, err := o.stream.GetMsg(ctx, lastMsg)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("outbox message %d: %w", lastMsg, err)
 	}
-	return info.State.LastSeq, lsn, err
+	if _, lastTx, err = span(m.Header, lastMsg); err != nil {
+		return 0, 0, 0, fmt.Errorf("outbox message %d: %w", lastMsg, err)
+	}
+	if lastLSN, err = strconv.ParseUint(m.Header.Get(HeaderLSN), 10, 64); err != nil {
+		return 0, 0, 0, fmt.Errorf("outbox message %d: header %s: %w", lastMsg, HeaderLSN, err)
+	}
+	return lastTx, lastLSN, lastMsg, nil
 }
 
-// header reads one numeric header of the message at seq (ok false when the
-// outbox does not hold it).
-func (o *Outbox) header(ctx context.Context, seq uint64, name string) (v uint64, ok bool, err error) {
-	m, err := o.stream.GetMsg(ctx, seq)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
+// MsgSeqOf returns the sequence of the message holding transaction txSeq;
+// when the outbox no longer holds it (trimmed), the oldest message it holds
+// (ok false); when it does not hold it yet, ok is false and msgSeq 0. It
+// searches by halves, reading headers only.
+func (o *Outbox) MsgSeqOf(ctx context.Context, txSeq uint64) (msgSeq uint64, ok bool, err error) {
+	info, err := o.stream.Info(ctx)
+	if err != nil {
+		return 0, false, fmt.Errorf("outbox info: %w", err)
+	}
+	lo, hi := info.State.FirstSeq, info.State.LastSeq
+	if info.State.Msgs == 0 || lo > hi {
 		return 0, false, nil
 	}
-	if err != nil {
-		return 0, false, fmt.Errorf("outbox message %d: %w", seq, err)
+	for lo <= hi {
+		mid := lo + (hi-lo)/2
+		m, err := o.stream.GetMsg(ctx, mid, jetstream.WithGetMsgSubject(OutboxSubject(o.site)))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			// A hole (purged below): look above it.
+			lo = mid + 1
+			continue
+		}
+		if err != nil {
+			return 0, false, fmt.Errorf("outbox message %d: %w", mid, err)
+		}
+		seq := m.Sequence // the message at or after mid
+		first, last, err := span(m.Header, seq)
+		if err != nil {
+			return 0, false, fmt.Errorf("outbox message %d: %w", seq, err)
+		}
+		switch {
+		case txSeq < first:
+			if mid == info.State.FirstSeq || seq == info.State.FirstSeq {
+				return seq, false, nil // trimmed: the oldest held
+			}
+			hi = mid - 1
+		case txSeq > last:
+			lo = seq + 1
+		default:
+			return seq, true, nil
+		}
 	}
-	v, err = strconv.ParseUint(m.Header.Get(name), 10, 64)
-	if err != nil {
-		return 0, false, fmt.Errorf("outbox message %d: header %s: %w", seq, name, err)
+	if lo > info.State.LastSeq {
+		return 0, false, nil // not there yet
 	}
-	return v, true, nil
+	return lo, false, nil
 }
 
-// Since implements capture.Outbox.
-func (o *Outbox) Since(ctx context.Context, after uint64, max int) ([]*casualdb.Tx, error) {
+// Since implements capture.Outbox: up to max stored transactions with
+// sequence above after, in order, with Seq set, and the sequence of the
+// message holding the last of them.
+func (o *Outbox) Since(ctx context.Context, after uint64, max int) ([]*casualdb.Tx, uint64, error) {
+	msgSeq, _, err := o.MsgSeqOf(ctx, after+1)
+	if err != nil || msgSeq == 0 {
+		return nil, 0, err
+	}
 	info, err := o.stream.Info(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("outbox info: %w", err)
+		return nil, 0, fmt.Errorf("outbox info: %w", err)
 	}
 	var out []*casualdb.Tx
-	for seq := max64(after+1, info.State.FirstSeq); seq <= info.State.LastSeq && len(out) < max; seq++ {
+	var lastMsg uint64
+	for seq := msgSeq; seq <= info.State.LastSeq && len(out) < max; seq++ {
 		m, err := o.stream.GetMsg(ctx, seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("outbox message %d: %w", seq, err)
+			return nil, 0, fmt.Errorf("outbox message %d: %w", seq, err)
 		}
-		tx, err := casualdb.UnmarshalTx(m.Data)
+		entries, err := outboxEntries(m.Header, m.Data, seq)
 		if err != nil {
-			return nil, fmt.Errorf("outbox message %d: %w", seq, err)
+			return nil, 0, fmt.Errorf("outbox message %d: %w", seq, err)
 		}
-		tx.Seq = seq
-		out = append(out, tx)
+		for _, e := range entries {
+			if e.Seq <= after {
+				continue
+			}
+			tx, err := casualdb.UnmarshalTx(e.Data)
+			if err != nil {
+				return nil, 0, fmt.Errorf("outbox message %d, tx %d: %w", seq, e.Seq, err)
+			}
+			tx.Seq = e.Seq
+			out = append(out, tx)
+		}
+		lastMsg = seq
 	}
-	return out, nil
+	return out, lastMsg, nil
 }
 
-// CommitTime returns the origin commit time of the transaction at seq, or
-// of the oldest one the outbox still holds above it when seq was purged;
-// ok is false when there is none.
-func (o *Outbox) CommitTime(ctx context.Context, seq uint64) (t time.Time, ok bool, err error) {
-	info, err := o.stream.Info(ctx)
+// tx returns the stored transaction txSeq (ok false when the outbox does
+// not hold it).
+func (o *Outbox) tx(ctx context.Context, txSeq uint64) (*casualdb.Tx, bool, error) {
+	msgSeq, ok, err := o.MsgSeqOf(ctx, txSeq)
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	m, err := o.stream.GetMsg(ctx, msgSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, false, nil
+	}
 	if err != nil {
-		return time.Time{}, false, fmt.Errorf("outbox info: %w", err)
+		return nil, false, fmt.Errorf("outbox message %d: %w", msgSeq, err)
 	}
-	seq = max64(seq, info.State.FirstSeq)
-	if info.State.Msgs == 0 || seq > info.State.LastSeq {
-		return time.Time{}, false, nil
+	entries, err := outboxEntries(m.Header, m.Data, msgSeq)
+	if err != nil {
+		return nil, false, fmt.Errorf("outbox message %d: %w", msgSeq, err)
 	}
-	us, ok, err := o.header(ctx, seq, HeaderCommit)
-	if !ok || err != nil {
+	for _, e := range entries {
+		if e.Seq == txSeq {
+			tx, err := casualdb.UnmarshalTx(e.Data)
+			if err != nil {
+				return nil, false, fmt.Errorf("outbox message %d, tx %d: %w", msgSeq, txSeq, err)
+			}
+			return tx, true, nil
+		}
+	}
+	return nil, false, nil
+}
+
+// CommitTime returns the origin commit time of transaction txSeq, or of the
+// oldest one the outbox still holds above it when it was trimmed; ok is
+// false when there is none.
+func (o *Outbox) CommitTime(ctx context.Context, txSeq uint64) (t time.Time, ok bool, err error) {
+	msgSeq, held, err := o.MsgSeqOf(ctx, txSeq)
+	if err != nil || msgSeq == 0 {
 		return time.Time{}, false, err
 	}
-	return time.UnixMicro(int64(us)), true, nil
+	if held {
+		tx, ok, err := o.tx(ctx, txSeq)
+		if err != nil || !ok {
+			return time.Time{}, false, err
+		}
+		return tx.CommitTime, true, nil
+	}
+	m, err := o.stream.GetMsg(ctx, msgSeq)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("outbox message %d: %w", msgSeq, err)
+	}
+	us, err := strconv.ParseInt(m.Header.Get(HeaderCommit), 10, 64)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("outbox message %d: header %s: %w", msgSeq, HeaderCommit, err)
+	}
+	return time.UnixMicro(us), true, nil
 }
 
-// Purge removes every message below seq.
-func (o *Outbox) Purge(ctx context.Context, below uint64) error {
-	if err := o.stream.Purge(ctx, jetstream.WithPurgeSequence(below)); err != nil {
-		return fmt.Errorf("purge outbox below %d: %w", below, err)
+// LSN returns the commit LSN of transaction txSeq (ok false when the outbox
+// does not hold it).
+func (o *Outbox) LSN(ctx context.Context, txSeq uint64) (uint64, bool, error) {
+	tx, ok, err := o.tx(ctx, txSeq)
+	if err != nil || !ok {
+		return 0, false, err
+	}
+	return tx.LSN, true, nil
+}
+
+// lastTxOf returns the sequence of the last transaction in messages up to
+// msgSeq (0 when none): what a consumer's acknowledgement floor means in
+// transactions.
+func (o *Outbox) lastTxOf(ctx context.Context, msgSeq uint64) (uint64, error) {
+	if msgSeq == 0 {
+		return 0, nil
+	}
+	m, err := o.stream.GetMsg(ctx, msgSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		// Trimmed: everything below the oldest held message.
+		info, err := o.stream.Info(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("outbox info: %w", err)
+		}
+		if info.State.Msgs == 0 || msgSeq >= info.State.LastSeq {
+			return 0, nil // unknown: the caller keeps what it knows
+		}
+		first, err := o.stream.GetMsg(ctx, info.State.FirstSeq)
+		if err != nil {
+			return 0, fmt.Errorf("outbox message %d: %w", info.State.FirstSeq, err)
+		}
+		f, _, err := span(first.Header, info.State.FirstSeq)
+		if err != nil || f == 0 {
+			return 0, err
+		}
+		return f - 1, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("outbox message %d: %w", msgSeq, err)
+	}
+	_, last, err := span(m.Header, msgSeq)
+	return last, err
+}
+
+// Purge removes every message below msgSeq.
+func (o *Outbox) Purge(ctx context.Context, belowMsg uint64) error {
+	if err := o.stream.Purge(ctx, jetstream.WithPurgeSequence(belowMsg)); err != nil {
+		return fmt.Errorf("purge outbox below message %d: %w", belowMsg, err)
 	}
 	return nil
 }
@@ -268,14 +477,7 @@ func (o *Outbox) Pending(ctx context.Context) (msgs, bytes uint64, err error) {
 	return info.State.Msgs, info.State.Bytes, nil
 }
 
-func max64(a, b uint64) uint64 {
-	if a > b {
-		return a
-	}
-	return b
-}
-
-// AckFloor returns the outbox sequence up to which peer's inbox has
+// AckFloor returns the outbox message sequence up to which peer's inbox has
 // acknowledged everything (0 when the peer has no consumer).
 func (o *Outbox) AckFloor(ctx context.Context, peer casualdb.SiteID) (uint64, error) {
 	c, err := o.stream.Consumer(ctx, ConsumerName(peer))
@@ -290,10 +492,4 @@ func (o *Outbox) AckFloor(ctx context.Context, peer casualdb.SiteID) (uint64, er
 		return 0, fmt.Errorf("consumer of %s: %w", peer, err)
 	}
 	return info.AckFloor.Stream, nil
-}
-
-// LSN returns the commit LSN of the transaction at seq (ok false when the
-// outbox does not hold it).
-func (o *Outbox) LSN(ctx context.Context, seq uint64) (uint64, bool, error) {
-	return o.header(ctx, seq, HeaderLSN)
 }

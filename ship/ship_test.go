@@ -53,29 +53,79 @@ func TestOutbox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if seq, lsn, err := ob.Last(ctx); err != nil || seq != 0 || lsn != 0 {
-		t.Fatalf("empty Last() = %d, %d, %v; want 0, 0, nil", seq, lsn, err)
+	if seq, lsn, msg, err := ob.Last(ctx); err != nil || seq != 0 || lsn != 0 || msg != 0 {
+		t.Fatalf("empty Last() = %d, %d, %d, %v; want zeros", seq, lsn, msg, err)
 	}
+	// A transaction a message, as earlier versions stored them: the
+	// transaction's sequence is the message's.
 	seq, err := ob.Append(ctx, []*casualdb.Tx{tx(10), tx(20), tx(30)})
 	if err != nil || seq != 3 {
 		t.Fatalf("Append = %d, %v; want 3", seq, err)
 	}
-	// A re-append of the same transaction (a restart) is de-duplicated.
+	// A re-append of the same transaction is de-duplicated.
 	if seq, err := ob.Append(ctx, []*casualdb.Tx{tx(30)}); err != nil || seq != 3 {
 		t.Errorf("re-Append = %d, %v; want 3 (duplicate)", seq, err)
 	}
-	if seq, lsn, err := ob.Last(ctx); err != nil || seq != 3 || lsn != 30 {
-		t.Errorf("Last() = %d, %d, %v; want 3, 30", seq, lsn, err)
+	if seq, lsn, msg, err := ob.Last(ctx); err != nil || seq != 3 || lsn != 30 || msg != 3 {
+		t.Errorf("Last() = %d, %d, %d, %v; want 3, 30, 3", seq, lsn, msg, err)
 	}
-	got, err := ob.Since(ctx, 1, 10)
+	got, _, err := ob.Since(ctx, 1, 10)
 	if err != nil || len(got) != 2 || got[0].Seq != 2 || got[0].LSN != 20 || got[1].LSN != 30 {
 		t.Errorf("Since(1) = %+v, %v; want seqs 2,3", got, err)
 	}
-	if err := ob.Purge(ctx, 3); err != nil {
+
+	// Capture's way: a batch is one message.
+	publish := func(after uint64, first uint64, lsns ...uint64) (uint64, error) {
+		t.Helper()
+		var txs []*casualdb.Tx
+		for i, l := range lsns {
+			x := tx(l)
+			x.Seq = first + uint64(i)
+			txs = append(txs, x)
+		}
+		n, wait, err := ob.Publish(ctx, txs, after)
+		if err != nil {
+			return 0, err
+		}
+		return n, wait(ctx)
+	}
+	if n, err := publish(3, 4, 40, 50, 60); err != nil || n != 1 {
+		t.Fatalf("Publish of 3 txs = %d messages, %v; want 1", n, err)
+	}
+	if n, err := publish(4, 7, 70); err != nil || n != 1 {
+		t.Fatalf("Publish of 1 tx = %d messages, %v; want 1", n, err)
+	}
+	if seq, lsn, msg, err := ob.Last(ctx); err != nil || seq != 7 || lsn != 70 || msg != 5 {
+		t.Errorf("Last() = %d, %d, %d, %v; want 7, 70, 5", seq, lsn, msg, err)
+	}
+	got, msg, err := ob.Since(ctx, 4, 10)
+	if err != nil || len(got) != 3 || got[0].Seq != 5 || got[0].LSN != 50 || got[2].Seq != 7 || msg != 5 {
+		t.Errorf("Since(4) = %+v, message %d, %v; want seqs 5..7 through message 5", got, msg, err)
+	}
+	for _, c := range []struct {
+		tx, msg uint64
+		ok      bool
+	}{{2, 2, true}, {4, 4, true}, {6, 4, true}, {7, 5, true}, {8, 0, false}} {
+		if msg, ok, err := ob.MsgSeqOf(ctx, c.tx); err != nil || msg != c.msg || ok != c.ok {
+			t.Errorf("MsgSeqOf(%d) = %d, %t, %v; want %d, %t", c.tx, msg, ok, err, c.msg, c.ok)
+		}
+	}
+	if lsn, ok, err := ob.LSN(ctx, 5); err != nil || !ok || lsn != 50 {
+		t.Errorf("LSN(5) = %d, %t, %v; want 50", lsn, ok, err)
+	}
+	// A message that does not follow the last one is refused, and nothing
+	// is stored twice.
+	if _, err := publish(3, 8, 80); err == nil {
+		t.Error("Publish after message 3 (the outbox holds 5) succeeded")
+	}
+	if err := ob.Purge(ctx, 4); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := ob.Since(ctx, 0, 10); err != nil || len(got) != 1 || got[0].Seq != 3 {
-		t.Errorf("Since(0) after purge = %+v, %v; want seq 3 only", got, err)
+	if got, _, err := ob.Since(ctx, 0, 10); err != nil || len(got) != 4 || got[0].Seq != 4 {
+		t.Errorf("Since(0) after purge = %+v, %v; want seqs 4..7", got, err)
+	}
+	if msg, ok, err := ob.MsgSeqOf(ctx, 1); err != nil || msg != 4 || ok {
+		t.Errorf("MsgSeqOf(1) after purge = %d, %t, %v; want the oldest message held, 4", msg, ok, err)
 	}
 }
 
@@ -102,9 +152,18 @@ func mustPort(t *testing.T) int {
 }
 
 // TestShipper_PeerDownThenUp ships to a peer that is not there yet, then
-// starts it: the peer gets everything, and the outbox can be trimmed.
+// starts it: the peer gets everything, and the outbox can be trimmed; with
+// the outbox as capture writes it (batches of transactions a message) and as
+// earlier versions wrote it (a transaction a message).
 func TestShipper_PeerDownThenUp(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t) })
+	t.Run("bundles", func(t *testing.T) { testShipperPeerDownThenUp(t, 7) })
+	t.Run("a transaction a message", func(t *testing.T) { testShipperPeerDownThenUp(t, 0) })
+}
+
+// testShipperPeerDownThenUp fills the outbox with 50 transactions, bundle
+// of them a message (0: Append, one each).
+func testShipperPeerDownThenUp(t *testing.T, bundle int) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	a := startServer(t, t.TempDir(), mustPort(t))
@@ -124,9 +183,34 @@ func TestShipper_PeerDownThenUp(t *testing.T) {
 	if _, err := sh.EnsureConsumer(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for i := 1; i <= 50; i++ {
-		if _, err := ob.Append(ctx, []*casualdb.Tx{tx(uint64(i))}); err != nil {
-			t.Fatal(err)
+	var msgOf40 uint64 // the message holding transaction 40
+	if bundle == 0 {
+		for i := 1; i <= 50; i++ {
+			if _, err := ob.Append(ctx, []*casualdb.Tx{tx(uint64(i))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		msgOf40 = 40
+	} else {
+		var msgs uint64
+		for first := 1; first <= 50; first += bundle {
+			var txs []*casualdb.Tx
+			for i := first; i < first+bundle && i <= 50; i++ {
+				x := tx(uint64(i))
+				x.Seq = uint64(i)
+				txs = append(txs, x)
+			}
+			n, wait, err := ob.Publish(ctx, txs, msgs)
+			if err == nil {
+				err = wait(ctx)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			msgs += n
+			if first <= 40 && 40 < first+bundle {
+				msgOf40 = msgs
+			}
 		}
 	}
 	defer runShipper(t, ctx, sh)()
@@ -177,16 +261,25 @@ func TestShipper_PeerDownThenUp(t *testing.T) {
 	if want != 51 {
 		t.Errorf("received %d transactions, want 50", want-1)
 	}
+	if got := sh.Acked(); got != 50 {
+		t.Errorf("Acked() = %d, want 50", got)
+	}
 	pgtest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
-		if err := ob.Trim(ctx, []casualdb.SiteID{"b"}, 40); err != nil {
+		if err := ob.Trim(ctx, []casualdb.SiteID{"b"}, msgOf40); err != nil {
 			return err
 		}
-		n, _, err := ob.Pending(ctx)
+		// What capture has not recorded stays: the message holding 40
+		// and those before it go.
+		got, _, err := ob.Since(ctx, 0, 100)
 		if err != nil {
 			return err
 		}
-		if n != 10 {
-			return fmt.Errorf("outbox holds %d after trim, want 10 (capture recorded up to 40)", n)
+		wantFirst := uint64(41)
+		if bundle > 0 {
+			wantFirst = uint64((40-1)/bundle+1)*uint64(bundle) + 1
+		}
+		if len(got) == 0 || got[0].Seq != wantFirst || got[len(got)-1].Seq != 50 {
+			return fmt.Errorf("outbox holds %d txs from %v after trim, want %d..50", len(got), got, wantFirst)
 		}
 		return nil
 	})

@@ -226,7 +226,15 @@ func (s *Shipper) ensureConsumer(ctx context.Context, from uint64) (jetstream.Co
 			cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
 			cfg.OptStartSeq = info.AckFloor.Stream + 1
 			if from > 0 {
-				cfg.OptStartSeq = from
+				// The message holding transaction from (or the oldest
+				// one the outbox holds).
+				msgSeq, _, err := s.cfg.Outbox.MsgSeqOf(ctx, from)
+				if err != nil {
+					return nil, fmt.Errorf("rewind outbox consumer for %s: %w", s.cfg.Peer, err)
+				}
+				if msgSeq > 0 {
+					cfg.OptStartSeq = msgSeq
+				}
 			}
 			s.log.Debug("outbox consumer restarted", "pending", info.NumAckPending, "ack_floor", info.AckFloor.Stream, "from_seq", cfg.OptStartSeq)
 		}
@@ -238,9 +246,12 @@ func (s *Shipper) ensureConsumer(ctx context.Context, from uint64) (jetstream.Co
 		return nil, fmt.Errorf("create outbox consumer for %s: %w", s.cfg.Peer, err)
 	}
 	if info, err := c.Info(ctx); err == nil {
-		s.ackMu.Lock()
-		s.acked.raise(info.AckFloor.Stream)
-		s.ackMu.Unlock()
+		// The floor counts messages; the tracker, transactions.
+		if last, err := s.cfg.Outbox.lastTxOf(ctx, info.AckFloor.Stream); err == nil {
+			s.ackMu.Lock()
+			s.acked.raise(last)
+			s.ackMu.Unlock()
+		}
 	}
 	return c, nil
 }
@@ -407,30 +418,52 @@ func inOrder(msgs []jetstream.Msg) []jetstream.Msg {
 	return out
 }
 
+// outboxMsg is an outbox message with what the shipper reads of it.
+type outboxMsg struct {
+	m       jetstream.Msg
+	entries []Entry
+	commit  time.Time // of its first transaction
+}
+
 // publish ships batch (outbox messages in delivery order) to the peer's
 // inbox as bundles, and acknowledges each outbox message once the peer holds
 // its bundle.
 func (s *Shipper) publish(ctx context.Context, js jetstream.JetStream, batch []jetstream.Msg) error {
+	msgs := make([]outboxMsg, 0, len(batch))
+	for _, m := range batch {
+		md, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("outbox message metadata: %w", err)
+		}
+		entries, err := outboxEntries(m.Headers(), m.Data(), md.Sequence.Stream)
+		if err != nil {
+			// Capture wrote it: it is always well formed. Stop rather than
+			// skip it.
+			return fmt.Errorf("outbox message %d: %w", md.Sequence.Stream, err)
+		}
+		om := outboxMsg{m: m, entries: entries}
+		if us, err := strconv.ParseInt(m.Headers().Get(HeaderCommit), 10, 64); err == nil {
+			om.commit = time.UnixMicro(us)
+		}
+		msgs = append(msgs, om)
+	}
 	type bundle struct {
-		msgs []jetstream.Msg
+		msgs []outboxMsg
 		fut  jetstream.PubAckFuture
 	}
 	var bundles []bundle
-	for start := 0; start < len(batch); {
+	for start := 0; start < len(msgs); {
 		end, size := start, 0
-		for end < len(batch) && (end == start || size+len(batch[end].Data()) <= maxBundleBytes) {
-			size += len(batch[end].Data()) + 2*binary.MaxVarintLen64
+		for end < len(msgs) && (end == start || size+len(msgs[end].m.Data()) <= maxBundleBytes) {
+			size += len(msgs[end].m.Data()) + len(msgs[end].entries)*2*binary.MaxVarintLen64
 			end++
 		}
-		out, err := s.inboxMsg(batch[start:end])
-		if err != nil {
-			return err
-		}
+		out := s.inboxMsg(msgs[start:end])
 		fut, err := js.PublishMsgAsync(out)
 		if err != nil {
 			return fmt.Errorf("publish to %s: %w", s.cfg.Peer, err)
 		}
-		bundles = append(bundles, bundle{msgs: batch[start:end], fut: fut})
+		bundles = append(bundles, bundle{msgs: msgs[start:end], fut: fut})
 		start = end
 	}
 	timeout := time.After(10 * time.Second)
@@ -444,19 +477,20 @@ func (s *Shipper) publish(ctx context.Context, js jetstream.JetStream, batch []j
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		for _, m := range b.msgs {
-			if err := m.Ack(); err != nil {
+		for _, om := range b.msgs {
+			if err := om.m.Ack(); err != nil {
 				return fmt.Errorf("ack outbox message: %w", err)
 			}
-			if md, err := m.Metadata(); err == nil {
-				s.ackMu.Lock()
-				s.acked.ack(md.Sequence.Stream)
-				s.ackMu.Unlock()
+			s.ackMu.Lock()
+			for _, e := range om.entries {
+				s.acked.ack(e.Seq)
 			}
-			s.shipped.Add(1)
-			if s.cfg.ObserveDelay != nil {
-				if us, err := strconv.ParseInt(m.Headers().Get(HeaderCommit), 10, 64); err == nil {
-					s.cfg.ObserveDelay(time.Since(time.UnixMicro(us)))
+			s.ackMu.Unlock()
+			s.shipped.Add(uint64(len(om.entries)))
+			if s.cfg.ObserveDelay != nil && !om.commit.IsZero() {
+				d := time.Since(om.commit)
+				for range om.entries {
+					s.cfg.ObserveDelay(d)
 				}
 			}
 		}
@@ -467,21 +501,17 @@ func (s *Shipper) publish(ctx context.Context, js jetstream.JetStream, batch []j
 	return nil
 }
 
-// inboxMsg builds the inbox message that carries msgs: the transaction
-// itself when there is one, a bundle otherwise.
-func (s *Shipper) inboxMsg(msgs []jetstream.Msg) (*nats.Msg, error) {
-	seqs := make([]uint64, len(msgs))
-	for i, m := range msgs {
-		md, err := m.Metadata()
-		if err != nil {
-			return nil, fmt.Errorf("outbox message metadata: %w", err)
-		}
-		seqs[i] = md.Sequence.Stream
+// inboxMsg builds the inbox message that carries the transactions of msgs:
+// the transaction itself when there is one, a bundle otherwise.
+func (s *Shipper) inboxMsg(msgs []outboxMsg) *nats.Msg {
+	var entries []Entry
+	for _, om := range msgs {
+		entries = append(entries, om.entries...)
 	}
 	first, last := msgs[0], msgs[len(msgs)-1]
 	out := nats.NewMsg(InboxSubject(s.cfg.Peer, s.cfg.Site))
-	out.Header.Set(HeaderSeq, strconv.FormatUint(seqs[0], 10))
-	out.Header.Set(HeaderLSN, last.Headers().Get(HeaderLSN))
+	out.Header.Set(HeaderSeq, strconv.FormatUint(entries[0].Seq, 10))
+	out.Header.Set(HeaderLSN, last.m.Headers().Get(HeaderLSN))
 	out.Header.Set(HeaderOrigin, string(s.cfg.Site))
 	out.Header.Set(HeaderEpoch, s.cfg.Outbox.Epoch())
 	// After a rewind the ids are new: the inbox must store what it may
@@ -490,32 +520,60 @@ func (s *Shipper) inboxMsg(msgs []jetstream.Msg) (*nats.Msg, error) {
 	if n := s.resent.Load(); n > 0 {
 		suffix = "~" + strconv.FormatUint(n, 10)
 	}
-	if len(msgs) == 1 {
-		out.Data = first.Data()
-		out.Header.Set(nats.MsgIdHdr, first.Headers().Get(nats.MsgIdHdr)+suffix)
-		return out, nil
+	firstID := outboxID(first.m)
+	if len(entries) == 1 {
+		out.Data = entries[0].Data
+		out.Header.Set(nats.MsgIdHdr, firstID+suffix)
+		return out
 	}
-	size := 0
-	for _, m := range msgs {
-		size += len(m.Data()) + 2*binary.MaxVarintLen64
+	if len(msgs) == 1 && first.m.Headers().Get(HeaderBundle) != "" {
+		// One outbox bundle: its body is the inbox bundle.
+		out.Data = first.m.Data()
+	} else {
+		size := 0
+		for _, e := range entries {
+			size += len(e.Data) + 2*binary.MaxVarintLen64
+		}
+		body := make([]byte, 0, size)
+		for _, e := range entries {
+			body = AppendEntry(body, e)
+		}
+		out.Data = body
 	}
-	body := make([]byte, 0, size)
-	for i, m := range msgs {
-		body = AppendEntry(body, Entry{Seq: seqs[i], Data: m.Data()})
-	}
-	out.Data = body
-	out.Header.Set(HeaderBundle, strconv.Itoa(len(msgs)))
+	out.Header.Set(HeaderBundle, strconv.Itoa(len(entries)))
 	// A bundle cut the same way is the same message: the inbox drops it if
 	// it is published again after a lost acknowledgement. Cut differently
 	// (after a restart), apply recognises the transactions it already has.
-	out.Header.Set(nats.MsgIdHdr, first.Headers().Get(nats.MsgIdHdr)+"+"+strconv.Itoa(len(msgs))+"+"+last.Headers().Get(nats.MsgIdHdr)+suffix)
-	return out, nil
+	// The last transaction's id is its origin and commit LSN.
+	lastID := string(s.cfg.Site) + "-" + lastLSNText(last.m)
+	out.Header.Set(nats.MsgIdHdr, firstID+"+"+strconv.Itoa(len(entries))+"+"+lastID+suffix)
+	return out
 }
 
-// Trim purges the outbox below what every peer has acknowledged and capture
-// has recorded (recorded: capture's metadata high-water mark).
-func (o *Outbox) Trim(ctx context.Context, peers []casualdb.SiteID, recorded uint64) error {
-	floor := recorded
+// lastLSNText renders the commit LSN of an outbox message's last
+// transaction as casualdb.Tx.ID does.
+func lastLSNText(m jetstream.Msg) string {
+	lsn, err := strconv.ParseUint(m.Headers().Get(HeaderLSN), 10, 64)
+	if err != nil {
+		return m.Headers().Get(HeaderLSN)
+	}
+	return casualdb.FormatLSN(lsn)
+}
+
+// outboxID returns the transaction id an outbox message carries (in the
+// message id header before this version).
+func outboxID(m jetstream.Msg) string {
+	if id := m.Headers().Get(HeaderID); id != "" {
+		return id
+	}
+	return m.Headers().Get(nats.MsgIdHdr)
+}
+
+// Trim purges the outbox messages that every peer has acknowledged and
+// capture has recorded the versions of (recordedMsg: the message holding the
+// last transaction capture recorded).
+func (o *Outbox) Trim(ctx context.Context, peers []casualdb.SiteID, recordedMsg uint64) error {
+	floor := recordedMsg
 	for _, p := range peers {
 		// A peer without a consumer (being re-created) has floor 0:
 		// nothing is purged this round.

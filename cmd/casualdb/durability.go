@@ -53,7 +53,13 @@ func (s *Sidecar) durabilityLoop(ctx context.Context) error {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		lsn, seq, ok := s.computeDurable(qctx, savedSeq)
 		if ok && lsn > saved {
-			if wait := durableEvery - time.Since(savedAt); wait > 0 {
+			every := durableEvery
+			if seq == savedSeq {
+				// Only WAL that was not replicated moved (apply's, say): a
+				// waiter's own transaction is not among it.
+				every = durableIdleEvery
+			}
+			if wait := every - time.Since(savedAt); wait > 0 {
 				// Saved a moment ago: save again shortly with what is
 				// known then.
 				cancel()
@@ -92,8 +98,12 @@ func (s *Sidecar) durabilityLoop(ctx context.Context) error {
 }
 
 // durableEvery is the shortest interval between two saves of the
-// watermark.
-const durableEvery = 10 * time.Millisecond
+// watermark when local transactions became W-durable; durableIdleEvery when
+// only other WAL moved.
+const (
+	durableEvery     = 10 * time.Millisecond
+	durableIdleEvery = 100 * time.Millisecond
+)
 
 // wakeDurability tells the durability loop that a peer acknowledged
 // something; it never blocks.

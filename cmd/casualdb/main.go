@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -18,6 +19,12 @@ import (
 )
 
 func main() {
+	if os.Getenv("GOGC") == "" {
+		// The sidecar allocates a little for every transaction it passes
+		// on and keeps little alive: collecting at 3x the live heap instead
+		// of 2x halves the collector's CPU for a few tens of MB more.
+		debug.SetGCPercent(200)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)

@@ -221,7 +221,7 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 		hinter = s
 	}
 	if s.applier, err = apply.New(apply.Config{
-		Hinter: hinter, Resend: s.resend,
+		Hinter: hinter, Resend: s.resend, Peers: s.peerList,
 		Site: site, DSN: s.cfg.Database.DSN, Inbox: s.inbox, Capture: s.capturer,
 		MaxBatch: s.cfg.Apply.MaxBatch, WaitTimeout: s.cfg.Apply.WaitTimeout, Logger: s.log,
 		DeletePolicy: deletePolicy, Policies: policies, MergeColumns: s.cfg.Conflicts.MergeColumns(),
@@ -505,7 +505,7 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 				s.mu.Unlock()
 			}
 			if st, err := meta.LoadCaptureState(qctx, conn, casualdb.SiteID(s.cfg.Site)); err == nil {
-				floor := kept.floor(time.Now(), s.cfg.NATS.OutboxRetention, st.OutboxSeq)
+				floor := kept.floor(time.Now(), s.cfg.NATS.OutboxRetention, st.OutboxMsg)
 				if err := s.outbox.Trim(qctx, peers, floor); err != nil {
 					s.log.Debug("trim outbox", "err", err)
 				}
