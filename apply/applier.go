@@ -62,6 +62,9 @@ type Config struct {
 	MaxBatch int
 	// WaitTimeout bounds a wait for capture. Default 30s.
 	WaitTimeout time.Duration
+	// VersionCache is how many versions of rows it wrote apply keeps in
+	// memory (see versionCache). Default 100000; negative: none.
+	VersionCache int
 	// DeletePolicy is the policy of tables not in Policies: what a delete
 	// does to a concurrent update. Default conflict.DeleteWins.
 	DeletePolicy conflict.DeletePolicy
@@ -146,6 +149,7 @@ type Applier struct {
 	truncs      map[string]casualdb.Version
 	truncGen    uint64
 	truncsValid bool
+	vcache      *versionCache
 
 	gapSince map[casualdb.SiteID]time.Time // when each origin's current gap was first seen
 	depSince map[casualdb.SiteID]time.Time // when each origin's current dependency wait began
@@ -168,6 +172,9 @@ func New(cfg Config) (*Applier, error) {
 	}
 	if cfg.WaitTimeout <= 0 {
 		cfg.WaitTimeout = 30 * time.Second
+	}
+	if cfg.VersionCache == 0 {
+		cfg.VersionCache = 100000
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -231,6 +238,7 @@ func (a *Applier) Run(ctx context.Context) error {
 	}
 	a.conns = map[casualdb.SiteID]*pgx.Conn{}
 	a.tables = map[string]*localTable{}
+	a.vcache = newVersionCache(a.cfg.VersionCache)
 	defer func() {
 		for _, c := range a.conns {
 			c.Close(context.Background())
@@ -253,6 +261,7 @@ func (a *Applier) Run(ctx context.Context) error {
 	// The consumers' callbacks end with this run, whatever ends it.
 	rctx, cancel := context.WithCancel(ctx)
 	in := newIntake(a.cfg.Inbox, a.cfg.MaxBatch)
+	in.pre = predecode
 	defer func() {
 		cancel()
 		in.stop()
@@ -263,7 +272,9 @@ func (a *Applier) Run(ctx context.Context) error {
 	if err := in.discover(rctx, known); err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
-	tick := time.NewTicker(100 * time.Millisecond)
+	// Work arrives through in.wake; the tick only paces retries and the
+	// periodic chores.
+	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	lastDiscover, lastKeepAlive, lastPeers := time.Now(), time.Now(), time.Now()
 	decode := func(m jetstream.Msg, d *delivery) ([]inMsg, error) { return a.decodeMsg(ctx, m, d) }
@@ -309,7 +320,7 @@ func (a *Applier) Run(ctx context.Context) error {
 
 // discoverEvery is how often apply looks for origins it has no consumer
 // for: an origin's first transactions wait at most this long.
-const discoverEvery = 2 * time.Second
+const discoverEvery = 5 * time.Second
 
 // peersEvery is how often apply asks the sidecar for its peers.
 const peersEvery = 100 * time.Millisecond
@@ -591,35 +602,70 @@ func hasTruncate(tx *casualdb.Tx) bool {
 // parked (and counted) rather than applied: a whole message whose headers
 // or framing are garbled, or one transaction of a bundle.
 func (a *Applier) decodeMsg(ctx context.Context, m jetstream.Msg, d *delivery) ([]inMsg, error) {
-	h := m.Headers()
-	origin := casualdb.SiteID(h.Get(headerOrigin))
-	entries, err := ship.Entries(h, m.Data())
-	if err == nil && origin == "" {
-		err = fmt.Errorf("%w: missing %s header", casualdb.ErrGarbled, headerOrigin)
+	p, ok := m.(*predecoded)
+	if !ok {
+		p = predecode(m).(*predecoded)
 	}
-	if err != nil {
-		return nil, a.parkGarbled(ctx, m, nil, err)
+	if p.err != nil {
+		return nil, a.parkGarbled(ctx, p.Msg, nil, p.err)
 	}
+	h := p.Headers()
 	now := time.Now()
-	out := make([]inMsg, 0, len(entries))
-	for _, e := range entries {
-		im := inMsg{d: d, origin: origin, epoch: h.Get(headerEpoch), seq: e.Seq, received: now, data: e.Data}
-		if im.tx, err = casualdb.UnmarshalTx(e.Data); err == nil && im.tx.Origin != origin {
-			err = fmt.Errorf("%w: tx of %s arrived as from %s", casualdb.ErrGarbled, im.tx.Origin, origin)
-		}
-		if err != nil {
-			if err := a.parkGarbled(ctx, m, &e, err); err != nil {
+	out := make([]inMsg, 0, len(p.entries))
+	for i, e := range p.entries {
+		if err := p.errs[i]; err != nil {
+			if err := a.parkGarbled(ctx, p.Msg, &e, err); err != nil {
 				return nil, err
 			}
 			continue
 		}
-		im.tx.Seq = e.Seq
-		out = append(out, im)
+		out = append(out, inMsg{d: d, origin: p.origin, epoch: h.Get(headerEpoch), seq: e.Seq, received: now, data: e.Data, tx: p.txs[i]})
 	}
-	if len(out) == 0 && len(entries) > 0 {
-		_ = m.Ack() // every transaction in it is parked
+	if len(out) == 0 && len(p.entries) > 0 {
+		_ = p.Ack() // every transaction in it is parked
 	}
 	return out, nil
+}
+
+// predecoded is an inbox message with its transactions decoded. The
+// consumers' goroutines decode what they deliver (predecode), so that
+// decoding overlaps the apply loop's work with the database; parking what
+// does not decode is left to the loop.
+type predecoded struct {
+	jetstream.Msg
+	origin  casualdb.SiteID
+	entries []ship.Entry
+	txs     []*casualdb.Tx // nil where errs says why
+	errs    []error
+	err     error // the message as a whole does not decode
+}
+
+// predecode decodes m's transactions; it touches nothing shared.
+func predecode(m jetstream.Msg) jetstream.Msg {
+	h := m.Headers()
+	p := &predecoded{Msg: m, origin: casualdb.SiteID(h.Get(headerOrigin))}
+	p.entries, p.err = ship.Entries(h, m.Data())
+	if p.err == nil && p.origin == "" {
+		p.err = fmt.Errorf("%w: missing %s header", casualdb.ErrGarbled, headerOrigin)
+	}
+	if p.err != nil {
+		return p
+	}
+	p.txs = make([]*casualdb.Tx, len(p.entries))
+	p.errs = make([]error, len(p.entries))
+	for i, e := range p.entries {
+		tx, err := casualdb.UnmarshalTx(e.Data)
+		if err == nil && tx.Origin != p.origin {
+			err = fmt.Errorf("%w: tx of %s arrived as from %s", casualdb.ErrGarbled, tx.Origin, p.origin)
+		}
+		if err != nil {
+			p.errs[i] = err
+			continue
+		}
+		tx.Seq = e.Seq
+		p.txs[i] = tx
+	}
+	return p
 }
 
 // parkGarbled parks e, a transaction of m that does not decode, or all of m
@@ -663,6 +709,12 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) (ok bool, err error
 		}
 		res, err := a.applyTxs(ctx, conn, run, attempt > 0)
 		if err == nil {
+			for tbl := range res.raised {
+				a.vcache.dropTable(tbl)
+			}
+			for k, rv := range res.recorded {
+				a.vcache.put(k, rv)
+			}
 			last := run[len(run)-1]
 			now := time.Now()
 			if a.cfg.ObserveDelay != nil {

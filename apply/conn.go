@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/meta"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -35,6 +36,9 @@ func connectOrigin(ctx context.Context, dsn string, origin casualdb.SiteID) (*pg
 	}
 	cfg.RuntimeParams["session_replication_role"] = "replica"
 	cfg.RuntimeParams["application_name"] = "casualdb-apply-" + string(origin)
+	for k, v := range meta.KeyLookupParams {
+		cfg.RuntimeParams[k] = v
+	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect for origin %s: %w", origin, err)

@@ -87,6 +87,9 @@ type intake struct {
 	wake   chan struct{}  // a message arrived somewhere
 	cap    int
 	pull   int
+	// pre, when set, is applied to every message on its consumer's
+	// goroutine before it is handed to the loop (see predecode).
+	pre func(jetstream.Msg) jetstream.Msg
 }
 
 func newIntake(inbox Inbox, maxBatch int) *intake {
@@ -131,7 +134,11 @@ func (in *intake) ensure(ctx context.Context, origins []casualdb.SiteID) error {
 			return err
 		}
 		q := &originQueue{origin: o, msgs: make(chan jetstream.Msg, in.cap), seen: map[uint64]*delivery{}}
+		pre := in.pre
 		q.cc, err = cons.Consume(func(m jetstream.Msg) {
+			if pre != nil {
+				m = pre(m)
+			}
 			select {
 			case q.msgs <- m:
 				select {

@@ -27,6 +27,9 @@ type rowState struct {
 
 type runResult struct {
 	changes, conflicts, parked uint64
+	// What the committed run recorded (for apply's version cache).
+	recorded map[meta.RowKey]meta.RowVersion
+	raised   map[string]casualdb.Version
 }
 
 // applyTxs applies run in one local transaction. careful wraps every row
@@ -74,6 +77,7 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 	if err := meta.SaveProgress(ctx, q, last.origin, meta.Progress{Seq: last.seq, LSN: last.tx.LSN, CommitTime: last.tx.CommitTime, Epoch: last.epoch, Deps: last.tx.Deps}); err != nil {
 		return res, err
 	}
+	w.queue = append(w.queue, w.absentChecks()...)
 	w.queue = append(w.queue,
 		stmt{sql: `SELECT pg_replication_origin_xact_setup($1::pg_lsn, $2)`, args: []any{casualdb.FormatLSN(last.tx.LSN), last.tx.CommitTime}, rows: -1, what: "set up replication origin progress"},
 		stmt{sql: "COMMIT", rows: -1, what: "commit"})
@@ -83,6 +87,7 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 	if err != nil {
 		return res, fmt.Errorf("commit: %w", err)
 	}
+	w.res.recorded, w.res.raised = w.all, w.raised
 	a.log.Debug("applied run", "origin", last.origin, "txs", len(run), "changes", w.res.changes, "waited", w.waited, "took", time.Since(start),
 		"prepare", prepared.Sub(start), "decide", decided.Sub(prepared), "validate", validated.Sub(decided), "commit", time.Since(validated))
 	return w.res, nil
@@ -99,6 +104,43 @@ func (w *txWriter) saveWritten(ctx context.Context, q meta.Execer) error {
 	}
 	w.written = map[meta.RowKey]meta.RowVersion{}
 	return nil
+}
+
+// absentChecks returns, per table, a statement that fails the transaction
+// (SQLSTATE 40001, retried) if a row the run leaves absent exists now. Such a
+// row is not locked by the run (an absent row cannot be), so a local insert
+// may commit after the run's validation; the run would then record a version
+// decided without it. Checked last before COMMIT, in the same round trip,
+// the window shrinks from the validation's round trips and wait to the
+// time between two statements (it does not close: see docs/architecture.md).
+func (w *txWriter) absentChecks() []stmt {
+	keys := map[string][][]string{}
+	for k, st := range w.state {
+		if st.present || w.bad[k.Table] != nil {
+			continue
+		}
+		var key []string
+		if err := json.Unmarshal([]byte(k.Key), &key); err != nil {
+			continue
+		}
+		keys[k.Table] = append(keys[k.Table], key)
+	}
+	tbls := make([]string, 0, len(keys))
+	for tbl := range keys {
+		tbls = append(tbls, tbl)
+	}
+	sort.Strings(tbls)
+	var out []stmt
+	for _, tbl := range tbls {
+		lt := w.tables[tbl]
+		if lt == nil {
+			continue
+		}
+		q, args := presentQuery(lt, keys[tbl])
+		out = append(out, stmt{sql: `SELECT casualdb.expect_absent(count(*)) FROM (` + q + `) p`, args: args, rows: -1,
+			what: "check that rows left absent are still absent in " + lt.name})
+	}
+	return out
 }
 
 // execQueue queues the statements of meta's Save functions for the next
@@ -202,6 +244,21 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 	}
 	sort.Strings(tbls) // one lock order for every run
 
+	// The versions apply recorded itself need not be read, if the rows are
+	// as it left them (checked below, against the xmins the locks return).
+	cached := map[meta.RowKey]meta.RowVersion{}
+	need := all
+	if !w.careful {
+		need = nil
+		for _, k := range all {
+			if rv, ok := w.a.vcache.get(k); ok {
+				cached[k] = rv
+			} else {
+				need = append(need, k)
+			}
+		}
+	}
+
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue("SELECT pg_current_xact_id()::text")
@@ -209,8 +266,8 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 		sql, args := lockQuery(w.tables[tbl], keys[tbl])
 		b.Queue(sql, args...)
 	}
-	if len(all) > 0 {
-		sql, args := meta.VersionsQuery(all)
+	if len(need) > 0 {
+		sql, args := meta.VersionsQuery(need)
 		b.Queue(sql, args...)
 	}
 	// Truncation markers change rarely: read them only when capture
@@ -252,12 +309,12 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 		}
 	}
 	vs := map[meta.RowKey]meta.RowVersion{}
-	if len(all) > 0 {
+	if len(need) > 0 {
 		rows, err := br.Query()
 		if err != nil {
 			return fmt.Errorf("load row versions: %w", err)
 		}
-		if vs, err = meta.ScanVersions(rows, len(all)); err != nil {
+		if vs, err = meta.ScanVersions(rows, len(need)); err != nil {
 			return err
 		}
 	}
@@ -274,6 +331,23 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 	w.truncs = maps.Clone(w.a.truncs)
 	if err := br.Close(); err != nil {
 		return fmt.Errorf("prepare: %w", err)
+	}
+	var recheck []meta.RowKey
+	for k, rv := range cached {
+		if st := w.state[k]; st.present && st.xmin == rv.Xmin {
+			vs[k] = rv
+		} else {
+			recheck = append(recheck, k) // written by someone else since
+		}
+	}
+	if len(recheck) > 0 {
+		more, err := meta.LoadVersions(ctx, w.tx, recheck)
+		if err != nil {
+			return err
+		}
+		for k, rv := range more {
+			vs[k] = rv
+		}
 	}
 	overlay(vs, pend)
 	return w.useVersions(ctx, all, vs, inflight)
@@ -433,9 +507,26 @@ func (w *txWriter) validate(ctx context.Context) error {
 	return nil
 }
 
+// presentQuery selects the rows of lt with the given keys (one row each).
+func presentQuery(lt *localTable, keys [][]string) (string, []any) {
+	q, args := keyRowsQuery(lt, keys)
+	return "SELECT 1 " + q, args
+}
+
 // lockQuery locks the rows of lt with the given keys (in key order) and
 // returns the canonical key and xmin of each present one; see scanLocked.
 func lockQuery(lt *localTable, keys [][]string) (string, []any) {
+	q, args := keyRowsQuery(lt, keys)
+	var keyCols []string
+	for _, k := range lt.keys {
+		keyCols = append(keyCols, pgx.Identifier{k}.Sanitize())
+	}
+	return fmt.Sprintf(`SELECT %s, xmin::text %s ORDER BY %s FOR UPDATE`, lt.keyText(), q, strings.Join(keyCols, ", ")), args
+}
+
+// keyRowsQuery returns "FROM t WHERE (keys) IN (the given keys)" with one
+// text array parameter per key column.
+func keyRowsQuery(lt *localTable, keys [][]string) (string, []any) {
 	cols := make([][]string, len(lt.keys))
 	for _, k := range keys {
 		for i := range lt.keys {
@@ -456,8 +547,8 @@ func lockQuery(lt *localTable, keys [][]string) (string, []any) {
 	for _, k := range lt.keys {
 		keyCols = append(keyCols, pgx.Identifier{k}.Sanitize())
 	}
-	q := fmt.Sprintf(`SELECT %s, xmin::text FROM %s WHERE (%s) IN (SELECT %s FROM unnest(%s) AS u(%s)) ORDER BY %s FOR UPDATE`,
-		lt.keyText(), lt.ident, strings.Join(keyCols, ", "), strings.Join(sel, ", "), strings.Join(unnest, ", "), strings.Join(names, ", "), strings.Join(keyCols, ", "))
+	q := fmt.Sprintf(`FROM %s WHERE (%s) IN (SELECT %s FROM unnest(%s) AS u(%s))`,
+		lt.ident, strings.Join(keyCols, ", "), strings.Join(sel, ", "), strings.Join(unnest, ", "), strings.Join(names, ", "))
 	return q, args
 }
 

@@ -45,8 +45,9 @@ type options struct {
 	binary            string
 	keep              bool
 	profile           string
-	statements        int    // top statements per site in the throttled run (pg_stat_statements); 0: none
-	scenarios         string // comma-separated scenario names to run; empty: all
+	statements        int           // top statements per site in the throttled run (pg_stat_statements); 0: none
+	scenarios         string        // comma-separated scenario names to run; empty: all
+	idle              time.Duration // how long the idle system is measured; 0: not
 	logLevel          string
 	out               string
 }
@@ -66,6 +67,7 @@ func main() {
 	flag.StringVar(&o.logLevel, "log-level", "warn", "sidecars' log level (their logs are in the temporary directory: use -keep)")
 	flag.StringVar(&o.profile, "profile", "", "write CPU profiles of the sidecars during the throttled run into this directory")
 	flag.StringVar(&o.out, "out", "docs/perf", "directory for results.txt and lag.svg")
+	flag.DurationVar(&o.idle, "idle", 15*time.Second, "how long to measure each system idle, once set up (0: not)")
 	flag.StringVar(&o.scenarios, "scenarios", "", "run only these scenarios (comma-separated: baseline, saturation-4, saturation-8, throttled, backlog); for quick comparisons, not for the published figures")
 	flag.IntVar(&o.statements, "statements", 0, "report each site's N most expensive statements of the throttled run (pg_stat_statements)")
 	flag.Parse()

@@ -88,6 +88,7 @@ func report(o options, m machine, rs []*systemResult) string {
 		fmt.Fprintf(&b, " %s (%d sites)", r.spec.name, r.spec.sites)
 	}
 	b.WriteString("\nlag: arrived - sent of every probe at every peer; catch-up: from pgbench's end until every peer holds what site a holds\n")
+	idleTable(rs, &b)
 	for _, k := range allScenarios {
 		scenarioTable(o, k, rs, &b)
 	}
@@ -285,5 +286,56 @@ func cpuRows(t *table, k scenarioKind, cols []*systemResult, sites int, row func
 		}
 		row("cores used: sidecars + postgres servers", cores(cpuUse.system))
 		row("cores used: machine", cores(func(u cpuUse) float64 { return u.machine }))
+	}
+}
+
+// idleTable reports what each system costs with nothing written.
+func idleTable(rs []*systemResult, b *strings.Builder) {
+	var cols []*systemResult
+	for _, r := range rs {
+		if r.idle != nil {
+			cols = append(cols, r)
+		}
+	}
+	if len(cols) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "\nidle: nothing written for %s once set up (after 3 s to settle)\n", cols[0].idle.wall.Round(time.Second))
+	fmt.Fprintf(b, "%-50s", "")
+	for _, r := range cols {
+		fmt.Fprintf(b, "%12s", r.spec.name)
+	}
+	b.WriteString("\n")
+	row := func(label string, f func(i *idleResult) string) {
+		fmt.Fprintf(b, "%-50s", label)
+		for _, r := range cols {
+			fmt.Fprintf(b, "%12s", f(r.idle))
+		}
+		b.WriteString("\n")
+	}
+	cores := func(secs float64, i *idleResult) string { return fmt.Sprintf("%.2f%%", 100*secs/i.wall.Seconds()) }
+	maxSites := 0
+	for _, r := range cols {
+		maxSites = max(maxSites, len(r.idle.walPerSite))
+	}
+	for s := 0; s < maxSites; s++ {
+		row(fmt.Sprintf("sidecar %s (%% of a core)", siteName(s)), func(i *idleResult) string {
+			if s >= len(i.cpu.sidecars) {
+				return "-"
+			}
+			return cores(i.cpu.sidecars[s], i)
+		})
+	}
+	row("replication in postgres, all (% of a core)", func(i *idleResult) string {
+		return cores(sum(i.cpu.walsenders)+sum(i.cpu.apply), i)
+	})
+	row("postgres servers, all (% of a core)", func(i *idleResult) string { return cores(sum(i.cpu.servers), i) })
+	for s := 0; s < maxSites; s++ {
+		row(fmt.Sprintf("WAL written at site %s (bytes/s)", siteName(s)), func(i *idleResult) string {
+			if s >= len(i.walPerSite) {
+				return "-"
+			}
+			return fmt.Sprintf("%.0f", i.walPerSite[s])
+		})
 	}
 }

@@ -91,6 +91,7 @@ func (s systemSpec) has(k scenarioKind) bool {
 type systemResult struct {
 	spec      systemSpec
 	scenarios map[scenarioKind]*scenarioResult
+	idle      *idleResult // nil when not measured
 	err       error
 }
 
@@ -168,6 +169,12 @@ func (r *runner) run(ctx context.Context, dir string) error {
 	defer r.rep.close()
 	if err := c.converge(ctx); err != nil {
 		return fmt.Errorf("converge before the first run: %w", err)
+	}
+	if r.o.idle > 0 {
+		r.log.Info("measuring the idle system", "for", r.o.idle)
+		if r.res.idle, err = r.idle(ctx); err != nil {
+			return fmt.Errorf("idle: %w", err)
+		}
 	}
 	if r.probe, err = newProber(ctx, benchDSN(c.servers[0]), r.o.probeEvery); err != nil {
 		return err

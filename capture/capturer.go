@@ -187,17 +187,17 @@ func (c *Capturer) Stats() Stats {
 
 // Run captures until ctx is done or an error occurs.
 func (c *Capturer) Run(ctx context.Context) error {
-	conn, err := c.connect(ctx, "casualdb-capture")
+	conn, err := c.connect(ctx, "casualdb-capture", meta.KeyLookupParams)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
-	recConn, err := c.connect(ctx, "casualdb-capture-record")
+	recConn, err := c.connect(ctx, "casualdb-capture-record", nil)
 	if err != nil {
 		return err
 	}
 	defer recConn.Close(context.Background())
-	catConn, err := c.connect(ctx, "casualdb-capture-catalog")
+	catConn, err := c.connect(ctx, "casualdb-capture-catalog", nil)
 	if err != nil {
 		return err
 	}
@@ -270,13 +270,17 @@ func (c *Capturer) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// connect opens a normal connection to the local database.
-func (c *Capturer) connect(ctx context.Context, name string) (*pgx.Conn, error) {
+// connect opens a normal connection to the local database with the given
+// session settings.
+func (c *Capturer) connect(ctx context.Context, name string, params map[string]string) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(c.cfg.DSN)
 	if err != nil {
 		return nil, fmt.Errorf("capture: parse dsn: %w", err)
 	}
 	cfg.RuntimeParams["application_name"] = name
+	for k, v := range params {
+		cfg.RuntimeParams[k] = v
+	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("capture: connect: %w", err)

@@ -63,19 +63,7 @@ func TestConvergence_ConcurrentUpdates(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	defer func() {
-		if t.Failed() {
-			for i := 1; i < len(c.sites); i++ {
-				t.Logf("rows where a and %s differ:\n%s", c.sites[i].name, c.diffRows(0, i, "kv", 10))
-			}
-			for i := range c.sites {
-				v, _ := c.queryString(i, `SELECT string_agg(key || ' ' || hlc_wall || '.' || hlc_logical || '/' || origin || ' ' || vclock::text ||
-					CASE WHEN deleted THEN ' deleted floor ' || coalesce(floor::text, '-') ELSE '' END || ' xmin ' || coalesce(row_xmin::text, '-') ||
-					' lsn ' || coalesce(origin_lsn::text, '-'), E'\n' ORDER BY key) FROM casualdb.row_version WHERE tbl = 'public.kv'`)
-				t.Logf("site %s versions:\n%s", c.sites[i].name, v)
-			}
-		}
-	}()
+	defer c.explainDivergence("kv")
 	c.waitConverged(60*time.Second, "kv")
 	for i := range c.sites {
 		parked, err := c.queryString(i, `SELECT count(*)::text FROM casualdb.parked`)
@@ -108,5 +96,24 @@ func TestConvergence_ConcurrentUpdates(t *testing.T) {
 		} else if v != first {
 			t.Errorf("site %s: row versions differ from site a's", c.sites[i].name)
 		}
+	}
+}
+
+// explainDivergence logs, when the test failed, the rows of table (with a
+// key column k) where the sites differ, and every site's recorded versions
+// of the table: what a divergence needs to be understood.
+func (c *cluster) explainDivergence(table string) {
+	t := c.t
+	if !t.Failed() {
+		return
+	}
+	for i := 1; i < len(c.sites); i++ {
+		t.Logf("rows of %s where %s and %s differ:\n%s", table, c.sites[0].name, c.sites[i].name, c.diffRows(0, i, table, 10))
+	}
+	for i := range c.sites {
+		v, _ := c.queryString(i, `SELECT string_agg(key || ' ' || hlc_wall || '.' || hlc_logical || '/' || origin || ' ' || vclock::text ||
+			CASE WHEN deleted THEN ' deleted floor ' || coalesce(floor::text, '-') ELSE '' END || ' xmin ' || coalesce(row_xmin::text, '-') ||
+			' lsn ' || coalesce(origin_lsn::text, '-'), E'\n' ORDER BY key) FROM casualdb.row_version WHERE tbl = 'public.' || $1`, table)
+		t.Logf("site %s, versions of %s:\n%s", c.sites[i].name, table, v)
 	}
 }

@@ -87,6 +87,7 @@ func TestStress_Convergence(t *testing.T) {
 	// Apply catches up on a minute of hot-row conflicts slowly under -race:
 	// give it time in proportion (a stall, not slowness, fails all the same).
 	quiesced := time.Now()
+	defer c.explainDivergence("kv")
 	c.waitConverged(3*time.Minute+10*stressDuration(), "kv", "chain", "counters")
 	t.Logf("converged %s after the writes stopped", time.Since(quiesced).Round(time.Millisecond))
 

@@ -35,6 +35,19 @@ type RowVersion struct {
 	OriginLSN uint64
 }
 
+// KeyLookupParams are the planner settings of the sessions that look rows up
+// by lists of keys (apply's, capture's versioner): their statements join an
+// array of a few to a few thousand keys to a table by its primary key, and
+// with an array of a few hundred the planner chose hash joins over
+// sequential scans of the whole table (casualdb.row_version included): ten
+// times slower than probing the index per key, and slower still as tables
+// grow. Without hash and merge joins it probes the index. Triggers that
+// fire in apply's sessions (ENABLE REPLICA or ALWAYS) plan with them too.
+var KeyLookupParams = map[string]string{
+	"enable_hashjoin":  "off",
+	"enable_mergejoin": "off",
+}
+
 // LoadVersions returns the recorded versions of keys; keys without a record
 // are absent from the map.
 func LoadVersions(ctx context.Context, q Querier, keys []RowKey) (map[RowKey]RowVersion, error) {

@@ -461,7 +461,8 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 	missing := missingLog{}
 	tick := time.NewTicker(min(2*time.Second, s.cfg.GC.Heartbeat, s.cfg.GC.Interval))
 	defer tick.Stop()
-	var lastBeat, lastGC time.Time
+	var lastBeat, lastGC, lastStats time.Time
+	var lastActivity [3]uint64
 	for {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if conn == nil || conn.IsClosed() {
@@ -498,6 +499,22 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 				}
 			}
 		}
+		// The queues' state is read every round while the site is busy, and
+		// every idleStatsEvery when nothing moved: an idle site asks its
+		// NATS and database next to nothing.
+		activity := s.activity()
+		busy := activity != lastActivity
+		lastActivity = activity
+		if !busy && time.Since(lastStats) < idleStatsEvery {
+			cancel()
+			select {
+			case <-tick.C:
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		lastStats = time.Now()
 		if conn != nil {
 			if lag, err := capture.SlotLag(qctx, conn, s.cfg.SlotName()); err == nil {
 				s.mu.Lock()
@@ -534,6 +551,22 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// idleStatsEvery is how often housekeeping reads the queues' state (and
+// trims the outbox, expires hints) when nothing moved since the last round.
+const idleStatsEvery = 10 * time.Second
+
+// activity sums up what capture and apply have done so far: unchanged
+// between two housekeeping rounds means the site was idle.
+func (s *Sidecar) activity() [3]uint64 {
+	cs := s.capturer.Stats()
+	var applied uint64
+	if s.applier != nil {
+		as := s.applier.Stats()
+		applied = as.Applied + as.Skipped
+	}
+	return [3]uint64{cs.Processed, cs.LastSeq, applied}
 }
 
 // Close releases what Start acquired; safe to call twice.

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/jackc/pgx/v5"
+)
+
+// idleResult is what a system costs when nothing is written: the cores each
+// replicating process uses, and the WAL each site writes by itself.
+type idleResult struct {
+	wall       time.Duration
+	cpu        cpuUse
+	walPerSite []float64 // bytes a second
+}
+
+// idle measures the system, set up and converged, for -idle with nothing
+// written (no probes, no pgbench).
+func (r *runner) idle(ctx context.Context) (*idleResult, error) {
+	var sidecars []int
+	if r.rep != nil {
+		sidecars = r.rep.sidecarPIDs()
+	}
+	// Let the set-up's own traffic settle first.
+	if err := sleep(ctx, 3*time.Second); err != nil {
+		return nil, err
+	}
+	lsnsBefore, err := r.c.walLSNs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cw, err := startCPU(ctx, r.c, sidecars)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	observed := r.rep.observe(ctx, r.spec.name+"-idle", max(1, int(r.o.idle.Seconds())-1))
+	if err := sleep(ctx, r.o.idle); err != nil {
+		return nil, err
+	}
+	observed()
+	cpu, err := cw.stop(ctx, r.c)
+	if err != nil {
+		return nil, err
+	}
+	wall := time.Since(start)
+	lsnsAfter, err := r.c.walLSNs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res := &idleResult{wall: wall, cpu: cpu}
+	for i := range lsnsBefore {
+		res.walPerSite = append(res.walPerSite, float64(lsnsAfter[i]-lsnsBefore[i])/wall.Seconds())
+	}
+	return res, nil
+}
+
+// walLSNs returns every server's current WAL insert position. Reading it
+// writes no WAL.
+func (c *cluster) walLSNs(ctx context.Context) ([]uint64, error) {
+	var out []uint64
+	for i, s := range c.servers {
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		conn, err := pgx.Connect(qctx, benchDSN(s))
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("wal position at site %s: %w", siteName(i), err)
+		}
+		var lsn string
+		err = conn.QueryRow(qctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn)
+		conn.Close(context.Background())
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("wal position at site %s: %w", siteName(i), err)
+		}
+		l, err := casualdb.ParseLSN(lsn)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
