@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -509,24 +510,28 @@ func (w *txWriter) validate(ctx context.Context) error {
 
 // presentQuery selects the rows of lt with the given keys (one row each).
 func presentQuery(lt *localTable, keys [][]string) (string, []any) {
-	q, args := keyRowsQuery(lt, keys)
-	return "SELECT 1 " + q, args
+	return keyRowsQuery(lt, keys, "1", false)
 }
 
-// lockQuery locks the rows of lt with the given keys (in key order) and
-// returns the canonical key and xmin of each present one; see scanLocked.
+// lockQuery locks the rows of lt with the given keys and returns the
+// canonical key and xmin of each present one; see scanLocked. Every apply
+// session locks in the same order (the keys sorted as text), so that two
+// origins' runs wait for each other rather than deadlock.
 func lockQuery(lt *localTable, keys [][]string) (string, []any) {
-	q, args := keyRowsQuery(lt, keys)
-	var keyCols []string
-	for _, k := range lt.keys {
-		keyCols = append(keyCols, pgx.Identifier{k}.Sanitize())
-	}
-	return fmt.Sprintf(`SELECT %s, xmin::text %s ORDER BY %s FOR UPDATE`, lt.keyText(), q, strings.Join(keyCols, ", ")), args
+	sorted := slices.Clone(keys)
+	slices.SortFunc(sorted, slices.Compare[[]string])
+	return keyRowsQuery(lt, sorted, lt.keyText()+", xmin::text", true)
 }
 
-// keyRowsQuery returns "FROM t WHERE (keys) IN (the given keys)" with one
-// text array parameter per key column.
-func keyRowsQuery(lt *localTable, keys [][]string) (string, []any) {
+// keyRowsQuery selects sel from the rows of lt with the given keys, one
+// text array parameter per key column, locking them if lock. Each key is
+// looked up on its own (a lateral subquery limited to one row) so that the
+// plan probes the primary key whatever the planner believes of the table's
+// size: the join of a key array to a table that was empty when the session
+// planned it scanned the whole table for every key (the plan cache keeps a
+// generic plan). The names of the key array and the table in the query are
+// prefixed so that they cannot collide with a user's column or table.
+func keyRowsQuery(lt *localTable, keys [][]string, sel string, lock bool) (string, []any) {
 	cols := make([][]string, len(lt.keys))
 	for _, k := range keys {
 		for i := range lt.keys {
@@ -535,20 +540,23 @@ func keyRowsQuery(lt *localTable, keys [][]string) (string, []any) {
 			}
 		}
 	}
-	var sel, unnest, names []string
+	var unnest, names, casts, keyCols []string
 	args := make([]any, len(cols))
-	for i := range lt.keys {
-		names = append(names, fmt.Sprintf("u%d", i))
+	for i, k := range lt.keys {
+		names = append(names, fmt.Sprintf("casualdb_k%d", i))
 		unnest = append(unnest, fmt.Sprintf("$%d::text[]", i+1))
-		sel = append(sel, fmt.Sprintf("CAST(u%d AS %s)", i, lt.keyTyp[i]))
+		casts = append(casts, fmt.Sprintf("CAST(casualdb_keys.casualdb_k%d AS %s)", i, lt.keyTyp[i]))
+		keyCols = append(keyCols, pgx.Identifier{k}.Sanitize())
 		args[i] = cols[i]
 	}
-	var keyCols []string
-	for _, k := range lt.keys {
-		keyCols = append(keyCols, pgx.Identifier{k}.Sanitize())
+	forUpdate := ""
+	if lock {
+		forUpdate = " FOR UPDATE"
 	}
-	q := fmt.Sprintf(`FROM %s WHERE (%s) IN (SELECT %s FROM unnest(%s) AS u(%s))`,
-		lt.ident, strings.Join(keyCols, ", "), strings.Join(sel, ", "), strings.Join(unnest, ", "), strings.Join(names, ", "))
+	q := fmt.Sprintf(`SELECT casualdb_row.* FROM unnest(%s) AS casualdb_keys(%s)
+		CROSS JOIN LATERAL (SELECT %s FROM %s WHERE (%s) = (%s) LIMIT 1%s) AS casualdb_row`,
+		strings.Join(unnest, ", "), strings.Join(names, ", "),
+		sel, lt.ident, strings.Join(keyCols, ", "), strings.Join(casts, ", "), forUpdate)
 	return q, args
 }
 

@@ -41,11 +41,18 @@ type RowVersion struct {
 // with an array of a few hundred the planner chose hash joins over
 // sequential scans of the whole table (casualdb.row_version included): ten
 // times slower than probing the index per key, and slower still as tables
-// grow. Without hash and merge joins it probes the index. Triggers that
-// fire in apply's sessions (ENABLE REPLICA or ALWAYS) plan with them too.
+// grow. Without hash and merge joins it probes the index. Sequential scans
+// are off too: a site's sessions prepare their lookups while its tables are
+// empty, and a plan kept from then (the plan cache reuses one generic plan)
+// scanned the whole of a table that had grown to tens of thousands of rows
+// for every key, until an ANALYZE invalidated it (on fresh sites, 40 s of a
+// 46 s benchmark run went into that one statement). A table without a
+// usable index is still scanned. Triggers that fire in apply's sessions
+// (ENABLE REPLICA or ALWAYS) plan with these settings too.
 var KeyLookupParams = map[string]string{
 	"enable_hashjoin":  "off",
 	"enable_mergejoin": "off",
+	"enable_seqscan":   "off",
 }
 
 // LoadVersions returns the recorded versions of keys; keys without a record
@@ -63,7 +70,9 @@ func LoadVersions(ctx context.Context, q Querier, keys []RowKey) (map[RowKey]Row
 }
 
 // VersionsQuery is the query LoadVersions runs, for callers that send it in
-// a batch and read it with ScanVersions.
+// a batch and read it with ScanVersions. Each key is looked up on its own
+// (a lateral subquery) so that the plan probes the primary key even when
+// it was made while the table was empty: see KeyLookupParams.
 func VersionsQuery(keys []RowKey) (string, []any) {
 	tbls := make([]string, len(keys))
 	ks := make([]string, len(keys))
@@ -73,7 +82,7 @@ func VersionsQuery(keys []RowKey) (string, []any) {
 	return `
 		SELECT v.tbl, v.key, v.hlc_wall, v.hlc_logical, v.origin, v.vclock, v.deleted, coalesce(v.row_xmin, 0), v.floor, v.col_versions, coalesce(v.origin_lsn, 0)
 		FROM unnest($1::text[], $2::text[]) AS k(tbl, key)
-		JOIN casualdb.row_version v ON v.tbl = k.tbl AND v.key = k.key`, []any{tbls, ks}
+		CROSS JOIN LATERAL (SELECT * FROM casualdb.row_version r WHERE r.tbl = k.tbl AND r.key = k.key LIMIT 1) v`, []any{tbls, ks}
 }
 
 // ScanVersions reads (and closes) the rows of VersionsQuery.
