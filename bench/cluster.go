@@ -13,8 +13,13 @@ import (
 const (
 	// waitTimeout bounds every wait for convergence or idleness.
 	waitTimeout = 5 * time.Minute
-	// pollEvery is how often a wait for convergence reads the digests.
-	pollEvery = 20 * time.Millisecond
+	// pollEvery is how often a wait for convergence looks for its marker
+	// (one row read by its key); the digests, which read the tables whole,
+	// are compared once the marker is there, and every digestEvery until
+	// they match. Reading the digests every few milliseconds cost a busy
+	// site a fifth of a core, taken from the replication it measured.
+	pollEvery   = 5 * time.Millisecond
+	digestEvery = 100 * time.Millisecond
 	// queryTimeout bounds one query of the bench's own.
 	queryTimeout = 10 * time.Second
 	// benchApp is the application_name of every connection the bench opens,
@@ -49,6 +54,7 @@ type cluster struct {
 	dir     string
 	servers []*pgtest.Server
 	conns   []*pgx.Conn
+	marks   int64 // markers written at site a (see mark)
 }
 
 // benchDSN is s's DSN with the bench's application_name.
@@ -174,12 +180,51 @@ func (c *cluster) digest(ctx context.Context, i int) (digest, error) {
 // errNotConverged reports a wait for convergence that timed out.
 var errNotConverged = errors.New("did not converge")
 
-// waitDigest polls the given sites every 20 ms until each one's digest
-// matches want (only the pgbench tables when dataOnly), for at most
-// waitTimeout.
-func (c *cluster) waitDigest(ctx context.Context, want digest, sites []int, dataOnly bool) error {
+// mark inserts a marker row into bench_probe at site a (a negative id, which
+// no probe uses) and returns its id. Both systems apply site a's
+// transactions in its commit order, so a site that holds the marker holds
+// everything a committed before it.
+func (c *cluster) mark(ctx context.Context) (int64, error) {
+	c.marks++
+	id := -c.marks
+	if err := c.exec(ctx, 0, queryTimeout, `INSERT INTO bench_probe VALUES ($1, clock_timestamp())`, id); err != nil {
+		return 0, fmt.Errorf("write marker: %w", err)
+	}
+	return id, nil
+}
+
+// hasMarker tells whether site i holds marker id.
+func (c *cluster) hasMarker(ctx context.Context, i int, id int64) (bool, error) {
+	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
+	var ok bool
+	if err := c.conns[i].QueryRow(qctx, `SELECT EXISTS (SELECT 1 FROM bench_probe WHERE id = $1)`, id).Scan(&ok); err != nil {
+		return false, fmt.Errorf("look for marker at site %s: %w", siteName(i), err)
+	}
+	return ok, nil
+}
+
+// waitDigest waits until each of the given sites holds marker (polled
+// every pollEvery) and then its digest matches want (only the pgbench
+// tables when dataOnly), for at most waitTimeout.
+func (c *cluster) waitDigest(ctx context.Context, want digest, marker int64, sites []int, dataOnly bool) error {
 	deadline := time.Now().Add(waitTimeout)
 	for _, i := range sites {
+		for {
+			ok, err := c.hasMarker(ctx, i, marker)
+			if err != nil {
+				return err
+			}
+			if ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("wait for site %s: %w within %s: marker %d missing", siteName(i), errNotConverged, waitTimeout, marker)
+			}
+			if err := sleep(ctx, pollEvery); err != nil {
+				return fmt.Errorf("wait for site %s: %w", siteName(i), err)
+			}
+		}
 		for {
 			got, err := c.digest(ctx, i)
 			if err != nil {
@@ -191,10 +236,8 @@ func (c *cluster) waitDigest(ctx context.Context, want digest, sites []int, data
 			if time.Now().After(deadline) {
 				return fmt.Errorf("wait for site %s: %w within %s: has %s, site a %s", siteName(i), errNotConverged, waitTimeout, got, want)
 			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("wait for site %s: %w", siteName(i), ctx.Err())
-			case <-time.After(pollEvery):
+			if err := sleep(ctx, digestEvery); err != nil {
+				return fmt.Errorf("wait for site %s: %w", siteName(i), err)
 			}
 		}
 	}
@@ -212,11 +255,15 @@ func (c *cluster) peers() []int {
 
 // converge waits until every peer holds what site a holds.
 func (c *cluster) converge(ctx context.Context) error {
+	marker, err := c.mark(ctx)
+	if err != nil {
+		return err
+	}
 	want, err := c.digest(ctx, 0)
 	if err != nil {
 		return err
 	}
-	return c.waitDigest(ctx, want, c.peers(), false)
+	return c.waitDigest(ctx, want, marker, c.peers(), false)
 }
 
 // backend is one row of pg_stat_activity.

@@ -243,6 +243,10 @@ func (r *runner) backlog(ctx context.Context, res *scenarioResult) error {
 	}
 	m.event("write ends")
 	res.tps, res.txs, res.pgbench = pb.tps, pb.txs, pb.cpu
+	marker, err := r.c.mark(ctx)
+	if err != nil {
+		return err
+	}
 	want, err := r.c.digest(ctx, 0)
 	if err != nil {
 		return err
@@ -253,7 +257,7 @@ func (r *runner) backlog(ctx context.Context, res *scenarioResult) error {
 			others = append(others, i)
 		}
 	}
-	if err := r.c.waitDigest(ctx, want, others, true); err != nil {
+	if err := r.c.waitDigest(ctx, want, marker, others, true); err != nil {
 		return fmt.Errorf("catch up the sites not paused: %w", err)
 	}
 	m.event("others caught up")
@@ -280,7 +284,7 @@ func (r *runner) backlog(ctx context.Context, res *scenarioResult) error {
 		// connection after wal_sender_timeout (60 s).
 		res.notes = append(res.notes, fmt.Sprintf("site b's sidecar was stopped for %s, longer than wal_sender_timeout (60s)", paused.Round(time.Second)))
 	}
-	if err := r.c.waitDigest(ctx, want, []int{b}, true); err != nil {
+	if err := r.c.waitDigest(ctx, want, marker, []int{b}, true); err != nil {
 		return fmt.Errorf("replay at site b: %w", err)
 	}
 	res.replay = time.Since(resumed)
