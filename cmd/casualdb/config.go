@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/capture"
 	"github.com/casualdb/casualdb/conflict"
 	"gopkg.in/yaml.v3"
@@ -211,7 +212,7 @@ func DefaultConfig() Config {
 		Database:  DatabaseConfig{Publication: "casualdb", ConnectTimeout: 10 * time.Second, ToastFullIdentity: true},
 		NATS:      NATSConfig{Listen: "127.0.0.1:4222", OutboxMaxBytes: 8 << 30, OutboxRetention: 10 * time.Minute},
 		Admin:     AdminConfig{Listen: "127.0.0.1:9187"},
-		Apply:     ApplyConfig{MaxBatch: 256, WaitTimeout: 30 * time.Second},
+		Apply:     ApplyConfig{MaxBatch: apply.DefaultMaxBatch, WaitTimeout: 30 * time.Second},
 		Conflicts: ConflictsConfig{DeletePolicy: "delete_wins", LogRetention: 30 * 24 * time.Hour},
 		GC:        GCConfig{Interval: 30 * time.Second, Heartbeat: 10 * time.Second},
 		Cluster:   ClusterConfig{PushPull: 5 * time.Second, N: 3, W: 2, HintRetention: 24 * time.Hour},
