@@ -70,6 +70,9 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 		return res, err
 	}
 	validated := time.Now()
+	if len(w.check) > 0 {
+		w.queue = append(w.queue, w.unchangedCheck())
+	}
 	q := execQueue{w}
 	if err := w.saveWritten(ctx, q); err != nil {
 		return res, err
@@ -192,6 +195,8 @@ type txWriter struct {
 	// unverified holds the rows decided against versions that a local write
 	// not yet captured may have superseded.
 	unverified map[meta.RowKey]bool
+	// check holds the keys whose versions the commit checks (validate).
+	check []meta.RowKey
 	res        runResult
 	waited     time.Duration // time spent waiting for capture
 
@@ -211,6 +216,7 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 	w.raised = map[string]casualdb.Version{}
 	w.inserted = map[meta.RowKey]bool{}
 	w.unverified = map[meta.RowKey]bool{}
+	w.check = nil
 	w.loaded = map[meta.RowKey]meta.RowVersion{}
 	keys := map[string][][]string{}
 	var all []meta.RowKey
@@ -488,6 +494,16 @@ func (w *txWriter) validate(ctx context.Context) error {
 	if inflight {
 		return fmt.Errorf("%w: a row was written locally meanwhile", errRace)
 	}
+	if w.a.cfg.Capture.TruncationGen() != w.truncGen {
+		return fmt.Errorf("%w: a table was truncated locally meanwhile", errRace)
+	}
+	if len(pend) == 0 {
+		// Every local write up to here is recorded in the database: the
+		// commit's round trip checks the versions there (unchangedCheck),
+		// which saves this one.
+		w.check = keys
+		return nil
+	}
 	vs, err := meta.LoadVersions(ctx, w.tx, keys)
 	if err != nil {
 		return err
@@ -500,12 +516,32 @@ func (w *txWriter) validate(ctx context.Context) error {
 			return fmt.Errorf("%w: %s %s was written locally meanwhile", errRace, k.Table, k.Key)
 		}
 	}
-	// A local TRUNCATE that capture recorded meanwhile leaves no row
-	// version behind for a key this site never had.
-	if w.a.cfg.Capture.TruncationGen() != w.truncGen {
-		return fmt.Errorf("%w: a table was truncated locally meanwhile", errRace)
-	}
 	return nil
+}
+
+// unchangedCheck returns the statement that fails the transaction (SQLSTATE
+// 40001, retried) if the recorded version of a key in w.check is not the
+// one the run decided against (w.loaded; absent if it had none): what
+// validate compares itself when capture still holds versions it has not
+// recorded. It must run before the run records its own versions.
+func (w *txWriter) unchangedCheck() stmt {
+	n := len(w.check)
+	tbls, keys, origins, vcs := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]*string, 0, n)
+	walls, logical := make([]int64, 0, n), make([]int64, 0, n)
+	for _, k := range w.check {
+		tbls, keys = append(tbls, k.Table), append(keys, k.Key)
+		rv, ok := w.loaded[k]
+		if !ok {
+			walls, logical, origins, vcs = append(walls, 0), append(logical, 0), append(origins, ""), append(vcs, nil)
+			continue
+		}
+		vc, _ := json.Marshal(rv.Version.VC)
+		v := string(vc)
+		walls, logical = append(walls, rv.Version.HLC.Wall), append(logical, int64(rv.Version.HLC.Logical))
+		origins, vcs = append(origins, string(rv.Version.Origin)), append(vcs, &v)
+	}
+	return stmt{sql: meta.UnchangedCheckSQL, args: []any{tbls, keys, walls, logical, origins, vcs}, rows: -1,
+		what: "check that the versions the run decided against are unchanged"}
 }
 
 // presentQuery selects the rows of lt with the given keys (one row each).

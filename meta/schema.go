@@ -145,6 +145,12 @@ var ddl = []string{
 			RAISE EXCEPTION 'casualdb: % row(s) apply expected absent were written locally meanwhile', n USING ERRCODE = '40001';
 		END IF;
 	END $$`,
+	`CREATE OR REPLACE FUNCTION casualdb.expect_unchanged(n bigint) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		IF n > 0 THEN
+			RAISE EXCEPTION 'casualdb: the versions of % row(s) apply decided against were written locally meanwhile', n USING ERRCODE = '40001';
+		END IF;
+	END $$`,
 }
 
 // Install creates CasualDB's schema and tables if they do not exist.

@@ -85,6 +85,18 @@ func VersionsQuery(keys []RowKey) (string, []any) {
 		CROSS JOIN LATERAL (SELECT * FROM casualdb.row_version r WHERE r.tbl = k.tbl AND r.key = k.key LIMIT 1) v`, []any{tbls, ks}
 }
 
+// UnchangedCheckSQL fails the transaction (SQLSTATE 40001) unless every key
+// ($1 tables, $2 keys) has the recorded version given ($3 wall, $4 logical,
+// $5 origin, $6 vector clock), or none where the clock is null. Equality is
+// that of apply's sameVersion: the stamp and the clock.
+const UnchangedCheckSQL = `
+		SELECT casualdb.expect_unchanged(count(*))
+		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[]) AS e(tbl, key, wall, logical, origin, vc)
+		LEFT JOIN LATERAL (SELECT r.hlc_wall, r.hlc_logical, r.origin, r.vclock FROM casualdb.row_version r
+			WHERE r.tbl = e.tbl AND r.key = e.key LIMIT 1) r ON true
+		WHERE CASE WHEN e.vc IS NULL THEN r.hlc_wall IS NOT NULL
+			ELSE r.hlc_wall IS NULL OR (r.hlc_wall, r.hlc_logical, r.origin, r.vclock) IS DISTINCT FROM (e.wall, e.logical, e.origin, e.vc::jsonb) END`
+
 // ScanVersions reads (and closes) the rows of VersionsQuery.
 func ScanVersions(rows pgx.Rows, hint int) (map[RowKey]RowVersion, error) {
 	defer rows.Close()

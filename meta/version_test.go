@@ -2,11 +2,14 @@ package meta_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
+	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/casualdb/casualdb/meta"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // TestKeyLookupParams_IndexPlanOnceTableGrows checks that a session with
@@ -64,5 +67,49 @@ func TestKeyLookupParams_IndexPlanOnceTableGrows(t *testing.T) {
 	text := strings.Join(plan, "\n")
 	if strings.Contains(text, "Seq Scan on row_version") || !strings.Contains(text, "Index Cond") {
 		t.Fatalf("version lookup does not probe the primary key:\n%s", text)
+	}
+}
+
+// TestUnchangedCheckSQL checks the statement apply's commit runs to fail
+// the transaction when a version it decided against changed.
+func TestUnchangedCheckSQL(t *testing.T) {
+	pg := pgtest.NewServer(t, "meta")
+	conn := pgtest.Connect(t, pg.DSN())
+	ctx := context.Background()
+	if err := meta.Install(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	v := casualdb.Version{HLC: casualdb.HLC{Wall: 10, Logical: 2}, Origin: "a", VC: casualdb.VectorClock{"a": 3, "b": 1}}
+	if err := meta.SaveVersions(ctx, conn, map[meta.RowKey]meta.RowVersion{{Table: "public.t", Key: `["1"]`}: {Version: v}}); err != nil {
+		t.Fatal(err)
+	}
+	vc := `{"b": 1, "a": 3}` // another order of the same clock
+	other := `{"a": 4, "b": 1}`
+	check := func(key string, wall, logical int64, origin string, clock *string) error {
+		_, err := conn.Exec(ctx, meta.UnchangedCheckSQL, []string{"public.t"}, []string{key}, []int64{wall}, []int64{logical}, []string{origin}, []*string{clock})
+		return err
+	}
+	for _, tc := range []struct {
+		name             string
+		key              string
+		wall, logical    int64
+		origin           string
+		clock            *string
+		wantSerializable bool
+	}{
+		{"same version", `["1"]`, 10, 2, "a", &vc, false},
+		{"absent as expected", `["2"]`, 0, 0, "", nil, false},
+		{"another stamp", `["1"]`, 10, 3, "a", &vc, true},
+		{"another origin", `["1"]`, 10, 2, "b", &vc, true},
+		{"another clock", `["1"]`, 10, 2, "a", &other, true},
+		{"present, expected absent", `["1"]`, 0, 0, "", nil, true},
+		{"absent, expected present", `["2"]`, 10, 2, "a", &vc, true},
+	} {
+		err := check(tc.key, tc.wall, tc.logical, tc.origin, tc.clock)
+		var pe *pgconn.PgError
+		got := errors.As(err, &pe) && pe.Code == "40001"
+		if got != tc.wantSerializable || (err != nil && !got) {
+			t.Errorf("%s: err %v; want a serialization failure: %v", tc.name, err, tc.wantSerializable)
+		}
 	}
 }
