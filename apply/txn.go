@@ -196,9 +196,9 @@ type txWriter struct {
 	// not yet captured may have superseded.
 	unverified map[meta.RowKey]bool
 	// check holds the keys whose versions the commit checks (validate).
-	check []meta.RowKey
-	res        runResult
-	waited     time.Duration // time spent waiting for capture
+	check  []meta.RowKey
+	res    runResult
+	waited time.Duration // time spent waiting for capture
 
 	// In the optimistic (not careful) mode, row writes are gathered (plan,
 	// see bulk.go) or queued, and sent in one round trip at the next
