@@ -3,6 +3,7 @@ package meta
 import (
 	"context"
 	"fmt"
+	"math"
 
 	"github.com/casualdb/casualdb"
 )
@@ -10,21 +11,25 @@ import (
 // durabilityDDL holds the site's W-durability watermark and the function
 // clients call after COMMIT to wait for it (installed with the schema).
 var durabilityDDL = []string{
-	// One row: every local transaction with a commit LSN below durable_lsn
-	// is held durably by at least w sites (this one included), or was not
-	// replicated at all. Written by the sidecar; not replicated.
-	//
-	// Unlogged: saving the watermark writes no WAL. Logged, each save was
-	// WAL that moved the position capture processes, which then called for
-	// the next save: an idle site wrote ten tiny transactions a second. A
-	// crash empties it; the sidecar saves it again at once, and a waiter
-	// meanwhile only waits.
+	// One row: the site and its W. The watermark itself, durable_lsn (the
+	// LSN below which every local transaction's commit is held durably by
+	// at least w sites, this one included, or was not replicated at all),
+	// is the value of the unlogged sequence casualdb.durable_lsn, which
+	// setval moves without a transaction id and without WAL. Saved in the
+	// table (unlogged too), each save was a transaction whose commit
+	// record moved the WAL position capture processes, which then called
+	// for the next save: an idle site committed ten transactions a second
+	// (380 bytes of WAL, and the walsender and capture woken each time).
+	// The column durable_lsn holds the watermark when the row was written
+	// (at the sidecar's start). A crash resets the sequence to 0; the
+	// sidecar saves it again at once, and a waiter meanwhile only waits.
 	`CREATE UNLOGGED TABLE IF NOT EXISTS casualdb.durability (
 		site        text        PRIMARY KEY,
 		w           int         NOT NULL,
 		durable_lsn pg_lsn      NOT NULL,
 		updated_at  timestamptz NOT NULL DEFAULT now())`,
 	`ALTER TABLE casualdb.durability SET UNLOGGED`,
+	`CREATE UNLOGGED SEQUENCE IF NOT EXISTS casualdb.durable_lsn AS bigint MINVALUE 0 START 0`,
 	// casualdb.wait_durable(timeout) returns once everything this site had
 	// written when it was called (the caller's committed transactions among
 	// it) is W-durable, or raises an error after timeout. It polls the
@@ -39,7 +44,8 @@ var durabilityDDL = []string{
 		need     int;
 	BEGIN
 		LOOP
-			SELECT durable_lsn, w INTO got, need FROM casualdb.durability LIMIT 1;
+			SELECT w INTO need FROM casualdb.durability LIMIT 1;
+			SELECT CASE WHEN last_value > 0 THEN '0/0'::pg_lsn + last_value END INTO got FROM casualdb.durable_lsn;
 			IF got IS NOT NULL AND got >= target THEN
 				RETURN got;
 			END IF;
@@ -53,13 +59,27 @@ var durabilityDDL = []string{
 	END $$`,
 }
 
-// SaveDurability records site's W-durability watermark.
+// SaveDurability records site's W-durability watermark: the site and w in
+// casualdb.durability (when the sidecar starts, or w changes), the LSN in
+// casualdb.durable_lsn.
 func SaveDurability(ctx context.Context, q Execer, site casualdb.SiteID, w int, lsn uint64) error {
 	_, err := q.Exec(ctx, `
 		INSERT INTO casualdb.durability (site, w, durable_lsn, updated_at) VALUES ($1, $2, $3::pg_lsn, now())
 		ON CONFLICT (site) DO UPDATE SET w = excluded.w, durable_lsn = excluded.durable_lsn, updated_at = excluded.updated_at`,
 		string(site), w, casualdb.FormatLSN(lsn))
 	if err != nil {
+		return fmt.Errorf("save durability watermark: %w", err)
+	}
+	return SaveDurableLSN(ctx, q, lsn)
+}
+
+// SaveDurableLSN moves the W-durability watermark to lsn. It assigns no
+// transaction id and writes no WAL (an unlogged sequence).
+func SaveDurableLSN(ctx context.Context, q Execer, lsn uint64) error {
+	if lsn > math.MaxInt64 {
+		return fmt.Errorf("save durability watermark: LSN %s out of range", casualdb.FormatLSN(lsn))
+	}
+	if _, err := q.Exec(ctx, `SELECT setval('casualdb.durable_lsn', $1)`, int64(lsn)); err != nil {
 		return fmt.Errorf("save durability watermark: %w", err)
 	}
 	return nil

@@ -113,3 +113,61 @@ func TestUnchangedCheckSQL(t *testing.T) {
 		}
 	}
 }
+
+// TestDurability_WatermarkWithoutWAL checks that moving the W-durability
+// watermark writes no WAL (each save was a commit record that moved the
+// position the next save then recorded: ten transactions a second on an
+// idle site), and that wait_durable reads it.
+func TestDurability_WatermarkWithoutWAL(t *testing.T) {
+	pg := pgtest.NewServer(t, "meta")
+	conn := pgtest.Connect(t, pg.DSN())
+	ctx := context.Background()
+	if err := meta.Install(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT casualdb.wait_durable('20 ms')`); err == nil || !strings.Contains(err.Error(), "is the sidecar running") {
+		t.Fatalf("wait_durable before any save: %v; want the error saying nothing was saved", err)
+	}
+	lsnNow := func() uint64 {
+		t.Helper()
+		var s string
+		if err := conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		l, err := casualdb.ParseLSN(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	if err := meta.SaveDurability(ctx, conn, "a", 2, lsnNow()); err != nil {
+		t.Fatal(err)
+	}
+	// That save's row is WAL (a commit record); the LSN alone is not.
+	start := lsnNow()
+	if err := meta.SaveDurableLSN(ctx, conn, start); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := conn.QueryRow(ctx, `SELECT casualdb.wait_durable('1 s')::text`).Scan(&got); err != nil {
+		t.Fatalf("wait_durable after a save at the insert position: %v", err)
+	}
+	if got != casualdb.FormatLSN(start) {
+		t.Fatalf("wait_durable returned %s; want %s", got, casualdb.FormatLSN(start))
+	}
+	before := lsnNow()
+	for i := range 20 {
+		if err := meta.SaveDurableLSN(ctx, conn, before+uint64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 20 commit records would be at least 20 x 30 bytes; allow a
+	// background record or two.
+	if grew := lsnNow() - before; grew >= 200 {
+		t.Fatalf("20 saves of the watermark wrote %d bytes of WAL; want none", grew)
+	}
+	var need int
+	if err := conn.QueryRow(ctx, `SELECT w FROM casualdb.durability WHERE site = 'a'`).Scan(&need); err != nil || need != 2 {
+		t.Fatalf("w = %d, %v; want 2", need, err)
+	}
+}

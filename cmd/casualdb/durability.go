@@ -70,13 +70,28 @@ func (s *Sidecar) durabilityLoop(ctx context.Context) error {
 					return nil
 				}
 			}
+			fresh := false
 			if conn == nil || conn.IsClosed() {
 				if conn, err = pgx.ConnectConfig(qctx, cfg); err != nil {
 					s.log.Debug("durability watermark: connect", "err", err)
+					conn = nil
 				}
+				fresh = true
 			}
 			if conn != nil {
-				if err := meta.SaveDurability(qctx, conn, casualdb.SiteID(s.cfg.Site), s.cfg.Cluster.W, lsn); err != nil {
+				save := func() error { return meta.SaveDurableLSN(qctx, conn, lsn) }
+				if fresh {
+					// The site and W once per connection (a restarted
+					// database may have lost the row); then the LSN alone.
+					save = func() error {
+						return meta.SaveDurability(qctx, conn, casualdb.SiteID(s.cfg.Site), s.cfg.Cluster.W, lsn)
+					}
+				}
+				if err := save(); err != nil {
+					if fresh {
+						conn.Close(context.Background())
+						conn = nil
+					}
 					s.log.Debug("durability watermark", "err", err)
 				} else {
 					saved, savedSeq, savedAt = lsn, seq, time.Now()
