@@ -430,11 +430,32 @@ build:
 		}
 		return i, nil
 	}
-	ok, err := a.applyRun(ctx, run)
+	n, err := a.applyRun(ctx, run)
 	if err != nil {
 		return 0, err
 	}
-	if !ok {
+	if n > 0 && n < len(run) {
+		// A careful retry applied a prefix: the rest, and the copies of
+		// it, go back to the head of the queue, in order.
+		last := run[n-1]
+		a.progress[origin] = meta.Progress{Seq: last.seq, LSN: last.tx.LSN, CommitTime: last.tx.CommitTime, Epoch: last.epoch, AppliedAt: committed.AppliedAt}
+		keep := append([]inMsg{}, run[n:]...)
+		for _, im := range twins {
+			if im.seq <= last.seq {
+				a.count(func(s *Stats) { s.Skipped++ })
+				im.d.done()
+			} else {
+				keep = append(keep, im)
+			}
+		}
+		for _, im := range run[:n] {
+			im.d.done()
+		}
+		slices.SortStableFunc(keep, func(x, y inMsg) int { return cmp.Compare(x.seq, y.seq) })
+		q.held = append(keep, q.held[i:]...)
+		return i - len(keep), nil
+	}
+	if n == 0 {
 		// The run and its twins stay held and are tried again in a
 		// second; the duplicates seen on the way are done with.
 		q.retry = time.Now().Add(time.Second)
@@ -700,15 +721,25 @@ func (a *Applier) parkGarbled(ctx context.Context, m jetstream.Msg, e *ship.Entr
 	return nil
 }
 
+// carefulRun bounds the transactions of a careful retry: one statement and
+// a savepoint per change, every row of the run locked meanwhile. The rest of
+// a longer run goes back to be applied after it.
+const carefulRun = 256
+
 // applyRun applies consecutive transactions of one origin in one local
-// transaction, retrying what a race with local writers makes fail. ok is
-// false when it could not be applied now (the caller keeps it for later).
-func (a *Applier) applyRun(ctx context.Context, run []inMsg) (ok bool, err error) {
+// transaction, retrying what a race with local writers makes fail; a retry
+// applies at most carefulRun of them. It returns how many it applied (a
+// prefix of run); 0 when none could be applied now (the caller keeps them
+// for later).
+func (a *Applier) applyRun(ctx context.Context, run []inMsg) (applied int, err error) {
 	origin := run[0].origin
 	var lastErr error
 	for attempt := 0; attempt < 8; attempt++ {
 		if ctx.Err() != nil {
-			return false, ctx.Err()
+			return 0, ctx.Err()
+		}
+		if attempt > 0 && len(run) > carefulRun {
+			run = run[:carefulRun]
 		}
 		conn, err := a.originConn(ctx, origin)
 		if err != nil {
@@ -743,7 +774,7 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) (ok bool, err error
 				o.LastApplied = now
 				s.Origins[origin] = o
 			})
-			return true, nil
+			return len(run), nil
 		}
 		lastErr = err
 		if conn.IsClosed() || !isRetryable(err) {
@@ -753,17 +784,17 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) (ok bool, err error
 		select {
 		case <-time.After(time.Duration(attempt*attempt) * 10 * time.Millisecond):
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return 0, ctx.Err()
 		}
 	}
 	// The caller keeps the run and tries again; forget the optimistic
 	// progress.
 	a.truncsValid = false
 	if err := a.reloadProgress(ctx); err != nil {
-		return false, err
+		return 0, err
 	}
 	a.log.Error("apply failed; will retry", "origin", origin, "txs", len(run), "err", lastErr)
-	return false, nil
+	return 0, nil
 }
 
 func (a *Applier) reloadProgress(ctx context.Context) error {

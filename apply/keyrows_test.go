@@ -2,18 +2,21 @@ package apply
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/casualdb/casualdb/meta"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // TestKeyRowsQuery_ProbesKeysOnGrownTable runs presentQuery and lockQuery
 // against a real table: they return exactly the rows of the given keys,
-// names of the query cannot collide with a user's (a table "u" with a
-// column "casualdb_k0" is not confused with the key array), and a plan made
+// names of the query cannot collide with a user's (a table "casualdb_keys"
+// with a column "casualdb_k0" is not confused with the key array), and a plan made
 // while the table was empty still probes the primary key once it has grown
 // (a join of the key array to the table kept a plan that scanned the whole
 // table for every key).
@@ -22,8 +25,8 @@ func TestKeyRowsQuery_ProbesKeysOnGrownTable(t *testing.T) {
 	conn := pgtest.Connect(t, pg.DSN())
 	ctx := context.Background()
 	for _, sql := range []string{
-		`CREATE TABLE public.u (a integer, casualdb_k0 text, b text, v text, PRIMARY KEY (a, b))`,
-		`VACUUM ANALYZE public.u`,
+		`CREATE TABLE public.casualdb_keys (a integer, casualdb_k0 text, b text, v text, PRIMARY KEY (a, b))`,
+		`VACUUM ANALYZE public.casualdb_keys`,
 	} {
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			t.Fatal(err)
@@ -37,7 +40,7 @@ func TestKeyRowsQuery_ProbesKeysOnGrownTable(t *testing.T) {
 	if _, err := conn.Exec(ctx, `SET plan_cache_mode = force_generic_plan`); err != nil {
 		t.Fatal(err)
 	}
-	lt := &localTable{name: "public.u", ident: pgx.Identifier{"public", "u"}.Sanitize(),
+	lt := &localTable{name: "public.casualdb_keys", ident: pgx.Identifier{"public", "casualdb_keys"}.Sanitize(),
 		cols: map[string]string{"a": "integer", "casualdb_k0": "text", "b": "text", "v": "text"},
 		keys: []string{"a", "b"}, keyTyp: []string{"integer", "text"}}
 	keys := [][]string{{"2", "y"}, {"1", "x"}, {"3", "none"}}
@@ -53,7 +56,7 @@ func TestKeyRowsQuery_ProbesKeysOnGrownTable(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := conn.Exec(ctx, `INSERT INTO public.u SELECT g, 'k' || g, chr(120 + g % 2), 'v' FROM generate_series(1, 20000) g`); err != nil {
+	if _, err := conn.Exec(ctx, `INSERT INTO public.casualdb_keys SELECT g, 'k' || g, chr(120 + g % 2), 'v' FROM generate_series(1, 20000) g`); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"lock_rows", "present_rows"} {
@@ -73,7 +76,7 @@ func TestKeyRowsQuery_ProbesKeysOnGrownTable(t *testing.T) {
 			t.Fatal(err)
 		}
 		text := strings.Join(plan, "\n")
-		if strings.Contains(text, "Seq Scan on u") || !strings.Contains(text, "Index Cond") {
+		if strings.Contains(text, "Seq Scan on casualdb_keys") || !strings.Contains(text, "Index Cond") {
 			t.Fatalf("%s does not probe the primary key:\n%s", name, text)
 		}
 	}
@@ -105,5 +108,84 @@ func TestKeyRowsQuery_ProbesKeysOnGrownTable(t *testing.T) {
 	}
 	if n != 2 {
 		t.Fatalf("presentQuery found %d rows; want 2", n)
+	}
+}
+
+// TestLockQuery_LocksInKeyOrder checks that apply locks rows in the order of
+// their typed keys (9 before 10), as a local UPDATE scanning the primary key
+// does: sorted as text ("10" before "9") the two deadlocked.
+func TestLockQuery_LocksInKeyOrder(t *testing.T) {
+	pg := pgtest.NewServer(t, "keyorder")
+	ctx := context.Background()
+	local := pgtest.Connect(t, pg.DSN())
+	applyConn := pgtest.Connect(t, pg.DSN())
+	for _, sql := range []string{
+		`CREATE TABLE public.t (id integer PRIMARY KEY, v text)`,
+		`INSERT INTO public.t SELECT g, 'v' FROM generate_series(1, 20) g`,
+	} {
+		if _, err := local.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lt := &localTable{name: "public.t", ident: pgx.Identifier{"public", "t"}.Sanitize(),
+		cols: map[string]string{"id": "integer", "v": "text"}, keys: []string{"id"}, keyTyp: []string{"integer"}}
+
+	ltx, err := local.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ltx.Rollback(ctx)
+	if _, err := ltx.Exec(ctx, `SELECT 1 FROM public.t WHERE id = 10 FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if err := applyConn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	// Whatever happens below, the lock query ends (the local lock goes)
+	// before the connections close.
+	t.Cleanup(func() {
+		_ = ltx.Rollback(context.Background())
+		<-done
+	})
+	go func() {
+		tx, err := applyConn.Begin(ctx)
+		if err != nil {
+			done <- err
+			return
+		}
+		q, args := lockQuery(lt, [][]string{{"10"}, {"9"}})
+		rows, err := tx.Query(ctx, q, args...)
+		if err == nil {
+			_, err = scanLocked(lt, rows)
+		}
+		_ = tx.Rollback(ctx)
+		done <- err
+	}()
+	// Wait until apply's session waits for row 10.
+	pgtest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		var waiting bool
+		if err := local.QueryRow(ctx, `SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&waiting); err != nil {
+			return err
+		}
+		if !waiting {
+			return errors.New("apply's session does not wait for a lock yet")
+		}
+		return nil
+	})
+	// It holds 9 already: locked in key order.
+	_, err = ltx.Exec(ctx, `SELECT 1 FROM public.t WHERE id = 9 FOR UPDATE NOWAIT`)
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "55P03" {
+		t.Fatalf("locking row 9 while apply waits for 10: %v; want lock_not_available (apply locks 9 first)", err)
+	}
+	if err := ltx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	err = <-done
+	done <- err // for the cleanup
+	if err != nil {
+		t.Fatalf("apply's lock query: %v", err)
 	}
 }

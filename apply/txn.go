@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -511,12 +510,23 @@ func (w *txWriter) validate(ctx context.Context) error {
 	overlay(vs, pend)
 	for _, k := range keys {
 		now, ok := vs[k]
-		before, was := w.loaded[k]
+		before, was := w.expected(k)
 		if ok != was || (ok && !sameVersion(now.Version, before.Version)) {
 			return fmt.Errorf("%w: %s %s was written locally meanwhile", errRace, k.Table, k.Key)
 		}
 	}
 	return nil
+}
+
+// expected returns the version k must have on record for the run to commit:
+// the one the run decided against, or the one it recorded itself already
+// (a TRUNCATE in the run saves what the run wrote before it).
+func (w *txWriter) expected(k meta.RowKey) (meta.RowVersion, bool) {
+	if rv, ok := w.all[k]; ok {
+		return rv, true
+	}
+	rv, ok := w.loaded[k]
+	return rv, ok
 }
 
 // unchangedCheck returns the statement that fails the transaction (SQLSTATE
@@ -530,7 +540,7 @@ func (w *txWriter) unchangedCheck() stmt {
 	walls, logical := make([]int64, 0, n), make([]int64, 0, n)
 	for _, k := range w.check {
 		tbls, keys = append(tbls, k.Table), append(keys, k.Key)
-		rv, ok := w.loaded[k]
+		rv, ok := w.expected(k)
 		if !ok {
 			walls, logical, origins, vcs = append(walls, 0), append(logical, 0), append(origins, ""), append(vcs, nil)
 			continue
@@ -549,24 +559,23 @@ func presentQuery(lt *localTable, keys [][]string) (string, []any) {
 	return keyRowsQuery(lt, keys, "1", false)
 }
 
-// lockQuery locks the rows of lt with the given keys and returns the
-// canonical key and xmin of each present one; see scanLocked. Every apply
-// session locks in the same order (the keys sorted as text), so that two
-// origins' runs wait for each other rather than deadlock.
+// lockQuery locks the rows of lt with the given keys, in the order of their
+// typed values (the primary key's order, as a local multi-row UPDATE that
+// scans it would), and returns the canonical key and xmin of each present
+// one; see scanLocked.
 func lockQuery(lt *localTable, keys [][]string) (string, []any) {
-	sorted := slices.Clone(keys)
-	slices.SortFunc(sorted, slices.Compare[[]string])
-	return keyRowsQuery(lt, sorted, lt.keyText()+", xmin::text", true)
+	return keyRowsQuery(lt, keys, lt.keyText()+", xmin::text", true)
 }
 
 // keyRowsQuery selects sel from the rows of lt with the given keys, one
-// text array parameter per key column, locking them if lock. Each key is
-// looked up on its own (a lateral subquery limited to one row) so that the
-// plan probes the primary key whatever the planner believes of the table's
-// size: the join of a key array to a table that was empty when the session
-// planned it scanned the whole table for every key (the plan cache keeps a
-// generic plan). The names of the key array and the table in the query are
-// prefixed so that they cannot collide with a user's column or table.
+// text array parameter per key column; if lock, it locks them in key order.
+// Each key is looked up on its own (a lateral subquery limited to one row)
+// so that the plan probes the primary key whatever the planner believes of
+// the table's size: the join of a key array to a table that was empty when
+// the session planned it scanned the whole table for every key (the plan
+// cache keeps a generic plan). The names the query gives the key array and
+// the table are prefixed so that they cannot collide with a user's column
+// or table.
 func keyRowsQuery(lt *localTable, keys [][]string, sel string, lock bool) (string, []any) {
 	cols := make([][]string, len(lt.keys))
 	for _, k := range keys {
@@ -576,23 +585,27 @@ func keyRowsQuery(lt *localTable, keys [][]string, sel string, lock bool) (strin
 			}
 		}
 	}
-	var unnest, names, casts, keyCols []string
+	var unnest, names, casts, order, keyCols, keyRefs []string
 	args := make([]any, len(cols))
 	for i, k := range lt.keys {
-		names = append(names, fmt.Sprintf("casualdb_k%d", i))
+		names = append(names, fmt.Sprintf("k%d", i))
 		unnest = append(unnest, fmt.Sprintf("$%d::text[]", i+1))
-		casts = append(casts, fmt.Sprintf("CAST(casualdb_keys.casualdb_k%d AS %s)", i, lt.keyTyp[i]))
-		keyCols = append(keyCols, pgx.Identifier{k}.Sanitize())
+		casts = append(casts, fmt.Sprintf("CAST(u.k%d AS %s) AS casualdb_k%d", i, lt.keyTyp[i], i))
+		order = append(order, fmt.Sprint(i+1))
+		keyCols = append(keyCols, "casualdb_t."+pgx.Identifier{k}.Sanitize())
+		keyRefs = append(keyRefs, fmt.Sprintf("casualdb_keys.casualdb_k%d", i))
 		args[i] = cols[i]
 	}
-	forUpdate := ""
+	forUpdate, orderBy := "", ""
 	if lock {
-		forUpdate = " FOR UPDATE"
+		// The nested loop takes the keys in this order, and locks each
+		// row as it finds it.
+		forUpdate, orderBy = " FOR UPDATE", " ORDER BY "+strings.Join(order, ", ")
 	}
-	q := fmt.Sprintf(`SELECT casualdb_row.* FROM unnest(%s) AS casualdb_keys(%s)
-		CROSS JOIN LATERAL (SELECT %s FROM %s WHERE (%s) = (%s) LIMIT 1%s) AS casualdb_row`,
-		strings.Join(unnest, ", "), strings.Join(names, ", "),
-		sel, lt.ident, strings.Join(keyCols, ", "), strings.Join(casts, ", "), forUpdate)
+	q := fmt.Sprintf(`SELECT casualdb_row.* FROM (SELECT %s FROM unnest(%s) AS u(%s)%s) AS casualdb_keys
+		CROSS JOIN LATERAL (SELECT %s FROM %s AS casualdb_t WHERE (%s) = (%s) LIMIT 1%s) AS casualdb_row`,
+		strings.Join(casts, ", "), strings.Join(unnest, ", "), strings.Join(names, ", "), orderBy,
+		sel, lt.ident, strings.Join(keyCols, ", "), strings.Join(keyRefs, ", "), forUpdate)
 	return q, args
 }
 

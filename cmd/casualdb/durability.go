@@ -26,12 +26,13 @@ func wDurable(w int, last uint64, floors []uint64) uint64 {
 	return min(s[w-2], last)
 }
 
-// durabilityLoop keeps casualdb.durability up to date, which
+// durabilityLoop keeps the W-durability watermark up to date, which
 // casualdb.wait_durable polls: the LSN below which every local transaction
 // is W-durable. It wakes when capture's processed position moves or a peer
 // acknowledges something (and once a second), and saves at most every
-// durableEvery: an idle site does nothing at all. The table is unlogged, so
-// a save writes no WAL (and does not move the processed position in turn).
+// durableEvery: an idle site does nothing at all. The LSN is an unlogged
+// sequence's value, so a save writes no WAL (and does not move the
+// processed position in turn); see meta's durabilityDDL.
 func (s *Sidecar) durabilityLoop(ctx context.Context) error {
 	cfg, err := pgx.ParseConfig(s.cfg.Database.DSN)
 	if err != nil {
@@ -46,10 +47,16 @@ func (s *Sidecar) durabilityLoop(ctx context.Context) error {
 	}()
 	var saved, savedSeq uint64
 	var savedAt time.Time
+	rowSaved := false // on this connection
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		advanced := s.capturer.Advanced()
+		if conn != nil && conn.IsClosed() {
+			// The database may have restarted (its unlogged watermark
+			// reset): save again even if nothing moved.
+			saved = 0
+		}
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		lsn, seq, ok := s.computeDurable(qctx, savedSeq)
 		if ok && lsn > saved {
@@ -70,30 +77,27 @@ func (s *Sidecar) durabilityLoop(ctx context.Context) error {
 					return nil
 				}
 			}
-			fresh := false
 			if conn == nil || conn.IsClosed() {
 				if conn, err = pgx.ConnectConfig(qctx, cfg); err != nil {
 					s.log.Debug("durability watermark: connect", "err", err)
 					conn = nil
 				}
-				fresh = true
+				rowSaved = false
 			}
 			if conn != nil {
 				save := func() error { return meta.SaveDurableLSN(qctx, conn, lsn) }
-				if fresh {
+				if !rowSaved {
 					// The site and W once per connection (a restarted
-					// database may have lost the row); then the LSN alone.
+					// database lost the row and the sequence); then the LSN
+					// alone.
 					save = func() error {
 						return meta.SaveDurability(qctx, conn, casualdb.SiteID(s.cfg.Site), s.cfg.Cluster.W, lsn)
 					}
 				}
 				if err := save(); err != nil {
-					if fresh {
-						conn.Close(context.Background())
-						conn = nil
-					}
 					s.log.Debug("durability watermark", "err", err)
 				} else {
+					rowSaved = true
 					saved, savedSeq, savedAt = lsn, seq, time.Now()
 					s.mu.Lock()
 					s.durableSeq, s.durableLSN = seq, lsn
