@@ -224,6 +224,11 @@ type inMsg struct {
 	received time.Time // taken from the inbox
 }
 
+// progress is the origin's progress once im is applied.
+func (im inMsg) progress(appliedAt time.Time) meta.Progress {
+	return meta.Progress{Seq: im.seq, LSN: im.tx.LSN, CommitTime: im.tx.CommitTime, Epoch: im.epoch, AppliedAt: appliedAt}
+}
+
 // Run applies until ctx is done or a database error persists.
 //
 // It reads every origin through its own consumer and holds what it took in
@@ -417,7 +422,7 @@ build:
 		delete(a.depSince, origin)
 		delete(a.resend, origin)
 		// Admit the next one of the same origin against this one.
-		a.progress[origin] = meta.Progress{Seq: im.seq, LSN: im.tx.LSN, CommitTime: im.tx.CommitTime, Epoch: im.epoch, AppliedAt: committed.AppliedAt}
+		a.progress[origin] = im.progress(committed.AppliedAt)
 		run = append(run, *im)
 	}
 	if len(run) == 0 {
@@ -434,45 +439,35 @@ build:
 	if err != nil {
 		return 0, err
 	}
-	if n > 0 && n < len(run) {
-		// A careful retry applied a prefix: the rest, and the copies of
-		// it, go back to the head of the queue, in order.
-		last := run[n-1]
-		a.progress[origin] = meta.Progress{Seq: last.seq, LSN: last.tx.LSN, CommitTime: last.tx.CommitTime, Epoch: last.epoch, AppliedAt: committed.AppliedAt}
-		keep := append([]inMsg{}, run[n:]...)
-		for _, im := range twins {
-			if im.seq <= last.seq {
-				a.count(func(s *Stats) { s.Skipped++ })
-				im.d.done()
-			} else {
-				keep = append(keep, im)
-			}
-		}
-		for _, im := range run[:n] {
-			im.d.done()
-		}
-		slices.SortStableFunc(keep, func(x, y inMsg) int { return cmp.Compare(x.seq, y.seq) })
-		q.held = append(keep, q.held[i:]...)
-		return i - len(keep), nil
-	}
-	if n == 0 {
-		// The run and its twins stay held and are tried again in a
-		// second; the duplicates seen on the way are done with.
+	switch {
+	case n == 0:
+		// Tried again in a second (applyRun reloaded the progress).
 		q.retry = time.Now().Add(time.Second)
-		keep := append(append([]inMsg{}, run...), twins...)
-		slices.SortStableFunc(keep, func(x, y inMsg) int { return cmp.Compare(x.seq, y.seq) })
-		q.held = append(keep, q.held[i:]...)
-		return i - len(keep), nil
+	case n < len(run):
+		// A careful retry applied a prefix; the rest goes next.
+		a.progress[origin] = run[n-1].progress(committed.AppliedAt)
 	}
-	for _, im := range run {
+	// What was applied, and the copies of it, are done with; the rest and
+	// its copies stay held, in order.
+	for _, im := range run[:n] {
 		im.d.done()
 	}
+	keep := append([]inMsg{}, run[n:]...)
 	for _, im := range twins {
-		a.count(func(s *Stats) { s.Skipped++ })
-		im.d.done()
+		if n > 0 && im.seq <= run[n-1].seq {
+			a.count(func(s *Stats) { s.Skipped++ })
+			im.d.done()
+		} else {
+			keep = append(keep, im)
+		}
 	}
-	q.held = q.held[i:]
-	return i, nil
+	if len(keep) == 0 {
+		q.held = q.held[i:]
+		return i, nil
+	}
+	slices.SortStableFunc(keep, func(x, y inMsg) int { return cmp.Compare(x.seq, y.seq) })
+	q.held = append(keep, q.held[i:]...)
+	return i - len(keep), nil
 }
 
 // resendState paces the requests to one origin to ship again.

@@ -24,22 +24,11 @@ func TestKeyRowsQuery_ProbesKeysOnGrownTable(t *testing.T) {
 	pg := pgtest.NewServer(t, "keyrows")
 	conn := pgtest.Connect(t, pg.DSN())
 	ctx := context.Background()
-	for _, sql := range []string{
+	pgtest.ExecAll(t, conn,
 		`CREATE TABLE public.casualdb_keys (a integer, casualdb_k0 text, b text, v text, PRIMARY KEY (a, b))`,
 		`VACUUM ANALYZE public.casualdb_keys`,
-	} {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for k, v := range meta.KeyLookupParams {
-		if _, err := conn.Exec(ctx, `SELECT set_config($1, $2, false)`, k, v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := conn.Exec(ctx, `SET plan_cache_mode = force_generic_plan`); err != nil {
-		t.Fatal(err)
-	}
+		`SET plan_cache_mode = force_generic_plan`)
+	pgtest.SetParams(t, conn, meta.KeyLookupParams)
 	lt := &localTable{name: "public.casualdb_keys", ident: pgx.Identifier{"public", "casualdb_keys"}.Sanitize(),
 		cols: map[string]string{"a": "integer", "casualdb_k0": "text", "b": "text", "v": "text"},
 		keys: []string{"a", "b"}, keyTyp: []string{"integer", "text"}}
@@ -49,33 +38,11 @@ func TestKeyRowsQuery_ProbesKeysOnGrownTable(t *testing.T) {
 	present, _ := presentQuery(lt, keys)
 	// Planned now, on the empty table.
 	for name, sql := range map[string]string{"lock_rows": lock, "present_rows": present} {
-		if _, err := conn.Exec(ctx, `PREPARE `+name+` AS `+sql); err != nil {
-			t.Fatalf("prepare %s: %v\n%s", name, err, sql)
-		}
-		if _, err := conn.Exec(ctx, `EXECUTE `+name+`('{1}', '{x}')`); err != nil {
-			t.Fatal(err)
-		}
+		pgtest.ExecAll(t, conn, `PREPARE `+name+` AS `+sql, `EXECUTE `+name+`('{1}', '{x}')`)
 	}
-	if _, err := conn.Exec(ctx, `INSERT INTO public.casualdb_keys SELECT g, 'k' || g, chr(120 + g % 2), 'v' FROM generate_series(1, 20000) g`); err != nil {
-		t.Fatal(err)
-	}
+	pgtest.ExecAll(t, conn, `INSERT INTO public.casualdb_keys SELECT g, 'k' || g, chr(120 + g % 2), 'v' FROM generate_series(1, 20000) g`)
 	for _, name := range []string{"lock_rows", "present_rows"} {
-		var plan []string
-		rows, err := conn.Query(ctx, `EXPLAIN EXECUTE `+name+`('{1,2}', '{x,y}')`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rows.Next() {
-			var line string
-			if err := rows.Scan(&line); err != nil {
-				t.Fatal(err)
-			}
-			plan = append(plan, line)
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
-		text := strings.Join(plan, "\n")
+		text := pgtest.Plan(t, conn, `EXECUTE `+name+`('{1,2}', '{x,y}')`)
 		if strings.Contains(text, "Seq Scan on casualdb_keys") || !strings.Contains(text, "Index Cond") {
 			t.Fatalf("%s does not probe the primary key:\n%s", name, text)
 		}
@@ -119,14 +86,9 @@ func TestLockQuery_LocksInKeyOrder(t *testing.T) {
 	ctx := context.Background()
 	local := pgtest.Connect(t, pg.DSN())
 	applyConn := pgtest.Connect(t, pg.DSN())
-	for _, sql := range []string{
+	pgtest.ExecAll(t, local,
 		`CREATE TABLE public.t (id integer PRIMARY KEY, v text)`,
-		`INSERT INTO public.t SELECT g, 'v' FROM generate_series(1, 20) g`,
-	} {
-		if _, err := local.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
+		`INSERT INTO public.t SELECT g, 'v' FROM generate_series(1, 20) g`)
 	lt := &localTable{name: "public.t", ident: pgx.Identifier{"public", "t"}.Sanitize(),
 		cols: map[string]string{"id": "integer", "v": "text"}, keys: []string{"id"}, keyTyp: []string{"integer"}}
 

@@ -20,6 +20,7 @@ import (
 
 // rowState is what one apply transaction knows of one row.
 type rowState struct {
+	key     []string // the key's values, as in the change
 	present bool
 	xmin    uint32
 	rv      *meta.RowVersion // recorded version; nil when none
@@ -70,7 +71,11 @@ func (a *Applier) applyTxs(ctx context.Context, conn *pgx.Conn, run []inMsg, car
 	}
 	validated := time.Now()
 	if len(w.check) > 0 {
-		w.queue = append(w.queue, w.unchangedCheck())
+		check, err := w.unchangedCheck()
+		if err != nil {
+			return res, err
+		}
+		w.queue = append(w.queue, check)
 	}
 	q := execQueue{w}
 	if err := w.saveWritten(ctx, q); err != nil {
@@ -122,11 +127,7 @@ func (w *txWriter) absentChecks() []stmt {
 		if st.present || w.bad[k.Table] != nil {
 			continue
 		}
-		var key []string
-		if err := json.Unmarshal([]byte(k.Key), &key); err != nil {
-			continue
-		}
-		keys[k.Table] = append(keys[k.Table], key)
+		keys[k.Table] = append(keys[k.Table], st.key)
 	}
 	tbls := make([]string, 0, len(keys))
 	for tbl := range keys {
@@ -140,7 +141,7 @@ func (w *txWriter) absentChecks() []stmt {
 			continue
 		}
 		q, args := presentQuery(lt, keys[tbl])
-		out = append(out, stmt{sql: `SELECT casualdb.expect_absent(count(*)) FROM (` + q + `) p`, args: args, rows: -1,
+		out = append(out, stmt{sql: `SELECT casualdb.expect_unraced(count(*), 'apply left absent') FROM (` + q + `) p`, args: args, rows: -1,
 			what: "check that rows left absent are still absent in " + lt.name})
 	}
 	return out
@@ -239,7 +240,7 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 			if _, ok := w.state[rk]; ok {
 				continue
 			}
-			w.state[rk] = &rowState{}
+			w.state[rk] = &rowState{key: c.Key}
 			all = append(all, rk)
 			keys[c.Table] = append(keys[c.Table], c.Key)
 		}
@@ -534,7 +535,7 @@ func (w *txWriter) expected(k meta.RowKey) (meta.RowVersion, bool) {
 // one the run decided against (w.loaded; absent if it had none): what
 // validate compares itself when capture still holds versions it has not
 // recorded. It must run before the run records its own versions.
-func (w *txWriter) unchangedCheck() stmt {
+func (w *txWriter) unchangedCheck() (stmt, error) {
 	n := len(w.check)
 	tbls, keys, origins, vcs := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]*string, 0, n)
 	walls, logical := make([]int64, 0, n), make([]int64, 0, n)
@@ -545,13 +546,16 @@ func (w *txWriter) unchangedCheck() stmt {
 			walls, logical, origins, vcs = append(walls, 0), append(logical, 0), append(origins, ""), append(vcs, nil)
 			continue
 		}
-		vc, _ := json.Marshal(rv.Version.VC)
+		vc, err := json.Marshal(rv.Version.VC)
+		if err != nil {
+			return stmt{}, fmt.Errorf("check versions: %s %s: %w", k.Table, k.Key, err)
+		}
 		v := string(vc)
 		walls, logical = append(walls, rv.Version.HLC.Wall), append(logical, int64(rv.Version.HLC.Logical))
 		origins, vcs = append(origins, string(rv.Version.Origin)), append(vcs, &v)
 	}
 	return stmt{sql: meta.UnchangedCheckSQL, args: []any{tbls, keys, walls, logical, origins, vcs}, rows: -1,
-		what: "check that the versions the run decided against are unchanged"}
+		what: "check that the versions the run decided against are unchanged"}, nil
 }
 
 // presentQuery selects the rows of lt with the given keys (one row each).

@@ -210,38 +210,39 @@ func (c *cluster) hasMarker(ctx context.Context, i int, id int64) (bool, error) 
 func (c *cluster) waitDigest(ctx context.Context, want digest, marker int64, sites []int, dataOnly bool) error {
 	deadline := time.Now().Add(waitTimeout)
 	for _, i := range sites {
-		for {
+		err := pollUntil(ctx, deadline, pollEvery, func() (bool, string, error) {
 			ok, err := c.hasMarker(ctx, i, marker)
-			if err != nil {
-				return err
-			}
-			if ok {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("wait for site %s: %w within %s: marker %d missing", siteName(i), errNotConverged, waitTimeout, marker)
-			}
-			if err := sleep(ctx, pollEvery); err != nil {
-				return fmt.Errorf("wait for site %s: %w", siteName(i), err)
-			}
+			return ok, fmt.Sprintf("marker %d missing", marker), err
+		})
+		if err == nil {
+			err = pollUntil(ctx, deadline, digestEvery, func() (bool, string, error) {
+				got, err := c.digest(ctx, i)
+				return got.same(want) || dataOnly && got.sameData(want), fmt.Sprintf("has %s, site a %s", got, want), err
+			})
 		}
-		for {
-			got, err := c.digest(ctx, i)
-			if err != nil {
-				return fmt.Errorf("wait for site %s: %w", siteName(i), err)
-			}
-			if got.same(want) || dataOnly && got.sameData(want) {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("wait for site %s: %w within %s: has %s, site a %s", siteName(i), errNotConverged, waitTimeout, got, want)
-			}
-			if err := sleep(ctx, digestEvery); err != nil {
-				return fmt.Errorf("wait for site %s: %w", siteName(i), err)
-			}
+		if err != nil {
+			return fmt.Errorf("wait for site %s: %w", siteName(i), err)
 		}
 	}
 	return nil
+}
+
+// pollUntil calls f every interval until it reports done, fails, or the
+// deadline passes (errNotConverged, with f's last description of what it
+// still lacks).
+func pollUntil(ctx context.Context, deadline time.Time, every time.Duration, f func() (done bool, lacking string, err error)) error {
+	for {
+		done, lacking, err := f()
+		if err != nil || done {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w within %s: %s", errNotConverged, waitTimeout, lacking)
+		}
+		if err := sleep(ctx, every); err != nil {
+			return err
+		}
+	}
 }
 
 // peers lists every site but a.

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
-	"github.com/jackc/pgx/v5"
 )
 
 // idleResult is what a system costs when nothing is written: the cores each
@@ -62,16 +61,10 @@ func (r *runner) idle(ctx context.Context) (*idleResult, error) {
 // writes no WAL.
 func (c *cluster) walLSNs(ctx context.Context) ([]uint64, error) {
 	var out []uint64
-	for i, s := range c.servers {
-		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		conn, err := pgx.Connect(qctx, benchDSN(s))
-		if err != nil {
-			cancel()
-			return nil, fmt.Errorf("wal position at site %s: %w", siteName(i), err)
-		}
+	for i, conn := range c.conns {
+		qctx, cancel := context.WithTimeout(ctx, queryTimeout)
 		var lsn string
-		err = conn.QueryRow(qctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn)
-		conn.Close(context.Background())
+		err := conn.QueryRow(qctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn)
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("wal position at site %s: %w", siteName(i), err)

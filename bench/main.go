@@ -90,6 +90,17 @@ func (o options) validate() error {
 	case o.probeEvery <= 0:
 		return errors.New("-probe-every must be positive")
 	}
+	if o.scenarios != "" {
+		for _, name := range strings.Split(o.scenarios, ",") {
+			known := false
+			for k := scenarioBaseline; k <= scenarioBacklog; k++ {
+				known = known || strings.TrimSpace(name) == k.String()
+			}
+			if !known {
+				return fmt.Errorf("-scenarios: unknown scenario %q (baseline, saturation-4, saturation-8, throttled, backlog)", name)
+			}
+		}
+	}
 	return nil
 }
 

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // With -statements N, every server preloads pg_stat_statements and the
@@ -40,15 +38,12 @@ func (c *cluster) resetStatements(ctx context.Context) error {
 // time since resetStatements.
 func (c *cluster) topStatements(ctx context.Context, n int) ([]string, error) {
 	var out []string
-	for i, s := range c.servers {
-		conn, err := pgx.Connect(ctx, benchDSN(s))
-		if err != nil {
-			return nil, fmt.Errorf("statements at site %s: %w", siteName(i), err)
-		}
-		rows, err := conn.Query(ctx, `SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 100)
+	for i, conn := range c.conns {
+		qctx, cancel := context.WithTimeout(ctx, queryTimeout)
+		rows, err := conn.Query(qctx, `SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 100)
 			FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT $1`, n)
 		if err != nil {
-			conn.Close(ctx)
+			cancel()
 			return nil, fmt.Errorf("statements at site %s: %w", siteName(i), err)
 		}
 		out = append(out, fmt.Sprintf("site %s:  calls  total ms  rows  statement", siteName(i)))
@@ -58,14 +53,14 @@ func (c *cluster) topStatements(ctx context.Context, n int) ([]string, error) {
 			var q string
 			if err := rows.Scan(&calls, &ms, &nrows, &q); err != nil {
 				rows.Close()
-				conn.Close(ctx)
+				cancel()
 				return nil, fmt.Errorf("statements at site %s: %w", siteName(i), err)
 			}
 			out = append(out, fmt.Sprintf("  %8d %9.0f %7d  %s", calls, ms, nrows, q))
 		}
 		err = rows.Err()
 		rows.Close()
-		conn.Close(ctx)
+		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("statements at site %s: %w", siteName(i), err)
 		}

@@ -44,12 +44,12 @@ var durabilityDDL = []string{
 		need     int;
 	BEGIN
 		LOOP
-			SELECT w INTO need FROM casualdb.durability LIMIT 1;
 			SELECT CASE WHEN last_value > 0 THEN '0/0'::pg_lsn + last_value END INTO got FROM casualdb.durable_lsn;
 			IF got IS NOT NULL AND got >= target THEN
 				RETURN got;
 			END IF;
 			IF clock_timestamp() >= deadline THEN
+				SELECT w INTO need FROM casualdb.durability LIMIT 1;
 				RAISE EXCEPTION 'casualdb: writes up to % are not held by % sites after % (durable up to %)',
 					target, coalesce(need, 0), timeout, coalesce(got::text, 'nothing: is the sidecar running with cluster.w?')
 					USING ERRCODE = '57014', HINT = 'the transaction is committed here and will replicate; it is not yet W-durable';

@@ -1,22 +1,15 @@
 package meta_test
 
 import (
-	"context"
 	"testing"
 	"time"
 
 	"github.com/casualdb/casualdb"
-	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/casualdb/casualdb/meta"
 )
 
 func TestTrimConflictLog(t *testing.T) {
-	pg := pgtest.NewServer(t, "meta")
-	conn := pgtest.Connect(t, pg.DSN())
-	ctx := context.Background()
-	if err := meta.Install(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
+	conn, ctx := installed(t)
 	for _, key := range []string{`["old"]`, `["new"]`} {
 		if err := meta.LogConflict(ctx, conn, meta.Conflict{Table: "public.t", Key: key, Rule: "lww", Winner: "local"}); err != nil {
 			t.Fatal(err)
@@ -39,12 +32,7 @@ func TestTrimConflictLog(t *testing.T) {
 // tombstone of origin a goes only once the last transaction applied from
 // every other site says that site had applied a's delete.
 func TestCollectTombstones(t *testing.T) {
-	pg := pgtest.NewServer(t, "meta")
-	conn := pgtest.Connect(t, pg.DSN())
-	ctx := context.Background()
-	if err := meta.Install(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
+	conn, ctx := installed(t)
 	v := casualdb.Version{HLC: casualdb.HLC{Wall: 1}, Origin: "a", VC: casualdb.VectorClock{"a": 1}}
 	err := meta.SaveVersions(ctx, conn, map[meta.RowKey]meta.RowVersion{
 		{Table: "public.t", Key: `["1"]`}: {Version: v, Deleted: true, OriginLSN: 100},
@@ -91,12 +79,7 @@ func TestCollectTombstones(t *testing.T) {
 // record once the site has applied far enough, reopens it on a later
 // expiry, and forgets it by age.
 func TestHintExpiry(t *testing.T) {
-	pg := pgtest.NewServer(t, "meta")
-	conn := pgtest.Connect(t, pg.DSN())
-	ctx := context.Background()
-	if err := meta.Install(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
+	conn, ctx := installed(t)
 	load := func() []meta.HintExpiry {
 		t.Helper()
 		es, err := meta.LoadHintExpiries(ctx, conn)

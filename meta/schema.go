@@ -137,20 +137,17 @@ var ddl = []string{
 		local_row      jsonb,
 		remote_row     jsonb)`,
 	`CREATE INDEX IF NOT EXISTS conflict_log_logged_at ON casualdb.conflict_log (logged_at)`,
-	// Fails the transaction when n rows exist that apply expected absent (a
-	// local insert raced with it): SQLSTATE 40001, which apply retries.
-	`CREATE OR REPLACE FUNCTION casualdb.expect_absent(n bigint) RETURNS void LANGUAGE plpgsql AS $$
+	// Fails apply's transaction when n of its rows were written locally
+	// meanwhile (what names the check): SQLSTATE 40001, which apply
+	// retries.
+	`CREATE OR REPLACE FUNCTION casualdb.expect_unraced(n bigint, what text) RETURNS void LANGUAGE plpgsql AS $$
 	BEGIN
 		IF n > 0 THEN
-			RAISE EXCEPTION 'casualdb: % row(s) apply expected absent were written locally meanwhile', n USING ERRCODE = '40001';
+			RAISE EXCEPTION 'casualdb: % row(s) %: written locally meanwhile', n, what USING ERRCODE = '40001';
 		END IF;
 	END $$`,
-	`CREATE OR REPLACE FUNCTION casualdb.expect_unchanged(n bigint) RETURNS void LANGUAGE plpgsql AS $$
-	BEGIN
-		IF n > 0 THEN
-			RAISE EXCEPTION 'casualdb: the versions of % row(s) apply decided against were written locally meanwhile', n USING ERRCODE = '40001';
-		END IF;
-	END $$`,
+	`DROP FUNCTION IF EXISTS casualdb.expect_absent(bigint)`,
+	`DROP FUNCTION IF EXISTS casualdb.expect_unchanged(bigint)`,
 }
 
 // Install creates CasualDB's schema and tables if they do not exist.

@@ -90,7 +90,7 @@ func VersionsQuery(keys []RowKey) (string, []any) {
 // $5 origin, $6 vector clock), or none where the clock is null. Equality is
 // that of apply's sameVersion: the stamp and the clock.
 const UnchangedCheckSQL = `
-		SELECT casualdb.expect_unchanged(count(*))
+		SELECT casualdb.expect_unraced(count(*), 'apply decided against another version of')
 		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[]) AS e(tbl, key, wall, logical, origin, vc)
 		LEFT JOIN LATERAL (SELECT r.hlc_wall, r.hlc_logical, r.origin, r.vclock FROM casualdb.row_version r
 			WHERE r.tbl = e.tbl AND r.key = e.key LIMIT 1) r ON true

@@ -9,6 +9,7 @@ import (
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/casualdb/casualdb/meta"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -19,66 +20,47 @@ import (
 // scanned the whole table for every key once it had grown (a throttled
 // benchmark on fresh sites spent 40 s of 46 in that statement).
 func TestKeyLookupParams_IndexPlanOnceTableGrows(t *testing.T) {
-	pg := pgtest.NewServer(t, "meta")
-	conn := pgtest.Connect(t, pg.DSN())
-	ctx := context.Background()
-	if err := meta.Install(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `VACUUM ANALYZE casualdb.row_version`); err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range meta.KeyLookupParams {
-		if _, err := conn.Exec(ctx, `SELECT set_config($1, $2, false)`, k, v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// The worst case of the plan cache: one plan for every execution.
-	if _, err := conn.Exec(ctx, `SET plan_cache_mode = force_generic_plan`); err != nil {
-		t.Fatal(err)
-	}
+	conn, _ := installed(t)
+	pgtest.ExecAll(t, conn, `VACUUM ANALYZE casualdb.row_version`)
+	lookupSession(t, conn)
 	sql, _ := meta.VersionsQuery([]meta.RowKey{{Table: "public.t", Key: `["1"]`}})
-	if _, err := conn.Exec(ctx, `PREPARE lookup(text[], text[]) AS `+sql); err != nil {
-		t.Fatal(err)
-	}
-	// Planned now, on the empty table.
-	if _, err := conn.Exec(ctx, `EXECUTE lookup('{public.t}', '{"[\"1\"]"}')`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `INSERT INTO casualdb.row_version (tbl, key, hlc_wall, hlc_logical, origin, vclock)
-		SELECT 'public.t', '["' || g || '"]', 1, 0, 'a', '{"a": 1}' FROM generate_series(1, 20000) g`); err != nil {
-		t.Fatal(err)
-	}
-	rows, err := conn.Query(ctx, `EXPLAIN EXECUTE lookup('{public.t,public.t}', '{"[\"1\"]","[\"2\"]"}')`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var plan []string
-	for rows.Next() {
-		var line string
-		if err := rows.Scan(&line); err != nil {
-			t.Fatal(err)
-		}
-		plan = append(plan, line)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	text := strings.Join(plan, "\n")
+	pgtest.ExecAll(t, conn,
+		`PREPARE lookup(text[], text[]) AS `+sql,
+		// Planned now, on the empty table.
+		`EXECUTE lookup('{public.t}', '{"[\"1\"]"}')`,
+		`INSERT INTO casualdb.row_version (tbl, key, hlc_wall, hlc_logical, origin, vclock)
+			SELECT 'public.t', '["' || g || '"]', 1, 0, 'a', '{"a": 1}' FROM generate_series(1, 20000) g`)
+	text := pgtest.Plan(t, conn, `EXECUTE lookup('{public.t,public.t}', '{"[\"1\"]","[\"2\"]"}')`)
 	if strings.Contains(text, "Seq Scan on row_version") || !strings.Contains(text, "Index Cond") {
 		t.Fatalf("version lookup does not probe the primary key:\n%s", text)
 	}
 }
 
-// TestUnchangedCheckSQL checks the statement apply's commit runs to fail
-// the transaction when a version it decided against changed.
-func TestUnchangedCheckSQL(t *testing.T) {
+// installed starts a server with CasualDB's schema installed.
+func installed(t *testing.T) (*pgx.Conn, context.Context) {
+	t.Helper()
 	pg := pgtest.NewServer(t, "meta")
 	conn := pgtest.Connect(t, pg.DSN())
 	ctx := context.Background()
 	if err := meta.Install(ctx, conn); err != nil {
 		t.Fatal(err)
 	}
+	return conn, ctx
+}
+
+// lookupSession gives conn the planner settings of apply's and capture's
+// sessions, and the plan cache's worst case: one generic plan for every
+// execution.
+func lookupSession(t *testing.T, conn *pgx.Conn) {
+	t.Helper()
+	pgtest.SetParams(t, conn, meta.KeyLookupParams)
+	pgtest.ExecAll(t, conn, `SET plan_cache_mode = force_generic_plan`)
+}
+
+// TestUnchangedCheckSQL checks the statement apply's commit runs to fail
+// the transaction when a version it decided against changed.
+func TestUnchangedCheckSQL(t *testing.T) {
+	conn, ctx := installed(t)
 	v := casualdb.Version{HLC: casualdb.HLC{Wall: 10, Logical: 2}, Origin: "a", VC: casualdb.VectorClock{"a": 3, "b": 1}}
 	if err := meta.SaveVersions(ctx, conn, map[meta.RowKey]meta.RowVersion{{Table: "public.t", Key: `["1"]`}: {Version: v}}); err != nil {
 		t.Fatal(err)
@@ -119,12 +101,7 @@ func TestUnchangedCheckSQL(t *testing.T) {
 // position the next save then recorded: ten transactions a second on an
 // idle site), and that wait_durable reads it.
 func TestDurability_WatermarkWithoutWAL(t *testing.T) {
-	pg := pgtest.NewServer(t, "meta")
-	conn := pgtest.Connect(t, pg.DSN())
-	ctx := context.Background()
-	if err := meta.Install(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
+	conn, ctx := installed(t)
 	if _, err := conn.Exec(ctx, `SELECT casualdb.wait_durable('20 ms')`); err == nil || !strings.Contains(err.Error(), "is the sidecar running") {
 		t.Fatalf("wait_durable before any save: %v; want the error saying nothing was saved", err)
 	}

@@ -184,7 +184,7 @@ func (o *Outbox) Publish(ctx context.Context, txs []*casualdb.Tx, afterMsg uint6
 				body = data // alone: no framing
 			} else {
 				if end == start {
-					body = make([]byte, 0, len(data)*(len(txs)-start)+16)
+					body = make([]byte, 0, min(len(data)*(len(txs)-start), maxBundleBytes+len(data))+16)
 				}
 				body = AppendEntry(body, Entry{Seq: txs[end].Seq, Data: data})
 			}
@@ -274,7 +274,7 @@ func (o *Outbox) Last(ctx context.Context) (lastTx, lastLSN, lastMsg uint64, err
 // MsgSeqOf returns the sequence of the message holding transaction txSeq;
 // when the outbox no longer holds it (trimmed), the oldest message it holds
 // (ok false); when it does not hold it yet, ok is false and msgSeq 0. It
-// searches by halves, reading headers only.
+// searches by halves (each step fetches one message).
 func (o *Outbox) MsgSeqOf(ctx context.Context, txSeq uint64) (msgSeq uint64, ok bool, err error) {
 	info, err := o.stream.Info(ctx)
 	if err != nil {
@@ -288,8 +288,8 @@ func (o *Outbox) MsgSeqOf(ctx context.Context, txSeq uint64) (msgSeq uint64, ok 
 		mid := lo + (hi-lo)/2
 		m, err := o.stream.GetMsg(ctx, mid, jetstream.WithGetMsgSubject(OutboxSubject(o.site)))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			// A hole (purged below): look above it.
-			lo = mid + 1
+			// Nothing at or after mid (purged meanwhile): look below.
+			hi = mid - 1
 			continue
 		}
 		if err != nil {

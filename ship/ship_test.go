@@ -261,9 +261,14 @@ func testShipperPeerDownThenUp(t *testing.T, bundle int) {
 	if want != 51 {
 		t.Errorf("received %d transactions, want 50", want-1)
 	}
-	if got := sh.Acked(); got != 50 {
-		t.Errorf("Acked() = %d, want 50", got)
-	}
+	// The shipper learns of the acknowledgement after the receiver holds
+	// the messages.
+	pgtest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if got := sh.Acked(); got != 50 {
+			return fmt.Errorf("Acked() = %d, want 50", got)
+		}
+		return nil
+	})
 	pgtest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		if err := ob.Trim(ctx, []casualdb.SiteID{"b"}, msgOf40); err != nil {
 			return err

@@ -245,14 +245,22 @@ func (s *Shipper) ensureConsumer(ctx context.Context, from uint64) (jetstream.Co
 	if err != nil {
 		return nil, fmt.Errorf("create outbox consumer for %s: %w", s.cfg.Peer, err)
 	}
-	if info, err := c.Info(ctx); err == nil {
-		// The floor counts messages; the tracker, transactions.
-		if last, err := s.cfg.Outbox.lastTxOf(ctx, info.AckFloor.Stream); err == nil {
-			s.ackMu.Lock()
-			s.acked.raise(last)
-			s.ackMu.Unlock()
-		}
+	// The floor counts messages; the tracker, transactions. Unknown, the
+	// tracker starts lower and rises with the peer's acknowledgements
+	// (W-durability waits meanwhile).
+	info, err := c.Info(ctx)
+	if err != nil {
+		s.log.Debug("outbox consumer's acknowledgement floor unknown", "err", err)
+		return c, nil
 	}
+	last, err := s.cfg.Outbox.lastTxOf(ctx, info.AckFloor.Stream)
+	if err != nil {
+		s.log.Debug("outbox consumer's acknowledgement floor unknown", "msg", info.AckFloor.Stream, "err", err)
+		return c, nil
+	}
+	s.ackMu.Lock()
+	s.acked.raise(last)
+	s.ackMu.Unlock()
 	return c, nil
 }
 

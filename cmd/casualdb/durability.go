@@ -47,7 +47,6 @@ func (s *Sidecar) durabilityLoop(ctx context.Context) error {
 	}()
 	var saved, savedSeq uint64
 	var savedAt time.Time
-	rowSaved := false // on this connection
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -82,22 +81,20 @@ func (s *Sidecar) durabilityLoop(ctx context.Context) error {
 					s.log.Debug("durability watermark: connect", "err", err)
 					conn = nil
 				}
-				rowSaved = false
 			}
 			if conn != nil {
-				save := func() error { return meta.SaveDurableLSN(qctx, conn, lsn) }
-				if !rowSaved {
-					// The site and W once per connection (a restarted
-					// database lost the row and the sequence); then the LSN
-					// alone.
-					save = func() error {
-						return meta.SaveDurability(qctx, conn, casualdb.SiteID(s.cfg.Site), s.cfg.Cluster.W, lsn)
-					}
+				var err error
+				if saved == 0 {
+					// The site and W first, and after a reconnection (a
+					// restarted database lost the row and the sequence);
+					// then the LSN alone.
+					err = meta.SaveDurability(qctx, conn, casualdb.SiteID(s.cfg.Site), s.cfg.Cluster.W, lsn)
+				} else {
+					err = meta.SaveDurableLSN(qctx, conn, lsn)
 				}
-				if err := save(); err != nil {
+				if err != nil {
 					s.log.Debug("durability watermark", "err", err)
 				} else {
-					rowSaved = true
 					saved, savedSeq, savedAt = lsn, seq, time.Now()
 					s.mu.Lock()
 					s.durableSeq, s.durableLSN = seq, lsn

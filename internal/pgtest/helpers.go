@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,5 +105,41 @@ func CheckFor(t testing.TB, total, interval time.Duration, f func() error) {
 			t.Fatalf("still failing after %v: %v", total, err)
 		}
 		time.Sleep(interval)
+	}
+}
+
+// ExecAll runs each statement on conn, failing the test on the first error.
+func ExecAll(t testing.TB, conn *pgx.Conn, sqls ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, sql := range sqls {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%v\n%s", err, sql)
+		}
+	}
+}
+
+// Plan returns the plan PostgreSQL shows for sql (EXPLAIN's lines joined).
+func Plan(t testing.TB, conn *pgx.Conn, sql string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rows, err := conn.Query(ctx, "EXPLAIN "+sql)
+	if err != nil {
+		t.Fatalf("explain: %v\n%s", err, sql)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("explain: %v\n%s", err, sql)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// SetParams sets each parameter for conn's session.
+func SetParams(t testing.TB, conn *pgx.Conn, params map[string]string) {
+	t.Helper()
+	for k, v := range params {
+		ExecAll(t, conn, "SET "+pgx.Identifier{k}.Sanitize()+" = '"+strings.ReplaceAll(v, "'", "''")+"'")
 	}
 }
