@@ -300,18 +300,17 @@ func idleTable(rs []*systemResult, b *strings.Builder) {
 	if len(cols) == 0 {
 		return
 	}
-	fmt.Fprintf(b, "\nidle: nothing written for %s once set up (after 3 s to settle)\n", cols[0].idle.wall.Round(time.Second))
-	fmt.Fprintf(b, "%-50s", "")
+	t := &table{title: fmt.Sprintf("idle: nothing written for %s once set up (after 3 s to settle)", cols[0].idle.wall.Round(time.Second))}
 	for _, r := range cols {
-		fmt.Fprintf(b, "%12s", r.spec.name)
+		t.cols = append(t.cols, r.spec.name)
 	}
-	b.WriteString("\n")
+	defer t.write(b)
 	row := func(label string, f func(i *idleResult) string) {
-		fmt.Fprintf(b, "%-50s", label)
+		var cells []string
 		for _, r := range cols {
-			fmt.Fprintf(b, "%12s", f(r.idle))
+			cells = append(cells, f(r.idle))
 		}
-		b.WriteString("\n")
+		t.row(label, cells...)
 	}
 	cores := func(secs float64, i *idleResult) string { return fmt.Sprintf("%.2f%%", 100*secs/i.wall.Seconds()) }
 	maxSites := 0
@@ -321,7 +320,7 @@ func idleTable(rs []*systemResult, b *strings.Builder) {
 	for s := 0; s < maxSites; s++ {
 		row(fmt.Sprintf("sidecar %s (%% of a core)", siteName(s)), func(i *idleResult) string {
 			if s >= len(i.cpu.sidecars) {
-				return "-"
+				return none
 			}
 			return cores(i.cpu.sidecars[s], i)
 		})
@@ -333,7 +332,7 @@ func idleTable(rs []*systemResult, b *strings.Builder) {
 	for s := 0; s < maxSites; s++ {
 		row(fmt.Sprintf("WAL written at site %s (bytes/s)", siteName(s)), func(i *idleResult) string {
 			if s >= len(i.walPerSite) {
-				return "-"
+				return none
 			}
 			return fmt.Sprintf("%.0f", i.walPerSite[s])
 		})

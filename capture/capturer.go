@@ -221,7 +221,7 @@ func (c *Capturer) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	v := &versioner{c: c, conn: conn, next: c.lastSeq.Load(), nextMsg: lastMsg}
+	v := &versioner{c: c, conn: conn, lastSeq: c.lastSeq.Load(), lastMsg: lastMsg}
 	if v.truncs, err = meta.LoadTruncations(ctx, conn); err != nil {
 		return err
 	}

@@ -70,8 +70,8 @@ type versioner struct {
 	truncs  map[string]casualdb.Version
 	out     chan<- *batch
 	gen     uint64
-	next    uint64 // the outbox sequence of the last transaction published
-	nextMsg uint64 // the sequence of the last outbox message published
+	lastSeq uint64 // the outbox sequence of the last transaction published
+	lastMsg uint64 // the sequence of the last outbox message published
 }
 
 // run takes decoded transactions from in until ctx is done or an error.
@@ -381,16 +381,16 @@ func (v *versioner) send(ctx context.Context, b *batch) error {
 	}
 	if len(b.local) > 0 {
 		for i, tx := range b.local {
-			tx.Seq = v.next + uint64(i) + 1
+			tx.Seq = v.lastSeq + uint64(i) + 1
 		}
-		msgs, wait, err := v.c.cfg.Outbox.Publish(ctx, b.local, v.nextMsg)
+		msgs, wait, err := v.c.cfg.Outbox.Publish(ctx, b.local, v.lastMsg)
 		if err != nil {
 			return fmt.Errorf("capture: append %d txs to the outbox: %w", len(b.local), err)
 		}
 		b.wait = wait
-		v.next += uint64(len(b.local))
-		v.nextMsg += msgs
-		b.msg = v.nextMsg
+		v.lastSeq += uint64(len(b.local))
+		v.lastMsg += msgs
+		b.msg = v.lastMsg
 	}
 	select {
 	case v.out <- b:

@@ -120,47 +120,6 @@ func outboxEntries(h nats.Header, data []byte, msgSeq uint64) ([]Entry, error) {
 	return Entries(h, data)
 }
 
-// Append stores txs in order, one message each, and returns once every one
-// is durable, with the sequence of the last; a transaction appended twice is
-// stored once (de-duplicated by id). Capture uses Publish; Append remains for
-// tools and tests.
-func (o *Outbox) Append(ctx context.Context, txs []*casualdb.Tx) (uint64, error) {
-	futs := make([]jetstream.PubAckFuture, 0, len(txs))
-	for _, tx := range txs {
-		data, err := tx.Marshal()
-		if err != nil {
-			return 0, err
-		}
-		m := nats.NewMsg(OutboxSubject(o.site))
-		m.Data = data
-		m.Header.Set(HeaderLSN, strconv.FormatUint(tx.LSN, 10))
-		m.Header.Set(HeaderCommit, strconv.FormatInt(tx.CommitTime.UnixMicro(), 10))
-		m.Header.Set(HeaderID, tx.ID())
-		m.Header.Set(nats.MsgIdHdr, tx.ID())
-		f, err := o.js.PublishMsgAsync(m)
-		if err != nil {
-			return 0, fmt.Errorf("append tx %s: %w", tx.ID(), err)
-		}
-		futs = append(futs, f)
-	}
-	var last uint64
-	for i, f := range futs {
-		select {
-		case ack := <-f.Ok():
-			if ack.Sequence <= last && !ack.Duplicate {
-				return 0, fmt.Errorf("append tx %s: sequence %d after %d", txs[i].ID(), ack.Sequence, last)
-			}
-			last = ack.Sequence
-			txs[i].Seq = ack.Sequence
-		case err := <-f.Err():
-			return 0, fmt.Errorf("append tx %s: %w", txs[i].ID(), err)
-		case <-ctx.Done():
-			return 0, fmt.Errorf("append tx %s: %w", txs[i].ID(), ctx.Err())
-		}
-	}
-	return last, nil
-}
-
 // Publish implements capture.Outbox. It stores txs, whose Seq the caller has
 // numbered consecutively, as bundles of at most maxBundleBytes, the first
 // right after message afterMsg, and returns how many messages that takes

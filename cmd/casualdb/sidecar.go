@@ -505,44 +505,37 @@ func (s *Sidecar) housekeep(ctx context.Context) error {
 		activity := s.activity()
 		busy := activity != lastActivity
 		lastActivity = activity
-		if !busy && time.Since(lastStats) < idleStatsEvery {
-			cancel()
-			select {
-			case <-tick.C:
-				continue
-			case <-ctx.Done():
-				return nil
-			}
-		}
-		lastStats = time.Now()
-		if conn != nil {
-			if lag, err := capture.SlotLag(qctx, conn, s.cfg.SlotName()); err == nil {
-				s.mu.Lock()
-				s.slotLag = lag
-				s.mu.Unlock()
-			}
-			if st, err := meta.LoadCaptureState(qctx, conn, casualdb.SiteID(s.cfg.Site)); err == nil {
-				floor := kept.floor(time.Now(), s.cfg.NATS.OutboxRetention, st.OutboxMsg)
-				if err := s.outbox.Trim(qctx, peers, floor); err != nil {
-					s.log.Debug("trim outbox", "err", err)
+		if busy || time.Since(lastStats) >= idleStatsEvery {
+			lastStats = time.Now()
+			if conn != nil {
+				if lag, err := capture.SlotLag(qctx, conn, s.cfg.SlotName()); err == nil {
+					s.mu.Lock()
+					s.slotLag = lag
+					s.mu.Unlock()
+				}
+				if st, err := meta.LoadCaptureState(qctx, conn, casualdb.SiteID(s.cfg.Site)); err == nil {
+					floor := kept.floor(time.Now(), s.cfg.NATS.OutboxRetention, st.OutboxMsg)
+					if err := s.outbox.Trim(qctx, peers, floor); err != nil {
+						s.log.Debug("trim outbox", "err", err)
+					}
 				}
 			}
-		}
-		if conn != nil && s.hints != nil {
-			s.settleExpiries(ctx, conn, s.expireHints(ctx, conn))
-		}
-		if s.member != nil && s.applier != nil {
-			missing.update(s.log, s.missingFromHints(s.applier.Stats().Origins))
-		}
-		if n, _, err := s.outbox.Pending(qctx); err == nil {
-			s.mu.Lock()
-			s.outboxMsg = n
-			s.mu.Unlock()
-		}
-		if n, err := s.inbox.Pending(qctx); err == nil {
-			s.mu.Lock()
-			s.inboxMsg = n
-			s.mu.Unlock()
+			if conn != nil && s.hints != nil {
+				s.settleExpiries(ctx, conn, s.expireHints(ctx, conn))
+			}
+			if s.member != nil && s.applier != nil {
+				missing.update(s.log, s.missingFromHints(s.applier.Stats().Origins))
+			}
+			if n, _, err := s.outbox.Pending(qctx); err == nil {
+				s.mu.Lock()
+				s.outboxMsg = n
+				s.mu.Unlock()
+			}
+			if n, err := s.inbox.Pending(qctx); err == nil {
+				s.mu.Lock()
+				s.inboxMsg = n
+				s.mu.Unlock()
+			}
 		}
 		cancel()
 		select {
