@@ -552,20 +552,19 @@ func (s *Shipper) inboxMsg(msgs []outboxMsg) *nats.Msg {
 	// A bundle cut the same way is the same message: the inbox drops it if
 	// it is published again after a lost acknowledgement. Cut differently
 	// (after a restart), apply recognises the transactions it already has.
-	// The last transaction's id is its origin and commit LSN.
-	lastID := string(s.cfg.Site) + "-" + lastLSNText(last.m)
-	out.Header.Set(nats.MsgIdHdr, firstID+"+"+strconv.Itoa(len(entries))+"+"+lastID+suffix)
+	out.Header.Set(nats.MsgIdHdr, firstID+"+"+strconv.Itoa(len(entries))+"+"+s.lastTxID(last.m)+suffix)
 	return out
 }
 
-// lastLSNText renders the commit LSN of an outbox message's last
-// transaction as casualdb.Tx.ID does.
-func lastLSNText(m jetstream.Msg) string {
+// lastTxID returns the id (casualdb.Tx.ID) of an outbox message's last
+// transaction, from its commit LSN header; a header Publish did not write
+// is kept as it is (the id stays the same each time the message is read).
+func (s *Shipper) lastTxID(m jetstream.Msg) string {
 	lsn, err := strconv.ParseUint(m.Headers().Get(HeaderLSN), 10, 64)
 	if err != nil {
-		return m.Headers().Get(HeaderLSN)
+		return string(s.cfg.Site) + "-" + m.Headers().Get(HeaderLSN)
 	}
-	return casualdb.FormatLSN(lsn)
+	return (&casualdb.Tx{Origin: s.cfg.Site, LSN: lsn}).ID()
 }
 
 // outboxID returns the transaction id an outbox message carries (in the
