@@ -15,6 +15,7 @@ import (
 
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/capture"
+	"github.com/casualdb/casualdb/node"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -154,7 +155,7 @@ func (q conflictQuery) sql() (string, []any) {
 
 // ListConflicts connects to the site's database and returns the conflicts q
 // selects, newest first.
-func ListConflicts(ctx context.Context, cfg Config, q conflictQuery) ([]LoggedConflict, error) {
+func ListConflicts(ctx context.Context, cfg node.Config, q conflictQuery) ([]LoggedConflict, error) {
 	pcfg, err := pgx.ParseConfig(cfg.Database.DSN)
 	if err != nil {
 		return nil, fmt.Errorf("%w: database.dsn: %v", casualdb.ErrConfig, err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb/internal/pgtest"
+	"github.com/casualdb/casualdb/node"
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 )
@@ -23,7 +24,7 @@ import (
 type demoSite struct {
 	name string
 	pg   *pgtest.Server
-	sc   *Sidecar
+	sc   *node.Node
 	nats int
 }
 
@@ -181,7 +182,7 @@ func (d *demo) run(ctx context.Context) error {
 }
 
 func (d *demo) startSidecar(ctx context.Context, s *demoSite) error {
-	cfg := DefaultConfig()
+	cfg := node.DefaultConfig()
 	cfg.Site = s.name
 	cfg.DataDir = filepath.Join(d.dir, "sidecar-"+s.name)
 	cfg.Database.DSN = s.pg.DSN()
@@ -189,10 +190,10 @@ func (d *demo) startSidecar(ctx context.Context, s *demoSite) error {
 	cfg.Admin.Listen = ""
 	for _, p := range d.sites {
 		if p != s {
-			cfg.Peers = append(cfg.Peers, PeerConfig{Name: p.name, NATSURL: fmt.Sprintf("nats://127.0.0.1:%d", p.nats)})
+			cfg.Peers = append(cfg.Peers, node.PeerConfig{Name: p.name, NATSURL: fmt.Sprintf("nats://127.0.0.1:%d", p.nats)})
 		}
 	}
-	sc, err := NewSidecar(cfg, d.log)
+	sc, err := node.New(cfg, d.log)
 	if err != nil {
 		return fmt.Errorf("demo: sidecar %s: %w", s.name, err)
 	}

@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/node"
 )
 
 func main() {
@@ -130,8 +131,8 @@ func (f *configFlags) register(fs *flag.FlagSet) {
 }
 
 // load reads the file, then the environment, then the flags, and validates.
-func (f *configFlags) load(getenv func(string) string) (Config, error) {
-	cfg, err := LoadConfig(f.path)
+func (f *configFlags) load(getenv func(string) string) (node.Config, error) {
+	cfg, err := node.LoadConfig(f.path)
 	if err != nil {
 		return cfg, err
 	}
@@ -148,7 +149,7 @@ func (f *configFlags) load(getenv func(string) string) (Config, error) {
 	set(&cfg.NATS.URL, f.natsURL)
 	set(&cfg.Admin.Listen, f.adminAt)
 	if f.peers != "" {
-		if cfg.Peers, err = parsePeers(strings.Split(f.peers, ",")); err != nil {
+		if cfg.Peers, err = node.ParsePeers(strings.Split(f.peers, ",")); err != nil {
 			return cfg, err
 		}
 	}
@@ -158,7 +159,7 @@ func (f *configFlags) load(getenv func(string) string) (Config, error) {
 	return cfg, cfg.Validate()
 }
 
-func newLogger(w io.Writer, cfg LogConfig) *slog.Logger {
+func newLogger(w io.Writer, cfg node.LogConfig) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.Level))
 	opts := &slog.HandlerOptions{Level: level}
@@ -170,7 +171,7 @@ func newLogger(w io.Writer, cfg LogConfig) *slog.Logger {
 
 // parseConfig parses a subcommand's flags and loads its configuration.
 // Each extra function registers the subcommand's own flags on the set.
-func (m *Main) parseConfig(name string, args []string, extra ...func(*flag.FlagSet)) (Config, error) {
+func (m *Main) parseConfig(name string, args []string, extra ...func(*flag.FlagSet)) (node.Config, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(m.Stderr)
 	var cf configFlags
@@ -179,7 +180,7 @@ func (m *Main) parseConfig(name string, args []string, extra ...func(*flag.FlagS
 		f(fs)
 	}
 	if err := fs.Parse(args); err != nil {
-		return Config{}, err
+		return node.Config{}, err
 	}
 	return cf.load(m.Getenv)
 }
@@ -190,7 +191,7 @@ func (m *Main) runCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	log := newLogger(m.Stderr, cfg.Log)
-	s, err := NewSidecar(cfg, log)
+	s, err := node.New(cfg, log)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/capture"
 	"github.com/casualdb/casualdb/meta"
+	"github.com/casualdb/casualdb/node"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -129,7 +130,7 @@ func parseParkedIDs(args []string) ([]int64, error) {
 // It is an ordinary session: no replication origin, and
 // session_replication_role is the server's (origin): what it writes is a
 // local write, which capture versions and ships.
-func connectParked(ctx context.Context, cfg Config) (*pgx.Conn, error) {
+func connectParked(ctx context.Context, cfg node.Config) (*pgx.Conn, error) {
 	pcfg, err := apply.CanonicalConfig(cfg.Database.DSN)
 	if err != nil {
 		return nil, fmt.Errorf("%w: database.dsn: %v", casualdb.ErrConfig, err)
@@ -226,7 +227,7 @@ func decodePayload(p meta.Parked) parkedPayload {
 
 // ---- listing
 
-func (m *Main) listParked(ctx context.Context, cfg Config, pf parkedFlags) error {
+func (m *Main) listParked(ctx context.Context, cfg node.Config, pf parkedFlags) error {
 	// One more than asked tells the text output that there are more.
 	f := meta.ParkedFilter{Limit: int(pf.limit) + 1}
 	if pf.table != "" {
@@ -360,7 +361,7 @@ func writeParkedJSON(w io.Writer, list []meta.Parked) error {
 
 // discardParked deletes ids in one transaction: all of them, or, when one
 // does not exist, none.
-func (m *Main) discardParked(ctx context.Context, cfg Config, ids []int64) error {
+func (m *Main) discardParked(ctx context.Context, cfg node.Config, ids []int64) error {
 	conn, err := connectParked(ctx, cfg)
 	if err != nil {
 		return err
@@ -417,7 +418,7 @@ func rollback(tx pgx.Tx) {
 // replayParked replays each id in its own transaction and prints a line
 // for each: on stdout when it was written, on stderr when not (it then
 // stays parked). The error reports the ids not replayed.
-func (m *Main) replayParked(ctx context.Context, cfg Config, ids []int64) error {
+func (m *Main) replayParked(ctx context.Context, cfg node.Config, ids []int64) error {
 	conn, err := connectParked(ctx, cfg)
 	if err != nil {
 		return err

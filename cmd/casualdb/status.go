@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/node"
 )
 
 // statusCmd prints a running sidecar's /status: from --admin, or from the
@@ -62,7 +63,7 @@ func (m *Main) statusCmd(ctx context.Context, args []string) error {
 		_, err := m.Stdout.Write(body)
 		return err
 	}
-	var st Status
+	var st node.Status
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("status of %s: %w", addr, err)
 	}
@@ -70,7 +71,7 @@ func (m *Main) statusCmd(ctx context.Context, args []string) error {
 	return nil
 }
 
-func printStatus(w io.Writer, st Status) {
+func printStatus(w io.Writer, st node.Status) {
 	health := "healthy"
 	if !st.Healthy {
 		health = "UNHEALTHY"
@@ -130,7 +131,7 @@ func printStatus(w io.Writer, st Status) {
 
 // printHints prints what this site misses because hints for it expired at
 // a holder, and the hints it expired as a holder.
-func printHints(w io.Writer, st Status) {
+func printHints(w io.Writer, st node.Status) {
 	if len(st.Missing) > 0 {
 		fmt.Fprintln(w, "\nmissing transactions (hints for this site expired at their holder; they come only from the origin's outbox or a repair):")
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

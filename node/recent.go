@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"bytes"
@@ -91,7 +91,7 @@ func (rt *recentTxs) missedBy(site casualdb.SiteID, applied map[casualdb.SiteID]
 // lateHints keeps as hints for site, which just stopped being alive, the
 // recent transactions it may have missed and this site is the stand-in
 // for. It returns how many it kept that were not kept already.
-func (s *Sidecar) lateHints(ctx context.Context, site casualdb.SiteID) (int, error) {
+func (s *Node) lateHints(ctx context.Context, site casualdb.SiteID) (int, error) {
 	digest, _ := s.peerDigest(site)
 	missed := s.recent.missedBy(site, digest.Applied)
 	if len(missed) == 0 {
@@ -114,7 +114,7 @@ func (s *Sidecar) lateHints(ctx context.Context, site casualdb.SiteID) (int, err
 // for ever if it does not, while this site holds them. Every live site that
 // received them relays them; the peer applies one copy. It returns how many
 // it kept that were not kept already, by peer.
-func (s *Sidecar) relayHints(ctx context.Context, origin casualdb.SiteID) (map[casualdb.SiteID]int, error) {
+func (s *Node) relayHints(ctx context.Context, origin casualdb.SiteID) (map[casualdb.SiteID]int, error) {
 	out := map[casualdb.SiteID]int{}
 	self := casualdb.SiteID(s.cfg.Site)
 	for _, m := range s.member.Members() {
@@ -133,7 +133,7 @@ func (s *Sidecar) relayHints(ctx context.Context, origin casualdb.SiteID) (map[c
 
 // keepHints keeps, as hints for site, the transactions of ts that want
 // accepts, and returns how many were not kept already.
-func (s *Sidecar) keepHints(ctx context.Context, site casualdb.SiteID, ts []recentTx, want func(recentTx) bool) (int, error) {
+func (s *Node) keepHints(ctx context.Context, site casualdb.SiteID, ts []recentTx, want func(recentTx) bool) (int, error) {
 	kept := 0
 	for _, t := range ts {
 		if !want(t) {
@@ -156,7 +156,7 @@ func (s *Sidecar) keepHints(ctx context.Context, site casualdb.SiteID, ts []rece
 
 // keepLateHints runs lateHints and relayHints for a site gossip no longer
 // takes for alive, logs and counts the outcome. Called by watchMembers.
-func (s *Sidecar) keepLateHints(ctx context.Context, site casualdb.SiteID) {
+func (s *Node) keepLateHints(ctx context.Context, site casualdb.SiteID) {
 	n, err := s.lateHints(ctx, site)
 	if err != nil {
 		s.log.Warn("keep late hints; the site gets those transactions from their origins only", "for", site, "kept", n, "err", err)

@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -26,7 +26,7 @@ type appliedFrom struct {
 
 // gossipState is called from gossip's goroutines: it reads apply's stats
 // and the cached expiry records (mutexes, no I/O) and must not block.
-func (s *Sidecar) gossipState() []byte {
+func (s *Node) gossipState() []byte {
 	st := gossipState{Applied: map[casualdb.SiteID]appliedFrom{}, Expired: s.gossipedExpiries()}
 	if s.applier != nil {
 		for o, os := range s.applier.Stats().Origins {
@@ -40,7 +40,7 @@ func (s *Sidecar) gossipState() []byte {
 // peerDigest returns site's last gossiped digest; ok is false when none
 // arrived yet or it does not decode (then the digest is empty: the site is
 // taken to have applied nothing).
-func (s *Sidecar) peerDigest(site casualdb.SiteID) (d gossipState, ok bool) {
+func (s *Node) peerDigest(site casualdb.SiteID) (d gossipState, ok bool) {
 	b := s.member.RemoteState(site)
 	if len(b) == 0 {
 		return gossipState{}, false
@@ -72,7 +72,7 @@ type MemberStatus struct {
 
 // clusterStatus fills the gossip view and every peer's lag behind this
 // site's outbox (from the peer's gossiped digest).
-func (s *Sidecar) clusterStatus(ctx context.Context, st *Status) {
+func (s *Node) clusterStatus(ctx context.Context, st *Status) {
 	if s.member == nil {
 		return
 	}

@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -26,8 +26,8 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// Sidecar is one running casualdb: capture, ship, apply and admin for one site.
-type Sidecar struct {
+// Node is one running casualdb: capture, ship, apply and admin for one site.
+type Node struct {
 	cfg Config
 	log *slog.Logger
 
@@ -72,12 +72,12 @@ type Sidecar struct {
 	started                time.Time
 }
 
-// NewSidecar validates cfg.
-func NewSidecar(cfg Config, log *slog.Logger) (*Sidecar, error) {
+// New validates cfg.
+func New(cfg Config, log *slog.Logger) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Sidecar{cfg: cfg, log: log.With("site", cfg.Site), health: map[string]error{}, shippers: map[casualdb.SiteID]*ship.Shipper{},
+	return &Node{cfg: cfg, log: log.With("site", cfg.Site), health: map[string]error{}, shippers: map[casualdb.SiteID]*ship.Shipper{},
 		durableWake: make(chan struct{}, 1),
 		delays: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "casualdb_delay_seconds",
@@ -146,7 +146,7 @@ func Prepare(ctx context.Context, cfg Config, log *slog.Logger) ([]capture.Table
 
 // Start prepares everything that can fail on bad input (database, NATS,
 // admin port), so that Run only runs.
-func (s *Sidecar) Start(ctx context.Context) (err error) {
+func (s *Node) Start(ctx context.Context) (err error) {
 	s.started = time.Now()
 	defer func() {
 		if err != nil {
@@ -260,7 +260,7 @@ func (s *Sidecar) Start(ctx context.Context) (err error) {
 // external NATS when one is configured, else the embedded server's listen
 // address, with the gossip address's host when it listens on every
 // interface.
-func (s *Sidecar) advertisedNATS() string {
+func (s *Node) advertisedNATS() string {
 	if s.cfg.NATS.URL != "" {
 		return s.cfg.NATS.URL
 	}
@@ -278,7 +278,7 @@ func (s *Sidecar) advertisedNATS() string {
 // addPeer starts shipping to peer at url: a shipper and its durable outbox
 // consumer, started at once when the sidecar runs. A known peer only gets
 // the new URL.
-func (s *Sidecar) addPeer(ctx context.Context, peer casualdb.SiteID, url string) error {
+func (s *Node) addPeer(ctx context.Context, peer casualdb.SiteID, url string) error {
 	s.peerMu.Lock()
 	defer s.peerMu.Unlock()
 	if sh, ok := s.shippers[peer]; ok {
@@ -308,7 +308,7 @@ func (s *Sidecar) addPeer(ctx context.Context, peer casualdb.SiteID, url string)
 }
 
 // configuredPeer tells whether site is in the peers list of the config.
-func (s *Sidecar) configuredPeer(site casualdb.SiteID) bool {
+func (s *Node) configuredPeer(site casualdb.SiteID) bool {
 	for _, p := range s.cfg.Peers {
 		if casualdb.SiteID(p.Name) == site {
 			return true
@@ -318,7 +318,7 @@ func (s *Sidecar) configuredPeer(site casualdb.SiteID) bool {
 }
 
 // peerList returns the peers, sorted.
-func (s *Sidecar) peerList() []casualdb.SiteID {
+func (s *Node) peerList() []casualdb.SiteID {
 	s.peerMu.Lock()
 	defer s.peerMu.Unlock()
 	out := make([]casualdb.SiteID, 0, len(s.shippers))
@@ -330,7 +330,7 @@ func (s *Sidecar) peerList() []casualdb.SiteID {
 }
 
 // shipper returns the shipper of peer (nil if unknown).
-func (s *Sidecar) shipper(peer casualdb.SiteID) *ship.Shipper {
+func (s *Node) shipper(peer casualdb.SiteID) *ship.Shipper {
 	s.peerMu.Lock()
 	defer s.peerMu.Unlock()
 	return s.shippers[peer]
@@ -338,7 +338,7 @@ func (s *Sidecar) shipper(peer casualdb.SiteID) *ship.Shipper {
 
 // watchMembers ships to every live site gossip tells of, follows their
 // NATS addresses, and hands off the hints kept for each.
-func (s *Sidecar) watchMembers(ctx context.Context) error {
+func (s *Node) watchMembers(ctx context.Context) error {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	alive := map[casualdb.SiteID]bool{}
@@ -373,7 +373,7 @@ func (s *Sidecar) watchMembers(ctx context.Context) error {
 // Run runs every component until ctx is done. Capture and apply restart
 // with back-off after an error (a database restart, say); the admin
 // endpoint reports them unhealthy meanwhile.
-func (s *Sidecar) Run(ctx context.Context) error {
+func (s *Node) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.supervise(ctx, "capture", s.capturer.Run) })
 	g.Go(func() error { return s.supervise(ctx, "apply", s.applier.Run) })
@@ -411,7 +411,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	return err
 }
 
-func (s *Sidecar) supervise(ctx context.Context, name string, run func(context.Context) error) error {
+func (s *Node) supervise(ctx context.Context, name string, run func(context.Context) error) error {
 	backoff := 200 * time.Millisecond
 	for {
 		s.setHealth(name, nil)
@@ -437,7 +437,7 @@ func (s *Sidecar) supervise(ctx context.Context, name string, run func(context.C
 	}
 }
 
-func (s *Sidecar) setHealth(name string, err error) {
+func (s *Node) setHealth(name string, err error) {
 	s.mu.Lock()
 	s.health[name] = err
 	s.mu.Unlock()
@@ -446,7 +446,7 @@ func (s *Sidecar) setHealth(name string, err error) {
 // housekeep trims the outbox below what every peer and capture have,
 // expires old hints (see hints.go), and samples the slot's retained WAL and
 // the queues for metrics.
-func (s *Sidecar) housekeep(ctx context.Context) error {
+func (s *Node) housekeep(ctx context.Context) error {
 	cfg, err := pgx.ParseConfig(s.cfg.Database.DSN)
 	if err != nil {
 		return fmt.Errorf("housekeeping: %w", err)
@@ -552,7 +552,7 @@ const idleStatsEvery = 10 * time.Second
 
 // activity sums up what capture and apply have done so far: unchanged
 // between two housekeeping rounds means the site was idle.
-func (s *Sidecar) activity() [3]uint64 {
+func (s *Node) activity() [3]uint64 {
 	cs := s.capturer.Stats()
 	var applied uint64
 	if s.applier != nil {
@@ -563,7 +563,7 @@ func (s *Sidecar) activity() [3]uint64 {
 }
 
 // Close releases what Start acquired; safe to call twice.
-func (s *Sidecar) Close() {
+func (s *Node) Close() {
 	if s.member != nil {
 		if err := s.member.Close(); err != nil {
 			s.log.Warn("leave the cluster", "err", err)
@@ -618,7 +618,7 @@ func (r *retention) floor(now time.Time, keep time.Duration, seq uint64) uint64 
 }
 
 // ensureHandoff starts handing off the hints kept for site, once.
-func (s *Sidecar) ensureHandoff(site casualdb.SiteID) {
+func (s *Node) ensureHandoff(site casualdb.SiteID) {
 	s.peerMu.Lock()
 	defer s.peerMu.Unlock()
 	if s.handoffs == nil {
@@ -645,7 +645,7 @@ func (s *Sidecar) ensureHandoff(site casualdb.SiteID) {
 
 // currentRing is the ring over every site gossip knows of, in any state: a
 // site that is down keeps its place, so that its hints are kept for it.
-func (s *Sidecar) currentRing() (*ring.Ring, error) {
+func (s *Node) currentRing() (*ring.Ring, error) {
 	gen := s.member.Generation()
 	s.ringMu.Lock()
 	defer s.ringMu.Unlock()
@@ -667,7 +667,7 @@ func (s *Sidecar) currentRing() (*ring.Ring, error) {
 // Hint implements apply.Hinter: when this site is the stand-in for a
 // member of the transaction's preference list that is down, it keeps the
 // transaction for that member.
-func (s *Sidecar) Hint(ctx context.Context, r apply.Received) error {
+func (s *Node) Hint(ctx context.Context, r apply.Received) error {
 	s.recent.add(time.Now(), r) // for late hints (recent.go)
 	if s.member.AllAlive() {
 		return nil // every transaction, in the common case: no hint to keep
@@ -691,11 +691,11 @@ func (s *Sidecar) Hint(ctx context.Context, r apply.Received) error {
 	return nil
 }
 
-var _ apply.Hinter = (*Sidecar)(nil)
+var _ apply.Hinter = (*Node)(nil)
 
 // resend asks origin's sidecar to ship to this site again from sequence
 // from (apply waited too long for it).
-func (s *Sidecar) resend(ctx context.Context, origin casualdb.SiteID, from uint64) error {
+func (s *Node) resend(ctx context.Context, origin casualdb.SiteID, from uint64) error {
 	sh := s.shipper(origin)
 	if sh == nil {
 		return fmt.Errorf("origin %s: its NATS address is unknown here", origin)
@@ -705,7 +705,7 @@ func (s *Sidecar) resend(ctx context.Context, origin casualdb.SiteID, from uint6
 
 // onResend answers a peer's request to ship to it again. Called on the NATS
 // client's goroutine: it only flags the shipper.
-func (s *Sidecar) onResend(m *nats.Msg) {
+func (s *Node) onResend(m *nats.Msg) {
 	var req ship.ResendRequest
 	if err := json.Unmarshal(m.Data, &req); err != nil || req.Peer == "" {
 		_ = m.Respond([]byte("bad request"))

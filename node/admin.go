@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -111,7 +111,7 @@ type OriginStatus struct {
 }
 
 // Status returns a snapshot of the sidecar.
-func (s *Sidecar) Status() Status {
+func (s *Node) Status() Status {
 	st := Status{Site: s.cfg.Site, Healthy: true, Uptime: time.Since(s.started).Round(time.Second).String(),
 		Components: map[string]string{}, Peers: map[string]PeerStatus{}, Origins: map[string]OriginStatus{}}
 	s.mu.Lock()
@@ -149,7 +149,7 @@ func (s *Sidecar) Status() Status {
 		}
 		st.Missing = s.missingFromHints(as.Origins)
 		for _, m := range st.Missing {
-			st.Warnings = append(st.Warnings, m.warning())
+			st.Warnings = append(st.Warnings, m.Warning())
 		}
 	}
 	for _, p := range s.peerList() {
@@ -163,7 +163,7 @@ func (s *Sidecar) Status() Status {
 	return st
 }
 
-func (s *Sidecar) adminHandler() http.Handler {
+func (s *Node) adminHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{s: s}, s.delays, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
@@ -192,7 +192,7 @@ func (s *Sidecar) adminHandler() http.Handler {
 }
 
 // collector exposes the sidecar's counters at scrape time.
-type collector struct{ s *Sidecar }
+type collector struct{ s *Node }
 
 var (
 	descCaptured   = prometheus.NewDesc("casualdb_captured_transactions_total", "Local transactions captured into the outbox.", nil, nil)

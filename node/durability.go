@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -33,7 +33,7 @@ func wDurable(w int, last uint64, floors []uint64) uint64 {
 // durableEvery: an idle site does nothing at all. The LSN is an unlogged
 // sequence's value, so a save writes no WAL (and does not move the
 // processed position in turn); see meta's durabilityDDL.
-func (s *Sidecar) durabilityLoop(ctx context.Context) error {
+func (s *Node) durabilityLoop(ctx context.Context) error {
 	cfg, err := pgx.ParseConfig(s.cfg.Database.DSN)
 	if err != nil {
 		return err
@@ -123,7 +123,7 @@ const (
 
 // wakeDurability tells the durability loop that a peer acknowledged
 // something; it never blocks.
-func (s *Sidecar) wakeDurability() {
+func (s *Node) wakeDurability() {
 	select {
 	case s.durableWake <- struct{}{}:
 	default:
@@ -134,7 +134,7 @@ func (s *Sidecar) wakeDurability() {
 // known is a sequence already known to be W-durable. It reads capture's
 // processed position before its outbox tail, and what each peer holds from
 // its shipper's memory.
-func (s *Sidecar) computeDurable(ctx context.Context, known uint64) (lsn, seq uint64, ok bool) {
+func (s *Node) computeDurable(ctx context.Context, known uint64) (lsn, seq uint64, ok bool) {
 	st := s.capturer.Stats() // reads Processed before LastSeq
 	processed, last := st.Processed, st.LastSeq
 	if last <= known {

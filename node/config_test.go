@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"errors"
@@ -102,34 +102,5 @@ func TestConfig_Validate(t *testing.T) {
 				t.Errorf("got %q, want it to contain %q", err, tt.want)
 			}
 		})
-	}
-}
-
-func TestConfigFlags_Load(t *testing.T) {
-	env := map[string]string{"CASUALDB_SITE": "fromenv", "CASUALDB_DSN": "postgres://env@h/db", "CASUALDB_PEERS": "x=nats://x:1"}
-	f := configFlags{path: "testdata/minimal.yml", site: "fromflag"}
-	cfg, err := f.load(func(k string) string { return env[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := cfg.Site, "fromflag"; got != want {
-		t.Errorf("site: got %q, want %q (flag beats env beats file)", got, want)
-	}
-	if got, want := cfg.Database.DSN, "postgres://env@h/db"; got != want {
-		t.Errorf("dsn: got %q, want %q", got, want)
-	}
-	if len(cfg.Peers) != 1 || cfg.Peers[0].Name != "x" {
-		t.Errorf("peers from env: got %+v", cfg.Peers)
-	}
-}
-
-func TestMain_Run(t *testing.T) {
-	var out, errOut strings.Builder
-	m := &Main{Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }}
-	if err := m.Run(t.Context(), []string{"bogus"}); err == nil || !strings.Contains(err.Error(), "unknown command") {
-		t.Errorf("Run(bogus) = %v, want unknown command", err)
-	}
-	if err := m.Run(t.Context(), []string{"version"}); err != nil || !strings.Contains(out.String(), "casualdb") {
-		t.Errorf("Run(version) = %v, output %q", err, out.String())
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"encoding/base64"
@@ -269,7 +269,7 @@ func (c *Config) ApplyEnv(getenv func(string) string) {
 		c.Cluster.Join = splitList(v)
 	}
 	if v := getenv("CASUALDB_PEERS"); v != "" {
-		if peers, err := parsePeers(strings.Split(v, ",")); err == nil {
+		if peers, err := ParsePeers(strings.Split(v, ",")); err == nil {
 			c.Peers = peers
 		}
 	}
@@ -286,8 +286,8 @@ func splitList(v string) []string {
 	return out
 }
 
-// parsePeers parses name=nats://host:port items.
-func parsePeers(items []string) ([]PeerConfig, error) {
+// ParsePeers parses name=nats://host:port items.
+func ParsePeers(items []string) ([]PeerConfig, error) {
 	var out []PeerConfig
 	for _, it := range items {
 		it = strings.TrimSpace(it)

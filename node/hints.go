@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -88,8 +88,8 @@ type MissingStatus struct {
 	Missing uint64 `json:"missing_transactions"`
 }
 
-// warning renders m for /healthz, /status and casualdb status.
-func (m MissingStatus) warning() string {
+// Warning renders m for /healthz, /status and casualdb status.
+func (m MissingStatus) Warning() string {
 	return fmt.Sprintf("missing %d transactions from origin %s up to seq %d (hints expired at holder %s); they come only from %s's outbox or a repair",
 		m.Missing, m.Origin, m.UpToSeq, m.Holder, m.Origin)
 }
@@ -98,7 +98,7 @@ func (m MissingStatus) warning() string {
 // recording them first on conn. Called by housekeep; without a database
 // connection nothing expires (hints are kept longer rather than dropped
 // unrecorded).
-func (s *Sidecar) expireHints(ctx context.Context, conn *pgx.Conn) (expired bool) {
+func (s *Node) expireHints(ctx context.Context, conn *pgx.Conn) (expired bool) {
 	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cutoff := time.Now().Add(-s.cfg.Cluster.HintRetention)
@@ -131,7 +131,7 @@ func (s *Sidecar) expireHints(ctx context.Context, conn *pgx.Conn) (expired bool
 // them (by its gossiped digest), forgets old ones, and reloads what this
 // site gossips and shows when any of that, or an expiry (changed), moved
 // the table, or it was never loaded.
-func (s *Sidecar) settleExpiries(ctx context.Context, conn *pgx.Conn, changed bool) {
+func (s *Node) settleExpiries(ctx context.Context, conn *pgx.Conn, changed bool) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	s.mu.Lock()
@@ -178,7 +178,7 @@ func (s *Sidecar) settleExpiries(ctx context.Context, conn *pgx.Conn, changed bo
 
 // remoteApplied returns what site says, in its last gossiped digest, it
 // has applied from origin.
-func (s *Sidecar) remoteApplied(site, origin casualdb.SiteID) (appliedFrom, bool) {
+func (s *Node) remoteApplied(site, origin casualdb.SiteID) (appliedFrom, bool) {
 	digest, _ := s.peerDigest(site)
 	got, ok := digest.Applied[origin]
 	return got, ok
@@ -186,7 +186,7 @@ func (s *Sidecar) remoteApplied(site, origin casualdb.SiteID) (appliedFrom, bool
 
 // gossipedExpiries returns the open records for the digest, most recent
 // first. It only takes the mutex: gossip calls it.
-func (s *Sidecar) gossipedExpiries() []expiredHints {
+func (s *Node) gossipedExpiries() []expiredHints {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []expiredHints
@@ -200,7 +200,7 @@ func (s *Sidecar) gossipedExpiries() []expiredHints {
 
 // missingFromHints returns what this site misses because a holder let its
 // hints expire, from every peer's last gossiped digest (missingFor).
-func (s *Sidecar) missingFromHints(applied map[casualdb.SiteID]apply.OriginStats) []MissingStatus {
+func (s *Node) missingFromHints(applied map[casualdb.SiteID]apply.OriginStats) []MissingStatus {
 	if s.member == nil {
 		return nil
 	}
