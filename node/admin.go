@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/hint"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -28,8 +29,8 @@ type Status struct {
 	// With gossip: what this site misses because a holder let the hints
 	// for it expire (cleared once applied), and the hints this site, as a
 	// holder, expired (casualdb.hint_expiry).
-	Missing      []MissingStatus    `json:"missing,omitempty"`
-	HintExpiries []HintExpiryStatus `json:"hint_expiries,omitempty"`
+	Missing      []hint.MissingStatus `json:"missing,omitempty"`
+	HintExpiries []hint.ExpiryStatus  `json:"hint_expiries,omitempty"`
 	// Warnings need an operator's attention without making the sidecar
 	// unhealthy (a restart would not help): /healthz lists them after ok.
 	Warnings []string `json:"warnings,omitempty"`
@@ -147,7 +148,9 @@ func (s *Node) Status() Status {
 		for o, os := range as.Origins {
 			st.Origins[string(o)] = OriginStatus{Applied: os.Applied, Seq: os.Seq, LastCommit: os.LastCommit, LastApplied: os.LastApplied, LagSeconds: os.Lag().Seconds(), Held: os.Held}
 		}
-		st.Missing = s.missingFromHints(as.Origins)
+		if s.keeper != nil {
+			st.Missing = s.keeper.Missing(as.Origins)
+		}
 		for _, m := range st.Missing {
 			st.Warnings = append(st.Warnings, m.Warning())
 		}

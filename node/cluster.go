@@ -6,50 +6,25 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/hint"
 	"github.com/casualdb/casualdb/ring"
 )
 
-// gossipState is the digest each site gossips in full-state exchanges: what
-// it has applied from every origin, so that every origin can tell how far
-// behind each peer is and when a transaction has reached every site.
-type gossipState struct {
-	Applied map[casualdb.SiteID]appliedFrom `json:"applied"`
-	// Expired are the open records of hints this site expired (hints.go):
-	// each tells its site what it will not get from here.
-	Expired []expiredHints `json:"expired,omitempty"`
-}
-
-type appliedFrom struct {
-	Seq   uint64 `json:"seq"`   // last outbox sequence of the origin applied
-	Epoch string `json:"epoch"` // of the origin's outbox (sequences restart with it)
-}
-
-// gossipState is called from gossip's goroutines: it reads apply's stats
-// and the cached expiry records (mutexes, no I/O) and must not block.
+// gossipState is this site's digest (hint.Digest), called from gossip's
+// goroutines: it reads apply's stats and the hints' cached expiry records
+// (mutexes, no I/O) and must not block.
 func (s *Node) gossipState() []byte {
-	st := gossipState{Applied: map[casualdb.SiteID]appliedFrom{}, Expired: s.gossipedExpiries()}
+	st := hint.Digest{Applied: map[casualdb.SiteID]hint.Applied{}}
+	if s.keeper != nil {
+		st.Expired = s.keeper.Gossiped()
+	}
 	if s.applier != nil {
 		for o, os := range s.applier.Stats().Origins {
-			st.Applied[o] = appliedFrom{Seq: os.Seq, Epoch: os.Epoch}
+			st.Applied[o] = hint.Applied{Seq: os.Seq, Epoch: os.Epoch}
 		}
 	}
 	b, _ := json.Marshal(st)
 	return b
-}
-
-// peerDigest returns site's last gossiped digest; ok is false when none
-// arrived yet or it does not decode (then the digest is empty: the site is
-// taken to have applied nothing).
-func (s *Node) peerDigest(site casualdb.SiteID) (d gossipState, ok bool) {
-	b := s.member.RemoteState(site)
-	if len(b) == 0 {
-		return gossipState{}, false
-	}
-	if err := json.Unmarshal(b, &d); err != nil {
-		s.log.Debug("a peer's gossiped digest does not decode", "peer", site, "err", err)
-		return gossipState{}, false
-	}
-	return d, true
 }
 
 // ClusterStatus is the gossip view in /status.
@@ -90,53 +65,26 @@ func (s *Node) clusterStatus(ctx context.Context, st *Status) {
 	}
 	st.Cluster = cs
 	self := casualdb.SiteID(s.cfg.Site)
-	held, err := s.hints.Held(ctx)
-	if err != nil {
-		s.log.Debug("hints held", "err", err)
-	}
-	s.peerMu.Lock()
-	for site, h := range s.handoffs {
+	hs, expiries := s.keeper.Stats(ctx)
+	for site, h := range hs {
 		ps := st.Peers[string(site)]
-		ps.HintsHanded = h.HandedOff()
+		ps.HintsHeld, ps.HintsHanded, ps.HintsExpired, ps.LateHints, ps.RelayHints = h.Held, h.Handed, h.Expired, h.Late, h.Relay
 		st.Peers[string(site)] = ps
 	}
-	s.peerMu.Unlock()
-	for site, n := range held {
-		ps := st.Peers[string(site)]
-		ps.HintsHeld = n
-		st.Peers[string(site)] = ps
-	}
-	s.mu.Lock()
-	for site, n := range s.hintsExpired {
-		ps := st.Peers[string(site)]
-		ps.HintsExpired = n
-		st.Peers[string(site)] = ps
-	}
-	for site, n := range s.lateHinted {
-		ps := st.Peers[string(site)]
-		ps.LateHints = n
-		st.Peers[string(site)] = ps
-	}
-	for site, n := range s.relayed {
-		ps := st.Peers[string(site)]
-		ps.RelayHints = n
-		st.Peers[string(site)] = ps
-	}
-	st.HintExpiries = hintExpiryStatus(s.expiries)
-	s.mu.Unlock()
+	st.HintExpiries = expiries
 	last := st.Capture.OutboxSeq
 	for name, ps := range st.Peers {
 		if m, ok := memberState(cs, name); ok {
 			ps.State = m
 		}
-		digest, ok := s.peerDigest(casualdb.SiteID(name))
+		digest, ok := s.keeper.Digest(casualdb.SiteID(name))
 		if !ok {
 			st.Peers[name] = ps
 			continue
 		}
 		got, ok := digest.Applied[self]
 		if !ok || got.Epoch != s.outbox.Epoch() {
-			got = appliedFrom{}
+			got = hint.Applied{}
 		}
 		ps.AppliedSeq = got.Seq
 		ps.AppliedFrom = map[string]uint64{}

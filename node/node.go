@@ -16,6 +16,7 @@ import (
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/capture"
+	"github.com/casualdb/casualdb/hint"
 	"github.com/casualdb/casualdb/meta"
 	"github.com/casualdb/casualdb/ring"
 	"github.com/casualdb/casualdb/ship"
@@ -39,11 +40,7 @@ type Node struct {
 	capturer *capture.Capturer
 	applier  *apply.Applier
 	member   *ring.Membership // nil without cluster.bind
-	hints    *ship.Hints      // nil without cluster.bind
-	ringMu   sync.Mutex
-	ringGen  uint64                            // the membership generation ring was built for
-	ring     *ring.Ring                        // over every site gossip knows, in any state
-	handoffs map[casualdb.SiteID]*ship.Handoff // guarded by peerMu
+	keeper   *hint.Keeper     // nil without cluster.bind
 	admin    net.Listener
 	delays   *prometheus.HistogramVec // commit at the origin to each stage
 
@@ -59,16 +56,10 @@ type Node struct {
 	slotLag                int64
 	outboxMsg              uint64
 	inboxMsg               uint64
-	gcRuns                 uint64                     // tombstone collections run
-	durableSeq, durableLSN uint64                     // W-durable watermark last saved
-	collected              uint64                     // tombstones collected
-	hintsExpired           map[casualdb.SiteID]uint64 // hints expired here since start, by the site they were for
-	lateHinted             map[casualdb.SiteID]uint64 // late hints kept here since start (recent.go), by site
-	relayed                map[casualdb.SiteID]uint64 // relay hints kept here since start (recent.go), by site
-	recent                 recentTxs                  // what apply received lately, for late hints
-	durableWake            chan struct{}              // a peer acknowledged something (durability.go)
-	expiries               []meta.HintExpiry          // casualdb.hint_expiry as last loaded (gossiped when open)
-	expiriesLoaded         bool                       // expiries was loaded once (housekeep's)
+	gcRuns                 uint64        // tombstone collections run
+	durableSeq, durableLSN uint64        // W-durable watermark last saved
+	collected              uint64        // tombstones collected
+	durableWake            chan struct{} // a peer acknowledged something (durability.go)
 	started                time.Time
 }
 
@@ -185,8 +176,9 @@ func (s *Node) Start(ctx context.Context) (err error) {
 	if s.inbox, err = ship.OpenInbox(ctx, js, site); err != nil {
 		return err
 	}
+	var hints *ship.Hints
 	if s.cfg.Cluster.Bind != "" {
-		if s.hints, err = ship.OpenHints(ctx, js, site); err != nil {
+		if hints, err = ship.OpenHints(ctx, js, site); err != nil {
 			return err
 		}
 	}
@@ -216,21 +208,6 @@ func (s *Node) Start(ctx context.Context) (err error) {
 	}); err != nil {
 		return err
 	}
-	var hinter apply.Hinter
-	if s.hints != nil {
-		hinter = s
-	}
-	if s.applier, err = apply.New(apply.Config{
-		Hinter: hinter, Resend: s.resend, Peers: s.peerList,
-		Site: site, DSN: s.cfg.Database.DSN, Inbox: s.inbox, Capture: s.capturer,
-		MaxBatch: s.cfg.Apply.MaxBatch, WaitTimeout: s.cfg.Apply.WaitTimeout, Logger: s.log,
-		DeletePolicy: deletePolicy, Policies: policies, MergeColumns: s.cfg.Conflicts.MergeColumns(),
-		ObserveDelay: func(origin casualdb.SiteID, stage string, d time.Duration) {
-			s.delays.WithLabelValues(string(origin), stage).Observe(d.Seconds())
-		},
-	}); err != nil {
-		return err
-	}
 	if _, err := s.nc.Subscribe(ship.ResendSubject(site), s.onResend); err != nil {
 		return fmt.Errorf("subscribe to resend requests: %w", err)
 	}
@@ -252,6 +229,25 @@ func (s *Node) Start(ctx context.Context) (err error) {
 		}); err != nil {
 			return fmt.Errorf("cluster: %w", err)
 		}
+		if s.keeper, err = hint.New(hint.Config{Site: site, Store: hints, Members: s.member, N: s.cfg.Cluster.N, Retention: s.cfg.Cluster.HintRetention,
+			Supervise: s.supervise, Logger: s.log}); err != nil {
+			return err
+		}
+	}
+	var hinter apply.Hinter
+	if s.keeper != nil {
+		hinter = s.keeper
+	}
+	if s.applier, err = apply.New(apply.Config{
+		Hinter: hinter, Resend: s.resend, Peers: s.peerList,
+		Site: site, DSN: s.cfg.Database.DSN, Inbox: s.inbox, Capture: s.capturer,
+		MaxBatch: s.cfg.Apply.MaxBatch, WaitTimeout: s.cfg.Apply.WaitTimeout, Logger: s.log,
+		DeletePolicy: deletePolicy, Policies: policies, MergeColumns: s.cfg.Conflicts.MergeColumns(),
+		ObserveDelay: func(origin casualdb.SiteID, stage string, d time.Duration) {
+			s.delays.WithLabelValues(string(origin), stage).Observe(d.Seconds())
+		},
+	}); err != nil {
+		return err
 	}
 	return nil
 }
@@ -336,22 +332,13 @@ func (s *Node) shipper(peer casualdb.SiteID) *ship.Shipper {
 	return s.shippers[peer]
 }
 
-// watchMembers ships to every live site gossip tells of, follows their
-// NATS addresses, and hands off the hints kept for each.
+// watchMembers ships to every live site gossip tells of and follows their
+// NATS addresses.
 func (s *Node) watchMembers(ctx context.Context) error {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	alive := map[casualdb.SiteID]bool{}
 	for {
 		for _, m := range s.member.Members() {
-			if string(m.Site) != s.cfg.Site {
-				s.ensureHandoff(m.Site)
-				up := s.member.Alive(m.Site)
-				if was, ok := alive[m.Site]; ok && was && !up {
-					s.keepLateHints(ctx, m.Site)
-				}
-				alive[m.Site] = up
-			}
 			if string(m.Site) == s.cfg.Site || m.State != ring.StateAlive || m.Meta.NATSURL == "" || s.configuredPeer(m.Site) {
 				continue // a configured peer's nats_url wins over what the site advertises
 			}
@@ -385,6 +372,7 @@ func (s *Node) Run(ctx context.Context) error {
 	s.peerMu.Unlock()
 	if s.member != nil {
 		g.Go(func() error { return s.watchMembers(ctx) })
+		g.Go(func() error { return s.keeper.Run(ctx) })
 	}
 	g.Go(func() error { return s.housekeep(ctx) })
 	g.Go(func() error { return s.durabilityLoop(ctx) })
@@ -444,7 +432,7 @@ func (s *Node) setHealth(name string, err error) {
 }
 
 // housekeep trims the outbox below what every peer and capture have,
-// expires old hints (see hints.go), and samples the slot's retained WAL and
+// tends the hints (hint.Keeper.Tend), and samples the slot's retained WAL and
 // the queues for metrics.
 func (s *Node) housekeep(ctx context.Context) error {
 	cfg, err := pgx.ParseConfig(s.cfg.Database.DSN)
@@ -458,7 +446,7 @@ func (s *Node) housekeep(ctx context.Context) error {
 		}
 	}()
 	var kept retention
-	missing := missingLog{}
+	missing := hint.MissingLog{}
 	tick := time.NewTicker(min(2*time.Second, s.cfg.GC.Heartbeat, s.cfg.GC.Interval))
 	defer tick.Stop()
 	var lastBeat, lastGC, lastStats time.Time
@@ -520,11 +508,11 @@ func (s *Node) housekeep(ctx context.Context) error {
 					}
 				}
 			}
-			if conn != nil && s.hints != nil {
-				s.settleExpiries(ctx, conn, s.expireHints(ctx, conn))
+			if conn != nil && s.keeper != nil {
+				s.keeper.Tend(ctx, conn)
 			}
-			if s.member != nil && s.applier != nil {
-				missing.update(s.log, s.missingFromHints(s.applier.Stats().Origins))
+			if s.keeper != nil && s.applier != nil {
+				missing.Update(s.log, s.keeper.Missing(s.applier.Stats().Origins))
 			}
 			if n, _, err := s.outbox.Pending(qctx); err == nil {
 				s.mu.Lock()
@@ -616,82 +604,6 @@ func (r *retention) floor(now time.Time, keep time.Duration, seq uint64) uint64 
 	}
 	return r.samples[0].seq
 }
-
-// ensureHandoff starts handing off the hints kept for site, once.
-func (s *Node) ensureHandoff(site casualdb.SiteID) {
-	s.peerMu.Lock()
-	defer s.peerMu.Unlock()
-	if s.handoffs == nil {
-		s.handoffs = map[casualdb.SiteID]*ship.Handoff{}
-	}
-	if _, ok := s.handoffs[site]; ok || s.group == nil {
-		return
-	}
-	h, err := ship.NewHandoff(ship.HandoffConfig{Hints: s.hints, For: site, Logger: s.log, URL: func() (string, bool) {
-		for _, m := range s.member.Members() {
-			if m.Site == site {
-				return m.Meta.NATSURL, m.State == ring.StateAlive && m.Meta.NATSURL != ""
-			}
-		}
-		return "", false
-	}})
-	if err != nil {
-		s.log.Warn("hand off hints", "for", site, "err", err)
-		return
-	}
-	s.handoffs[site] = h
-	s.group.Go(func() error { return s.supervise(s.groupCtx, "handoff:"+string(site), h.Run) })
-}
-
-// currentRing is the ring over every site gossip knows of, in any state: a
-// site that is down keeps its place, so that its hints are kept for it.
-func (s *Node) currentRing() (*ring.Ring, error) {
-	gen := s.member.Generation()
-	s.ringMu.Lock()
-	defer s.ringMu.Unlock()
-	if s.ring != nil && s.ringGen == gen {
-		return s.ring, nil
-	}
-	var sites []casualdb.SiteID
-	for _, m := range s.member.Members() {
-		sites = append(sites, m.Site)
-	}
-	r, err := ring.New(ring.Config{Sites: sites})
-	if err != nil {
-		return nil, err
-	}
-	s.ring, s.ringGen = r, gen
-	return r, nil
-}
-
-// Hint implements apply.Hinter: when this site is the stand-in for a
-// member of the transaction's preference list that is down, it keeps the
-// transaction for that member.
-func (s *Node) Hint(ctx context.Context, r apply.Received) error {
-	s.recent.add(time.Now(), r) // for late hints (recent.go)
-	if s.member.AllAlive() {
-		return nil // every transaction, in the common case: no hint to keep
-	}
-	rg, err := s.currentRing()
-	if err != nil {
-		return err
-	}
-	self := casualdb.SiteID(s.cfg.Site)
-	for forSite, holder := range rg.HintHolders(r.Tx.ID(), s.cfg.Cluster.N, r.Origin, s.member.Alive) {
-		if holder != self {
-			continue
-		}
-		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := s.hints.Add(hctx, ship.Hint{For: forSite, Origin: r.Origin, Epoch: r.Epoch, Seq: r.Seq, LSN: r.Tx.LSN, Commit: r.Tx.CommitTime, Data: r.Data})
-		cancel()
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-var _ apply.Hinter = (*Node)(nil)
 
 // resend asks origin's sidecar to ship to this site again from sequence
 // from (apply waited too long for it).

@@ -6,13 +6,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/casualdb/casualdb/hint"
 	"github.com/casualdb/casualdb/node"
 )
 
 func TestPrintStatus_Hints(t *testing.T) {
-	m := node.MissingStatus{Origin: "a", Holder: "b", Epoch: "e1", UpToSeq: 7, AppliedSeq: 2, Missing: 5, HintsExpired: 5}
-	st := node.Status{Site: "c", Healthy: true, Missing: []node.MissingStatus{m}, Warnings: []string{m.Warning()},
-		HintExpiries: []node.HintExpiryStatus{{For: "d", Origin: "a", Epoch: "e1", Hints: 3, FirstSeq: 4, LastSeq: 6}},
+	m := hint.MissingStatus{Origin: "a", Holder: "b", Epoch: "e1", UpToSeq: 7, AppliedSeq: 2, Missing: 5, HintsExpired: 5}
+	st := node.Status{Site: "c", Healthy: true, Missing: []hint.MissingStatus{m}, Warnings: []string{m.Warning()},
+		HintExpiries: []hint.ExpiryStatus{{For: "d", Origin: "a", Epoch: "e1", Hints: 3, FirstSeq: 4, LastSeq: 6}},
 		Peers:        map[string]node.PeerStatus{"d": {State: "dead", HintsHeld: 11, HintsHanded: 4}},
 		Origins:      map[string]node.OriginStatus{"d": {Applied: 9, Held: 2}}}
 	var out bytes.Buffer

@@ -1,4 +1,4 @@
-package node
+package hint
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 // its holder (this site), never silently:
 //
 //  1. ship.Hints.Expire sums up the old hints by site, origin and epoch and
-//     hands the summary to recordExpiry, which commits it to
+//     hands the summary to Tend, which commits it to
 //     casualdb.hint_expiry before a single hint is removed;
 //  2. it is logged (Warn), counted (casualdb_hints_expired_total{site}) and
 //     shown in /status;
@@ -43,10 +43,10 @@ const (
 	maxGossipedExpiries = 32
 )
 
-// expiredHints is one open expiry record in the gossiped digest: the
+// Expired is one open expiry record in the gossiped digest: the
 // holder gave up the hints for site For of Origin's transactions in Epoch
 // up to Seq. Short keys: it travels in every full-state exchange.
-type expiredHints struct {
+type Expired struct {
 	For    casualdb.SiteID `json:"f"`
 	Origin casualdb.SiteID `json:"o"`
 	Epoch  string          `json:"e"`
@@ -55,8 +55,8 @@ type expiredHints struct {
 	Hints  uint64          `json:"n"` // how many hints went
 }
 
-// HintExpiryStatus is one record of hints this site expired (/status).
-type HintExpiryStatus struct {
+// ExpiryStatus is one record of hints this site expired (/status).
+type ExpiryStatus struct {
 	For          string    `json:"for"`
 	Origin       string    `json:"origin"`
 	Epoch        string    `json:"epoch"`
@@ -94,15 +94,22 @@ func (m MissingStatus) Warning() string {
 		m.Missing, m.Origin, m.UpToSeq, m.Holder, m.Origin)
 }
 
-// expireHints expires the hints kept longer than cluster.hint_retention,
-// recording them first on conn. Called by housekeep; without a database
+// Tend expires the hints kept longer than the retention and settles the
+// expiry records (expire, settle), on conn. The sidecar's housekeeping
+// calls it; without a database connection nothing expires.
+func (k *Keeper) Tend(ctx context.Context, conn *pgx.Conn) {
+	k.settle(ctx, conn, k.expire(ctx, conn))
+}
+
+// expire expires the hints kept longer than cluster.hint_retention,
+// recording them first on conn. Without a database
 // connection nothing expires (hints are kept longer rather than dropped
 // unrecorded).
-func (s *Node) expireHints(ctx context.Context, conn *pgx.Conn) (expired bool) {
+func (k *Keeper) expire(ctx context.Context, conn *pgx.Conn) (expired bool) {
 	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cutoff := time.Now().Add(-s.cfg.Cluster.HintRetention)
-	gone, err := s.hints.Expire(ectx, cutoff, func(ctx context.Context, es []ship.Expiry) error {
+	cutoff := time.Now().Add(-k.cfg.Retention)
+	gone, err := k.cfg.Store.Expire(ectx, cutoff, func(ctx context.Context, es []ship.Expiry) error {
 		recs := make([]meta.HintExpiry, len(es))
 		for i, e := range es {
 			recs[i] = meta.HintExpiry{For: e.For, Origin: e.Origin, Epoch: e.Epoch, Hints: e.Hints, FirstSeq: e.FirstSeq, LastSeq: e.LastSeq, LastLSN: e.LastLSN}
@@ -110,107 +117,101 @@ func (s *Node) expireHints(ctx context.Context, conn *pgx.Conn) (expired bool) {
 		return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error { return meta.RecordHintExpiries(ctx, tx, recs) })
 	})
 	if err != nil {
-		s.log.Warn("expire hints", "err", err)
+		k.log.Warn("expire hints", "err", err)
 		return false
 	}
 	for _, e := range gone {
-		s.log.Warn("hints expired: the site will not get these transactions from here; they come only from the origin's outbox or a repair",
+		k.log.Warn("hints expired: the site will not get these transactions from here; they come only from the origin's outbox or a repair",
 			"for", e.For, "origin", e.Origin, "epoch", e.Epoch, "hints", e.Hints, "first_seq", e.FirstSeq, "last_seq", e.LastSeq,
-			"last_lsn", casualdb.FormatLSN(e.LastLSN), "retention", s.cfg.Cluster.HintRetention)
-		s.mu.Lock()
-		if s.hintsExpired == nil {
-			s.hintsExpired = map[casualdb.SiteID]uint64{}
-		}
-		s.hintsExpired[e.For] += e.Hints
-		s.mu.Unlock()
+			"last_lsn", casualdb.FormatLSN(e.LastLSN), "retention", k.cfg.Retention)
+		k.mu.Lock()
+		k.expired[e.For] += e.Hints
+		k.mu.Unlock()
 	}
 	return len(gone) > 0
 }
 
-// settleExpiries marks resolved the records whose site has applied past
+// settle marks resolved the records whose site has applied past
 // them (by its gossiped digest), forgets old ones, and reloads what this
 // site gossips and shows when any of that, or an expiry (changed), moved
 // the table, or it was never loaded.
-func (s *Node) settleExpiries(ctx context.Context, conn *pgx.Conn, changed bool) {
+func (k *Keeper) settle(ctx context.Context, conn *pgx.Conn, changed bool) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	s.mu.Lock()
-	recs := s.expiries
-	s.mu.Unlock()
+	k.mu.Lock()
+	recs := k.expiries
+	k.mu.Unlock()
 	for _, e := range recs {
 		if !e.Resolved.IsZero() {
 			continue
 		}
-		got, ok := s.remoteApplied(e.For, e.Origin)
+		got, ok := k.remoteApplied(e.For, e.Origin)
 		if !ok || got.Epoch != e.Epoch || got.Seq < e.LastSeq {
 			continue
 		}
 		resolved, err := meta.ResolveHintExpiry(ctx, conn, e.For, e.Origin, e.Epoch, got.Seq)
 		if err != nil {
-			s.log.Warn("resolve expired hints", "err", err)
+			k.log.Warn("resolve expired hints", "err", err)
 			return
 		}
 		if resolved {
 			changed = true
-			s.log.Info("expired hints resolved: the site has applied the origin past them", "for", e.For, "origin", e.Origin,
+			k.log.Info("expired hints resolved: the site has applied the origin past them", "for", e.For, "origin", e.Origin,
 				"epoch", e.Epoch, "last_seq", e.LastSeq, "applied_seq", got.Seq)
 		}
 	}
 	if n, err := meta.ForgetHintExpiries(ctx, conn, expiryKeepResolved, expiryForget); err != nil {
-		s.log.Warn("forget expired hints", "err", err)
+		k.log.Warn("forget expired hints", "err", err)
 	} else if n > 0 {
 		changed = true
-		s.log.Info("forgot old records of expired hints", "records", n)
+		k.log.Info("forgot old records of expired hints", "records", n)
 	}
-	if !changed && s.expiriesLoaded {
+	if !changed && k.expiriesLoaded {
 		return
 	}
 	recs, err := meta.LoadHintExpiries(ctx, conn)
 	if err != nil {
-		s.log.Warn("load expired hints", "err", err)
+		k.log.Warn("load expired hints", "err", err)
 		return
 	}
-	s.mu.Lock()
-	s.expiries = recs
-	s.mu.Unlock()
-	s.expiriesLoaded = true
+	k.mu.Lock()
+	k.expiries = recs
+	k.mu.Unlock()
+	k.expiriesLoaded = true
 }
 
 // remoteApplied returns what site says, in its last gossiped digest, it
 // has applied from origin.
-func (s *Node) remoteApplied(site, origin casualdb.SiteID) (appliedFrom, bool) {
-	digest, _ := s.peerDigest(site)
+func (k *Keeper) remoteApplied(site, origin casualdb.SiteID) (Applied, bool) {
+	digest, _ := k.Digest(site)
 	got, ok := digest.Applied[origin]
 	return got, ok
 }
 
-// gossipedExpiries returns the open records for the digest, most recent
+// Gossiped returns the open records for the digest, most recent
 // first. It only takes the mutex: gossip calls it.
-func (s *Node) gossipedExpiries() []expiredHints {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []expiredHints
-	for _, e := range s.expiries {
+func (k *Keeper) Gossiped() []Expired {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var out []Expired
+	for _, e := range k.expiries {
 		if e.Resolved.IsZero() && len(out) < maxGossipedExpiries {
-			out = append(out, expiredHints{For: e.For, Origin: e.Origin, Epoch: e.Epoch, Seq: e.LastSeq, LSN: e.LastLSN, Hints: e.Hints})
+			out = append(out, Expired{For: e.For, Origin: e.Origin, Epoch: e.Epoch, Seq: e.LastSeq, LSN: e.LastLSN, Hints: e.Hints})
 		}
 	}
 	return out
 }
 
-// missingFromHints returns what this site misses because a holder let its
+// Missing returns what this site misses because a holder let its
 // hints expire, from every peer's last gossiped digest (missingFor).
-func (s *Node) missingFromHints(applied map[casualdb.SiteID]apply.OriginStats) []MissingStatus {
-	if s.member == nil {
-		return nil
-	}
-	self := casualdb.SiteID(s.cfg.Site)
-	digests := map[casualdb.SiteID]gossipState{}
-	for _, m := range s.member.Members() {
+func (k *Keeper) Missing(applied map[casualdb.SiteID]apply.OriginStats) []MissingStatus {
+	self := k.cfg.Site
+	digests := map[casualdb.SiteID]Digest{}
+	for _, m := range k.cfg.Members.Members() {
 		if m.Site == self {
 			continue
 		}
-		if digest, ok := s.peerDigest(m.Site); ok {
+		if digest, ok := k.Digest(m.Site); ok {
 			digests[m.Site] = digest
 		}
 	}
@@ -221,7 +222,7 @@ func (s *Node) missingFromHints(applied map[casualdb.SiteID]apply.OriginStats) [
 // site self whose origin self has not applied that far (in that epoch: a
 // progress in another epoch counts as nothing applied), sorted by origin and
 // holder.
-func missingFor(self casualdb.SiteID, digests map[casualdb.SiteID]gossipState, applied map[casualdb.SiteID]apply.OriginStats) []MissingStatus {
+func missingFor(self casualdb.SiteID, digests map[casualdb.SiteID]Digest, applied map[casualdb.SiteID]apply.OriginStats) []MissingStatus {
 	var out []MissingStatus
 	for holder, digest := range digests {
 		for _, e := range digest.Expired {
@@ -245,11 +246,11 @@ func missingFor(self casualdb.SiteID, digests map[casualdb.SiteID]gossipState, a
 	return out
 }
 
-// missingLog logs when this site starts or stops missing transactions
-// because of expired hints; housekeep owns it.
-type missingLog map[string]MissingStatus
+// MissingLog logs when this site starts or stops missing transactions
+// because of expired hints; the sidecar's housekeeping owns it.
+type MissingLog map[string]MissingStatus
 
-func (l missingLog) update(log *slog.Logger, now []MissingStatus) {
+func (l MissingLog) Update(log *slog.Logger, now []MissingStatus) {
 	seen := map[string]bool{}
 	for _, m := range now {
 		k := m.Origin + "/" + m.Holder + "/" + m.Epoch
@@ -269,11 +270,11 @@ func (l missingLog) update(log *slog.Logger, now []MissingStatus) {
 	}
 }
 
-// hintExpiryStatus renders this site's records for /status.
-func hintExpiryStatus(recs []meta.HintExpiry) []HintExpiryStatus {
-	var out []HintExpiryStatus
+// expiryStatus renders this site's records for /status.
+func expiryStatus(recs []meta.HintExpiry) []ExpiryStatus {
+	var out []ExpiryStatus
 	for _, e := range recs {
-		hs := HintExpiryStatus{For: string(e.For), Origin: string(e.Origin), Epoch: e.Epoch, Hints: e.Hints, FirstSeq: e.FirstSeq,
+		hs := ExpiryStatus{For: string(e.For), Origin: string(e.Origin), Epoch: e.Epoch, Hints: e.Hints, FirstSeq: e.FirstSeq,
 			LastSeq: e.LastSeq, LastLSN: casualdb.FormatLSN(e.LastLSN), FirstExpired: e.FirstExpired, LastExpired: e.LastExpired}
 		if !e.Resolved.IsZero() {
 			at := e.Resolved

@@ -1,4 +1,4 @@
-package node
+package hint
 
 import (
 	"slices"
@@ -32,7 +32,7 @@ func TestRecentTxs_MissedBy(t *testing.T) {
 	rt.add(now, received("c", "e1", 7, 10))
 
 	t.Run("behind", func(t *testing.T) {
-		got := rt.missedBy("c", map[casualdb.SiteID]appliedFrom{"a": {Seq: 2, Epoch: "e1"}, "b": {Seq: 1, Epoch: "e1"}})
+		got := rt.missedBy("c", map[casualdb.SiteID]Applied{"a": {Seq: 2, Epoch: "e1"}, "b": {Seq: 1, Epoch: "e1"}})
 		if want := []uint64{3, 4}; !slices.Equal(seqsOf(got), want) {
 			t.Errorf("missed %v, want %v (c's own and what it applied left out)", seqsOf(got), want)
 		}
@@ -41,7 +41,7 @@ func TestRecentTxs_MissedBy(t *testing.T) {
 		}
 	})
 	t.Run("other epoch or no digest", func(t *testing.T) {
-		got := rt.missedBy("c", map[casualdb.SiteID]appliedFrom{"a": {Seq: 9, Epoch: "e0"}})
+		got := rt.missedBy("c", map[casualdb.SiteID]Applied{"a": {Seq: 9, Epoch: "e0"}})
 		if want := []uint64{1, 2, 3, 4, 1}; !slices.Equal(seqsOf(got), want) {
 			t.Errorf("missed %v, want %v", seqsOf(got), want)
 		}
@@ -50,7 +50,7 @@ func TestRecentTxs_MissedBy(t *testing.T) {
 		}
 	})
 	t.Run("up to date", func(t *testing.T) {
-		got := rt.missedBy("c", map[casualdb.SiteID]appliedFrom{"a": {Seq: 4, Epoch: "e1"}, "b": {Seq: 1, Epoch: "e1"}})
+		got := rt.missedBy("c", map[casualdb.SiteID]Applied{"a": {Seq: 4, Epoch: "e1"}, "b": {Seq: 1, Epoch: "e1"}})
 		if len(got) != 0 {
 			t.Errorf("missed %v, want none", seqsOf(got))
 		}

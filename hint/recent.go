@@ -1,4 +1,4 @@
-package node
+package hint
 
 import (
 	"bytes"
@@ -72,7 +72,7 @@ func (rt *recentTxs) add(now time.Time, r apply.Received) {
 // missedBy returns the remembered transactions that a site had not applied
 // by its digest (applied, per origin; an origin it had in another epoch, or
 // not at all, counts as nothing applied), other than its own.
-func (rt *recentTxs) missedBy(site casualdb.SiteID, applied map[casualdb.SiteID]appliedFrom) []recentTx {
+func (rt *recentTxs) missedBy(site casualdb.SiteID, applied map[casualdb.SiteID]Applied) []recentTx {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	var out []recentTx
@@ -91,19 +91,19 @@ func (rt *recentTxs) missedBy(site casualdb.SiteID, applied map[casualdb.SiteID]
 // lateHints keeps as hints for site, which just stopped being alive, the
 // recent transactions it may have missed and this site is the stand-in
 // for. It returns how many it kept that were not kept already.
-func (s *Node) lateHints(ctx context.Context, site casualdb.SiteID) (int, error) {
-	digest, _ := s.peerDigest(site)
-	missed := s.recent.missedBy(site, digest.Applied)
+func (k *Keeper) lateHints(ctx context.Context, site casualdb.SiteID) (int, error) {
+	digest, _ := k.Digest(site)
+	missed := k.recent.missedBy(site, digest.Applied)
 	if len(missed) == 0 {
 		return 0, nil
 	}
-	rg, err := s.currentRing()
+	rg, err := k.currentRing()
 	if err != nil {
 		return 0, err
 	}
-	self := casualdb.SiteID(s.cfg.Site)
-	return s.keepHints(ctx, site, missed, func(t recentTx) bool {
-		return rg.HintHolders(t.id, s.cfg.Cluster.N, t.rec.Origin, s.member.Alive)[site] == self
+	self := k.cfg.Site
+	return k.keepHints(ctx, site, missed, func(t recentTx) bool {
+		return rg.HintHolders(t.id, k.cfg.N, t.rec.Origin, k.cfg.Members.Alive)[site] == self
 	})
 }
 
@@ -114,15 +114,15 @@ func (s *Node) lateHints(ctx context.Context, site casualdb.SiteID) (int, error)
 // for ever if it does not, while this site holds them. Every live site that
 // received them relays them; the peer applies one copy. It returns how many
 // it kept that were not kept already, by peer.
-func (s *Node) relayHints(ctx context.Context, origin casualdb.SiteID) (map[casualdb.SiteID]int, error) {
+func (k *Keeper) relayHints(ctx context.Context, origin casualdb.SiteID) (map[casualdb.SiteID]int, error) {
 	out := map[casualdb.SiteID]int{}
-	self := casualdb.SiteID(s.cfg.Site)
-	for _, m := range s.member.Members() {
-		if m.Site == self || m.Site == origin || !s.member.Alive(m.Site) {
+	self := k.cfg.Site
+	for _, m := range k.cfg.Members.Members() {
+		if m.Site == self || m.Site == origin || !k.cfg.Members.Alive(m.Site) {
 			continue
 		}
-		digest, _ := s.peerDigest(m.Site)
-		n, err := s.keepHints(ctx, m.Site, s.recent.missedBy(m.Site, digest.Applied), func(t recentTx) bool { return t.rec.Origin == origin })
+		digest, _ := k.Digest(m.Site)
+		n, err := k.keepHints(ctx, m.Site, k.recent.missedBy(m.Site, digest.Applied), func(t recentTx) bool { return t.rec.Origin == origin })
 		out[m.Site] = n
 		if err != nil {
 			return out, err
@@ -133,7 +133,7 @@ func (s *Node) relayHints(ctx context.Context, origin casualdb.SiteID) (map[casu
 
 // keepHints keeps, as hints for site, the transactions of ts that want
 // accepts, and returns how many were not kept already.
-func (s *Node) keepHints(ctx context.Context, site casualdb.SiteID, ts []recentTx, want func(recentTx) bool) (int, error) {
+func (k *Keeper) keepHints(ctx context.Context, site casualdb.SiteID, ts []recentTx, want func(recentTx) bool) (int, error) {
 	kept := 0
 	for _, t := range ts {
 		if !want(t) {
@@ -142,7 +142,7 @@ func (s *Node) keepHints(ctx context.Context, site casualdb.SiteID, ts []recentT
 		h := t.rec
 		h.For = site
 		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		added, err := s.hints.Add(hctx, h)
+		added, err := k.cfg.Store.Add(hctx, h)
 		cancel()
 		if err != nil {
 			return kept, err
@@ -155,30 +155,26 @@ func (s *Node) keepHints(ctx context.Context, site casualdb.SiteID, ts []recentT
 }
 
 // keepLateHints runs lateHints and relayHints for a site gossip no longer
-// takes for alive, logs and counts the outcome. Called by watchMembers.
-func (s *Node) keepLateHints(ctx context.Context, site casualdb.SiteID) {
-	n, err := s.lateHints(ctx, site)
+// takes for alive, logs and counts the outcome. Called by Run.
+func (k *Keeper) keepLateHints(ctx context.Context, site casualdb.SiteID) {
+	n, err := k.lateHints(ctx, site)
 	if err != nil {
-		s.log.Warn("keep late hints; the site gets those transactions from their origins only", "for", site, "kept", n, "err", err)
+		k.log.Warn("keep late hints; the site gets those transactions from their origins only", "for", site, "kept", n, "err", err)
 	}
 	if n > 0 {
-		s.log.Info("kept late hints: transactions received before gossip declared the site down, which it had not applied", "for", site, "hints", n)
+		k.log.Info("kept late hints: transactions received before gossip declared the site down, which it had not applied", "for", site, "hints", n)
 	}
-	relayed, err := s.relayHints(ctx, site)
+	relayed, err := k.relayHints(ctx, site)
 	if err != nil {
-		s.log.Warn("relay a down origin's transactions to peers that lack them", "origin", site, "err", err)
+		k.log.Warn("relay a down origin's transactions to peers that lack them", "origin", site, "err", err)
 	}
-	for peer, k := range relayed {
-		s.log.Info("relaying a down origin's transactions to a peer that had not applied them", "origin", site, "for", peer, "hints", k)
+	for peer, n := range relayed {
+		k.log.Info("relaying a down origin's transactions to a peer that had not applied them", "origin", site, "for", peer, "hints", n)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.lateHinted == nil {
-		s.lateHinted = map[casualdb.SiteID]uint64{}
-		s.relayed = map[casualdb.SiteID]uint64{}
-	}
-	s.lateHinted[site] += uint64(n)
-	for peer, k := range relayed {
-		s.relayed[peer] += uint64(k)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.late[site] += uint64(n)
+	for peer, n := range relayed {
+		k.relayed[peer] += uint64(n)
 	}
 }

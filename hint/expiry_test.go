@@ -1,4 +1,4 @@
-package node
+package hint
 
 import (
 	"bytes"
@@ -12,13 +12,13 @@ import (
 )
 
 func TestMissingFor(t *testing.T) {
-	digests := map[casualdb.SiteID]gossipState{
-		"b": {Expired: []expiredHints{
+	digests := map[casualdb.SiteID]Digest{
+		"b": {Expired: []Expired{
 			{For: "c", Origin: "a", Epoch: "e1", Seq: 7, LSN: 0x700, Hints: 5},
 			{For: "d", Origin: "a", Epoch: "e1", Seq: 9, Hints: 1}, // for another site
 			{For: "c", Origin: "d", Epoch: "e4", Seq: 3, Hints: 3},
 		}},
-		"d": {Expired: []expiredHints{{For: "c", Origin: "a", Epoch: "e1", Seq: 6, Hints: 2}}},
+		"d": {Expired: []Expired{{For: "c", Origin: "a", Epoch: "e1", Seq: 6, Hints: 2}}},
 	}
 	tests := []struct {
 		name    string
@@ -53,14 +53,14 @@ func TestMissingFor(t *testing.T) {
 func TestMissingLog(t *testing.T) {
 	var buf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))
-	l := missingLog{}
+	l := MissingLog{}
 	m := MissingStatus{Origin: "a", Holder: "b", Epoch: "e1", UpToSeq: 7, Missing: 5}
-	l.update(log, []MissingStatus{m})
-	l.update(log, []MissingStatus{m}) // unchanged: logged once
+	l.Update(log, []MissingStatus{m})
+	l.Update(log, []MissingStatus{m}) // unchanged: logged once
 	if got := strings.Count(buf.String(), "level=WARN"); got != 1 {
 		t.Errorf("warnings after the same report twice: %d, want 1\n%s", got, buf.String())
 	}
-	l.update(log, nil)
+	l.Update(log, nil)
 	if !strings.Contains(buf.String(), "level=INFO msg=\"missing transactions repaired") {
 		t.Errorf("no repaired line once the report cleared:\n%s", buf.String())
 	}

@@ -1,0 +1,98 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/casualdb/casualdb/internal/pgtest"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// TestNode_Embedded runs two sites as a program embedding the library
+// would, without the command line: New, Start, Run, Status, Close. Every
+// goroutine a node starts ends with Run and Close (TestMain checks).
+func TestNode_Embedded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two PostgreSQL servers")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	type site struct {
+		name string
+		pg   *pgtest.Server
+		nats int
+		node *Node
+	}
+	sites := []*site{{name: "a"}, {name: "b"}}
+	for _, s := range sites {
+		s.pg = pgtest.NewServer(t, s.name)
+		pgtest.ExecAll(t, pgtest.Connect(t, s.pg.DSN()), `CREATE TABLE items (id int PRIMARY KEY, label text NOT NULL)`)
+		port, err := pgtest.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.nats = port
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	done := make(chan error, len(sites))
+	runCtx, stop := context.WithCancel(ctx)
+	for _, s := range sites {
+		cfg := DefaultConfig()
+		cfg.Site, cfg.DataDir, cfg.Database.DSN = s.name, filepath.Join(t.TempDir(), s.name), s.pg.DSN()
+		cfg.Database.Tables = []string{"items"}
+		cfg.NATS.Listen, cfg.Admin.Listen = fmt.Sprintf("127.0.0.1:%d", s.nats), ""
+		for _, p := range sites {
+			if p != s {
+				cfg.Peers = append(cfg.Peers, PeerConfig{Name: p.name, NATSURL: fmt.Sprintf("nats://127.0.0.1:%d", p.nats)})
+			}
+		}
+		n, err := New(cfg, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Start(ctx); err != nil {
+			t.Fatalf("start %s: %v", s.name, err)
+		}
+		s.node = n
+		go func() { done <- n.Run(runCtx) }()
+	}
+	defer func() {
+		stop()
+		for range sites {
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		}
+		for _, s := range sites {
+			s.node.Close()
+		}
+	}()
+
+	pgtest.ExecAll(t, pgtest.Connect(t, sites[0].pg.DSN()), `INSERT INTO items VALUES (1, 'from a')`)
+	b := pgtest.Connect(t, sites[1].pg.DSN())
+	pgtest.CheckFor(t, time.Minute, 50*time.Millisecond, func() error {
+		var label string
+		if err := b.QueryRow(ctx, `SELECT label FROM items WHERE id = 1`).Scan(&label); err != nil {
+			return err
+		}
+		if label != "from a" {
+			return fmt.Errorf("label %q", label)
+		}
+		return nil
+	})
+	if st := sites[0].node.Status(); st.Capture.Captured < 1 || !st.Healthy || st.Site != "a" {
+		t.Errorf("a's status: captured %d, healthy %v, site %q", st.Capture.Captured, st.Healthy, st.Site)
+	}
+	if st := sites[1].node.Status(); st.Origins["a"].Applied < 1 {
+		t.Errorf("b's status: applied from a %+v, want at least 1", st.Origins["a"])
+	}
+}
