@@ -44,7 +44,7 @@ test-short: deps-test
 	$(GO) test -race -count=1 -short ./...
 
 bench: deps-bench
-	$(GO) run ./bench
+	$(GO) run ./cmd/bench
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -14,7 +14,7 @@
 // replication processes inside it used. The report ends with the ratios the
 // project tracks against pglogical, each with its target.
 //
-// Run it with `make bench`; `go run ./bench -help` lists the flags.
+// Run it with `make bench`; `go run ./cmd/bench -help` lists the flags.
 package main
 
 import (
