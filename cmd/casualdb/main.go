@@ -184,20 +184,3 @@ func (m *Main) parseConfig(name string, args []string, extra ...func(*flag.FlagS
 	}
 	return cf.load(m.Getenv)
 }
-
-func (m *Main) runCmd(ctx context.Context, args []string) error {
-	cfg, err := m.parseConfig("run", args)
-	if err != nil {
-		return err
-	}
-	log := newLogger(m.Stderr, cfg.Log)
-	s, err := node.New(cfg, log)
-	if err != nil {
-		return err
-	}
-	if err := s.Start(ctx); err != nil {
-		return err
-	}
-	defer s.Close()
-	return s.Run(ctx)
-}
