@@ -65,6 +65,11 @@ func read(t testing.TB, page string) string {
 // proseLines calls fn for every line outside fenced code blocks, with
 // inline code removed.
 func proseLines(text string, fn func(n int, line string)) {
+	outsideFences(text, func(n int, line string) { fn(n, codeSpanRE.ReplaceAllString(line, "")) })
+}
+
+// outsideFences calls fn for every line outside fenced code blocks.
+func outsideFences(text string, fn func(n int, line string)) {
 	fenced := false
 	for i, line := range strings.Split(text, "\n") {
 		trimmed := strings.TrimSpace(line)
@@ -72,10 +77,9 @@ func proseLines(text string, fn func(n int, line string)) {
 			fenced = !fenced
 			continue
 		}
-		if fenced {
-			continue
+		if !fenced {
+			fn(i+1, line)
 		}
-		fn(i+1, codeSpanRE.ReplaceAllString(line, ""))
 	}
 }
 
@@ -95,16 +99,10 @@ func links(page, text string) []link {
 func anchors(text string) map[string]bool {
 	out := map[string]bool{}
 	seen := map[string]int{}
-	fenced := false
-	for _, line := range strings.Split(text, "\n") {
-		trimmed := strings.TrimSpace(line)
-		if strings.HasPrefix(trimmed, "```") || strings.HasPrefix(trimmed, "~~~") {
-			fenced = !fenced
-			continue
-		}
+	outsideFences(text, func(_ int, line string) {
 		m := headingRE.FindStringSubmatch(line)
-		if fenced || m == nil {
-			continue
+		if m == nil {
+			return
 		}
 		a := slug(m[1])
 		if n := seen[a]; n > 0 {
@@ -113,7 +111,7 @@ func anchors(text string) map[string]bool {
 			out[a] = true
 		}
 		seen[a]++
-	}
+	})
 	return out
 }
 
