@@ -7,16 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/conflict"
 	"github.com/casualdb/casualdb/meta"
-	"github.com/casualdb/casualdb/ship"
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Capture is what apply needs of the local capture: *capture.Capturer.
@@ -37,14 +34,6 @@ type Capture interface {
 	// TruncationGen changes whenever capture records a local truncation.
 	TruncationGen() uint64
 }
-
-// Message header names (the transport's; see package ship).
-const (
-	headerSeq    = "Casualdb-Seq"
-	headerLSN    = "Casualdb-Lsn"
-	headerOrigin = "Casualdb-Origin"
-	headerEpoch  = "Casualdb-Epoch"
-)
 
 // DefaultMaxBatch is Config.MaxBatch's default.
 const DefaultMaxBatch = 2048
@@ -273,7 +262,6 @@ func (a *Applier) Run(ctx context.Context) error {
 	// The consumers' callbacks end with this run, whatever ends it.
 	rctx, cancel := context.WithCancel(ctx)
 	in := newIntake(a.cfg.Inbox, pullMsgs)
-	in.pre = predecode
 	defer func() {
 		cancel()
 		in.stop()
@@ -290,7 +278,7 @@ func (a *Applier) Run(ctx context.Context) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	lastDiscover, lastKeepAlive, lastPeers := time.Now(), time.Now(), time.Now()
-	decode := func(m jetstream.Msg, d *delivery) ([]inMsg, error) { return a.decodeMsg(ctx, m, d) }
+	decode := func(m *casualdb.InboxMsg, d *delivery) ([]inMsg, error) { return a.decodeMsg(ctx, m, d) }
 	for {
 		if now := time.Now(); now.Sub(lastDiscover) >= discoverEvery {
 			// An origin that is not a peer (a hint's, say): its first
@@ -625,84 +613,36 @@ func hasTruncate(tx *casualdb.Tx) bool {
 // decodeMsg returns the transactions m carries. What does not decode is
 // parked (and counted) rather than applied: a whole message whose headers
 // or framing are garbled, or one transaction of a bundle.
-func (a *Applier) decodeMsg(ctx context.Context, m jetstream.Msg, d *delivery) ([]inMsg, error) {
-	p, ok := m.(*predecoded)
-	if !ok {
-		p = predecode(m).(*predecoded)
+func (a *Applier) decodeMsg(ctx context.Context, m *casualdb.InboxMsg, d *delivery) ([]inMsg, error) {
+	if m.Err != nil {
+		return nil, a.parkGarbled(ctx, m, nil, m.Err)
 	}
-	if p.err != nil {
-		return nil, a.parkGarbled(ctx, p.Msg, nil, p.err)
-	}
-	h := p.Headers()
 	now := time.Now()
-	out := make([]inMsg, 0, len(p.entries))
-	for i, e := range p.entries {
-		if err := p.errs[i]; err != nil {
-			if err := a.parkGarbled(ctx, p.Msg, &e, err); err != nil {
+	out := make([]inMsg, 0, len(m.Txs))
+	for i := range m.Txs {
+		e := &m.Txs[i]
+		if e.Err != nil {
+			if err := a.parkGarbled(ctx, m, e, e.Err); err != nil {
 				return nil, err
 			}
 			continue
 		}
-		out = append(out, inMsg{d: d, origin: p.origin, epoch: h.Get(headerEpoch), seq: e.Seq, received: now, data: e.Data, tx: p.txs[i]})
+		out = append(out, inMsg{d: d, origin: m.Origin, epoch: m.Epoch, seq: e.Seq, received: now, data: e.Data, tx: e.Tx})
 	}
-	if len(out) == 0 && len(p.entries) > 0 {
-		_ = p.Ack() // every transaction in it is parked
+	if len(out) == 0 && len(m.Txs) > 0 {
+		_ = m.Ack() // every transaction in it is parked
 	}
 	return out, nil
 }
 
-// predecoded is an inbox message with its transactions decoded. The
-// consumers' goroutines decode what they deliver (predecode), so that
-// decoding overlaps the apply loop's work with the database; parking what
-// does not decode is left to the loop.
-type predecoded struct {
-	jetstream.Msg
-	origin  casualdb.SiteID
-	entries []ship.Entry
-	txs     []*casualdb.Tx // nil where errs says why
-	errs    []error
-	err     error // the message as a whole does not decode
-}
-
-// predecode decodes m's transactions; it touches nothing shared.
-func predecode(m jetstream.Msg) jetstream.Msg {
-	h := m.Headers()
-	p := &predecoded{Msg: m, origin: casualdb.SiteID(h.Get(headerOrigin))}
-	p.entries, p.err = ship.Entries(h, m.Data())
-	if p.err == nil && p.origin == "" {
-		p.err = fmt.Errorf("%w: missing %s header", casualdb.ErrGarbled, headerOrigin)
-	}
-	if p.err != nil {
-		return p
-	}
-	p.txs = make([]*casualdb.Tx, len(p.entries))
-	p.errs = make([]error, len(p.entries))
-	for i, e := range p.entries {
-		tx, err := casualdb.UnmarshalTx(e.Data)
-		if err == nil && tx.Origin != p.origin {
-			err = fmt.Errorf("%w: tx of %s arrived as from %s", casualdb.ErrGarbled, tx.Origin, p.origin)
-		}
-		if err != nil {
-			p.errs[i] = err
-			continue
-		}
-		tx.Seq = e.Seq
-		p.txs[i] = tx
-	}
-	return p
-}
-
 // parkGarbled parks e, a transaction of m that does not decode, or all of m
 // (acknowledged then) when e is nil, and counts it.
-func (a *Applier) parkGarbled(ctx context.Context, m jetstream.Msg, e *ship.Entry, cause error) error {
-	h := m.Headers()
-	p := meta.Parked{Origin: casualdb.SiteID(h.Get(headerOrigin)), Reason: cause.Error()}
+func (a *Applier) parkGarbled(ctx context.Context, m *casualdb.InboxMsg, e *casualdb.InboxTx, cause error) error {
+	p := meta.Parked{Origin: m.Origin, Reason: cause.Error()}
 	if e != nil {
 		p.Seq, p.Payload = e.Seq, e.Data
 	} else {
-		p.Seq, _ = strconv.ParseUint(h.Get(headerSeq), 10, 64)
-		p.LSN, _ = strconv.ParseUint(h.Get(headerLSN), 10, 64)
-		p.Payload = m.Data()
+		p.Seq, p.LSN, p.Payload = m.Seq, m.LSN, m.Data
 	}
 	if err := meta.Park(ctx, a.main, p); err != nil {
 		_ = m.NakWithDelay(time.Second)
