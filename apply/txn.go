@@ -171,6 +171,8 @@ type dbConn interface {
 	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
+var _ dbConn = (*pgx.Conn)(nil)
+
 // txWriter carries the state of one apply transaction.
 type txWriter struct {
 	a        *Applier

@@ -19,6 +19,11 @@ type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
+var (
+	_ Querier = (*pgx.Conn)(nil)
+	_ Querier = pgx.Tx(nil)
+)
+
 // Execer runs statements without reading rows: a Querier, or a Batch that
 // queues them to send in one round trip.
 type Execer interface {

@@ -73,6 +73,9 @@ func Entries(h nats.Header, data []byte) ([]Entry, error) {
 	return out, nil
 }
 
+// An inbox message is its own acknowledgement handle.
+var _ casualdb.Acker = jetstream.Msg(nil)
+
 // DecodeInboxMsg decodes m, a message of an inbox, for apply: its transport
 // headers, its transactions (casualdb.UnmarshalTx, with their sequences),
 // and m itself as the handle that acknowledges it. What does not decode is
