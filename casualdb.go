@@ -1,6 +1,7 @@
 // Package casualdb holds the shared vocabulary of CasualDB: sites, versions,
-// transactions and changes. It imports nothing internal, so that capture,
-// conflict, apply and the transport can all depend on it without cycles.
+// transactions and changes, and transactions as the inbox delivers them
+// (InboxMsg). It imports nothing internal, so that capture, conflict, apply
+// and the transport can all depend on it without cycles.
 //
 // A change travels as a Tx: capture decodes it from the origin's WAL and gives
 // every row change a Version; the transport ships it from the origin's outbox

@@ -1,22 +1,16 @@
 package apply
 
 import (
-	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/conflict"
 	"github.com/casualdb/casualdb/meta"
-	"github.com/casualdb/casualdb/ship"
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Capture is what apply needs of the local capture: *capture.Capturer.
@@ -37,14 +31,6 @@ type Capture interface {
 	// TruncationGen changes whenever capture records a local truncation.
 	TruncationGen() uint64
 }
-
-// Message header names (the transport's; see package ship).
-const (
-	headerSeq    = "Casualdb-Seq"
-	headerLSN    = "Casualdb-Lsn"
-	headerOrigin = "Casualdb-Origin"
-	headerEpoch  = "Casualdb-Epoch"
-)
 
 // DefaultMaxBatch is Config.MaxBatch's default.
 const DefaultMaxBatch = 2048
@@ -273,7 +259,6 @@ func (a *Applier) Run(ctx context.Context) error {
 	// The consumers' callbacks end with this run, whatever ends it.
 	rctx, cancel := context.WithCancel(ctx)
 	in := newIntake(a.cfg.Inbox, pullMsgs)
-	in.pre = predecode
 	defer func() {
 		cancel()
 		in.stop()
@@ -290,7 +275,7 @@ func (a *Applier) Run(ctx context.Context) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	lastDiscover, lastKeepAlive, lastPeers := time.Now(), time.Now(), time.Now()
-	decode := func(m jetstream.Msg, d *delivery) ([]inMsg, error) { return a.decodeMsg(ctx, m, d) }
+	decode := func(m *casualdb.InboxMsg, d *delivery) ([]inMsg, error) { return a.decodeMsg(ctx, m, d) }
 	for {
 		if now := time.Now(); now.Sub(lastDiscover) >= discoverEvery {
 			// An origin that is not a peer (a hint's, say): its first
@@ -350,224 +335,12 @@ func (a *Applier) noteHeld(in *intake) {
 	}
 }
 
-// applyReady makes one pass over the origins and applies at most one run
-// of each from the head of what it holds. progressed tells whether anything
-// was applied or recognised as a duplicate.
-func (a *Applier) applyReady(ctx context.Context, in *intake) (progressed bool, err error) {
-	for _, q := range in.order {
-		if len(q.held) == 0 || time.Now().Before(q.retry) {
-			continue
-		}
-		n, err := a.applyHead(ctx, q)
-		if err != nil {
-			return progressed, err
-		}
-		progressed = progressed || n > 0
-	}
-	return progressed, nil
-}
-
-// applyHead applies the longest run of q's held transactions that may be
-// applied now, and returns how many transactions it consumed (applied, or
-// recognised as duplicates).
-func (a *Applier) applyHead(ctx context.Context, q *originQueue) (int, error) {
-	origin := q.origin
-	committed := a.progress[origin] // what is committed here; the run moves a.progress ahead
-	var run, twins []inMsg
-	gap := false // the head waits for a missing sequence
-	i := 0
-build:
-	for ; i < len(q.held) && len(run) < a.cfg.MaxBatch; i++ {
-		im := &q.held[i]
-		if a.cfg.Hinter != nil && !im.hinted {
-			// Before the message can be acknowledged: a hint kept only
-			// after the commit would be lost by a crash in between.
-			err := a.cfg.Hinter.Hint(ctx, Received{Origin: im.origin, Epoch: im.epoch, Seq: im.seq, Tx: im.tx, Data: im.data})
-			if err != nil {
-				a.log.Warn("keep hint; the transaction waits", "origin", im.origin, "seq", im.seq, "err", err)
-				q.retry = time.Now().Add(time.Second)
-				break build
-			}
-			im.hinted = true
-		}
-		switch a.admit(*im) {
-		case admitDuplicate:
-			if im.tx.LSN <= committed.LSN {
-				a.count(func(s *Stats) { s.Skipped++ })
-				im.d.done()
-			} else {
-				// A second copy (a resend) of a transaction in this run:
-				// acknowledged only once the run commits.
-				twins = append(twins, *im)
-			}
-			continue
-		case admitGap:
-			// An earlier transaction of this origin is missing (a publish
-			// that failed and will come again, or is asked for again).
-			a.noteGap(ctx, *im)
-			gap = len(run) == 0
-			break build
-		}
-		if len(run) > 0 && (hasTruncate(im.tx) || hasTruncate(run[len(run)-1].tx)) {
-			break build
-		}
-		if site, lsn, ok := a.missingDep(*im); ok {
-			if _, waiting := a.depSince[origin]; !waiting {
-				a.count(func(s *Stats) { s.DependencyWaits++ })
-			}
-			a.noteDependency(*im, site, lsn)
-			break build
-		}
-		delete(a.gapSince, origin)
-		delete(a.depSince, origin)
-		delete(a.resend, origin)
-		// Admit the next one of the same origin against this one.
-		a.progress[origin] = im.progress(committed.AppliedAt)
-		run = append(run, *im)
-	}
-	if len(run) == 0 {
-		q.held = q.held[i:]
-		if gap && q.full() {
-			// The missing one comes after what is held: make room.
-			if n := q.release(time.Second); n > 0 {
-				a.log.Debug("handed back held messages behind a gap", "origin", origin, "messages", n)
-			}
-		}
-		return i, nil
-	}
-	n, err := a.applyRun(ctx, run)
-	if err != nil {
-		return 0, err
-	}
-	switch {
-	case n == 0:
-		// Tried again in a second (applyRun reloaded the progress).
-		q.retry = time.Now().Add(time.Second)
-	case n < len(run):
-		// A careful retry applied a prefix; the rest goes next.
-		a.progress[origin] = run[n-1].progress(committed.AppliedAt)
-	}
-	// What was applied, and the copies of it, are done with; the rest and
-	// its copies stay held, in order.
-	for _, im := range run[:n] {
-		im.d.done()
-	}
-	keep := append([]inMsg{}, run[n:]...)
-	for _, im := range twins {
-		if n > 0 && im.seq <= run[n-1].seq {
-			a.count(func(s *Stats) { s.Skipped++ })
-			im.d.done()
-		} else {
-			keep = append(keep, im)
-		}
-	}
-	if len(keep) == 0 {
-		q.held = q.held[i:]
-		return i, nil
-	}
-	slices.SortStableFunc(keep, func(x, y inMsg) int { return cmp.Compare(x.seq, y.seq) })
-	q.held = append(keep, q.held[i:]...)
-	return i - len(keep), nil
-}
-
-// resendState paces the requests to one origin to ship again.
-type resendState struct {
-	next  time.Time
-	every time.Duration
-}
-
-// askResend asks the origin to ship again from the first missing sequence
-// once a gap has lasted cfg.GapResend, then again with doubling intervals
-// (at most 5 minutes) while it lasts: a transaction lost between the origin
-// and this inbox comes again, and one the origin no longer holds at least
-// does not cost a full re-shipping every few seconds.
-func (a *Applier) askResend(ctx context.Context, origin casualdb.SiteID) {
-	if a.cfg.Resend == nil {
-		return
-	}
-	if a.resend == nil {
-		a.resend = map[casualdb.SiteID]*resendState{}
-	}
-	now := time.Now()
-	st, ok := a.resend[origin]
-	if !ok {
-		a.resend[origin] = &resendState{next: now.Add(a.cfg.GapResend), every: a.cfg.GapResend}
-		return
-	}
-	if now.Before(st.next) {
-		return
-	}
-	from := a.progress[origin].Seq + 1
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err := a.cfg.Resend(rctx, origin, from)
-	cancel()
-	a.count(func(s *Stats) { s.Resends++ })
-	if err != nil {
-		a.log.Warn("ask an origin to ship again what is missing", "origin", origin, "from_seq", from, "err", err)
-	} else {
-		a.log.Warn("transactions of an origin missing: asked it to ship them again", "origin", origin, "from_seq", from)
-	}
-	st.every = min(2*st.every, 5*time.Minute)
-	st.next = now.Add(st.every)
-}
-
-// noteGap warns, once, when an origin's gap lasts: the missing transactions
-// may be gone from its outbox for good (this site needs an initial copy).
-func (a *Applier) noteGap(ctx context.Context, im inMsg) {
-	a.askResend(ctx, im.origin)
-	if a.gapSince == nil {
-		a.gapSince = map[casualdb.SiteID]time.Time{}
-	}
-	since, ok := a.gapSince[im.origin]
-	switch {
-	case !ok:
-		a.gapSince[im.origin] = time.Now()
-	case !since.IsZero() && time.Since(since) > 30*time.Second:
-		a.log.Warn("transactions of an origin are missing for 30s; apply of that origin waits", "origin", im.origin,
-			"expected_seq", a.progress[im.origin].Seq+1, "got_seq", im.seq)
-		a.gapSince[im.origin] = time.Time{} // warned
-	}
-}
-
 // policy returns the delete policy of table.
 func (a *Applier) policy(table string) conflict.DeletePolicy {
 	if p, ok := a.cfg.Policies[table]; ok {
 		return p
 	}
 	return a.cfg.DeletePolicy
-}
-
-// missingDep returns a transaction that im causally depends on and that is
-// not applied here yet: its site and commit LSN there.
-func (a *Applier) missingDep(im inMsg) (casualdb.SiteID, uint64, bool) {
-	for site, lsn := range im.tx.Deps {
-		if site == a.cfg.Site || site == im.origin {
-			continue
-		}
-		if a.progress[site].LSN < lsn {
-			return site, lsn, true
-		}
-	}
-	return "", 0, false
-}
-
-// noteDependency warns, once, when an origin waits for a dependency for
-// long: the site it depends on may be unreachable, or unknown here.
-func (a *Applier) noteDependency(im inMsg, site casualdb.SiteID, lsn uint64) {
-	if a.depSince == nil {
-		a.depSince = map[casualdb.SiteID]time.Time{}
-	}
-	since, ok := a.depSince[im.origin]
-	switch {
-	case !ok:
-		a.depSince[im.origin] = time.Now()
-		a.log.Debug("transaction waits for a causal dependency", "origin", im.origin, "seq", im.seq, "needs", site, "lsn", casualdb.FormatLSN(lsn))
-	case !since.IsZero() && time.Since(since) > 30*time.Second:
-		a.log.Warn("transactions of an origin wait for 30s for what they depend on from another site; apply of that origin waits",
-			"origin", im.origin, "seq", im.seq, "needs", site, "needs_lsn", casualdb.FormatLSN(lsn),
-			"applied_lsn", casualdb.FormatLSN(a.progress[site].LSN))
-		a.depSince[im.origin] = time.Time{} // warned
-	}
 }
 
 // Hinter keeps what this site receives as hints for sites that are down.
@@ -588,238 +361,3 @@ type Received struct {
 	Tx     *casualdb.Tx
 	Data   []byte // encoded as shipped
 }
-
-type admission int
-
-const (
-	admitApply admission = iota
-	admitDuplicate
-	admitGap
-)
-
-// admit tells a new transaction from a duplicate and from one that arrived
-// before its predecessor.
-func (a *Applier) admit(im inMsg) admission {
-	p, ok := a.progress[im.origin]
-	if ok && im.tx.LSN <= p.LSN {
-		return admitDuplicate
-	}
-	switch {
-	case ok && p.Epoch == im.epoch && im.seq > p.Seq+1:
-		return admitGap
-	case !ok && im.seq > 1:
-		return admitGap
-	}
-	return admitApply
-}
-
-func hasTruncate(tx *casualdb.Tx) bool {
-	for _, c := range tx.Changes {
-		if c.Op == casualdb.OpTruncate {
-			return true
-		}
-	}
-	return false
-}
-
-// decodeMsg returns the transactions m carries. What does not decode is
-// parked (and counted) rather than applied: a whole message whose headers
-// or framing are garbled, or one transaction of a bundle.
-func (a *Applier) decodeMsg(ctx context.Context, m jetstream.Msg, d *delivery) ([]inMsg, error) {
-	p, ok := m.(*predecoded)
-	if !ok {
-		p = predecode(m).(*predecoded)
-	}
-	if p.err != nil {
-		return nil, a.parkGarbled(ctx, p.Msg, nil, p.err)
-	}
-	h := p.Headers()
-	now := time.Now()
-	out := make([]inMsg, 0, len(p.entries))
-	for i, e := range p.entries {
-		if err := p.errs[i]; err != nil {
-			if err := a.parkGarbled(ctx, p.Msg, &e, err); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		out = append(out, inMsg{d: d, origin: p.origin, epoch: h.Get(headerEpoch), seq: e.Seq, received: now, data: e.Data, tx: p.txs[i]})
-	}
-	if len(out) == 0 && len(p.entries) > 0 {
-		_ = p.Ack() // every transaction in it is parked
-	}
-	return out, nil
-}
-
-// predecoded is an inbox message with its transactions decoded. The
-// consumers' goroutines decode what they deliver (predecode), so that
-// decoding overlaps the apply loop's work with the database; parking what
-// does not decode is left to the loop.
-type predecoded struct {
-	jetstream.Msg
-	origin  casualdb.SiteID
-	entries []ship.Entry
-	txs     []*casualdb.Tx // nil where errs says why
-	errs    []error
-	err     error // the message as a whole does not decode
-}
-
-// predecode decodes m's transactions; it touches nothing shared.
-func predecode(m jetstream.Msg) jetstream.Msg {
-	h := m.Headers()
-	p := &predecoded{Msg: m, origin: casualdb.SiteID(h.Get(headerOrigin))}
-	p.entries, p.err = ship.Entries(h, m.Data())
-	if p.err == nil && p.origin == "" {
-		p.err = fmt.Errorf("%w: missing %s header", casualdb.ErrGarbled, headerOrigin)
-	}
-	if p.err != nil {
-		return p
-	}
-	p.txs = make([]*casualdb.Tx, len(p.entries))
-	p.errs = make([]error, len(p.entries))
-	for i, e := range p.entries {
-		tx, err := casualdb.UnmarshalTx(e.Data)
-		if err == nil && tx.Origin != p.origin {
-			err = fmt.Errorf("%w: tx of %s arrived as from %s", casualdb.ErrGarbled, tx.Origin, p.origin)
-		}
-		if err != nil {
-			p.errs[i] = err
-			continue
-		}
-		tx.Seq = e.Seq
-		p.txs[i] = tx
-	}
-	return p
-}
-
-// parkGarbled parks e, a transaction of m that does not decode, or all of m
-// (acknowledged then) when e is nil, and counts it.
-func (a *Applier) parkGarbled(ctx context.Context, m jetstream.Msg, e *ship.Entry, cause error) error {
-	h := m.Headers()
-	p := meta.Parked{Origin: casualdb.SiteID(h.Get(headerOrigin)), Reason: cause.Error()}
-	if e != nil {
-		p.Seq, p.Payload = e.Seq, e.Data
-	} else {
-		p.Seq, _ = strconv.ParseUint(h.Get(headerSeq), 10, 64)
-		p.LSN, _ = strconv.ParseUint(h.Get(headerLSN), 10, 64)
-		p.Payload = m.Data()
-	}
-	if err := meta.Park(ctx, a.main, p); err != nil {
-		_ = m.NakWithDelay(time.Second)
-		return fmt.Errorf("apply: park garbled message: %w", err)
-	}
-	a.log.Warn("parked a message that does not decode", "origin", p.Origin, "seq", p.Seq, "err", cause)
-	a.count(func(s *Stats) { s.Parked++; s.Garbled++ })
-	if e == nil {
-		_ = m.Ack()
-	}
-	return nil
-}
-
-// carefulRun bounds the transactions of a careful retry: one statement and
-// a savepoint per change, every row of the run locked meanwhile. The rest of
-// a longer run goes back to be applied after it.
-const carefulRun = 256
-
-// applyRun applies consecutive transactions of one origin in one local
-// transaction, retrying what a race with local writers makes fail; a retry
-// applies at most carefulRun of them. It returns how many it applied (a
-// prefix of run); 0 when none could be applied now (the caller keeps them
-// for later).
-func (a *Applier) applyRun(ctx context.Context, run []inMsg) (applied int, err error) {
-	origin := run[0].origin
-	var lastErr error
-	for attempt := 0; attempt < 8; attempt++ {
-		if ctx.Err() != nil {
-			return 0, ctx.Err()
-		}
-		if attempt > 0 && len(run) > carefulRun {
-			run = run[:carefulRun]
-		}
-		conn, err := a.originConn(ctx, origin)
-		if err != nil {
-			lastErr = err
-			break
-		}
-		res, err := a.applyTxs(ctx, conn, run, attempt > 0)
-		if err == nil {
-			for tbl := range res.raised {
-				a.vcache.dropTable(tbl)
-			}
-			for k, rv := range res.recorded {
-				a.vcache.put(k, rv)
-			}
-			last := run[len(run)-1]
-			now := time.Now()
-			if a.cfg.ObserveDelay != nil {
-				for _, im := range run {
-					a.cfg.ObserveDelay(origin, "received", im.received.Sub(im.tx.CommitTime))
-					a.cfg.ObserveDelay(origin, "applied", now.Sub(im.tx.CommitTime))
-				}
-			}
-			a.count(func(s *Stats) {
-				s.Applied += uint64(len(run))
-				s.Changes += res.changes
-				s.Conflicts += res.conflicts
-				s.Parked += res.parked
-				o := s.Origins[origin]
-				o.Applied += uint64(len(run))
-				o.Seq, o.Epoch = last.seq, last.epoch
-				o.LastCommit = last.tx.CommitTime
-				o.LastApplied = now
-				s.Origins[origin] = o
-			})
-			return len(run), nil
-		}
-		lastErr = err
-		if conn.IsClosed() || !isRetryable(err) {
-			a.dropConn(origin)
-		}
-		a.log.Debug("apply attempt failed; retrying", "origin", origin, "attempt", attempt, "err", err)
-		select {
-		case <-time.After(time.Duration(attempt*attempt) * 10 * time.Millisecond):
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
-	}
-	// The caller keeps the run and tries again; forget the optimistic
-	// progress.
-	a.truncsValid = false
-	if err := a.reloadProgress(ctx); err != nil {
-		return 0, err
-	}
-	a.log.Error("apply failed; will retry", "origin", origin, "txs", len(run), "err", lastErr)
-	return 0, nil
-}
-
-func (a *Applier) reloadProgress(ctx context.Context) error {
-	p, err := meta.LoadProgress(ctx, a.main)
-	if err != nil {
-		return fmt.Errorf("apply: %w", err)
-	}
-	a.progress = p
-	return nil
-}
-
-func (a *Applier) originConn(ctx context.Context, origin casualdb.SiteID) (*pgx.Conn, error) {
-	if c, ok := a.conns[origin]; ok && !c.IsClosed() {
-		return c, nil
-	}
-	c, err := connectOrigin(ctx, a.cfg.DSN, origin)
-	if err != nil {
-		return nil, err
-	}
-	a.conns[origin] = c
-	return c, nil
-}
-
-func (a *Applier) dropConn(origin casualdb.SiteID) {
-	if c, ok := a.conns[origin]; ok {
-		c.Close(context.Background())
-		delete(a.conns, origin)
-	}
-}
-
-// errRace is returned when a local write raced with the apply transaction
-// in a way only a retry resolves.
-var errRace = errors.New("local write raced with apply")

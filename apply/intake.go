@@ -3,24 +3,25 @@ package apply
 import (
 	"cmp"
 	"context"
-	"fmt"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/casualdb/casualdb"
-	"github.com/casualdb/casualdb/ship"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Inbox is the site's inbox as apply reads it, one durable consumer per
-// origin: *ship.Inbox.
+// origin, its messages decoded by the transport: *ship.Inbox.
 type Inbox interface {
 	// Origins returns the origins that have transactions waiting.
 	Origins(ctx context.Context) ([]casualdb.SiteID, error)
-	// Reset starts origin's consumer afresh (what an earlier reader had
-	// taken comes again at once) and returns it.
-	Reset(ctx context.Context, origin casualdb.SiteID) (jetstream.Consumer, error)
+	// Consume starts origin's consumer afresh (what an earlier reader had
+	// taken comes again at once) and calls deliver, on a goroutine of its
+	// own and never concurrently, with each message it delivers, decoded;
+	// deliver may block until its reader stops. pull is how many messages
+	// it asks for at once. stop stops the consumer and waits for deliver's
+	// last call.
+	Consume(ctx context.Context, origin casualdb.SiteID, pull int, deliver func(*casualdb.InboxMsg)) (stop func(), err error)
 }
 
 // Bounds of what apply holds in memory per origin: taken from the inbox,
@@ -37,7 +38,7 @@ const (
 // (a bundle): it is acknowledged once every one of them is applied or known
 // as a duplicate, or handed back (released) whole.
 type delivery struct {
-	m      jetstream.Msg
+	m      *casualdb.InboxMsg
 	sseq   uint64 // stream sequence: a redelivery of a held message has the same
 	left   int
 	taken  time.Time // taken from the inbox, or last told the server it is in progress
@@ -61,8 +62,8 @@ func (d *delivery) done() {
 // order. Only the apply loop touches held and seen.
 type originQueue struct {
 	origin casualdb.SiteID
-	cc     jetstream.ConsumeContext
-	msgs   chan jetstream.Msg
+	stop   func() // stops the consumer
+	msgs   chan *casualdb.InboxMsg
 
 	held  []inMsg              // in origin sequence order
 	seen  map[uint64]*delivery // held deliveries by stream sequence
@@ -73,7 +74,7 @@ type originQueue struct {
 func (q *originQueue) forget(d *delivery) {
 	if q.seen[d.sseq] == d {
 		delete(q.seen, d.sseq)
-		q.bytes -= len(d.m.Data())
+		q.bytes -= len(d.m.Data)
 	}
 }
 
@@ -88,9 +89,6 @@ type intake struct {
 	wake   chan struct{}  // a message arrived somewhere
 	cap    int
 	pull   int
-	// pre, when set, is applied to every message on its consumer's
-	// goroutine before it is handed to the loop (see predecode).
-	pre func(jetstream.Msg) jetstream.Msg
 }
 
 func newIntake(inbox Inbox, pull int) *intake {
@@ -130,16 +128,9 @@ func (in *intake) ensure(ctx context.Context, origins []casualdb.SiteID) error {
 		if _, ok := in.queues[o]; ok {
 			continue
 		}
-		cons, err := in.inbox.Reset(lctx, o)
-		if err != nil {
-			return err
-		}
-		q := &originQueue{origin: o, msgs: make(chan jetstream.Msg, in.cap), seen: map[uint64]*delivery{}}
-		pre := in.pre
-		q.cc, err = cons.Consume(func(m jetstream.Msg) {
-			if pre != nil {
-				m = pre(m)
-			}
+		q := &originQueue{origin: o, msgs: make(chan *casualdb.InboxMsg, in.cap), seen: map[uint64]*delivery{}}
+		var err error
+		q.stop, err = in.inbox.Consume(lctx, o, in.pull, func(m *casualdb.InboxMsg) {
 			select {
 			case q.msgs <- m:
 				select {
@@ -148,9 +139,9 @@ func (in *intake) ensure(ctx context.Context, origins []casualdb.SiteID) error {
 				}
 			case <-ctx.Done():
 			}
-		}, jetstream.PullMaxMessages(in.pull))
+		})
 		if err != nil {
-			return fmt.Errorf("consume inbox of origin %s: %w", o, err)
+			return err
 		}
 		in.queues[o] = q
 		in.order = append(in.order, q)
@@ -166,36 +157,28 @@ func (in *intake) stop() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			q.cc.Stop()
-			select {
-			case <-q.cc.Closed():
-			case <-time.After(5 * time.Second):
-			}
+			q.stop()
 		}()
 	}
 	wg.Wait()
 }
 
 // take moves what arrived for each origin into its held transactions, as
-// far as the bounds allow; decode decodes one message (parking what does
-// not decode).
-func (in *intake) take(decode func(m jetstream.Msg, d *delivery) ([]inMsg, error)) error {
+// far as the bounds allow; decode returns one message's transactions
+// (parking what does not decode).
+func (in *intake) take(decode func(m *casualdb.InboxMsg, d *delivery) ([]inMsg, error)) error {
 	for _, q := range in.order {
 		added := false
 	drain:
 		for !q.full() {
 			select {
 			case m := <-q.msgs:
-				md, err := m.Metadata()
-				if err != nil {
-					md = &jetstream.MsgMetadata{}
-				}
-				if _, ok := q.seen[md.Sequence.Stream]; ok && md.Sequence.Stream != 0 {
+				if _, ok := q.seen[m.StreamSeq]; ok && m.StreamSeq != 0 {
 					// Redelivered while held: the held copy's acknowledgement
 					// (by stream sequence) covers it.
 					continue
 				}
-				d := &delivery{m: m, sseq: md.Sequence.Stream, taken: time.Now(), origin: q}
+				d := &delivery{m: m, sseq: m.StreamSeq, taken: time.Now(), origin: q}
 				ims, err := decode(m, d)
 				if err != nil {
 					return err
@@ -205,7 +188,7 @@ func (in *intake) take(decode func(m jetstream.Msg, d *delivery) ([]inMsg, error
 					continue // nothing in it decoded: parked and acknowledged
 				}
 				q.seen[d.sseq] = d
-				q.bytes += len(m.Data())
+				q.bytes += len(m.Data)
 				q.held = append(q.held, ims...)
 				added = true
 			default:
@@ -254,5 +237,3 @@ func (q *originQueue) release(delay time.Duration) int {
 	}
 	return n
 }
-
-var _ Inbox = (*ship.Inbox)(nil)

@@ -10,34 +10,32 @@ import (
 
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/meta"
-
-	"github.com/nats-io/nats.go/jetstream"
 )
 
-// fakeMsg is the part of an inbox message the intake uses; acks and naks
-// are recorded.
+// fakeMsg is an inbox message as the intake sees it; acks and naks are
+// recorded.
 type fakeMsg struct {
-	jetstream.Msg // nil: any other method panics
-	sseq          uint64
-	data          []byte
-	acks, naks    int
-	inProgress    int
+	sseq       uint64
+	data       []byte
+	acks, naks int
+	inProgress int
 }
 
-func (m *fakeMsg) Data() []byte { return m.data }
-func (m *fakeMsg) Metadata() (*jetstream.MsgMetadata, error) {
-	return &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: m.sseq}}, nil
-}
 func (m *fakeMsg) Ack() error                       { m.acks++; return nil }
 func (m *fakeMsg) NakWithDelay(time.Duration) error { m.naks++; return nil }
 func (m *fakeMsg) InProgress() error                { m.inProgress++; return nil }
 
+// msg is m as the transport hands it to apply.
+func (m *fakeMsg) msg() *casualdb.InboxMsg {
+	return &casualdb.InboxMsg{Acker: m, StreamSeq: m.sseq, Data: m.data}
+}
+
 // decodeSeqs decodes a fake message into one transaction per origin
 // sequence listed for its stream sequence.
-func decodeSeqs(seqs map[uint64][]uint64) func(jetstream.Msg, *delivery) ([]inMsg, error) {
-	return func(m jetstream.Msg, d *delivery) ([]inMsg, error) {
+func decodeSeqs(seqs map[uint64][]uint64) func(*casualdb.InboxMsg, *delivery) ([]inMsg, error) {
+	return func(m *casualdb.InboxMsg, d *delivery) ([]inMsg, error) {
 		var out []inMsg
-		for _, s := range seqs[m.(*fakeMsg).sseq] {
+		for _, s := range seqs[m.StreamSeq] {
 			out = append(out, inMsg{d: d, seq: s, origin: "a"})
 		}
 		return out, nil
@@ -54,10 +52,10 @@ func heldSeqs(q *originQueue) []uint64 {
 
 func newTestIntake(msgs ...*fakeMsg) (*intake, *originQueue) {
 	in := newIntake(nil, 4)
-	q := &originQueue{origin: "a", msgs: make(chan jetstream.Msg, len(msgs)+1), seen: map[uint64]*delivery{}}
+	q := &originQueue{origin: "a", msgs: make(chan *casualdb.InboxMsg, len(msgs)+1), seen: map[uint64]*delivery{}}
 	in.queues["a"], in.order = q, []*originQueue{q}
 	for _, m := range msgs {
-		q.msgs <- m
+		q.msgs <- m.msg()
 	}
 	return in, q
 }
@@ -170,7 +168,7 @@ func TestApplier_ApplyHeadWaits(t *testing.T) {
 		return a
 	}
 	hold := func(q *originQueue, m *fakeMsg, seqs ...uint64) {
-		d := &delivery{m: m, sseq: m.sseq, left: len(seqs), origin: q}
+		d := &delivery{m: m.msg(), sseq: m.sseq, left: len(seqs), origin: q}
 		q.seen[m.sseq] = d
 		for _, s := range seqs {
 			q.held = append(q.held, inMsg{d: d, origin: "a", epoch: "e", seq: s, tx: &casualdb.Tx{Origin: "a", LSN: 100 * s}})

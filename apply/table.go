@@ -131,3 +131,23 @@ func (t *localTable) keyText() string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// tableRecheck is how long a table's local description is trusted: a
+// trigger or column added since shows up within it.
+const tableRecheck = 30 * time.Second
+
+// table returns the local description of rel's table, cached.
+func (a *Applier) table(ctx context.Context, rel casualdb.Relation) (*localTable, error) {
+	if lt, ok := a.tables[rel.Table]; ok && time.Since(lt.described) < tableRecheck {
+		if err := lt.check(rel); err == nil {
+			return lt, nil
+		}
+	}
+	lt, err := describeLocal(ctx, a.main, rel)
+	if err != nil {
+		delete(a.tables, rel.Table)
+		return nil, err
+	}
+	a.tables[rel.Table] = lt
+	return lt, nil
+}

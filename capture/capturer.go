@@ -33,6 +33,9 @@ type Outbox interface {
 	Since(ctx context.Context, after uint64, max int) ([]*casualdb.Tx, uint64, error)
 }
 
+// DefaultMaxBatch is Config.MaxBatch's default.
+const DefaultMaxBatch = 256
+
 // Config configures a Capturer.
 type Config struct {
 	// Site is this site's name. Required.
@@ -47,7 +50,8 @@ type Config struct {
 	Outbox Outbox
 	// StatusInterval is how often the slot's position is confirmed. Default 1s.
 	StatusInterval time.Duration
-	// MaxBatch is the most transactions versioned and appended at once. Default 256.
+	// MaxBatch is the most transactions versioned and appended at once.
+	// Default DefaultMaxBatch (256).
 	MaxBatch int
 	// MaxInflight is how many batches may be in the outbox's hands, or
 	// waiting for their versions to be recorded, while the next ones are
@@ -160,7 +164,7 @@ func New(cfg Config) (*Capturer, error) {
 		cfg.StatusInterval = time.Second
 	}
 	if cfg.MaxBatch <= 0 {
-		cfg.MaxBatch = 256
+		cfg.MaxBatch = DefaultMaxBatch
 	}
 	if cfg.MaxInflight <= 0 {
 		cfg.MaxInflight = 8

@@ -19,6 +19,11 @@ type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
+var (
+	_ Querier = (*pgx.Conn)(nil)
+	_ Querier = pgx.Tx(nil)
+)
+
 // Execer runs statements without reading rows: a Querier, or a Batch that
 // queues them to send in one round trip.
 type Execer interface {
@@ -47,8 +52,8 @@ func (b *Batch) Send(ctx context.Context, conn *pgx.Conn) error {
 	return conn.SendBatch(ctx, &b.b).Close()
 }
 
-// ddl creates the schema; every statement is idempotent so that a restart
-// creates nothing twice.
+// ddl creates the schema and its core tables; every statement is idempotent
+// so that a restart creates nothing twice.
 var ddl = []string{
 	`CREATE SCHEMA IF NOT EXISTS casualdb`,
 	// One row per replicated row ever written: its current version, or its
@@ -150,11 +155,23 @@ var ddl = []string{
 	`DROP FUNCTION IF EXISTS casualdb.expect_unchanged(bigint)`,
 }
 
+// schema lists what Install runs, in order: the core tables, then each
+// concern's own statements (kept beside its queries). A file that adds
+// tables adds its statements here: explicitly, never from an init().
+var schema = [][]string{
+	ddl,
+	{truncateDDL},
+	durabilityDDL,
+	hintExpiryDDL,
+}
+
 // Install creates CasualDB's schema and tables if they do not exist.
 func Install(ctx context.Context, q Querier) error {
-	for _, s := range append(append(ddl[:len(ddl):len(ddl)], durabilityDDL...), hintExpiryDDL...) {
-		if _, err := q.Exec(ctx, s); err != nil {
-			return fmt.Errorf("install casualdb schema: %w", err)
+	for _, stmts := range schema {
+		for _, s := range stmts {
+			if _, err := q.Exec(ctx, s); err != nil {
+				return fmt.Errorf("install casualdb schema: %w", err)
+			}
 		}
 	}
 	return nil

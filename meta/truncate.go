@@ -12,13 +12,12 @@ import (
 // the marker is deleted. A TRUNCATE writes no per-row records in the WAL, so
 // the marker stands in for the tombstones of every row the table held.
 
+// truncateDDL creates the markers' table (Install runs it; see schema).
 const truncateDDL = `CREATE TABLE IF NOT EXISTS casualdb.truncation (
 	tbl         text   PRIMARY KEY,
 	hlc_wall    bigint NOT NULL,
 	hlc_logical bigint NOT NULL,
 	origin      text   NOT NULL)`
-
-func init() { ddl = append(ddl, truncateDDL) }
 
 // LoadTruncations returns the truncation marker of every table that has one.
 func LoadTruncations(ctx context.Context, q Querier) (map[string]casualdb.Version, error) {

@@ -309,6 +309,8 @@ type delegate struct {
 	meta []byte
 }
 
+var _ memberlist.Delegate = (*delegate)(nil)
+
 func (d *delegate) NodeMeta(limit int) []byte { return d.meta }
 
 // leavingMsg is sent to every live member by a site that closes, so that
@@ -362,6 +364,8 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 // events records membership changes; called from memberlist's goroutines,
 // must not block.
 type events struct{ m *Membership }
+
+var _ memberlist.EventDelegate = (*events)(nil)
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
 	e.m.mu.Lock()

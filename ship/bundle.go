@@ -7,6 +7,7 @@ import (
 
 	"github.com/casualdb/casualdb"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // HeaderBundle marks an inbox message that carries several transactions of
@@ -70,4 +71,48 @@ func Entries(h nats.Header, data []byte) ([]Entry, error) {
 		return nil, fmt.Errorf("%w: bundle holds %d transactions, header says %d", casualdb.ErrGarbled, len(out), n)
 	}
 	return out, nil
+}
+
+// An inbox message is its own acknowledgement handle.
+var _ casualdb.Acker = jetstream.Msg(nil)
+
+// DecodeInboxMsg decodes m, a message of an inbox, for apply: its transport
+// headers, its transactions (casualdb.UnmarshalTx, with their sequences),
+// and m itself as the handle that acknowledges it. What does not decode is
+// reported in the result, not parked here: the message as a whole
+// (InboxMsg.Err: garbled headers or framing, no origin) or one transaction
+// of it (InboxTx.Err; a transaction of another origin than the header's
+// too). It touches nothing shared: the consumers' goroutines call it, so
+// that decoding overlaps apply's work with the database.
+func DecodeInboxMsg(m jetstream.Msg) *casualdb.InboxMsg {
+	h := m.Headers()
+	out := &casualdb.InboxMsg{Acker: m, Origin: casualdb.SiteID(h.Get(HeaderOrigin)), Epoch: h.Get(HeaderEpoch), Data: m.Data()}
+	out.Seq, _ = strconv.ParseUint(h.Get(HeaderSeq), 10, 64)
+	out.LSN, _ = strconv.ParseUint(h.Get(HeaderLSN), 10, 64)
+	if md, err := m.Metadata(); err == nil {
+		out.StreamSeq = md.Sequence.Stream
+	}
+	entries, err := Entries(h, out.Data)
+	if err == nil && out.Origin == "" {
+		err = fmt.Errorf("%w: missing %s header", casualdb.ErrGarbled, HeaderOrigin)
+	}
+	if err != nil {
+		out.Err = err
+		return out
+	}
+	out.Txs = make([]casualdb.InboxTx, len(entries))
+	for i, e := range entries {
+		out.Txs[i] = casualdb.InboxTx{Seq: e.Seq, Data: e.Data}
+		tx, err := casualdb.UnmarshalTx(e.Data)
+		if err == nil && tx.Origin != out.Origin {
+			err = fmt.Errorf("%w: tx of %s arrived as from %s", casualdb.ErrGarbled, tx.Origin, out.Origin)
+		}
+		if err != nil {
+			out.Txs[i].Err = err
+			continue
+		}
+		tx.Seq = e.Seq
+		out.Txs[i].Tx = tx
+	}
+	return out
 }

@@ -18,6 +18,10 @@
 // gets it all when it is back. The outbox is purged only below the slowest
 // peer's acknowledgement and below what capture has recorded.
 //
+// Apply reads the inbox through Inbox.Consume, one consumer per origin, and
+// gets every message decoded (DecodeInboxMsg) as a casualdb.InboxMsg: the
+// wire format and NATS end here.
+//
 // JetStream de-duplication is only an optimisation; exactly-once comes from
 // the per-origin progress that apply records in each apply transaction.
 package ship

@@ -100,6 +100,32 @@ func (i *Inbox) Reset(ctx context.Context, origin casualdb.SiteID) (jetstream.Co
 	return cons, nil
 }
 
+// Consume starts apply's consumer of origin afresh (see Reset) and calls
+// deliver with every message it delivers, decoded (DecodeInboxMsg), on the
+// consumer's goroutine, one message at a time; pull is how many messages it
+// asks the server for at once. deliver may block, which stops the flow of
+// that origin only; it must return once its owner stops reading (its
+// context is done), or stop waits for it in vain. ctx bounds the setting up
+// only. stop stops the consumer and waits, at most 5 seconds, until deliver
+// has returned for the last time.
+func (i *Inbox) Consume(ctx context.Context, origin casualdb.SiteID, pull int, deliver func(*casualdb.InboxMsg)) (stop func(), err error) {
+	cons, err := i.Reset(ctx, origin)
+	if err != nil {
+		return nil, err
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) { deliver(DecodeInboxMsg(m)) }, jetstream.PullMaxMessages(pull))
+	if err != nil {
+		return nil, fmt.Errorf("consume inbox of origin %s: %w", origin, err)
+	}
+	return func() {
+		cc.Stop()
+		select {
+		case <-cc.Closed():
+		case <-time.After(5 * time.Second):
+		}
+	}, nil
+}
+
 // Pending returns how many messages wait in the inbox.
 func (i *Inbox) Pending(ctx context.Context) (uint64, error) {
 	info, err := i.stream.Info(ctx)

@@ -20,13 +20,16 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// DefaultMaxBatch is ShipperConfig.MaxBatch's default.
+const DefaultMaxBatch = 256
+
 // ShipperConfig configures the shipping of one site's outbox to one peer.
 type ShipperConfig struct {
 	Site     casualdb.SiteID
 	Peer     casualdb.SiteID
 	PeerURL  string // the peer's NATS URL; empty: unknown yet (SetPeerURL)
 	Outbox   *Outbox
-	MaxBatch int           // transactions per publish round; default 256
+	MaxBatch int           // transactions per publish round; default DefaultMaxBatch (256)
 	AckWait  time.Duration // how long an unacknowledged outbox message waits before redelivery; default 30s
 	Logger   *slog.Logger
 	// ObserveDelay, when set, is told for every shipped transaction how
@@ -145,7 +148,7 @@ func NewShipper(cfg ShipperConfig) (*Shipper, error) {
 		return nil, fmt.Errorf("%w: shipper needs a peer and an outbox", casualdb.ErrConfig)
 	}
 	if cfg.MaxBatch <= 0 {
-		cfg.MaxBatch = 256
+		cfg.MaxBatch = DefaultMaxBatch
 	}
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = 30 * time.Second

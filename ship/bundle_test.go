@@ -1,0 +1,165 @@
+package ship_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/ship"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+)
+
+// inboxMsg is the part of a delivered inbox message DecodeInboxMsg reads.
+type inboxMsg struct {
+	jetstream.Msg // nil: any other method panics
+	h             nats.Header
+	data          []byte
+	sseq          uint64
+}
+
+func (m *inboxMsg) Headers() nats.Header { return m.h }
+func (m *inboxMsg) Data() []byte         { return m.data }
+func (m *inboxMsg) Metadata() (*jetstream.MsgMetadata, error) {
+	return &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: m.sseq}}, nil
+}
+
+func TestDecodeInboxMsg(t *testing.T) {
+	encode := func(origin casualdb.SiteID, lsn uint64) []byte {
+		tx := tx(lsn)
+		tx.Origin = origin
+		b, err := tx.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	header := func(kv ...string) nats.Header {
+		h := nats.Header{}
+		for i := 0; i < len(kv); i += 2 {
+			h.Set(kv[i], kv[i+1])
+		}
+		return h
+	}
+	var bundle []byte
+	bundle = ship.AppendEntry(bundle, ship.Entry{Seq: 5, Data: encode("a", 500)})
+	bundle = ship.AppendEntry(bundle, ship.Entry{Seq: 6, Data: []byte("garbage")})
+	bundle = ship.AppendEntry(bundle, ship.Entry{Seq: 7, Data: encode("b", 700)})
+	bundle = ship.AppendEntry(bundle, ship.Entry{Seq: 8, Data: encode("a", 800)})
+
+	for _, c := range []struct {
+		name    string
+		m       *inboxMsg
+		wantErr bool     // the message as a whole does not decode
+		want    []string // per transaction: its LSN, or "garbled"
+	}{
+		{name: "single", m: &inboxMsg{h: header(ship.HeaderOrigin, "a", ship.HeaderEpoch, "e1", ship.HeaderSeq, "3", ship.HeaderLSN, "300"), data: encode("a", 300), sseq: 9},
+			want: []string{"300"}},
+		{name: "bundle with bad transactions", m: &inboxMsg{h: header(ship.HeaderOrigin, "a", ship.HeaderEpoch, "e1", ship.HeaderSeq, "5", ship.HeaderBundle, "4", ship.HeaderLSN, "800"), data: bundle, sseq: 10},
+			want: []string{"500", "garbled", "garbled", "800"}},
+		{name: "no origin", m: &inboxMsg{h: header(ship.HeaderSeq, "3", ship.HeaderLSN, "300"), data: encode("a", 300)}, wantErr: true},
+		{name: "bad framing", m: &inboxMsg{h: header(ship.HeaderOrigin, "a", ship.HeaderSeq, "5", ship.HeaderBundle, "5", ship.HeaderLSN, "800"), data: bundle}, wantErr: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := ship.DecodeInboxMsg(c.m)
+			if got.Acker != c.m || got.StreamSeq != c.m.sseq || string(got.Data) != string(c.m.data) {
+				t.Errorf("handle %v, stream seq %d, %d bytes; want the message, %d, %d", got.Acker, got.StreamSeq, len(got.Data), c.m.sseq, len(c.m.data))
+			}
+			if got.Origin != casualdb.SiteID(c.m.h.Get(ship.HeaderOrigin)) || got.Epoch != c.m.h.Get(ship.HeaderEpoch) ||
+				strconv.FormatUint(got.Seq, 10) != c.m.h.Get(ship.HeaderSeq) || strconv.FormatUint(got.LSN, 10) != c.m.h.Get(ship.HeaderLSN) {
+				t.Errorf("headers decoded as origin %q epoch %q seq %d lsn %d; want %v", got.Origin, got.Epoch, got.Seq, got.LSN, c.m.h)
+			}
+			if c.wantErr {
+				if !errors.Is(got.Err, casualdb.ErrGarbled) || len(got.Txs) != 0 {
+					t.Errorf("err %v with %d transactions, want ErrGarbled and none", got.Err, len(got.Txs))
+				}
+				return
+			}
+			if got.Err != nil {
+				t.Fatal(got.Err)
+			}
+			var txs []string
+			for _, e := range got.Txs {
+				switch {
+				case e.Err != nil && e.Tx == nil && e.Data != nil:
+					txs = append(txs, "garbled")
+				case e.Err == nil && e.Tx != nil && e.Tx.Seq == e.Seq:
+					txs = append(txs, strconv.FormatUint(e.Tx.LSN, 10))
+				default:
+					txs = append(txs, "?")
+				}
+			}
+			if !slices.Equal(txs, c.want) {
+				t.Errorf("transactions %v, want %v", txs, c.want)
+			}
+		})
+	}
+}
+
+// TestInbox_Consume: the consumer of an origin hands apply every message of
+// that origin decoded, garbled ones included, and stop waits for it.
+func TestInbox_Consume(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s := startServer(t, t.TempDir(), mustPort(t))
+	t.Cleanup(s.Close)
+	js := jsFor(t, s.ClientURL())
+	in, err := ship.OpenInbox(ctx, js, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(origin casualdb.SiteID, seq uint64, data []byte) {
+		m := nats.NewMsg(ship.InboxSubject("b", origin))
+		m.Header.Set(ship.HeaderOrigin, string(origin))
+		m.Header.Set(ship.HeaderEpoch, "e1")
+		m.Header.Set(ship.HeaderSeq, strconv.FormatUint(seq, 10))
+		m.Data = data
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := uint64(1); i <= 3; i++ {
+		b, err := tx(100 * i).Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		publish("a", i, b)
+	}
+	publish("a", 4, []byte("garbage"))
+	publish("c", 1, []byte("not a's"))
+
+	got := make(chan *casualdb.InboxMsg, 10)
+	stop, err := in.Consume(ctx, "a", 2, func(m *casualdb.InboxMsg) { got <- m })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	for want := uint64(1); want <= 4; want++ {
+		select {
+		case m := <-got:
+			if m.Err != nil || len(m.Txs) != 1 || m.Origin != "a" || m.Epoch != "e1" || m.StreamSeq == 0 || m.Txs[0].Seq != want {
+				t.Fatalf("message %d: %+v", want, m)
+			}
+			if e := m.Txs[0]; (want <= 3) != (e.Err == nil && e.Tx != nil && e.Tx.LSN == 100*want) {
+				t.Errorf("transaction %d decoded as %+v", want, e)
+			}
+			if err := m.Ack(); err != nil {
+				t.Fatal(err)
+			}
+		case <-ctx.Done():
+			t.Fatalf("message %d did not come", want)
+		}
+	}
+	stop()
+	select {
+	case m := <-got:
+		t.Errorf("another origin's message came: %+v", m)
+	default:
+	}
+}
