@@ -35,6 +35,9 @@ type Capture interface {
 // DefaultMaxBatch is Config.MaxBatch's default.
 const DefaultMaxBatch = 2048
 
+// DefaultWaitTimeout is Config.WaitTimeout's default.
+const DefaultWaitTimeout = 30 * time.Second
+
 // Config configures an Applier.
 type Config struct {
 	// Site is this site. Required.
@@ -164,7 +167,7 @@ func New(cfg Config) (*Applier, error) {
 		cfg.GapResend = 30 * time.Second
 	}
 	if cfg.WaitTimeout <= 0 {
-		cfg.WaitTimeout = 30 * time.Second
+		cfg.WaitTimeout = DefaultWaitTimeout
 	}
 	if cfg.VersionCache == 0 {
 		cfg.VersionCache = 100000

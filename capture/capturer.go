@@ -36,6 +36,9 @@ type Outbox interface {
 // DefaultMaxBatch is Config.MaxBatch's default.
 const DefaultMaxBatch = 256
 
+// DefaultPublication is Config.Publication's default.
+const DefaultPublication = "casualdb"
+
 // Config configures a Capturer.
 type Config struct {
 	// Site is this site's name. Required.
@@ -44,7 +47,7 @@ type Config struct {
 	DSN string
 	// Slot is the logical replication slot. Default "casualdb_<site>".
 	Slot string
-	// Publication lists the replicated tables. Default "casualdb".
+	// Publication lists the replicated tables. Default DefaultPublication.
 	Publication string
 	// Outbox receives captured transactions. Required.
 	Outbox Outbox
@@ -158,7 +161,7 @@ func New(cfg Config) (*Capturer, error) {
 		cfg.Slot = "casualdb_" + string(cfg.Site)
 	}
 	if cfg.Publication == "" {
-		cfg.Publication = "casualdb"
+		cfg.Publication = DefaultPublication
 	}
 	if cfg.StatusInterval <= 0 {
 		cfg.StatusInterval = time.Second

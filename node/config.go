@@ -16,6 +16,8 @@ import (
 	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/capture"
 	"github.com/casualdb/casualdb/conflict"
+	"github.com/casualdb/casualdb/ring"
+	"github.com/casualdb/casualdb/ship"
 	"gopkg.in/yaml.v3"
 )
 
@@ -28,6 +30,8 @@ type Config struct {
 	Peers     []PeerConfig    `yaml:"peers"`
 	Cluster   ClusterConfig   `yaml:"cluster"`
 	Admin     AdminConfig     `yaml:"admin"`
+	Capture   CaptureConfig   `yaml:"capture"`
+	Ship      ShipConfig      `yaml:"ship"`
 	Apply     ApplyConfig     `yaml:"apply"`
 	Conflicts ConflictsConfig `yaml:"conflicts"`
 	GC        GCConfig        `yaml:"gc"`
@@ -193,6 +197,20 @@ type AdminConfig struct {
 	Listen string `yaml:"listen"`
 }
 
+// CaptureConfig tunes capture.
+type CaptureConfig struct {
+	// MaxBatch is the most local transactions versioned and appended to
+	// the outbox at once.
+	MaxBatch int `yaml:"max_batch"`
+}
+
+// ShipConfig tunes the shippers.
+type ShipConfig struct {
+	// MaxBatch is the most transactions a shipper publishes to a peer in
+	// one round.
+	MaxBatch int `yaml:"max_batch"`
+}
+
 // ApplyConfig tunes apply.
 type ApplyConfig struct {
 	MaxBatch    int           `yaml:"max_batch"`
@@ -209,13 +227,15 @@ type LogConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		DataDir:   "casualdb-data",
-		Database:  DatabaseConfig{Publication: "casualdb", ConnectTimeout: 10 * time.Second, ToastFullIdentity: true},
-		NATS:      NATSConfig{Listen: "127.0.0.1:4222", OutboxMaxBytes: 8 << 30, OutboxRetention: 10 * time.Minute},
+		Database:  DatabaseConfig{Publication: capture.DefaultPublication, ConnectTimeout: 10 * time.Second, ToastFullIdentity: true},
+		NATS:      NATSConfig{Listen: "127.0.0.1:4222", OutboxMaxBytes: ship.DefaultOutboxMaxBytes, OutboxRetention: 10 * time.Minute},
 		Admin:     AdminConfig{Listen: "127.0.0.1:9187"},
-		Apply:     ApplyConfig{MaxBatch: apply.DefaultMaxBatch, WaitTimeout: 30 * time.Second},
+		Capture:   CaptureConfig{MaxBatch: capture.DefaultMaxBatch},
+		Ship:      ShipConfig{MaxBatch: ship.DefaultMaxBatch},
+		Apply:     ApplyConfig{MaxBatch: apply.DefaultMaxBatch, WaitTimeout: apply.DefaultWaitTimeout},
 		Conflicts: ConflictsConfig{DeletePolicy: "delete_wins", LogRetention: 30 * 24 * time.Hour},
 		GC:        GCConfig{Interval: 30 * time.Second, Heartbeat: 10 * time.Second},
-		Cluster:   ClusterConfig{PushPull: 5 * time.Second, N: 3, W: 2, HintRetention: 24 * time.Hour},
+		Cluster:   ClusterConfig{PushPull: ring.DefaultPushPull, N: 3, W: 2, HintRetention: 24 * time.Hour},
 		Log:       LogConfig{Level: "info", Format: "text"},
 	}
 }
@@ -370,6 +390,12 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
 			return bad("admin.listen", "%q is not host:port", c.Admin.Listen)
 		}
+	}
+	if c.Capture.MaxBatch <= 0 {
+		return bad("capture.max_batch", "must be positive")
+	}
+	if c.Ship.MaxBatch <= 0 {
+		return bad("ship.max_batch", "must be positive")
 	}
 	if c.Apply.MaxBatch <= 0 {
 		return bad("apply.max_batch", "must be positive")

@@ -73,6 +73,8 @@ func TestConfig_Validate(t *testing.T) {
 		{"bad-nats-listen.yml", "nats.listen"},
 		{"bad-log-level.yml", "log.level"},
 		{"bad-max-batch.yml", "apply.max_batch"},
+		{"bad-capture-batch.yml", "capture.max_batch: must be positive"},
+		{"bad-ship-batch.yml", "ship.max_batch: must be positive"},
 		{"bad-dsn-scheme.yml", "database.dsn: not a postgres:// URL"},
 		{"bad-table-name.yml", "database.tables"},
 		{"bad-yaml.yml", "invalid configuration"},

@@ -203,7 +203,7 @@ func (s *Node) Start(ctx context.Context) (err error) {
 	}
 	if s.capturer, err = capture.New(capture.Config{
 		Site: site, DSN: s.cfg.Database.DSN, Slot: s.cfg.SlotName(), Publication: s.cfg.Database.Publication,
-		Outbox: s.outbox, Logger: s.log, Counters: s.cfg.Conflicts.Counters(), MergeColumns: s.cfg.Conflicts.MergeColumns(),
+		Outbox: s.outbox, MaxBatch: s.cfg.Capture.MaxBatch, Logger: s.log, Counters: s.cfg.Conflicts.Counters(), MergeColumns: s.cfg.Conflicts.MergeColumns(),
 		ObserveDelay: func(d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, "captured").Observe(d.Seconds()) },
 	}); err != nil {
 		return err
@@ -287,7 +287,7 @@ func (s *Node) addPeer(ctx context.Context, peer casualdb.SiteID, url string) er
 		return err
 	}
 	stage := "shipped_" + string(peer)
-	sh, err := ship.NewShipper(ship.ShipperConfig{Site: casualdb.SiteID(s.cfg.Site), Peer: peer, PeerURL: url, Outbox: s.outbox, Logger: s.log,
+	sh, err := ship.NewShipper(ship.ShipperConfig{Site: casualdb.SiteID(s.cfg.Site), Peer: peer, PeerURL: url, Outbox: s.outbox, MaxBatch: s.cfg.Ship.MaxBatch, Logger: s.log,
 		ObserveDelay: func(d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, stage).Observe(d.Seconds()) }, OnAck: s.wakeDurability})
 	if err != nil {
 		return err

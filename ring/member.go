@@ -27,6 +27,9 @@ type NodeMeta struct {
 	Admin   string `json:"a,omitempty"` // its admin endpoint (status, metrics)
 }
 
+// DefaultPushPull is MemberConfig.PushPull's default.
+const DefaultPushPull = 5 * time.Second
+
 // MemberConfig configures a Membership.
 type MemberConfig struct {
 	// Site is this site's name, also its gossip node name. Required.
@@ -53,7 +56,7 @@ type MemberConfig struct {
 	// Nil: none.
 	State func() []byte
 	// PushPull is the interval of full-state exchanges with a random peer.
-	// Default 5s.
+	// Default DefaultPushPull.
 	PushPull time.Duration
 	// Local selects memberlist's loopback timings (fast failure detection),
 	// for tests and single-machine clusters. Default: LAN timings.
@@ -142,7 +145,7 @@ func Join(cfg MemberConfig) (*Membership, error) {
 		return nil, fmt.Errorf("%w: node metadata of %s: %d bytes, at most %d", casualdb.ErrConfig, cfg.Site, len(meta), memberlist.MetaMaxSize)
 	}
 	if cfg.PushPull <= 0 {
-		cfg.PushPull = 5 * time.Second
+		cfg.PushPull = DefaultPushPull
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

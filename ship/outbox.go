@@ -36,11 +36,15 @@ func InboxSubject(site, origin casualdb.SiteID) string {
 	return "casualdb.in." + string(site) + "." + string(origin)
 }
 
+// DefaultOutboxMaxBytes is OutboxConfig.MaxBytes's default: 8 GiB.
+const DefaultOutboxMaxBytes = 8 << 30
+
 // OutboxConfig configures an Outbox.
 type OutboxConfig struct {
 	Site casualdb.SiteID
 	// MaxBytes bounds the outbox; once full, capture stops (and the slot
-	// retains WAL) rather than drop anything. Default 8 GiB; -1 unbounded.
+	// retains WAL) rather than drop anything. Default DefaultOutboxMaxBytes;
+	// -1 unbounded.
 	MaxBytes int64
 }
 
@@ -56,7 +60,7 @@ type Outbox struct {
 // OpenOutbox creates (or opens) the outbox stream on the local server.
 func OpenOutbox(ctx context.Context, js jetstream.JetStream, cfg OutboxConfig) (*Outbox, error) {
 	if cfg.MaxBytes == 0 {
-		cfg.MaxBytes = 8 << 30
+		cfg.MaxBytes = DefaultOutboxMaxBytes
 	}
 	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:       OutboxStream(cfg.Site),
