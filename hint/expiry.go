@@ -11,14 +11,13 @@ import (
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/meta"
-	"github.com/casualdb/casualdb/ship"
 	"github.com/jackc/pgx/v5"
 )
 
 // Hint retention. A hint older than cluster.hint_retention is expired by
 // its holder (this site), never silently:
 //
-//  1. ship.Hints.Expire sums up the old hints by site, origin and epoch and
+//  1. Store.Expire sums up the old hints by site, origin and epoch and
 //     hands the summary to Tend, which commits it to
 //     casualdb.hint_expiry before a single hint is removed;
 //  2. it is logged (Warn), counted (casualdb_hints_expired_total{site}) and
@@ -109,7 +108,7 @@ func (k *Keeper) expire(ctx context.Context, conn *pgx.Conn) (expired bool) {
 	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cutoff := time.Now().Add(-k.cfg.Retention)
-	gone, err := k.cfg.Store.Expire(ectx, cutoff, func(ctx context.Context, es []ship.Expiry) error {
+	gone, err := k.cfg.Store.Expire(ectx, cutoff, func(ctx context.Context, es []Expiry) error {
 		recs := make([]meta.HintExpiry, len(es))
 		for i, e := range es {
 			recs[i] = meta.HintExpiry{For: e.For, Origin: e.Origin, Epoch: e.Epoch, Hints: e.Hints, FirstSeq: e.FirstSeq, LastSeq: e.LastSeq, LastLSN: e.LastLSN}

@@ -1,13 +1,13 @@
-// Package hint is hinted handoff's one owner: the Keeper keeps, at this
+// Package hint is hinted handoff's one owner. The Keeper keeps, at this
 // site, the transactions a member that is down should have received (hints
 // on receipt, late hints, relay hints), hands them off when it returns,
 // expires them after cluster.hint_retention (never silently: see
-// expiry.go), and reports what it holds, handed off and expired.
+// expiry.go), and reports what it holds, handed off and expired. The Store
+// is the hints' JetStream stream; a Handoff delivers one site's hints.
 //
-// The hint store itself (a JetStream stream) and the hand-off of one site's
-// hints are ship's (ship.Hints, ship.Handoff); the ring decides who holds a
-// hint (ring.Ring.HintHolders); the expiry records live in the database
-// (meta's hint_expiry). The Keeper puts them together.
+// Placement is the ring's (ring.Ring.HintHolders decides who holds a hint)
+// and the expiry records are rows of the casualdb schema (meta's
+// hint_expiry); the rest of hinting lives here.
 package hint
 
 import (
@@ -22,7 +22,6 @@ import (
 	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/meta"
 	"github.com/casualdb/casualdb/ring"
-	"github.com/casualdb/casualdb/ship"
 )
 
 // Members is what the Keeper needs of gossip; *ring.Membership has it.
@@ -39,7 +38,7 @@ var _ Members = (*ring.Membership)(nil)
 // Config configures a Keeper.
 type Config struct {
 	Site    casualdb.SiteID
-	Store   *ship.Hints
+	Store   *Store
 	Members Members
 	// N is the length of a transaction's preference list (cluster.n).
 	N int
@@ -64,7 +63,7 @@ type Keeper struct {
 	ring    *ring.Ring // over every site gossip knows, in any state
 
 	mu             sync.Mutex
-	handoffs       map[casualdb.SiteID]*ship.Handoff
+	handoffs       map[casualdb.SiteID]*Handoff
 	expired        map[casualdb.SiteID]uint64 // hints expired here since start, by the site they were for
 	late           map[casualdb.SiteID]uint64 // late hints kept here since start, by site
 	relayed        map[casualdb.SiteID]uint64 // relay hints kept here since start, by site
@@ -86,7 +85,7 @@ func New(cfg Config) (*Keeper, error) {
 	if cfg.Supervise == nil {
 		cfg.Supervise = func(ctx context.Context, _ string, run func(context.Context) error) error { return run(ctx) }
 	}
-	return &Keeper{cfg: cfg, log: cfg.Logger.With("component", "hints"), handoffs: map[casualdb.SiteID]*ship.Handoff{},
+	return &Keeper{cfg: cfg, log: cfg.Logger.With("component", "hints"), handoffs: map[casualdb.SiteID]*Handoff{},
 		expired: map[casualdb.SiteID]uint64{}, late: map[casualdb.SiteID]uint64{}, relayed: map[casualdb.SiteID]uint64{}}, nil
 }
 
@@ -110,7 +109,7 @@ func (k *Keeper) Hint(ctx context.Context, r apply.Received) error {
 			continue
 		}
 		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := k.cfg.Store.Add(hctx, ship.Hint{For: forSite, Origin: r.Origin, Epoch: r.Epoch, Seq: r.Seq, LSN: r.Tx.LSN, Commit: r.Tx.CommitTime, Data: r.Data})
+		_, err := k.cfg.Store.Add(hctx, Hint{For: forSite, Origin: r.Origin, Epoch: r.Epoch, Seq: r.Seq, LSN: r.Tx.LSN, Commit: r.Tx.CommitTime, Data: r.Data})
 		cancel()
 		if err != nil {
 			return err
@@ -159,7 +158,7 @@ func (k *Keeper) ensureHandoff(ctx context.Context, wg *sync.WaitGroup, site cas
 	if _, ok := k.handoffs[site]; ok {
 		return
 	}
-	h, err := ship.NewHandoff(ship.HandoffConfig{Hints: k.cfg.Store, For: site, Logger: k.cfg.Logger, URL: func() (string, bool) {
+	h, err := NewHandoff(HandoffConfig{Hints: k.cfg.Store, For: site, Logger: k.cfg.Logger, URL: func() (string, bool) {
 		for _, m := range k.cfg.Members.Members() {
 			if m.Site == site {
 				return m.Meta.NATSURL, m.State == ring.StateAlive && m.Meta.NATSURL != ""

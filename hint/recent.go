@@ -8,7 +8,6 @@ import (
 
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/apply"
-	"github.com/casualdb/casualdb/ship"
 )
 
 // Late hints. A site keeps a hint only for a transaction it receives while
@@ -35,7 +34,7 @@ const (
 type recentTx struct {
 	at  time.Time
 	id  string // the transaction's id (its place on the ring)
-	rec ship.Hint
+	rec Hint
 }
 
 // recentTxs remembers what this site received in the last recentWindow.
@@ -53,7 +52,7 @@ type recentTxs struct {
 func (rt *recentTxs) add(now time.Time, r apply.Received) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	rt.list = append(rt.list, recentTx{at: now, id: r.Tx.ID(), rec: ship.Hint{Origin: r.Origin, Epoch: r.Epoch,
+	rt.list = append(rt.list, recentTx{at: now, id: r.Tx.ID(), rec: Hint{Origin: r.Origin, Epoch: r.Epoch,
 		Seq: r.Seq, LSN: r.Tx.LSN, Commit: r.Tx.CommitTime, Data: bytes.Clone(r.Data)}})
 	rt.bytes += len(r.Data)
 	for rt.head < len(rt.list) && (now.Sub(rt.list[rt.head].at) > recentWindow || rt.bytes > recentMaxBytes) {

@@ -176,9 +176,9 @@ func (s *Node) Start(ctx context.Context) (err error) {
 	if s.inbox, err = ship.OpenInbox(ctx, js, site); err != nil {
 		return err
 	}
-	var hints *ship.Hints
+	var hints *hint.Store
 	if s.cfg.Cluster.Bind != "" {
-		if hints, err = ship.OpenHints(ctx, js, site); err != nil {
+		if hints, err = hint.Open(ctx, js, site); err != nil {
 			return err
 		}
 	}

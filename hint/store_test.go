@@ -1,4 +1,4 @@
-package ship_test
+package hint_test
 
 import (
 	"context"
@@ -7,7 +7,10 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
-	"github.com/casualdb/casualdb/ship"
+	"github.com/casualdb/casualdb/hint"
+	"github.com/casualdb/casualdb/internal/pgtest"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 )
 
@@ -18,16 +21,14 @@ func TestHints_Expire(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t) })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv := startServer(t, t.TempDir(), mustPort(t))
-	t.Cleanup(srv.Close)
-	js := jsFor(t, srv.ClientURL())
-	hs, err := ship.OpenHints(ctx, js, "b")
+	js := jsFor(t, pgtest.NewNATS(t).URL())
+	hs, err := hint.Open(ctx, js, "b")
 	if err != nil {
 		t.Fatal(err)
 	}
 	add := func(forSite, origin casualdb.SiteID, epoch string, seq uint64) {
 		t.Helper()
-		h := ship.Hint{For: forSite, Origin: origin, Epoch: epoch, Seq: seq, LSN: 100 * seq, Commit: time.Unix(1, 0), Data: []byte("tx")}
+		h := hint.Hint{For: forSite, Origin: origin, Epoch: epoch, Seq: seq, LSN: 100 * seq, Commit: time.Unix(1, 0), Data: []byte("tx")}
 		if _, err := hs.Add(ctx, h); err != nil {
 			t.Fatal(err)
 		}
@@ -40,7 +41,7 @@ func TestHints_Expire(t *testing.T) {
 		}
 		return n
 	}
-	noRecord := func(context.Context, []ship.Expiry) error {
+	noRecord := func(context.Context, []hint.Expiry) error {
 		t.Error("record called with nothing to expire")
 		return nil
 	}
@@ -56,7 +57,7 @@ func TestHints_Expire(t *testing.T) {
 	cutoff := time.Now()   // every hint above was stored before it
 	add("c", "a", "e2", 2)
 	// A hint handed off leaves a hole in the stream's sequence.
-	st, err := js.Stream(ctx, ship.HintsStream("b"))
+	st, err := js.Stream(ctx, hint.StreamName("b"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +72,7 @@ func TestHints_Expire(t *testing.T) {
 	})
 	t.Run("record fails: nothing removed", func(t *testing.T) {
 		boom := errors.New("database down")
-		_, err := hs.Expire(ctx, cutoff, func(context.Context, []ship.Expiry) error { return boom })
+		_, err := hs.Expire(ctx, cutoff, func(context.Context, []hint.Expiry) error { return boom })
 		if !errors.Is(err, boom) {
 			t.Fatalf("Expire = %v, want the record error", err)
 		}
@@ -80,8 +81,8 @@ func TestHints_Expire(t *testing.T) {
 		}
 	})
 	t.Run("expires what is older", func(t *testing.T) {
-		var recorded []ship.Expiry
-		got, err := hs.Expire(ctx, cutoff, func(_ context.Context, es []ship.Expiry) error {
+		var recorded []hint.Expiry
+		got, err := hs.Expire(ctx, cutoff, func(_ context.Context, es []hint.Expiry) error {
 			// Recorded while the hints are still there.
 			if n := held(); n["c"] != 4 || n["d"] != 1 {
 				t.Errorf("held while recording: %v, want every hint still there", n)
@@ -92,7 +93,7 @@ func TestHints_Expire(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := []ship.Expiry{
+		want := []hint.Expiry{
 			{For: "c", Origin: "a", Epoch: "e1", Hints: 2, FirstSeq: 3, LastSeq: 5, LastLSN: 500},
 			{For: "d", Origin: "a", Epoch: "e1", Hints: 1, FirstSeq: 4, LastSeq: 4, LastLSN: 400},
 			{For: "c", Origin: "a", Epoch: "e2", Hints: 1, FirstSeq: 1, LastSeq: 1, LastLSN: 100},
@@ -118,7 +119,7 @@ func TestHints_Expire(t *testing.T) {
 		}
 	})
 	t.Run("the rest expires later", func(t *testing.T) {
-		got, err := hs.Expire(ctx, time.Now(), func(context.Context, []ship.Expiry) error { return nil })
+		got, err := hs.Expire(ctx, time.Now(), func(context.Context, []hint.Expiry) error { return nil })
 		if err != nil || len(got) != 1 || got[0].LastSeq != 2 || got[0].Epoch != "e2" {
 			t.Fatalf("Expire(now) = %+v, %v; want the e2 hint of seq 2", got, err)
 		}
@@ -133,13 +134,11 @@ func TestHints_Expire(t *testing.T) {
 func TestHints_AddTellsDuplicates(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv := startServer(t, t.TempDir(), mustPort(t))
-	t.Cleanup(srv.Close)
-	hs, err := ship.OpenHints(ctx, jsFor(t, srv.ClientURL()), "b")
+	hs, err := hint.Open(ctx, jsFor(t, pgtest.NewNATS(t).URL()), "b")
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := ship.Hint{For: "c", Origin: "a", Epoch: "e", Seq: 1, LSN: 100, Commit: time.Unix(1, 0), Data: []byte("tx")}
+	h := hint.Hint{For: "c", Origin: "a", Epoch: "e", Seq: 1, LSN: 100, Commit: time.Unix(1, 0), Data: []byte("tx")}
 	for i, want := range []bool{true, false} {
 		if added, err := hs.Add(ctx, h); err != nil || added != want {
 			t.Fatalf("Add #%d = %v, %v; want %v", i+1, added, err, want)
@@ -153,4 +152,18 @@ func TestHints_AddTellsDuplicates(t *testing.T) {
 	if err != nil || held["c"] != 1 || held["d"] != 1 {
 		t.Errorf("held %v, %v; want one for c and one for d", held, err)
 	}
+}
+
+func jsFor(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }

@@ -1,4 +1,4 @@
-package ship
+package hint
 
 import (
 	"context"
@@ -11,15 +11,16 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/ship"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Hints keeps other origins' transactions for sites that were down when
+// Store keeps other origins' transactions for sites that were down when
 // they arrived here (hinted handoff): one JetStream stream per site,
 // `CASUALDB_HINTS_<site>`, subject `casualdb.hint.<site>.<for>.<origin>`,
 // work-queue retention so that a hint handed off is gone.
-type Hints struct {
+type Store struct {
 	site   casualdb.SiteID
 	js     jetstream.JetStream
 	stream jetstream.Stream
@@ -37,17 +38,17 @@ type Hint struct {
 	Data   []byte
 }
 
-// HintsStream names the site's hint stream.
-func HintsStream(site casualdb.SiteID) string { return "CASUALDB_HINTS_" + string(site) }
+// StreamName names the site's hint stream.
+func StreamName(site casualdb.SiteID) string { return "CASUALDB_HINTS_" + string(site) }
 
 func hintSubject(site, forSite, origin casualdb.SiteID) string {
 	return "casualdb.hint." + string(site) + "." + string(forSite) + "." + string(origin)
 }
 
-// OpenHints creates (or opens) the site's hint stream.
-func OpenHints(ctx context.Context, js jetstream.JetStream, site casualdb.SiteID) (*Hints, error) {
+// Open creates (or opens) the site's hint stream.
+func Open(ctx context.Context, js jetstream.JetStream, site casualdb.SiteID) (*Store, error) {
 	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:       HintsStream(site),
+		Name:       StreamName(site),
 		Subjects:   []string{"casualdb.hint." + string(site) + ".>"},
 		Storage:    jetstream.FileStorage,
 		Replicas:   1,
@@ -55,23 +56,23 @@ func OpenHints(ctx context.Context, js jetstream.JetStream, site casualdb.SiteID
 		Duplicates: 2 * time.Minute,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("open hints %s: %w", HintsStream(site), err)
+		return nil, fmt.Errorf("open hints %s: %w", StreamName(site), err)
 	}
-	return &Hints{site: site, js: js, stream: st}, nil
+	return &Store{site: site, js: js, stream: st}, nil
 }
 
 // Add stores h durably and tells whether it is new. Adding the same
 // transaction for the same site twice within two minutes stores it once
 // (added is false the second time); later, the receiving site recognises
 // the duplicate.
-func (hs *Hints) Add(ctx context.Context, h Hint) (added bool, err error) {
+func (hs *Store) Add(ctx context.Context, h Hint) (added bool, err error) {
 	m := nats.NewMsg(hintSubject(hs.site, h.For, h.Origin))
 	m.Data = h.Data
-	m.Header.Set(HeaderOrigin, string(h.Origin))
-	m.Header.Set(HeaderEpoch, h.Epoch)
-	m.Header.Set(HeaderSeq, strconv.FormatUint(h.Seq, 10))
-	m.Header.Set(HeaderLSN, strconv.FormatUint(h.LSN, 10))
-	m.Header.Set(HeaderCommit, strconv.FormatInt(h.Commit.UnixMicro(), 10))
+	m.Header.Set(ship.HeaderOrigin, string(h.Origin))
+	m.Header.Set(ship.HeaderEpoch, h.Epoch)
+	m.Header.Set(ship.HeaderSeq, strconv.FormatUint(h.Seq, 10))
+	m.Header.Set(ship.HeaderLSN, strconv.FormatUint(h.LSN, 10))
+	m.Header.Set(ship.HeaderCommit, strconv.FormatInt(h.Commit.UnixMicro(), 10))
 	m.Header.Set(nats.MsgIdHdr, "hint-"+string(h.For)+"-"+string(h.Origin)+"-"+casualdb.FormatLSN(h.LSN))
 	ack, err := hs.js.PublishMsg(ctx, m)
 	if err != nil {
@@ -81,7 +82,7 @@ func (hs *Hints) Add(ctx context.Context, h Hint) (added bool, err error) {
 }
 
 // Held returns how many hints are kept for each site.
-func (hs *Hints) Held(ctx context.Context) (map[casualdb.SiteID]uint64, error) {
+func (hs *Store) Held(ctx context.Context) (map[casualdb.SiteID]uint64, error) {
 	prefix := "casualdb.hint." + string(hs.site) + "."
 	info, err := hs.stream.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
 	if err != nil {
@@ -97,7 +98,7 @@ func (hs *Hints) Held(ctx context.Context) (map[casualdb.SiteID]uint64, error) {
 
 // HandoffConfig configures the handing off of one site's hints.
 type HandoffConfig struct {
-	Hints *Hints
+	Hints *Store
 	For   casualdb.SiteID
 	// URL returns the site's NATS URL now (gossip may change it), and
 	// whether the site is up: nothing is tried while it is down.
@@ -192,15 +193,15 @@ func (h *Handoff) session(ctx context.Context, cons jetstream.Consumer, url stri
 				continue
 			}
 			hdr := m.Headers()
-			out := nats.NewMsg(InboxSubject(h.cfg.For, casualdb.SiteID(hdr.Get(HeaderOrigin))))
+			out := nats.NewMsg(ship.InboxSubject(h.cfg.For, casualdb.SiteID(hdr.Get(ship.HeaderOrigin))))
 			out.Data = m.Data()
-			for _, k := range []string{HeaderOrigin, HeaderEpoch, HeaderSeq, HeaderLSN, HeaderCommit} {
+			for _, k := range []string{ship.HeaderOrigin, ship.HeaderEpoch, ship.HeaderSeq, ship.HeaderLSN, ship.HeaderCommit} {
 				out.Header.Set(k, hdr.Get(k))
 			}
-			lsn, _ := strconv.ParseUint(hdr.Get(HeaderLSN), 10, 64)
+			lsn, _ := strconv.ParseUint(hdr.Get(ship.HeaderLSN), 10, 64)
 			// The id the origin's own shipper gives a single transaction:
 			// whichever arrives second is dropped.
-			out.Header.Set(nats.MsgIdHdr, hdr.Get(HeaderOrigin)+"-"+casualdb.FormatLSN(lsn))
+			out.Header.Set(nats.MsgIdHdr, hdr.Get(ship.HeaderOrigin)+"-"+casualdb.FormatLSN(lsn))
 			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_, err := js.PublishMsg(pctx, out)
 			cancel()
@@ -247,7 +248,7 @@ const expireBatch = 4096
 //
 // A hint handed off while Expire runs may be counted as expired too: the
 // summary can only overstate what its site misses, never understate it.
-func (hs *Hints) Expire(ctx context.Context, cutoff time.Time, record func(context.Context, []Expiry) error) ([]Expiry, error) {
+func (hs *Store) Expire(ctx context.Context, cutoff time.Time, record func(context.Context, []Expiry) error) ([]Expiry, error) {
 	info, err := hs.stream.Info(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("expire hints: %w", err)
@@ -282,15 +283,15 @@ func (hs *Hints) Expire(ctx context.Context, cutoff time.Time, record func(conte
 			break
 		}
 		forSite, origin := hs.parseSubject(m.Subject)
-		k := key{forSite, origin, m.Header.Get(HeaderEpoch)}
+		k := key{forSite, origin, m.Header.Get(ship.HeaderEpoch)}
 		e, ok := sums[k]
 		if !ok {
 			e = &Expiry{For: forSite, Origin: origin, Epoch: k.epoch}
 			sums[k] = e
 			order = append(order, k)
 		}
-		oseq, _ := strconv.ParseUint(m.Header.Get(HeaderSeq), 10, 64)
-		lsn, _ := strconv.ParseUint(m.Header.Get(HeaderLSN), 10, 64)
+		oseq, _ := strconv.ParseUint(m.Header.Get(ship.HeaderSeq), 10, 64)
+		lsn, _ := strconv.ParseUint(m.Header.Get(ship.HeaderLSN), 10, 64)
 		e.Hints++
 		if e.FirstSeq == 0 || oseq < e.FirstSeq {
 			e.FirstSeq = oseq
@@ -321,7 +322,7 @@ func (hs *Hints) Expire(ctx context.Context, cutoff time.Time, record func(conte
 
 // parseSubject returns the site and origin of a hint's subject,
 // casualdb.hint.<site>.<for>.<origin>.
-func (hs *Hints) parseSubject(subj string) (forSite, origin casualdb.SiteID) {
+func (hs *Store) parseSubject(subj string) (forSite, origin casualdb.SiteID) {
 	rest := strings.TrimPrefix(subj, "casualdb.hint."+string(hs.site)+".")
 	f, o, _ := strings.Cut(rest, ".")
 	return casualdb.SiteID(f), casualdb.SiteID(o)
