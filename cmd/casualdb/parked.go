@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -159,71 +158,6 @@ func noSchema(conn *pgx.Conn, err error) error {
 	return err
 }
 
-// ---- the payload
-
-// parkedChange is the payload apply parks for a change (apply's txWriter.park).
-type parkedChange struct {
-	Relation   casualdb.Relation `json:"relation"`
-	Change     casualdb.Change   `json:"change"`
-	CommitTime time.Time         `json:"commit_time"`
-}
-
-// removedRow is the payload apply parks for a local row it removed to settle
-// a unique collision (apply's resolveUnique): row_to_json of the row.
-type removedRow struct {
-	Row     json.RawMessage  `json:"row"`
-	Version casualdb.Version `json:"version"`
-}
-
-// The kinds of parked entries, as --json names them.
-const (
-	kindInsert     = "insert"
-	kindUpdate     = "update"
-	kindDelete     = "delete"
-	kindTruncate   = "truncate"
-	kindRemovedRow = "removed_row" // a row removed by a unique collision
-	kindMessage    = "message"     // a transport message that did not decode
-)
-
-// parkedPayload is a decoded payload: change for the change kinds, removed
-// for kindRemovedRow, neither for a message.
-type parkedPayload struct {
-	kind    string
-	change  *parkedChange
-	removed *removedRow
-}
-
-// decodePayload tells what p holds. Anything that is not clearly a change or
-// a removed row, including every entry without a table, is a message.
-func decodePayload(p meta.Parked) parkedPayload {
-	msg := parkedPayload{kind: kindMessage}
-	if p.Table == "" || !json.Valid(p.Payload) {
-		return msg
-	}
-	var probe struct {
-		Relation *casualdb.Relation `json:"relation"`
-		Change   *casualdb.Change   `json:"change"`
-		Commit   time.Time          `json:"commit_time"`
-		Row      json.RawMessage    `json:"row"`
-		Version  casualdb.Version   `json:"version"`
-	}
-	if err := json.Unmarshal(p.Payload, &probe); err != nil {
-		return msg
-	}
-	switch {
-	case probe.Change != nil && probe.Relation != nil:
-		kind, ok := map[casualdb.Op]string{casualdb.OpInsert: kindInsert, casualdb.OpUpdate: kindUpdate,
-			casualdb.OpDelete: kindDelete, casualdb.OpTruncate: kindTruncate}[probe.Change.Op]
-		if !ok {
-			return msg
-		}
-		return parkedPayload{kind: kind, change: &parkedChange{Relation: *probe.Relation, Change: *probe.Change, CommitTime: probe.Commit}}
-	case probe.Change == nil && bytes.HasPrefix(bytes.TrimSpace(probe.Row), []byte("{")):
-		return parkedPayload{kind: kindRemovedRow, removed: &removedRow{Row: probe.Row, Version: probe.Version}}
-	}
-	return msg
-}
-
 // ---- listing
 
 func (m *Main) listParked(ctx context.Context, cfg Config, pf parkedFlags) error {
@@ -258,7 +192,7 @@ func (m *Main) listParked(ctx context.Context, cfg Config, pf parkedFlags) error
 }
 
 // kindText is how the text listing shows a kind.
-func kindText(kind string) string { return strings.ReplaceAll(kind, "_", " ") }
+func kindText(kind meta.ParkedKind) string { return strings.ReplaceAll(string(kind), "_", " ") }
 
 // writeParkedText writes a line per entry under a header line: id, when it
 // was parked (UTC), origin, table, key, kind and the reason, cut.
@@ -292,7 +226,7 @@ func writeParkedText(w io.Writer, list []meta.Parked, table string, more bool) e
 				key = abbreviate(oneLine(displayKey(p.Key)), parkedKeyWidth)
 			}
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.ParkedAt.UTC().Format(time.RFC3339),
-				orDash(oneLine(string(p.Origin))), orDash(oneLine(p.Table)), orDash(key), kindText(decodePayload(p).kind),
+				orDash(oneLine(string(p.Origin))), orDash(oneLine(p.Table)), orDash(key), kindText(p.Decode().Kind),
 				abbreviate(oneLine(p.Reason), reasonWidth))
 		}
 		if err := tw.Flush(); err != nil {
@@ -333,7 +267,7 @@ func writeParkedJSON(w io.Writer, list []meta.Parked) error {
 	out := make([]parkedJSON, len(list))
 	for i, p := range list {
 		j := parkedJSON{ID: p.ID, ParkedAt: p.ParkedAt.UTC(), Origin: string(p.Origin), Seq: p.Seq, Table: p.Table, Key: p.Key,
-			Kind: decodePayload(p).kind, Reason: p.Reason}
+			Kind: string(p.Decode().Kind), Reason: p.Reason}
 		if p.LSN != 0 {
 			s := casualdb.FormatLSN(p.LSN)
 			j.LSN = &s
@@ -471,7 +405,7 @@ func replayOne(ctx context.Context, conn *pgx.Conn, publication string, id int64
 	if !ok {
 		return "", fmt.Errorf("%w %d", errNoParked, id)
 	}
-	pl := decodePayload(p)
+	pl := p.Decode()
 	w, err := planReplay(ctx, tx, p, pl, publication)
 	if err != nil {
 		return "", err
@@ -525,14 +459,14 @@ type replayWrite struct {
 }
 
 // planReplay builds the write for p, or says why p cannot be replayed.
-func planReplay(ctx context.Context, tx pgx.Tx, p meta.Parked, pl parkedPayload, publication string) (*replayWrite, error) {
+func planReplay(ctx context.Context, tx pgx.Tx, p meta.Parked, pl meta.ParkedPayload, publication string) (*replayWrite, error) {
 	what := p.Table + " key " + displayKey(p.Key)
-	switch pl.kind {
-	case kindMessage:
+	switch pl.Kind {
+	case meta.ParkedMessage:
 		return nil, fmt.Errorf("%w: it is a transport message that did not decode (%s), not a row; see it with casualdb parked --json, and discard it", errNotReplayable, abbreviate(oneLine(p.Reason), reasonWidth))
-	case kindTruncate:
+	case meta.ParkedTruncate:
 		return nil, fmt.Errorf("%w: a TRUNCATE of %s is not replayed; truncate the table by hand if it should be, and discard the entry", errNotReplayable, p.Table)
-	case kindRemovedRow:
+	case meta.ParkedRemovedRow:
 		schema, name, err := resolveTable(ctx, tx, p.Table)
 		if err != nil {
 			return nil, err
@@ -541,14 +475,14 @@ func planReplay(ctx context.Context, tx pgx.Tx, p meta.Parked, pl parkedPayload,
 		if err != nil {
 			return nil, err
 		}
-		w, err := removedRowWrite(lt, pl.removed.Row)
+		w, err := removedRowWrite(lt, pl.Removed.Row)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)
 		}
 		w.what = what
 		return w, nil
 	}
-	rel, c := pl.change.Relation, pl.change.Change
+	rel, c := pl.Change.Relation, pl.Change.Change
 	if rel.Schema == "" || rel.Name == "" {
 		return nil, fmt.Errorf("%w: the parked change of %s names no table", errNotReplayable, what)
 	}
@@ -558,7 +492,7 @@ func planReplay(ctx context.Context, tx pgx.Tx, p meta.Parked, pl parkedPayload,
 	}
 	w, err := changeWrite(lt, rel, c)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", pl.kind, what, err)
+		return nil, fmt.Errorf("%s %s: %w", pl.Kind, what, err)
 	}
 	w.what = what
 	return w, nil

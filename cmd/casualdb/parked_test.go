@@ -95,15 +95,11 @@ func (s *parkedSite) park(t *testing.T, p meta.Parked) int64 {
 	return id
 }
 
-// parkChange parks a change as apply's txWriter.park does.
+// parkChange parks a change as apply's txWriter.park does (a meta.ParkedChange).
 func (s *parkedSite) parkChange(t *testing.T, rel casualdb.Relation, c casualdb.Change, reason string) int64 {
 	t.Helper()
 	c.Table, c.Version = rel.Table, parkedVersion
-	payload, err := json.Marshal(struct {
-		Relation casualdb.Relation `json:"relation"`
-		Change   *casualdb.Change  `json:"change"`
-		Commit   any               `json:"commit_time"`
-	}{rel, &c, time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)})
+	payload, err := json.Marshal(&meta.ParkedChange{Relation: rel, Change: c, CommitTime: time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,13 +107,10 @@ func (s *parkedSite) parkChange(t *testing.T, rel casualdb.Relation, c casualdb.
 }
 
 // parkRemoved parks a row removed by a unique collision as apply's
-// resolveUnique does; row is row_to_json of the row.
+// resolveUnique does (a meta.RemovedRow); row is row_to_json of the row.
 func (s *parkedSite) parkRemoved(t *testing.T, table string, key []string, row string) int64 {
 	t.Helper()
-	payload, err := json.Marshal(struct {
-		Row     json.RawMessage  `json:"row"`
-		Version casualdb.Version `json:"version"`
-	}{json.RawMessage(row), parkedVersion})
+	payload, err := json.Marshal(&meta.RemovedRow{Row: json.RawMessage(row), Version: parkedVersion})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +265,7 @@ func TestMain_Parked(t *testing.T) {
 			byID[p.ID] = p
 		}
 		ins := byID[insert]
-		var ch parkedChange
+		var ch meta.ParkedChange
 		if err := json.Unmarshal(ins.Payload, &ch); err != nil || ch.Change.Op != casualdb.OpInsert || ch.Relation.Table != "public.accounts" || ch.Change.Values[1].Text != "ten@x" {
 			t.Errorf("insert payload: got %s (%v), want the change as JSON", ins.Payload, err)
 		}
@@ -623,38 +616,6 @@ func TestMain_ParkedReplay(t *testing.T) {
 			t.Errorf("after adding the column: got %v %q", err, out)
 		}
 	})
-}
-
-func TestParked_DecodePayload(t *testing.T) {
-	change := func(op string) string {
-		return `{"relation":{"table":"public.t","schema":"public","name":"t","columns":[{"name":"id","type":"integer","key":true}]},"change":{"table":"public.t","op":"` + op + `","key":["1"],"values":[{"t":"1"}],"version":{"hlc":{"w":1},"origin":"a","vc":null}},"commit_time":"2024-05-01T12:00:00Z"}`
-	}
-	tests := []struct {
-		name, table, payload, want string
-	}{
-		{"insert", "public.t", change("I"), kindInsert},
-		{"update", "public.t", change("U"), kindUpdate},
-		{"delete", "public.t", change("D"), kindDelete},
-		{"truncate", "public.t", change("T"), kindTruncate},
-		{"unknown op", "public.t", change("X"), kindMessage},
-		{"removed row", "public.t", `{"row":{"id":1},"version":{"hlc":{"w":1},"origin":"a","vc":null}}`, kindRemovedRow},
-		{"change without a table", "", change("I"), kindMessage},
-		{"row that is not an object", "public.t", `{"row":null}`, kindMessage},
-		{"a transaction", "public.t", `{"origin":"a","lsn":5,"changes":[]}`, kindMessage},
-		{"array", "public.t", `[1]`, kindMessage},
-		{"wrong types", "public.t", `{"relation":1,"change":2}`, kindMessage},
-		{"binary", "", "\xff\x00", kindMessage},
-		{"empty", "", "", kindMessage},
-	}
-	for _, tt := range tests {
-		got := decodePayload(meta.Parked{Table: tt.table, Payload: []byte(tt.payload)})
-		if got.kind != tt.want {
-			t.Errorf("%s: got %s, want %s", tt.name, got.kind, tt.want)
-		}
-		if (got.change != nil) != (tt.want != kindMessage && tt.want != kindRemovedRow) || (got.removed != nil) != (tt.want == kindRemovedRow) {
-			t.Errorf("%s: got change %v, removed %v", tt.name, got.change != nil, got.removed != nil)
-		}
-	}
 }
 
 func TestParked_Upsert(t *testing.T) {
