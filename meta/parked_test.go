@@ -2,6 +2,7 @@ package meta_test
 
 import (
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -64,5 +65,56 @@ func TestParked_DecodeWritten(t *testing.T) {
 	got = meta.Parked{Table: "public.t", Payload: b}.Decode()
 	if got.Kind != meta.ParkedRemovedRow || got.Removed == nil || string(got.Removed.Row) != `{"id":1}` || got.Removed.Version.Origin != "a" {
 		t.Errorf("removed row: got %+v", got)
+	}
+}
+
+// TestParked_Operator parks entries and reads them as `casualdb parked`
+// does: found by table, newest first, locked, deleted; and without the
+// schema, ErrNotInstalled.
+func TestParked_Operator(t *testing.T) {
+	conn, ctx := installed(t)
+	for _, p := range []meta.Parked{
+		{Origin: "a", Seq: 1, LSN: 0x10, Table: "public.t", Key: `["1"]`, Reason: "r1", Payload: []byte(`{}`)},
+		{Origin: "a", Seq: 2, Table: "public.u", Key: `["2"]`, Reason: "r2"},
+		{Origin: "b", Seq: 3, Reason: "garbled"},
+	} {
+		if err := meta.Park(ctx, conn, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := meta.FindParked(ctx, conn, meta.ParkedFilter{})
+	if err != nil || len(all) != 3 || all[0].Reason != "garbled" || all[2].Reason != "r1" || all[2].LSN != 0x10 || all[2].Origin != "a" || all[0].Payload != nil {
+		t.Fatalf("all: got %+v, %v; want 3, newest first", all, err)
+	}
+	if got, err := meta.FindParked(ctx, conn, meta.ParkedFilter{Table: "public.u"}); err != nil || len(got) != 1 || got[0].Seq != 2 {
+		t.Errorf("table public.u: got %+v, %v", got, err)
+	}
+	if got, err := meta.FindParked(ctx, conn, meta.ParkedFilter{Limit: 1}); err != nil || len(got) != 1 || got[0].ID != all[0].ID {
+		t.Errorf("limit 1: got %+v, %v", got, err)
+	}
+	if p, ok, err := meta.LockParked(ctx, conn, all[1].ID); err != nil || !ok || p.Reason != "r2" {
+		t.Errorf("lock %d: got %+v, %v, %v", all[1].ID, p, ok, err)
+	}
+	if deleted, err := meta.DeleteParked(ctx, conn, []int64{all[1].ID, 999999}); err != nil || len(deleted) != 1 || deleted[0] != all[1].ID {
+		t.Errorf("delete: got %v, %v; want only %d", deleted, err, all[1].ID)
+	}
+	if _, ok, err := meta.LockParked(ctx, conn, all[1].ID); err != nil || ok {
+		t.Errorf("lock a deleted entry: got %v, %v; want not found", ok, err)
+	}
+
+	if err := meta.Uninstall(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := meta.FindParked(ctx, conn, meta.ParkedFilter{}); !errors.Is(err, meta.ErrNotInstalled) {
+		t.Errorf("FindParked without the schema: got %v, want ErrNotInstalled", err)
+	}
+	if _, _, err := meta.LockParked(ctx, conn, 1); !errors.Is(err, meta.ErrNotInstalled) {
+		t.Errorf("LockParked without the schema: got %v, want ErrNotInstalled", err)
+	}
+	if _, err := meta.DeleteParked(ctx, conn, []int64{1}); !errors.Is(err, meta.ErrNotInstalled) {
+		t.Errorf("DeleteParked without the schema: got %v, want ErrNotInstalled", err)
+	}
+	if _, err := meta.FindConflicts(ctx, conn, meta.ConflictFilter{Since: time.Hour, Limit: 1}); !errors.Is(err, meta.ErrNotInstalled) {
+		t.Errorf("FindConflicts without the schema: got %v, want ErrNotInstalled", err)
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
-	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/capture"
 	"github.com/casualdb/casualdb/meta"
 	"github.com/jackc/pgx/v5"
@@ -123,41 +122,6 @@ func parseParkedIDs(args []string) ([]int64, error) {
 	return ids, nil
 }
 
-// connectParked connects to the site's database with CasualDB's canonical
-// session settings, so that text values read as every site writes them.
-// It is an ordinary session: no replication origin, and
-// session_replication_role is the server's (origin): what it writes is a
-// local write, which capture versions and ships.
-func connectParked(ctx context.Context, cfg Config) (*pgx.Conn, error) {
-	pcfg, err := apply.CanonicalConfig(cfg.Database.DSN)
-	if err != nil {
-		return nil, fmt.Errorf("%w: database.dsn: %v", casualdb.ErrConfig, err)
-	}
-	pcfg.RuntimeParams["application_name"] = "casualdb-parked"
-	cctx, cancel := context.WithTimeout(ctx, cfg.Database.ConnectTimeout)
-	defer cancel()
-	conn, err := pgx.ConnectConfig(cctx, pcfg)
-	if err != nil {
-		return nil, fmt.Errorf("connect to database (database.dsn): %w", err)
-	}
-	return conn, nil
-}
-
-func closeConn(conn *pgx.Conn) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	conn.Close(ctx)
-}
-
-// noSchema turns a missing casualdb.parked into advice.
-func noSchema(conn *pgx.Conn, err error) error {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "42P01" { // undefined_table
-		return fmt.Errorf("%w in database %q (no table casualdb.parked): run the sidecar (casualdb run) against it once to create it", errNoSchema, conn.Config().Database)
-	}
-	return err
-}
-
 // ---- listing
 
 func (m *Main) listParked(ctx context.Context, cfg Config, pf parkedFlags) error {
@@ -170,7 +134,7 @@ func (m *Main) listParked(ctx context.Context, cfg Config, pf parkedFlags) error
 		}
 		f.Table = t.String()
 	}
-	conn, err := connectParked(ctx, cfg)
+	conn, err := connect(ctx, cfg.Database.DSN, cfg.Database.ConnectTimeout, "parked")
 	if err != nil {
 		return err
 	}
@@ -179,7 +143,7 @@ func (m *Main) listParked(ctx context.Context, cfg Config, pf parkedFlags) error
 	defer cancel()
 	list, err := meta.FindParked(qctx, conn, f)
 	if err != nil {
-		return noSchema(conn, err)
+		return noSchema(conn, "casualdb.parked", err)
 	}
 	more := len(list) > int(pf.limit)
 	if more {
@@ -295,7 +259,7 @@ func writeParkedJSON(w io.Writer, list []meta.Parked) error {
 // discardParked deletes ids in one transaction: all of them, or, when one
 // does not exist, none.
 func (m *Main) discardParked(ctx context.Context, cfg Config, ids []int64) error {
-	conn, err := connectParked(ctx, cfg)
+	conn, err := connect(ctx, cfg.Database.DSN, cfg.Database.ConnectTimeout, "parked")
 	if err != nil {
 		return err
 	}
@@ -309,7 +273,7 @@ func (m *Main) discardParked(ctx context.Context, cfg Config, ids []int64) error
 	defer rollback(tx)
 	deleted, err := meta.DeleteParked(ctx, tx, ids)
 	if err != nil {
-		return fmt.Errorf("parked discard: %w", noSchema(conn, err))
+		return fmt.Errorf("parked discard: %w", noSchema(conn, "casualdb.parked", err))
 	}
 	var missing []string
 	for _, id := range ids {
@@ -352,7 +316,7 @@ func rollback(tx pgx.Tx) {
 // for each: on stdout when it was written, on stderr when not (it then
 // stays parked). The error reports the ids not replayed.
 func (m *Main) replayParked(ctx context.Context, cfg Config, ids []int64) error {
-	conn, err := connectParked(ctx, cfg)
+	conn, err := connect(ctx, cfg.Database.DSN, cfg.Database.ConnectTimeout, "parked")
 	if err != nil {
 		return err
 	}
@@ -364,7 +328,7 @@ func (m *Main) replayParked(ctx context.Context, cfg Config, ids []int64) error 
 			fmt.Fprintf(m.Stdout, "replayed %d: %s\n", id, done)
 			continue
 		}
-		if errors.Is(err, errNoSchema) || ctx.Err() != nil || conn.IsClosed() {
+		if errors.Is(err, meta.ErrNotInstalled) || ctx.Err() != nil || conn.IsClosed() {
 			// Nothing more can be done on this connection.
 			return fmt.Errorf("parked replay %d: %w (not attempted: %s)", id, err, orNone(joinIDs(ids[i+1:])))
 		}
@@ -400,7 +364,7 @@ func replayOne(ctx context.Context, conn *pgx.Conn, publication string, id int64
 	defer rollback(tx)
 	p, ok, err := meta.LockParked(ctx, tx, id)
 	if err != nil {
-		return "", noSchema(conn, err)
+		return "", noSchema(conn, "casualdb.parked", err)
 	}
 	if !ok {
 		return "", fmt.Errorf("%w %d", errNoParked, id)

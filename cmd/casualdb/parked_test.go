@@ -356,9 +356,9 @@ func TestMain_Parked(t *testing.T) {
 			{"", []string{"accounts"}, nil, `unexpected argument "accounts"`},
 			{"", []string{"--tables", "accounts"}, nil, "use --table NAME"},
 			{"", []string{"--table", "public."}, casualdb.ErrConfig, `"public."`},
-			{"", []string{"--dsn", s.pg.DSNFor("noschema")}, errNoSchema, "casualdb.parked"},
-			{"discard", []string{"--dsn", s.pg.DSNFor("noschema"), "1"}, errNoSchema, `database "noschema"`},
-			{"replay", []string{"--dsn", s.pg.DSNFor("noschema"), "1"}, errNoSchema, "casualdb run"},
+			{"", []string{"--dsn", s.pg.DSNFor("noschema")}, meta.ErrNotInstalled, "casualdb.parked"},
+			{"discard", []string{"--dsn", s.pg.DSNFor("noschema"), "1"}, meta.ErrNotInstalled, `database "noschema"`},
+			{"replay", []string{"--dsn", s.pg.DSNFor("noschema"), "1"}, meta.ErrNotInstalled, "casualdb run"},
 		} {
 			out, _, err := s.run(t, tt.action, tt.args...)
 			if err == nil || !strings.Contains(err.Error(), tt.want) || (tt.is != nil && !errors.Is(err, tt.is)) {

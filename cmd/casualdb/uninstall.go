@@ -7,7 +7,6 @@ import (
 	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/capture"
 	"github.com/casualdb/casualdb/meta"
-	"github.com/jackc/pgx/v5"
 )
 
 func (m *Main) uninstallCmd(ctx context.Context, args []string) error {
@@ -24,13 +23,11 @@ func (m *Main) uninstallCmd(ctx context.Context, args []string) error {
 
 // Uninstall removes everything CasualDB created in the site's database.
 func Uninstall(ctx context.Context, cfg Config) error {
-	cctx, cancel := context.WithTimeout(ctx, cfg.Database.ConnectTimeout)
-	defer cancel()
-	conn, err := pgx.Connect(cctx, cfg.Database.DSN)
+	conn, err := connect(ctx, cfg.Database.DSN, cfg.Database.ConnectTimeout, "uninstall")
 	if err != nil {
-		return fmt.Errorf("connect to database (database.dsn): %w", err)
+		return err
 	}
-	defer conn.Close(context.Background())
+	defer closeConn(conn)
 	if err := capture.Uninstall(ctx, conn, cfg.SlotName(), cfg.Database.Publication); err != nil {
 		return err
 	}
