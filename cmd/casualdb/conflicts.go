@@ -126,7 +126,7 @@ func writeConflictsText(w io.Writer, list []meta.LoggedConflict, scope string, m
 	}
 	for _, c := range list {
 		fmt.Fprintf(&b, "\n%s  %s  key %s  rule %s  winner %s\n",
-			c.LoggedAt.UTC().Format(time.RFC3339), c.Table, displayKey(c.Key), c.Rule, c.Winner)
+			c.LoggedAt.UTC().Format(time.RFC3339), c.Table, casualdb.DisplayKey(c.Key), c.Rule, c.Winner)
 		side := func(name string, v *casualdb.Version, row json.RawMessage, noRow string) {
 			mark := " "
 			if c.Winner == name {
@@ -184,25 +184,6 @@ func abbreviate(s string, width int) string {
 		n++
 	}
 	return s
-}
-
-// displayKey renders a key as stored (casualdb.KeyString, a JSON array of
-// text values) more readably: 42 for ["42"], (1,a) for ["1","a"]. Values
-// that would be ambiguous unquoted keep the JSON form.
-func displayKey(key string) string {
-	var vals []string
-	if err := json.Unmarshal([]byte(key), &vals); err != nil || len(vals) == 0 {
-		return key
-	}
-	for _, v := range vals {
-		if v == "" || strings.ContainsAny(v, " ,()\"\\") || strings.IndexFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
-			return key
-		}
-	}
-	if len(vals) == 1 {
-		return vals[0]
-	}
-	return "(" + strings.Join(vals, ",") + ")"
 }
 
 // conflictJSON is the --json form of a conflict.

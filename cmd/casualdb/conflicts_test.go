@@ -356,24 +356,6 @@ func TestConflicts_Abbreviate(t *testing.T) {
 	}
 }
 
-func TestConflicts_DisplayKey(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{`["42"]`, "42"},
-		{`["7","a"]`, "(7,a)"},
-		{`["a b"]`, `["a b"]`},
-		{`["1","x,y"]`, `["1","x,y"]`},
-		{`[""]`, `[""]`},
-		{`["a\nb"]`, `["a\nb"]`},
-		{`not json`, `not json`},
-		{`[]`, `[]`},
-	}
-	for _, tt := range tests {
-		if got := displayKey(tt.in); got != tt.want {
-			t.Errorf("displayKey(%s): got %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}
-
 func TestConflicts_ShortVersion(t *testing.T) {
 	v := &casualdb.Version{HLC: casualdb.HLC{Wall: time.Date(2024, 5, 1, 12, 0, 2, 0, time.UTC).UnixMicro(), Logical: 4}, Origin: "us1"}
 	if got, want := shortVersion(v), "us1 2024-05-01T12:00:02.000000Z +4"; got != want {

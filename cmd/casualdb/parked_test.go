@@ -18,6 +18,7 @@ import (
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/casualdb/casualdb/meta"
+	"github.com/casualdb/casualdb/parked"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -236,8 +237,8 @@ func TestMain_Parked(t *testing.T) {
 		want := [][]string{
 			{fmt.Sprint(garbledJSON), "us1", "-", "-", "message", "garbled message: invalid character 'ÿ' looking for beginning of value"},
 			{fmt.Sprint(garbled), "us1", "-", "-", "message", "garbled message: invalid character 'ÿ' looking for beginning of value"},
-			{fmt.Sprint(removed), "eu1", "public.accounts", "3", "removed row", abbreviate(removedReason, reasonWidth)},
-			{fmt.Sprint(update), "us1", "public.notes", "(1,a)", "update", abbreviate(oneLine(longReason), reasonWidth)},
+			{fmt.Sprint(removed), "eu1", "public.accounts", "3", "removed row", parked.ShortReason(removedReason)},
+			{fmt.Sprint(update), "us1", "public.notes", "(1,a)", "update", parked.ShortReason(longReason)},
 			{fmt.Sprint(insert), "us1", "public.accounts", "10", "insert", "value too long for type character varying(3)"},
 		}
 		for i, w := range want {
@@ -250,8 +251,8 @@ func TestMain_Parked(t *testing.T) {
 				t.Errorf("line %d:\n got %q\nwant %q", 4+i, got, w)
 			}
 		}
-		if r := regexp.MustCompile(`  +`).Split(lines[6], -1)[6]; utf8.RuneCountInString(r) != reasonWidth || !strings.HasSuffix(r, "…") || strings.Contains(r, "\n") {
-			t.Errorf("long reason: got %d characters %q, want %d on one line ending in …", utf8.RuneCountInString(r), r, reasonWidth)
+		if r := regexp.MustCompile(`  +`).Split(lines[6], -1)[6]; utf8.RuneCountInString(r) != parked.ReasonWidth || !strings.HasSuffix(r, "…") || strings.Contains(r, "\n") {
+			t.Errorf("long reason: got %d characters %q, want %d on one line ending in …", utf8.RuneCountInString(r), r, parked.ReasonWidth)
 		}
 	})
 
@@ -375,7 +376,7 @@ func TestMain_Parked(t *testing.T) {
 
 	t.Run("discard", func(t *testing.T) {
 		out, _, err := s.run(t, "discard", fmt.Sprint(insert), "999999", "999998")
-		if !errors.Is(err, errNoParked) || !strings.Contains(err.Error(), "999999, 999998") || !strings.Contains(err.Error(), "nothing discarded") {
+		if !errors.Is(err, parked.ErrNoEntry) || !strings.Contains(err.Error(), "999999, 999998") || !strings.Contains(err.Error(), "nothing discarded") {
 			t.Errorf("unknown id: got %v, want an error naming 999999 and 999998", err)
 		}
 		if got := s.ids(t); len(got) != len(all) || out != "" {
@@ -616,28 +617,4 @@ func TestMain_ParkedReplay(t *testing.T) {
 			t.Errorf("after adding the column: got %v %q", err, out)
 		}
 	})
-}
-
-func TestParked_Upsert(t *testing.T) {
-	keyOnly := &parkedTable{name: "public.k", ident: `"public"."k"`, keys: []string{"a", "b"},
-		cols: []parkedColumn{{name: "a", typ: "integer", key: true}, {name: "b", typ: "text", key: true}}}
-	got, err := keyOnly.upsert([]string{"a", "b"}, "VALUES (1, 2)")
-	if want := `INSERT INTO "public"."k" ("a", "b") VALUES (1, 2) ON CONFLICT ("a", "b") DO UPDATE SET "a" = EXCLUDED."a", "b" = EXCLUDED."b" RETURNING xmax = 0`; err != nil || got != want {
-		t.Errorf("key only:\n got %s (%v)\nwant %s", got, err, want)
-	}
-	identity := &parkedTable{name: "public.e", ident: `"public"."e"`, keys: []string{"id"},
-		cols: []parkedColumn{{name: "id", typ: "integer", key: true, identityAlways: true}, {name: "what", typ: "text"}}}
-	got, err = identity.upsert([]string{"id", "what"}, "VALUES (1, 2)")
-	if want := `INSERT INTO "public"."e" ("id", "what") OVERRIDING SYSTEM VALUE VALUES (1, 2) ON CONFLICT ("id") DO UPDATE SET "what" = EXCLUDED."what" RETURNING xmax = 0`; err != nil || got != want {
-		t.Errorf("identity:\n got %s (%v)\nwant %s", got, err, want)
-	}
-	if got, err = identity.upsert([]string{"id"}, "VALUES (1)"); err != nil || !strings.Contains(got, "DO NOTHING") {
-		t.Errorf("identity key only: got %s (%v), want DO NOTHING", got, err)
-	}
-	if _, err := identity.upsert([]string{"what"}, "VALUES (1)"); !errors.Is(err, casualdb.ErrSchemaMismatch) {
-		t.Errorf("key not written: got %v", err)
-	}
-	if _, err := (&parkedTable{name: "public.n", cols: keyOnly.cols}).upsert([]string{"a"}, "VALUES (1)"); !errors.Is(err, casualdb.ErrNoPrimaryKey) {
-		t.Errorf("no primary key: got %v", err)
-	}
 }
