@@ -178,6 +178,26 @@ func KeyString(key []string) string {
 	return string(b)
 }
 
+// DisplayKey renders a key as KeyString encodes it more readably, for
+// people: 42 for ["42"], (1,a) for ["1","a"]. Values that would be
+// ambiguous unquoted keep the JSON form, as does anything that is not a
+// non-empty JSON array of strings.
+func DisplayKey(key string) string {
+	var vals []string
+	if err := json.Unmarshal([]byte(key), &vals); err != nil || len(vals) == 0 {
+		return key
+	}
+	for _, v := range vals {
+		if v == "" || strings.ContainsAny(v, " ,()\"\\") || strings.IndexFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+			return key
+		}
+	}
+	if len(vals) == 1 {
+		return vals[0]
+	}
+	return "(" + strings.Join(vals, ",") + ")"
+}
+
 // Tx is one committed transaction of its origin.
 type Tx struct {
 	Origin SiteID `json:"origin"`

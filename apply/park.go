@@ -110,11 +110,7 @@ func isRetryable(err error) bool {
 }
 
 func (w *txWriter) park(ctx context.Context, im inMsg, c *casualdb.Change, cause error) error {
-	payload, err := json.Marshal(struct {
-		Relation casualdb.Relation `json:"relation"`
-		Change   *casualdb.Change  `json:"change"`
-		Commit   any               `json:"commit_time"`
-	}{im.tx.Relations[c.Table], c, im.tx.CommitTime})
+	payload, err := json.Marshal(&meta.ParkedChange{Relation: im.tx.Relations[c.Table], Change: *c, CommitTime: im.tx.CommitTime})
 	if err != nil {
 		return fmt.Errorf("park change: %w", err)
 	}

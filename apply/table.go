@@ -26,49 +26,16 @@ type localTable struct {
 
 // describeLocal reads the local definition of rel's table.
 func describeLocal(ctx context.Context, conn *pgx.Conn, rel casualdb.Relation) (*localTable, error) {
-	rows, err := conn.Query(ctx, `
-		SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
-		       coalesce((SELECT k.n FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(att, n) WHERE k.att = a.attnum), 0)::int
-		FROM pg_attribute a
-		JOIN pg_class c ON c.oid = a.attrelid
-		JOIN pg_namespace n ON n.oid = c.relnamespace
-		LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
-		WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
-		ORDER BY a.attnum`, rel.Schema, rel.Name)
+	d, err := DescribeTable(ctx, conn, rel.Schema, rel.Name)
 	if err != nil {
-		return nil, fmt.Errorf("describe local table %s: %w", rel.Table, err)
+		return nil, err
 	}
-	defer rows.Close()
-	t := &localTable{name: rel.Table, ident: pgx.Identifier{rel.Schema, rel.Name}.Sanitize(), cols: map[string]string{}}
-	type keyCol struct {
-		pos       int
-		name, typ string
+	t := &localTable{name: rel.Table, ident: d.Ident(), cols: map[string]string{}, keys: d.Keys}
+	for _, c := range d.Columns {
+		t.cols[c.Name] = c.Type
 	}
-	var keys []keyCol
-	for rows.Next() {
-		var name, typ string
-		var pos int
-		if err := rows.Scan(&name, &typ, &pos); err != nil {
-			return nil, fmt.Errorf("describe local table %s: %w", rel.Table, err)
-		}
-		t.cols[name] = typ
-		if pos > 0 {
-			keys = append(keys, keyCol{pos, name, typ})
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("describe local table %s: %w", rel.Table, err)
-	}
-	if len(t.cols) == 0 {
-		return nil, fmt.Errorf("%w: table %s does not exist here", casualdb.ErrSchemaMismatch, rel.Table)
-	}
-	for i := 1; i <= len(keys); i++ {
-		for _, k := range keys {
-			if k.pos == i {
-				t.keys = append(t.keys, k.name)
-				t.keyTyp = append(t.keyTyp, k.typ)
-			}
-		}
+	for _, k := range t.keys {
+		t.keyTyp = append(t.keyTyp, t.cols[k])
 	}
 	if err := t.check(rel); err != nil {
 		return nil, err

@@ -116,10 +116,7 @@ func (w *txWriter) resolveUnique(ctx context.Context, im inMsg, c *casualdb.Chan
 		return err
 	}
 	w.res.conflicts++
-	payload, err := json.Marshal(struct {
-		Row     json.RawMessage  `json:"row"`
-		Version casualdb.Version `json:"version"`
-	}{json.RawMessage(holderRow), hv.Version})
+	payload, err := json.Marshal(&meta.RemovedRow{Row: json.RawMessage(holderRow), Version: hv.Version})
 	if err != nil {
 		return fmt.Errorf("park holder: %w", err)
 	}

@@ -1,6 +1,8 @@
 package meta_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -127,5 +129,54 @@ func TestHintExpiry(t *testing.T) {
 	}
 	if n, err := meta.ForgetHintExpiries(ctx, conn, time.Hour, 24*time.Hour); err != nil || n != 1 {
 		t.Errorf("forget open for two days = %d, %v; want 1 removed", n, err)
+	}
+}
+
+// TestFindConflicts reads back what LogConflict wrote, newest first, by
+// table, window and limit.
+func TestFindConflicts(t *testing.T) {
+	conn, ctx := installed(t)
+	v := casualdb.Version{HLC: casualdb.HLC{Wall: 5, Logical: 2}, Origin: "eu1", VC: casualdb.VectorClock{"eu1": 1}}
+	for _, c := range []meta.Conflict{
+		{Table: "public.t", Key: `["old"]`, Rule: "lww", Winner: "local", LocalVersion: v, RemoteVersion: v},
+		{Table: "public.t", Key: `["1"]`, Rule: "lww", Winner: "remote", LocalVersion: v, LocalRow: json.RawMessage(`{"id": 1}`)},
+		{Table: "public.u", Key: `["2"]`, Rule: "lww", Winner: "local"},
+	} {
+		if err := meta.LogConflict(ctx, conn, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `UPDATE casualdb.conflict_log SET logged_at = now() - interval '2 days' WHERE key = '["old"]'`); err != nil {
+		t.Fatal(err)
+	}
+	keys := func(f meta.ConflictFilter) string {
+		t.Helper()
+		list, err := meta.FindConflicts(ctx, conn, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, c := range list {
+			out = append(out, c.Table+" "+c.Key)
+		}
+		return fmt.Sprint(out)
+	}
+	if got, want := keys(meta.ConflictFilter{Since: time.Hour, Limit: 10}), `[public.u ["2"] public.t ["1"]]`; got != want {
+		t.Errorf("last hour: got %s, want %s", got, want)
+	}
+	if got, want := keys(meta.ConflictFilter{Since: 72 * time.Hour, Table: "public.t", Limit: 10}), `[public.t ["1"] public.t ["old"]]`; got != want {
+		t.Errorf("public.t, 72h: got %s, want %s", got, want)
+	}
+	if got, want := keys(meta.ConflictFilter{Since: 72 * time.Hour, Limit: 1}), `[public.u ["2"]]`; got != want {
+		t.Errorf("limit 1: got %s, want %s", got, want)
+	}
+	list, err := meta.FindConflicts(ctx, conn, meta.ConflictFilter{Since: time.Hour, Table: "public.t", Limit: 1})
+	if err != nil || len(list) != 1 {
+		t.Fatalf("got %+v, %v", list, err)
+	}
+	c := list[0]
+	if c.Winner != "remote" || c.LocalVersion == nil || c.LocalVersion.VC["eu1"] != 1 || c.LocalVersion.HLC != v.HLC || c.RemoteVersion != nil ||
+		string(c.LocalRow) != `{"id": 1}` || c.RemoteRow != nil || c.LoggedAt.Location() != time.UTC {
+		t.Errorf("got %+v", c)
 	}
 }

@@ -2,12 +2,31 @@ package meta
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
+
+// ErrNotInstalled reports a database without the casualdb schema (or
+// without the table read): the sidecar has not run against it yet. The
+// functions that read for an operator (FindParked, LockParked,
+// DeleteParked, FindConflicts) wrap it.
+var ErrNotInstalled = errors.New("casualdb schema not installed")
+
+// notInstalled wraps ErrNotInstalled around err when PostgreSQL reports an
+// undefined table.
+func notInstalled(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "42P01" { // undefined_table
+		return fmt.Errorf("%w: %w", ErrNotInstalled, err)
+	}
+	return err
+}
 
 // Parked is a change, or a whole message, that could not be applied. It
 // keeps everything needed to replay it.
@@ -20,7 +39,7 @@ type Parked struct {
 	Table    string
 	Key      string
 	Reason   string
-	Payload  []byte // the change (JSON) or the raw message
+	Payload  []byte // a ParkedChange or a RemovedRow (JSON), or the raw message
 }
 
 // Park records p.
@@ -38,80 +57,98 @@ func Park(ctx context.Context, q Querier, p Parked) error {
 	return nil
 }
 
-// ListParked returns up to limit parked entries, oldest first.
-func ListParked(ctx context.Context, q Querier, limit int) ([]Parked, error) {
-	rows, err := q.Query(ctx, `SELECT id, parked_at, coalesce(origin,''), coalesce(seq,0), coalesce(lsn::text,'0/0'), coalesce(tbl,''), coalesce(key,''), reason, coalesce(payload, ''::bytea)
-		FROM casualdb.parked ORDER BY id LIMIT $1`, limit)
-	if err != nil {
-		return nil, fmt.Errorf("list parked: %w", err)
+// ParkedFilter selects parked entries for FindParked.
+type ParkedFilter struct {
+	Table string // CasualDB table name (schema.name); empty: every entry, those without a table included
+	Limit int    // at most this many, the newest; zero: no limit
+}
+
+// parkedSelect reads the columns scanParked expects. The payload stays NULL
+// (nil) when it is: a message parked without a body.
+const parkedSelect = `SELECT id, parked_at, coalesce(origin,''), coalesce(seq,0), coalesce(lsn::text,'0/0'),
+	coalesce(tbl,''), coalesce(key,''), reason, payload FROM casualdb.parked`
+
+func scanParked(rows pgx.Rows) (Parked, error) {
+	var (
+		p      Parked
+		origin string
+		seq    int64
+		lsn    string
+	)
+	if err := rows.Scan(&p.ID, &p.ParkedAt, &origin, &seq, &lsn, &p.Table, &p.Key, &p.Reason, &p.Payload); err != nil {
+		return Parked{}, err
 	}
+	p.Origin, p.Seq = casualdb.SiteID(origin), uint64(seq)
+	p.LSN, _ = casualdb.ParseLSN(lsn)
+	return p, nil
+}
+
+func collectParked(rows pgx.Rows, what string) ([]Parked, error) {
 	defer rows.Close()
-	var out []Parked
+	out := []Parked{}
 	for rows.Next() {
-		var (
-			p      Parked
-			origin string
-			seq    int64
-			lsn    string
-		)
-		if err := rows.Scan(&p.ID, &p.ParkedAt, &origin, &seq, &lsn, &p.Table, &p.Key, &p.Reason, &p.Payload); err != nil {
-			return nil, fmt.Errorf("list parked: %w", err)
+		p, err := scanParked(rows)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
 		}
-		p.Origin, p.Seq = casualdb.SiteID(origin), uint64(seq)
-		p.LSN, _ = casualdb.ParseLSN(lsn)
 		out = append(out, p)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list parked: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, notInstalled(err))
 	}
 	return out, nil
 }
 
-// Conflict is one true conflict between concurrent versions of a row.
-type Conflict struct {
-	Table         string
-	Key           string
-	Rule          string // the rule that chose the winner
-	Winner        string // "local" or "remote"
-	LocalVersion  casualdb.Version
-	RemoteVersion casualdb.Version
-	LocalRow      json.RawMessage // null when the row was absent (deleted) here
-	RemoteRow     json.RawMessage // null for a remote delete
+// FindParked returns the parked entries f selects, newest first (by the
+// time they were parked, then by id).
+func FindParked(ctx context.Context, q Querier, f ParkedFilter) ([]Parked, error) {
+	var where []string
+	var args []any
+	if f.Table != "" {
+		args = append(args, f.Table)
+		where = append(where, fmt.Sprintf("tbl = $%d", len(args)))
+	}
+	sql := parkedSelect
+	if len(where) > 0 {
+		sql += " WHERE " + strings.Join(where, " AND ")
+	}
+	sql += " ORDER BY parked_at DESC, id DESC"
+	if f.Limit > 0 {
+		args = append(args, f.Limit)
+		sql += fmt.Sprintf(" LIMIT $%d", len(args))
+	}
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list parked: %w", notInstalled(err))
+	}
+	return collectParked(rows, "list parked")
 }
 
-// LogConflict records c.
-func LogConflict(ctx context.Context, q Querier, c Conflict) error {
-	lv, err := json.Marshal(c.LocalVersion)
+// LockParked reads the parked entry id and locks it (FOR UPDATE) until the
+// end of q's transaction, so that two replays of one entry cannot both
+// write it. ok is false when there is no such entry (any more).
+func LockParked(ctx context.Context, q Querier, id int64) (p Parked, ok bool, err error) {
+	rows, err := q.Query(ctx, parkedSelect+" WHERE id = $1 FOR UPDATE", id)
 	if err != nil {
-		return fmt.Errorf("log conflict: %w", err)
+		return Parked{}, false, fmt.Errorf("read parked %d: %w", id, notInstalled(err))
 	}
-	rv, err := json.Marshal(c.RemoteVersion)
-	if err != nil {
-		return fmt.Errorf("log conflict: %w", err)
+	list, err := collectParked(rows, fmt.Sprintf("read parked %d", id))
+	if err != nil || len(list) == 0 {
+		return Parked{}, false, err
 	}
-	_, err = q.Exec(ctx, `INSERT INTO casualdb.conflict_log (tbl, key, rule, winner, local_version, remote_version, local_row, remote_row)
-		VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, $8::jsonb)`,
-		c.Table, c.Key, c.Rule, c.Winner, string(lv), string(rv), nullJSON(c.LocalRow), nullJSON(c.RemoteRow))
-	if err != nil {
-		return fmt.Errorf("log conflict on %s %s: %w", c.Table, c.Key, err)
-	}
-	return nil
+	return list[0], true, nil
 }
 
-func nullJSON(b json.RawMessage) *string {
-	if len(b) == 0 {
-		return nil
-	}
-	s := string(b)
-	return &s
-}
-
-// TrimConflictLog removes the conflicts logged more than keep ago, and
-// returns how many it removed: the log is bounded by age.
-func TrimConflictLog(ctx context.Context, q Execer, keep time.Duration) (int64, error) {
-	tag, err := q.Exec(ctx, `DELETE FROM casualdb.conflict_log WHERE logged_at < now() - make_interval(secs => $1)`, keep.Seconds())
+// DeleteParked deletes the parked entries ids and returns the ids it
+// deleted, in ascending order: those of ids that existed.
+func DeleteParked(ctx context.Context, q Querier, ids []int64) ([]int64, error) {
+	rows, err := q.Query(ctx, `WITH d AS (DELETE FROM casualdb.parked WHERE id = ANY($1) RETURNING id) SELECT id FROM d ORDER BY id`, ids)
 	if err != nil {
-		return 0, fmt.Errorf("trim conflict log: %w", err)
+		return nil, fmt.Errorf("delete parked: %w", notInstalled(err))
 	}
-	return tag.RowsAffected(), nil
+	deleted, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("delete parked: %w", notInstalled(err))
+	}
+	return deleted, nil
 }

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/capture"
@@ -10,15 +9,10 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Uninstall removes everything CasualDB created in the site's database.
-func Uninstall(ctx context.Context, cfg Config) error {
-	cctx, cancel := context.WithTimeout(ctx, cfg.Database.ConnectTimeout)
-	defer cancel()
-	conn, err := pgx.Connect(cctx, cfg.Database.DSN)
-	if err != nil {
-		return fmt.Errorf("connect to database (database.dsn): %w", err)
-	}
-	defer conn.Close(context.Background())
+// Uninstall removes everything CasualDB created in the site's database, on
+// conn: the slot and publication of cfg, every casualdb replication origin
+// and the casualdb schema.
+func Uninstall(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 	if err := capture.Uninstall(ctx, conn, cfg.SlotName(), cfg.Database.Publication); err != nil {
 		return err
 	}

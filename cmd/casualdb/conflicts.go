@@ -15,9 +15,8 @@ import (
 
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/capture"
+	"github.com/casualdb/casualdb/meta"
 	"github.com/casualdb/casualdb/node"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // conflictsQueryTimeout bounds the query of `casualdb conflicts` (the
@@ -26,10 +25,6 @@ const conflictsQueryTimeout = 30 * time.Second
 
 // rowImageWidth is how many characters of a row image the text output shows.
 const rowImageWidth = 80
-
-// errNoSchema marks a database where the sidecar has not created the
-// casualdb schema yet.
-var errNoSchema = errors.New("casualdb schema not installed")
 
 // conflictsFlags are the flags of `casualdb conflicts` beside the
 // configuration flags.
@@ -67,7 +62,7 @@ func (m *Main) conflictsCmd(ctx context.Context, args []string) error {
 	if tables {
 		return fmt.Errorf("conflicts: --tables sets the replicated tables (database.tables); to filter by table use --table NAME")
 	}
-	q := conflictQuery{Since: cf.since.d, Limit: int(cf.limit)}
+	q := meta.ConflictFilter{Since: cf.since.d, Limit: int(cf.limit)}
 	if cf.table != "" {
 		t, err := capture.ParseTable(cf.table)
 		if err != nil {
@@ -77,7 +72,7 @@ func (m *Main) conflictsCmd(ctx context.Context, args []string) error {
 	}
 	// One more than asked tells the text output that there are more.
 	q.Limit++
-	list, err := ListConflicts(ctx, cfg, q)
+	list, err := listConflicts(ctx, cfg, q)
 	if err != nil {
 		return err
 	}
@@ -91,143 +86,21 @@ func (m *Main) conflictsCmd(ctx context.Context, args []string) error {
 	return writeConflictsText(m.Stdout, list, conflictsScope(q.Table, cf.since.text), more)
 }
 
-// conflictQuery selects rows of casualdb.conflict_log.
-type conflictQuery struct {
-	Since time.Duration // how far back from the server's now(); must be positive
-	Table string        // CasualDB table name (schema.name); empty: every table
-	Limit int           // at most this many rows, the newest
-}
-
-// LoggedConflict is one row of casualdb.conflict_log, as meta.LogConflict
-// wrote it.
-type LoggedConflict struct {
-	ID       int64
-	LoggedAt time.Time
-	Table    string // schema.name (casualdb.TableName)
-	Key      string // casualdb.KeyString: a JSON array of the key's values in text form
-	Rule     string
-	Winner   string // "local" or "remote"
-	// The versions; nil when none was recorded.
-	LocalVersion, RemoteVersion *casualdb.Version
-	// The row images as JSON objects; nil when there was no row: absent
-	// (deleted) here for the local one, a delete for the remote one.
-	LocalRow, RemoteRow json.RawMessage
-
-	localVersion, remoteVersion []byte // the jsonb as read
-}
-
-// conflictColumns are the columns read from casualdb.conflict_log, in
-// order, with where each is scanned to. A new column (say kind) is one more
-// line here and a field in LoggedConflict.
-var conflictColumns = []struct {
-	name string
-	dest func(*LoggedConflict) any
-}{
-	{"id", func(c *LoggedConflict) any { return &c.ID }},
-	{"logged_at", func(c *LoggedConflict) any { return &c.LoggedAt }},
-	{"tbl", func(c *LoggedConflict) any { return &c.Table }},
-	{"key", func(c *LoggedConflict) any { return &c.Key }},
-	{"rule", func(c *LoggedConflict) any { return &c.Rule }},
-	{"winner", func(c *LoggedConflict) any { return &c.Winner }},
-	{"local_version", func(c *LoggedConflict) any { return &c.localVersion }},
-	{"remote_version", func(c *LoggedConflict) any { return &c.remoteVersion }},
-	{"local_row", func(c *LoggedConflict) any { return &c.LocalRow }},
-	{"remote_row", func(c *LoggedConflict) any { return &c.RemoteRow }},
-}
-
-// sql returns the statement and its arguments. The window is measured by the
-// server's clock, which also wrote logged_at.
-func (q conflictQuery) sql() (string, []any) {
-	cols := make([]string, len(conflictColumns))
-	for i, c := range conflictColumns {
-		cols[i] = c.name
-	}
-	args := []any{q.Since.Seconds()}
-	where := []string{"logged_at >= now() - make_interval(secs => $1)"}
-	if q.Table != "" {
-		args = append(args, q.Table)
-		where = append(where, fmt.Sprintf("tbl = $%d", len(args)))
-	}
-	args = append(args, q.Limit)
-	return fmt.Sprintf("SELECT %s FROM casualdb.conflict_log WHERE %s ORDER BY logged_at DESC, id DESC LIMIT $%d",
-		strings.Join(cols, ", "), strings.Join(where, " AND "), len(args)), args
-}
-
-// ListConflicts connects to the site's database and returns the conflicts q
+// listConflicts connects to the site's database and returns the conflicts f
 // selects, newest first.
-func ListConflicts(ctx context.Context, cfg node.Config, q conflictQuery) ([]LoggedConflict, error) {
-	pcfg, err := pgx.ParseConfig(cfg.Database.DSN)
+func listConflicts(ctx context.Context, cfg node.Config, f meta.ConflictFilter) ([]meta.LoggedConflict, error) {
+	conn, err := connect(ctx, cfg.Database.DSN, cfg.Database.ConnectTimeout, "conflicts")
 	if err != nil {
-		return nil, fmt.Errorf("%w: database.dsn: %v", casualdb.ErrConfig, err)
-	}
-	pcfg.RuntimeParams["application_name"] = "casualdb-conflicts"
-	cctx, cancel := context.WithTimeout(ctx, cfg.Database.ConnectTimeout)
-	defer cancel()
-	conn, err := pgx.ConnectConfig(cctx, pcfg)
-	if err != nil {
-		return nil, fmt.Errorf("connect to database (database.dsn): %w", err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		conn.Close(ctx)
-	}()
-	qctx, cancel := context.WithTimeout(ctx, conflictsQueryTimeout)
-	defer cancel()
-	list, err := queryConflicts(qctx, conn, q)
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "42P01" { // undefined_table
-		return nil, fmt.Errorf("%w in database %q (no table casualdb.conflict_log): run the sidecar (casualdb run) against it once to create it", errNoSchema, conn.Config().Database)
-	}
-	return list, err
-}
-
-func queryConflicts(ctx context.Context, conn *pgx.Conn, q conflictQuery) ([]LoggedConflict, error) {
-	sql, args := q.sql()
-	rows, err := conn.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, fmt.Errorf("read conflict log: %w", err)
-	}
-	defer rows.Close()
-	list := []LoggedConflict{}
-	for rows.Next() {
-		var c LoggedConflict
-		dest := make([]any, len(conflictColumns))
-		for i, col := range conflictColumns {
-			dest[i] = col.dest(&c)
-		}
-		if err := rows.Scan(dest...); err != nil {
-			return nil, fmt.Errorf("read conflict log: %w", err)
-		}
-		if c.LocalVersion, err = decodeVersion(c.localVersion); err != nil {
-			return nil, fmt.Errorf("read conflict log: id %d: local_version: %w", c.ID, err)
-		}
-		if c.RemoteVersion, err = decodeVersion(c.remoteVersion); err != nil {
-			return nil, fmt.Errorf("read conflict log: id %d: remote_version: %w", c.ID, err)
-		}
-		c.LoggedAt = c.LoggedAt.UTC()
-		list = append(list, c)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read conflict log: %w", err)
-	}
-	return list, nil
-}
-
-// decodeVersion decodes a version as meta.LogConflict stores it. SQL NULL
-// and the zero version (apply had none on record) are nil.
-func decodeVersion(b []byte) (*casualdb.Version, error) {
-	if len(b) == 0 {
-		return nil, nil
-	}
-	var v casualdb.Version
-	if err := json.Unmarshal(b, &v); err != nil {
 		return nil, err
 	}
-	if v.HLC.Wall == 0 && v.Origin == "" {
-		return nil, nil
+	defer closeConn(conn)
+	qctx, cancel := context.WithTimeout(ctx, conflictsQueryTimeout)
+	defer cancel()
+	list, err := meta.FindConflicts(qctx, conn, f)
+	if err != nil {
+		return nil, noSchema(conn, "casualdb.conflict_log", err)
 	}
-	return &v, nil
+	return list, nil
 }
 
 // conflictsScope says what was searched: "in the last 24h", "on
@@ -242,7 +115,7 @@ func conflictsScope(table, since string) string {
 // writeConflictsText writes one block per conflict: a line with when, where
 // and how it was resolved, then a line per side with its version and row
 // image; the winning side is marked with '*'.
-func writeConflictsText(w io.Writer, list []LoggedConflict, scope string, more bool) error {
+func writeConflictsText(w io.Writer, list []meta.LoggedConflict, scope string, more bool) error {
 	var b strings.Builder
 	switch len(list) {
 	case 0:
@@ -254,7 +127,7 @@ func writeConflictsText(w io.Writer, list []LoggedConflict, scope string, more b
 	}
 	for _, c := range list {
 		fmt.Fprintf(&b, "\n%s  %s  key %s  rule %s  winner %s\n",
-			c.LoggedAt.UTC().Format(time.RFC3339), c.Table, displayKey(c.Key), c.Rule, c.Winner)
+			c.LoggedAt.UTC().Format(time.RFC3339), c.Table, casualdb.DisplayKey(c.Key), c.Rule, c.Winner)
 		side := func(name string, v *casualdb.Version, row json.RawMessage, noRow string) {
 			mark := " "
 			if c.Winner == name {
@@ -314,25 +187,6 @@ func abbreviate(s string, width int) string {
 	return s
 }
 
-// displayKey renders a key as stored (casualdb.KeyString, a JSON array of
-// text values) more readably: 42 for ["42"], (1,a) for ["1","a"]. Values
-// that would be ambiguous unquoted keep the JSON form.
-func displayKey(key string) string {
-	var vals []string
-	if err := json.Unmarshal([]byte(key), &vals); err != nil || len(vals) == 0 {
-		return key
-	}
-	for _, v := range vals {
-		if v == "" || strings.ContainsAny(v, " ,()\"\\") || strings.IndexFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
-			return key
-		}
-	}
-	if len(vals) == 1 {
-		return vals[0]
-	}
-	return "(" + strings.Join(vals, ",") + ")"
-}
-
 // conflictJSON is the --json form of a conflict.
 type conflictJSON struct {
 	ID            int64           `json:"id"`
@@ -368,7 +222,7 @@ func toVersionJSON(v *casualdb.Version) *versionJSON {
 }
 
 // writeConflictsJSON writes list as one JSON array ([] when empty).
-func writeConflictsJSON(w io.Writer, list []LoggedConflict) error {
+func writeConflictsJSON(w io.Writer, list []meta.LoggedConflict) error {
 	out := make([]conflictJSON, len(list))
 	for i, c := range list {
 		out[i] = conflictJSON{

@@ -280,7 +280,7 @@ func TestMain_Conflicts(t *testing.T) {
 			{"bad table", []string{"--table", "public."}, casualdb.ErrConfig, []string{"--table", `"public."`}},
 			{"stray argument", []string{"accounts"}, nil, []string{`unexpected argument "accounts"`}},
 			{"--tables for --table", []string{"--tables", "accounts"}, nil, []string{"use --table NAME"}},
-			{"schema not installed", []string{"--dsn", s.pg.DSNFor("noschema")}, errNoSchema, []string{`database "noschema"`, "casualdb.conflict_log", "casualdb run"}},
+			{"schema not installed", []string{"--dsn", s.pg.DSNFor("noschema")}, meta.ErrNotInstalled, []string{`database "noschema"`, "casualdb.conflict_log", "casualdb run"}},
 			{"unreachable database", []string{"--dsn", fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres", closed)}, nil, []string{"connect to database (database.dsn)"}},
 		}
 		for _, tt := range tests {
@@ -356,24 +356,6 @@ func TestConflicts_Abbreviate(t *testing.T) {
 	}
 }
 
-func TestConflicts_DisplayKey(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{`["42"]`, "42"},
-		{`["7","a"]`, "(7,a)"},
-		{`["a b"]`, `["a b"]`},
-		{`["1","x,y"]`, `["1","x,y"]`},
-		{`[""]`, `[""]`},
-		{`["a\nb"]`, `["a\nb"]`},
-		{`not json`, `not json`},
-		{`[]`, `[]`},
-	}
-	for _, tt := range tests {
-		if got := displayKey(tt.in); got != tt.want {
-			t.Errorf("displayKey(%s): got %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}
-
 func TestConflicts_ShortVersion(t *testing.T) {
 	v := &casualdb.Version{HLC: casualdb.HLC{Wall: time.Date(2024, 5, 1, 12, 0, 2, 0, time.UTC).UnixMicro(), Logical: 4}, Origin: "us1"}
 	if got, want := shortVersion(v), "us1 2024-05-01T12:00:02.000000Z +4"; got != want {
@@ -381,36 +363,5 @@ func TestConflicts_ShortVersion(t *testing.T) {
 	}
 	if got, want := shortVersion(nil), "(no version)"; got != want {
 		t.Errorf("nil: got %q, want %q", got, want)
-	}
-}
-
-func TestConflicts_DecodeVersion(t *testing.T) {
-	v, err := decodeVersion([]byte(`{"hlc":{"w":5,"l":2},"origin":"eu1","vc":{"eu1":1}}`))
-	if err != nil || v == nil || v.HLC != (casualdb.HLC{Wall: 5, Logical: 2}) || v.Origin != "eu1" || v.VC["eu1"] != 1 {
-		t.Errorf("got %+v, %v", v, err)
-	}
-	// meta.LogConflict stores the zero version when apply had none on record.
-	zero, _ := json.Marshal(casualdb.Version{})
-	for _, b := range [][]byte{nil, zero} {
-		if v, err := decodeVersion(b); v != nil || err != nil {
-			t.Errorf("decodeVersion(%s): got %+v, %v; want nil, nil", b, v, err)
-		}
-	}
-	if _, err := decodeVersion([]byte(`[1]`)); err == nil {
-		t.Error("decodeVersion([1]): got no error")
-	}
-}
-
-func TestConflicts_QuerySQL(t *testing.T) {
-	sql, args := conflictQuery{Since: time.Hour, Limit: 5}.sql()
-	if !strings.Contains(sql, "LIMIT $2") || strings.Contains(sql, "tbl =") || fmt.Sprint(args) != "[3600 5]" {
-		t.Errorf("without table: got %s %v", sql, args)
-	}
-	sql, args = conflictQuery{Since: time.Hour, Table: "public.t", Limit: 5}.sql()
-	if !strings.Contains(sql, "tbl = $2") || !strings.Contains(sql, "LIMIT $3") || fmt.Sprint(args) != "[3600 public.t 5]" {
-		t.Errorf("with table: got %s %v", sql, args)
-	}
-	if !strings.Contains(sql, "ORDER BY logged_at DESC, id DESC") {
-		t.Errorf("not newest first: %s", sql)
 	}
 }

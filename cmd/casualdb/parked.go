@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -16,12 +15,10 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
-	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/capture"
 	"github.com/casualdb/casualdb/meta"
 	"github.com/casualdb/casualdb/node"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/casualdb/casualdb/parked"
 )
 
 // parkedTimeout bounds each database step of `casualdb parked`: the
@@ -29,17 +26,9 @@ import (
 // bounded by database.connect_timeout).
 const parkedTimeout = 30 * time.Second
 
-// The text listing cuts reasons and keys to these many characters.
-const (
-	reasonWidth    = 80
-	parkedKeyWidth = 40
-)
-
-// errNoParked marks an id with no parked entry.
-var errNoParked = errors.New("no parked entry")
-
-// errNotReplayable marks a parked entry that replay refuses to write.
-var errNotReplayable = errors.New("cannot be replayed")
+// parkedKeyWidth is how many characters of a key the text listing shows
+// (reasons: parked.ReasonWidth).
+const parkedKeyWidth = 40
 
 // parkedFlags are the flags of `casualdb parked` beside the configuration
 // flags.
@@ -125,106 +114,6 @@ func parseParkedIDs(args []string) ([]int64, error) {
 	return ids, nil
 }
 
-// connectParked connects to the site's database with CasualDB's canonical
-// session settings, so that text values read as every site writes them.
-// It is an ordinary session: no replication origin, and
-// session_replication_role is the server's (origin): what it writes is a
-// local write, which capture versions and ships.
-func connectParked(ctx context.Context, cfg node.Config) (*pgx.Conn, error) {
-	pcfg, err := apply.CanonicalConfig(cfg.Database.DSN)
-	if err != nil {
-		return nil, fmt.Errorf("%w: database.dsn: %v", casualdb.ErrConfig, err)
-	}
-	pcfg.RuntimeParams["application_name"] = "casualdb-parked"
-	cctx, cancel := context.WithTimeout(ctx, cfg.Database.ConnectTimeout)
-	defer cancel()
-	conn, err := pgx.ConnectConfig(cctx, pcfg)
-	if err != nil {
-		return nil, fmt.Errorf("connect to database (database.dsn): %w", err)
-	}
-	return conn, nil
-}
-
-func closeConn(conn *pgx.Conn) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	conn.Close(ctx)
-}
-
-// noSchema turns a missing casualdb.parked into advice.
-func noSchema(conn *pgx.Conn, err error) error {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "42P01" { // undefined_table
-		return fmt.Errorf("%w in database %q (no table casualdb.parked): run the sidecar (casualdb run) against it once to create it", errNoSchema, conn.Config().Database)
-	}
-	return err
-}
-
-// ---- the payload
-
-// parkedChange is the payload apply parks for a change (apply's txWriter.park).
-type parkedChange struct {
-	Relation   casualdb.Relation `json:"relation"`
-	Change     casualdb.Change   `json:"change"`
-	CommitTime time.Time         `json:"commit_time"`
-}
-
-// removedRow is the payload apply parks for a local row it removed to settle
-// a unique collision (apply's resolveUnique): row_to_json of the row.
-type removedRow struct {
-	Row     json.RawMessage  `json:"row"`
-	Version casualdb.Version `json:"version"`
-}
-
-// The kinds of parked entries, as --json names them.
-const (
-	kindInsert     = "insert"
-	kindUpdate     = "update"
-	kindDelete     = "delete"
-	kindTruncate   = "truncate"
-	kindRemovedRow = "removed_row" // a row removed by a unique collision
-	kindMessage    = "message"     // a transport message that did not decode
-)
-
-// parkedPayload is a decoded payload: change for the change kinds, removed
-// for kindRemovedRow, neither for a message.
-type parkedPayload struct {
-	kind    string
-	change  *parkedChange
-	removed *removedRow
-}
-
-// decodePayload tells what p holds. Anything that is not clearly a change or
-// a removed row, including every entry without a table, is a message.
-func decodePayload(p meta.Parked) parkedPayload {
-	msg := parkedPayload{kind: kindMessage}
-	if p.Table == "" || !json.Valid(p.Payload) {
-		return msg
-	}
-	var probe struct {
-		Relation *casualdb.Relation `json:"relation"`
-		Change   *casualdb.Change   `json:"change"`
-		Commit   time.Time          `json:"commit_time"`
-		Row      json.RawMessage    `json:"row"`
-		Version  casualdb.Version   `json:"version"`
-	}
-	if err := json.Unmarshal(p.Payload, &probe); err != nil {
-		return msg
-	}
-	switch {
-	case probe.Change != nil && probe.Relation != nil:
-		kind, ok := map[casualdb.Op]string{casualdb.OpInsert: kindInsert, casualdb.OpUpdate: kindUpdate,
-			casualdb.OpDelete: kindDelete, casualdb.OpTruncate: kindTruncate}[probe.Change.Op]
-		if !ok {
-			return msg
-		}
-		return parkedPayload{kind: kind, change: &parkedChange{Relation: *probe.Relation, Change: *probe.Change, CommitTime: probe.Commit}}
-	case probe.Change == nil && bytes.HasPrefix(bytes.TrimSpace(probe.Row), []byte("{")):
-		return parkedPayload{kind: kindRemovedRow, removed: &removedRow{Row: probe.Row, Version: probe.Version}}
-	}
-	return msg
-}
-
 // ---- listing
 
 func (m *Main) listParked(ctx context.Context, cfg node.Config, pf parkedFlags) error {
@@ -237,7 +126,7 @@ func (m *Main) listParked(ctx context.Context, cfg node.Config, pf parkedFlags) 
 		}
 		f.Table = t.String()
 	}
-	conn, err := connectParked(ctx, cfg)
+	conn, err := connect(ctx, cfg.Database.DSN, cfg.Database.ConnectTimeout, "parked")
 	if err != nil {
 		return err
 	}
@@ -246,7 +135,7 @@ func (m *Main) listParked(ctx context.Context, cfg node.Config, pf parkedFlags) 
 	defer cancel()
 	list, err := meta.FindParked(qctx, conn, f)
 	if err != nil {
-		return noSchema(conn, err)
+		return noSchema(conn, "casualdb.parked", err)
 	}
 	more := len(list) > int(pf.limit)
 	if more {
@@ -259,7 +148,7 @@ func (m *Main) listParked(ctx context.Context, cfg node.Config, pf parkedFlags) 
 }
 
 // kindText is how the text listing shows a kind.
-func kindText(kind string) string { return strings.ReplaceAll(kind, "_", " ") }
+func kindText(kind meta.ParkedKind) string { return strings.ReplaceAll(string(kind), "_", " ") }
 
 // writeParkedText writes a line per entry under a header line: id, when it
 // was parked (UTC), origin, table, key, kind and the reason, cut.
@@ -290,11 +179,11 @@ func writeParkedText(w io.Writer, list []meta.Parked, table string, more bool) e
 		for _, p := range list {
 			key := ""
 			if p.Key != "" {
-				key = abbreviate(oneLine(displayKey(p.Key)), parkedKeyWidth)
+				key = abbreviate(oneLine(casualdb.DisplayKey(p.Key)), parkedKeyWidth)
 			}
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.ParkedAt.UTC().Format(time.RFC3339),
-				orDash(oneLine(string(p.Origin))), orDash(oneLine(p.Table)), orDash(key), kindText(decodePayload(p).kind),
-				abbreviate(oneLine(p.Reason), reasonWidth))
+				orDash(oneLine(string(p.Origin))), orDash(oneLine(p.Table)), orDash(key), kindText(p.Decode().Kind),
+				parked.ShortReason(p.Reason))
 		}
 		if err := tw.Flush(); err != nil {
 			return fmt.Errorf("write parked: %w", err)
@@ -334,7 +223,7 @@ func writeParkedJSON(w io.Writer, list []meta.Parked) error {
 	out := make([]parkedJSON, len(list))
 	for i, p := range list {
 		j := parkedJSON{ID: p.ID, ParkedAt: p.ParkedAt.UTC(), Origin: string(p.Origin), Seq: p.Seq, Table: p.Table, Key: p.Key,
-			Kind: decodePayload(p).kind, Reason: p.Reason}
+			Kind: string(p.Decode().Kind), Reason: p.Reason}
 		if p.LSN != 0 {
 			s := casualdb.FormatLSN(p.LSN)
 			j.LSN = &s
@@ -362,33 +251,15 @@ func writeParkedJSON(w io.Writer, list []meta.Parked) error {
 // discardParked deletes ids in one transaction: all of them, or, when one
 // does not exist, none.
 func (m *Main) discardParked(ctx context.Context, cfg node.Config, ids []int64) error {
-	conn, err := connectParked(ctx, cfg)
+	conn, err := connect(ctx, cfg.Database.DSN, cfg.Database.ConnectTimeout, "parked")
 	if err != nil {
 		return err
 	}
 	defer closeConn(conn)
-	ctx, cancel := context.WithTimeout(ctx, parkedTimeout)
+	dctx, cancel := context.WithTimeout(ctx, parkedTimeout)
 	defer cancel()
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("parked discard: begin: %w", err)
-	}
-	defer rollback(tx)
-	deleted, err := meta.DeleteParked(ctx, tx, ids)
-	if err != nil {
-		return fmt.Errorf("parked discard: %w", noSchema(conn, err))
-	}
-	var missing []string
-	for _, id := range ids {
-		if !slices.Contains(deleted, id) {
-			missing = append(missing, strconv.FormatInt(id, 10))
-		}
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("parked discard: %w %s: nothing discarded", errNoParked, strings.Join(missing, ", "))
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("parked discard: commit: %w", err)
+	if err := parked.Discard(dctx, conn, ids); err != nil {
+		return fmt.Errorf("parked discard: %w", noSchema(conn, "casualdb.parked", err))
 	}
 	noun := "entries"
 	if len(ids) == 1 {
@@ -406,37 +277,33 @@ func joinIDs(ids []int64) string {
 	return strings.Join(s, ", ")
 }
 
-// rollback ends tx if it is still open; after a commit it does nothing.
-func rollback(tx pgx.Tx) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = tx.Rollback(ctx)
-}
-
 // ---- replay
 
 // replayParked replays each id in its own transaction and prints a line
 // for each: on stdout when it was written, on stderr when not (it then
 // stays parked). The error reports the ids not replayed.
 func (m *Main) replayParked(ctx context.Context, cfg node.Config, ids []int64) error {
-	conn, err := connectParked(ctx, cfg)
+	conn, err := connect(ctx, cfg.Database.DSN, cfg.Database.ConnectTimeout, "parked")
 	if err != nil {
 		return err
 	}
 	defer closeConn(conn)
 	var failed []int64
 	for i, id := range ids {
-		done, err := replayOne(ctx, conn, cfg.Database.Publication, id)
+		rctx, cancel := context.WithTimeout(ctx, parkedTimeout)
+		done, err := parked.Replay(rctx, conn, cfg.Database.Publication, id)
+		cancel()
 		if err == nil {
 			fmt.Fprintf(m.Stdout, "replayed %d: %s\n", id, done)
 			continue
 		}
-		if errors.Is(err, errNoSchema) || ctx.Err() != nil || conn.IsClosed() {
+		err = noSchema(conn, "casualdb.parked", err)
+		if errors.Is(err, meta.ErrNotInstalled) || ctx.Err() != nil || conn.IsClosed() {
 			// Nothing more can be done on this connection.
 			return fmt.Errorf("parked replay %d: %w (not attempted: %s)", id, err, orNone(joinIDs(ids[i+1:])))
 		}
 		failed = append(failed, id)
-		if errors.Is(err, errNoParked) {
+		if errors.Is(err, parked.ErrNoEntry) {
 			fmt.Fprintf(m.Stderr, "not replayed %d: %v\n", id, err)
 		} else {
 			fmt.Fprintf(m.Stderr, "not replayed %d: %v; it stays parked\n", id, err)
@@ -453,359 +320,4 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
-}
-
-// replayOne writes parked entry id as a local write and deletes the entry,
-// in one transaction; it says what it did.
-func replayOne(ctx context.Context, conn *pgx.Conn, publication string, id int64) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, parkedTimeout)
-	defer cancel()
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return "", fmt.Errorf("begin: %w", err)
-	}
-	defer rollback(tx)
-	p, ok, err := meta.LockParked(ctx, tx, id)
-	if err != nil {
-		return "", noSchema(conn, err)
-	}
-	if !ok {
-		return "", fmt.Errorf("%w %d", errNoParked, id)
-	}
-	pl := decodePayload(p)
-	w, err := planReplay(ctx, tx, p, pl, publication)
-	if err != nil {
-		return "", err
-	}
-	var inserted bool
-	var done string
-	err = tx.QueryRow(ctx, w.sql, w.args...).Scan(&inserted)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		done = w.what + ": " + w.absent
-	case err != nil:
-		return "", fmt.Errorf("%s: %w", w.what, withDetail(err))
-	case w.del:
-		done = "deleted " + w.what
-	case inserted:
-		done = "inserted " + w.what
-	default:
-		done = "updated " + w.what
-	}
-	if _, err := meta.DeleteParked(ctx, tx, []int64{id}); err != nil {
-		return "", err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return "", fmt.Errorf("%s: commit: %w", w.what, withDetail(err))
-	}
-	if !w.table.published {
-		done += fmt.Sprintf(" (note: %s is not in publication %s, so the write stays at this site)", w.table.name, publication)
-	}
-	return done, nil
-}
-
-// withDetail adds the detail of a database error ("Key (email)=(x) already
-// exists.") to its message.
-func withDetail(err error) error {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Detail != "" {
-		return fmt.Errorf("%w: %s", err, strings.TrimSuffix(pe.Detail, "."))
-	}
-	return err
-}
-
-// replayWrite is the statement that replays an entry. It returns one row,
-// true when it inserted, or no row when there was nothing to write.
-type replayWrite struct {
-	sql    string
-	args   []any
-	table  *parkedTable
-	what   string // "public.accounts key 1"
-	absent string // what to say when it returns no row
-	del    bool   // a delete: its row means "deleted"
-}
-
-// planReplay builds the write for p, or says why p cannot be replayed.
-func planReplay(ctx context.Context, tx pgx.Tx, p meta.Parked, pl parkedPayload, publication string) (*replayWrite, error) {
-	what := p.Table + " key " + displayKey(p.Key)
-	switch pl.kind {
-	case kindMessage:
-		return nil, fmt.Errorf("%w: it is a transport message that did not decode (%s), not a row; see it with casualdb parked --json, and discard it", errNotReplayable, abbreviate(oneLine(p.Reason), reasonWidth))
-	case kindTruncate:
-		return nil, fmt.Errorf("%w: a TRUNCATE of %s is not replayed; truncate the table by hand if it should be, and discard the entry", errNotReplayable, p.Table)
-	case kindRemovedRow:
-		schema, name, err := resolveTable(ctx, tx, p.Table)
-		if err != nil {
-			return nil, err
-		}
-		lt, err := describeParkedTable(ctx, tx, schema, name, publication)
-		if err != nil {
-			return nil, err
-		}
-		w, err := removedRowWrite(lt, pl.removed.Row)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
-		}
-		w.what = what
-		return w, nil
-	}
-	rel, c := pl.change.Relation, pl.change.Change
-	if rel.Schema == "" || rel.Name == "" {
-		return nil, fmt.Errorf("%w: the parked change of %s names no table", errNotReplayable, what)
-	}
-	lt, err := describeParkedTable(ctx, tx, rel.Schema, rel.Name, publication)
-	if err != nil {
-		return nil, err
-	}
-	w, err := changeWrite(lt, rel, c)
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", pl.kind, what, err)
-	}
-	w.what = what
-	return w, nil
-}
-
-// parkedTable is a table as this site has it.
-type parkedTable struct {
-	name      string // schema.name
-	ident     string // quoted
-	cols      []parkedColumn
-	keys      []string // primary-key columns in key order
-	published bool     // in the sidecar's publication: capture ships its writes
-}
-
-type parkedColumn struct {
-	name, typ      string // typ as format_type renders it
-	generated      bool
-	identityAlways bool
-	key            bool
-}
-
-func (t *parkedTable) col(name string) (parkedColumn, bool) {
-	for _, c := range t.cols {
-		if c.name == name {
-			return c, true
-		}
-	}
-	return parkedColumn{}, false
-}
-
-// resolveTable finds the table a CasualDB table name (schema.name,
-// unquoted) names.
-func resolveTable(ctx context.Context, tx pgx.Tx, table string) (schema, name string, err error) {
-	rows, err := tx.Query(ctx, `SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname || '.' || c.relname = $1 AND c.relkind IN ('r', 'p')`, table)
-	if err != nil {
-		return "", "", fmt.Errorf("find table %s: %w", table, err)
-	}
-	type sn struct{ Schema, Name string }
-	found, err := pgx.CollectRows(rows, pgx.RowToStructByPos[sn])
-	if err != nil {
-		return "", "", fmt.Errorf("find table %s: %w", table, err)
-	}
-	switch len(found) {
-	case 0:
-		return "", "", fmt.Errorf("%w: table %s does not exist here", casualdb.ErrSchemaMismatch, table)
-	case 1:
-		return found[0].Schema, found[0].Name, nil
-	}
-	return "", "", fmt.Errorf("table name %s is ambiguous here (%d tables)", table, len(found))
-}
-
-// describeParkedTable reads the columns and primary key of schema.name from
-// the catalog, and whether it is in publication.
-func describeParkedTable(ctx context.Context, tx pgx.Tx, schema, name, publication string) (*parkedTable, error) {
-	t := &parkedTable{name: casualdb.TableName(schema, name), ident: pgx.Identifier{schema, name}.Sanitize()}
-	rows, err := tx.Query(ctx, `
-		SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attgenerated <> '', a.attidentity = 'a',
-		       coalesce((SELECT k.n FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(att, n) WHERE k.att = a.attnum), 0)::int
-		FROM pg_attribute a
-		JOIN pg_class c ON c.oid = a.attrelid
-		JOIN pg_namespace n ON n.oid = c.relnamespace
-		LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
-		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
-		ORDER BY a.attnum`, schema, name)
-	if err != nil {
-		return nil, fmt.Errorf("describe table %s: %w", t.name, err)
-	}
-	keyPos := map[string]int{}
-	for rows.Next() {
-		var c parkedColumn
-		var pos int
-		if err := rows.Scan(&c.name, &c.typ, &c.generated, &c.identityAlways, &pos); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("describe table %s: %w", t.name, err)
-		}
-		c.key = pos > 0
-		if c.key {
-			keyPos[c.name] = pos
-			t.keys = append(t.keys, c.name)
-		}
-		t.cols = append(t.cols, c)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("describe table %s: %w", t.name, err)
-	}
-	if len(t.cols) == 0 {
-		return nil, fmt.Errorf("%w: table %s does not exist here", casualdb.ErrSchemaMismatch, t.name)
-	}
-	slices.SortFunc(t.keys, func(a, b string) int { return keyPos[a] - keyPos[b] })
-	err = tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`,
-		publication, schema, name).Scan(&t.published)
-	if err != nil {
-		return nil, fmt.Errorf("describe table %s: publication %s: %w", t.name, publication, err)
-	}
-	return t, nil
-}
-
-// changeWrite builds the write of a parked change: an upsert of its values
-// for an insert or update, a delete by key for a delete. Each value is cast
-// from its text form to the local column type, as apply does.
-func changeWrite(lt *parkedTable, rel casualdb.Relation, c casualdb.Change) (*replayWrite, error) {
-	w := &replayWrite{table: lt}
-	if c.Op == casualdb.OpDelete {
-		keyIdx := rel.KeyColumns()
-		if len(keyIdx) == 0 || len(keyIdx) != len(c.Key) {
-			return nil, fmt.Errorf("%w: the change has %d key values for %d key columns", errNotReplayable, len(c.Key), len(keyIdx))
-		}
-		var conds []string
-		for i, idx := range keyIdx {
-			col, ok := lt.col(rel.Columns[idx].Name)
-			if !ok {
-				return nil, fmt.Errorf("%w: table %s lacks key column %s", casualdb.ErrSchemaMismatch, lt.name, rel.Columns[idx].Name)
-			}
-			w.args = append(w.args, c.Key[i])
-			conds = append(conds, fmt.Sprintf("%s = CAST($%d::text AS %s)", pgx.Identifier{col.name}.Sanitize(), len(w.args), col.typ))
-		}
-		w.sql = fmt.Sprintf("DELETE FROM %s WHERE %s RETURNING false", lt.ident, strings.Join(conds, " AND "))
-		w.absent, w.del = "the row was already absent here", true
-		return w, nil
-	}
-	if len(c.Deltas) > 0 {
-		// A local write ships new minus old as the increment: the sites
-		// that applied this change would count its increments twice.
-		names := make([]string, 0, len(c.Deltas))
-		for n := range c.Deltas {
-			names = append(names, n)
-		}
-		slices.Sort(names)
-		return nil, fmt.Errorf("%w: it writes counter column(s) %s, and a replayed write would count the increment again at every site that applied it; adjust the row by hand, then discard the entry",
-			errNotReplayable, strings.Join(names, ", "))
-	}
-	if len(c.Values) != len(rel.Columns) {
-		return nil, fmt.Errorf("%w: the change has %d values for %d columns", errNotReplayable, len(c.Values), len(rel.Columns))
-	}
-	var unchanged, missing, names, vals []string
-	for i, rc := range rel.Columns {
-		if c.Values[i].Unchanged {
-			unchanged = append(unchanged, rc.Name)
-			continue
-		}
-		col, ok := lt.col(rc.Name)
-		if !ok {
-			missing = append(missing, rc.Name)
-			continue
-		}
-		var arg any // SQL NULL
-		if !c.Values[i].Null {
-			arg = c.Values[i].Text
-		}
-		w.args = append(w.args, arg)
-		names = append(names, col.name)
-		vals = append(vals, fmt.Sprintf("CAST($%d::text AS %s)", len(w.args), col.typ))
-	}
-	switch {
-	case len(unchanged) > 0:
-		return nil, fmt.Errorf("%w: %w: the origin did not send the value of %s (unchanged and stored out of line), and writing the row without it would guess; write the row by hand from the origin's copy, then discard the entry (REPLICA IDENTITY FULL on %s avoids this)",
-			errNotReplayable, casualdb.ErrUnchangedToast, strings.Join(unchanged, ", "), rel.Table)
-	case len(missing) > 0:
-		return nil, fmt.Errorf("%w: table %s lacks column(s) %s that the change writes; add them and replay again", casualdb.ErrSchemaMismatch, lt.name, strings.Join(missing, ", "))
-	}
-	sql, err := lt.upsert(names, "VALUES ("+strings.Join(vals, ", ")+")")
-	if err != nil {
-		return nil, err
-	}
-	w.sql = sql
-	w.absent = "nothing to write: the row is already there and has only identity columns"
-	return w, nil
-}
-
-// removedRowWrite builds the upsert of a row that apply removed to settle a
-// unique collision. The row is row_to_json of this site's row, so
-// json_populate_record reads each value back as the local column type
-// (arrays, json, bytea and all); generated columns are computed again.
-func removedRowWrite(lt *parkedTable, row json.RawMessage) (*replayWrite, error) {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(row, &fields); err != nil {
-		return nil, fmt.Errorf("%w: the parked row is not a JSON object: %v", errNotReplayable, err)
-	}
-	var missing, names, sel []string
-	for name := range fields {
-		if _, ok := lt.col(name); !ok {
-			missing = append(missing, name)
-		}
-	}
-	if len(missing) > 0 {
-		slices.Sort(missing)
-		return nil, fmt.Errorf("%w: table %s lacks column(s) %s that the row has", casualdb.ErrSchemaMismatch, lt.name, strings.Join(missing, ", "))
-	}
-	for _, c := range lt.cols { // in the table's order
-		if _, ok := fields[c.name]; ok && !c.generated {
-			names = append(names, c.name)
-			sel = append(sel, "r."+pgx.Identifier{c.name}.Sanitize())
-		}
-	}
-	sql, err := lt.upsert(names, fmt.Sprintf("SELECT %s FROM json_populate_record(NULL::%s, $1::json) AS r", strings.Join(sel, ", "), lt.ident))
-	if err != nil {
-		return nil, err
-	}
-	return &replayWrite{sql: sql, args: []any{string(row)}, table: lt, absent: "nothing to write: the row is already there and has only identity columns"}, nil
-}
-
-// upsert returns INSERT INTO t (names) source ON CONFLICT (primary key) DO
-// UPDATE SET every written column but the key (the key when that is all),
-// returning whether it inserted: a row the statement inserted has no xmax,
-// one it updated carries the statement's own row lock there.
-func (t *parkedTable) upsert(names []string, source string) (string, error) {
-	if len(t.keys) == 0 {
-		return "", fmt.Errorf("%w: %w: %s here", errNotReplayable, casualdb.ErrNoPrimaryKey, t.name)
-	}
-	for _, k := range t.keys {
-		if !slices.Contains(names, k) {
-			return "", fmt.Errorf("%w: %w: the primary key of %s here, (%s), is not all in the parked row", errNotReplayable, casualdb.ErrSchemaMismatch, t.name, strings.Join(t.keys, ", "))
-		}
-	}
-	var cols, sets, keySets, keys []string
-	override := ""
-	for _, n := range names {
-		c, _ := t.col(n)
-		id := pgx.Identifier{n}.Sanitize()
-		cols = append(cols, id)
-		set := id + " = EXCLUDED." + id
-		switch {
-		case c.identityAlways:
-			// Kept from the origin on insert; never updated (PostgreSQL
-			// allows only DEFAULT).
-			override = " OVERRIDING SYSTEM VALUE"
-		case c.key:
-			keySets = append(keySets, set)
-		default:
-			sets = append(sets, set)
-		}
-	}
-	for _, k := range t.keys {
-		keys = append(keys, pgx.Identifier{k}.Sanitize())
-	}
-	if len(sets) == 0 {
-		// Only key columns: rewriting them is still a write, which capture
-		// versions and ships like any other.
-		sets = keySets
-	}
-	action := "DO NOTHING"
-	if len(sets) > 0 {
-		action = "DO UPDATE SET " + strings.Join(sets, ", ")
-	}
-	return fmt.Sprintf("INSERT INTO %s (%s)%s %s ON CONFLICT (%s) %s RETURNING xmax = 0",
-		t.ident, strings.Join(cols, ", "), override, source, strings.Join(keys, ", "), action), nil
 }

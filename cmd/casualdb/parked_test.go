@@ -18,6 +18,7 @@ import (
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/casualdb/casualdb/meta"
+	"github.com/casualdb/casualdb/parked"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -95,15 +96,11 @@ func (s *parkedSite) park(t *testing.T, p meta.Parked) int64 {
 	return id
 }
 
-// parkChange parks a change as apply's txWriter.park does.
+// parkChange parks a change as apply's txWriter.park does (a meta.ParkedChange).
 func (s *parkedSite) parkChange(t *testing.T, rel casualdb.Relation, c casualdb.Change, reason string) int64 {
 	t.Helper()
 	c.Table, c.Version = rel.Table, parkedVersion
-	payload, err := json.Marshal(struct {
-		Relation casualdb.Relation `json:"relation"`
-		Change   *casualdb.Change  `json:"change"`
-		Commit   any               `json:"commit_time"`
-	}{rel, &c, time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)})
+	payload, err := json.Marshal(&meta.ParkedChange{Relation: rel, Change: c, CommitTime: time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,13 +108,10 @@ func (s *parkedSite) parkChange(t *testing.T, rel casualdb.Relation, c casualdb.
 }
 
 // parkRemoved parks a row removed by a unique collision as apply's
-// resolveUnique does; row is row_to_json of the row.
+// resolveUnique does (a meta.RemovedRow); row is row_to_json of the row.
 func (s *parkedSite) parkRemoved(t *testing.T, table string, key []string, row string) int64 {
 	t.Helper()
-	payload, err := json.Marshal(struct {
-		Row     json.RawMessage  `json:"row"`
-		Version casualdb.Version `json:"version"`
-	}{json.RawMessage(row), parkedVersion})
+	payload, err := json.Marshal(&meta.RemovedRow{Row: json.RawMessage(row), Version: parkedVersion})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,8 +237,8 @@ func TestMain_Parked(t *testing.T) {
 		want := [][]string{
 			{fmt.Sprint(garbledJSON), "us1", "-", "-", "message", "garbled message: invalid character 'ÿ' looking for beginning of value"},
 			{fmt.Sprint(garbled), "us1", "-", "-", "message", "garbled message: invalid character 'ÿ' looking for beginning of value"},
-			{fmt.Sprint(removed), "eu1", "public.accounts", "3", "removed row", abbreviate(removedReason, reasonWidth)},
-			{fmt.Sprint(update), "us1", "public.notes", "(1,a)", "update", abbreviate(oneLine(longReason), reasonWidth)},
+			{fmt.Sprint(removed), "eu1", "public.accounts", "3", "removed row", parked.ShortReason(removedReason)},
+			{fmt.Sprint(update), "us1", "public.notes", "(1,a)", "update", parked.ShortReason(longReason)},
 			{fmt.Sprint(insert), "us1", "public.accounts", "10", "insert", "value too long for type character varying(3)"},
 		}
 		for i, w := range want {
@@ -257,8 +251,8 @@ func TestMain_Parked(t *testing.T) {
 				t.Errorf("line %d:\n got %q\nwant %q", 4+i, got, w)
 			}
 		}
-		if r := regexp.MustCompile(`  +`).Split(lines[6], -1)[6]; utf8.RuneCountInString(r) != reasonWidth || !strings.HasSuffix(r, "…") || strings.Contains(r, "\n") {
-			t.Errorf("long reason: got %d characters %q, want %d on one line ending in …", utf8.RuneCountInString(r), r, reasonWidth)
+		if r := regexp.MustCompile(`  +`).Split(lines[6], -1)[6]; utf8.RuneCountInString(r) != parked.ReasonWidth || !strings.HasSuffix(r, "…") || strings.Contains(r, "\n") {
+			t.Errorf("long reason: got %d characters %q, want %d on one line ending in …", utf8.RuneCountInString(r), r, parked.ReasonWidth)
 		}
 	})
 
@@ -272,7 +266,7 @@ func TestMain_Parked(t *testing.T) {
 			byID[p.ID] = p
 		}
 		ins := byID[insert]
-		var ch parkedChange
+		var ch meta.ParkedChange
 		if err := json.Unmarshal(ins.Payload, &ch); err != nil || ch.Change.Op != casualdb.OpInsert || ch.Relation.Table != "public.accounts" || ch.Change.Values[1].Text != "ten@x" {
 			t.Errorf("insert payload: got %s (%v), want the change as JSON", ins.Payload, err)
 		}
@@ -363,9 +357,9 @@ func TestMain_Parked(t *testing.T) {
 			{"", []string{"accounts"}, nil, `unexpected argument "accounts"`},
 			{"", []string{"--tables", "accounts"}, nil, "use --table NAME"},
 			{"", []string{"--table", "public."}, casualdb.ErrConfig, `"public."`},
-			{"", []string{"--dsn", s.pg.DSNFor("noschema")}, errNoSchema, "casualdb.parked"},
-			{"discard", []string{"--dsn", s.pg.DSNFor("noschema"), "1"}, errNoSchema, `database "noschema"`},
-			{"replay", []string{"--dsn", s.pg.DSNFor("noschema"), "1"}, errNoSchema, "casualdb run"},
+			{"", []string{"--dsn", s.pg.DSNFor("noschema")}, meta.ErrNotInstalled, "casualdb.parked"},
+			{"discard", []string{"--dsn", s.pg.DSNFor("noschema"), "1"}, meta.ErrNotInstalled, `database "noschema"`},
+			{"replay", []string{"--dsn", s.pg.DSNFor("noschema"), "1"}, meta.ErrNotInstalled, "casualdb run"},
 		} {
 			out, _, err := s.run(t, tt.action, tt.args...)
 			if err == nil || !strings.Contains(err.Error(), tt.want) || (tt.is != nil && !errors.Is(err, tt.is)) {
@@ -382,7 +376,7 @@ func TestMain_Parked(t *testing.T) {
 
 	t.Run("discard", func(t *testing.T) {
 		out, _, err := s.run(t, "discard", fmt.Sprint(insert), "999999", "999998")
-		if !errors.Is(err, errNoParked) || !strings.Contains(err.Error(), "999999, 999998") || !strings.Contains(err.Error(), "nothing discarded") {
+		if !errors.Is(err, parked.ErrNoEntry) || !strings.Contains(err.Error(), "999999, 999998") || !strings.Contains(err.Error(), "nothing discarded") {
 			t.Errorf("unknown id: got %v, want an error naming 999999 and 999998", err)
 		}
 		if got := s.ids(t); len(got) != len(all) || out != "" {
@@ -623,60 +617,4 @@ func TestMain_ParkedReplay(t *testing.T) {
 			t.Errorf("after adding the column: got %v %q", err, out)
 		}
 	})
-}
-
-func TestParked_DecodePayload(t *testing.T) {
-	change := func(op string) string {
-		return `{"relation":{"table":"public.t","schema":"public","name":"t","columns":[{"name":"id","type":"integer","key":true}]},"change":{"table":"public.t","op":"` + op + `","key":["1"],"values":[{"t":"1"}],"version":{"hlc":{"w":1},"origin":"a","vc":null}},"commit_time":"2024-05-01T12:00:00Z"}`
-	}
-	tests := []struct {
-		name, table, payload, want string
-	}{
-		{"insert", "public.t", change("I"), kindInsert},
-		{"update", "public.t", change("U"), kindUpdate},
-		{"delete", "public.t", change("D"), kindDelete},
-		{"truncate", "public.t", change("T"), kindTruncate},
-		{"unknown op", "public.t", change("X"), kindMessage},
-		{"removed row", "public.t", `{"row":{"id":1},"version":{"hlc":{"w":1},"origin":"a","vc":null}}`, kindRemovedRow},
-		{"change without a table", "", change("I"), kindMessage},
-		{"row that is not an object", "public.t", `{"row":null}`, kindMessage},
-		{"a transaction", "public.t", `{"origin":"a","lsn":5,"changes":[]}`, kindMessage},
-		{"array", "public.t", `[1]`, kindMessage},
-		{"wrong types", "public.t", `{"relation":1,"change":2}`, kindMessage},
-		{"binary", "", "\xff\x00", kindMessage},
-		{"empty", "", "", kindMessage},
-	}
-	for _, tt := range tests {
-		got := decodePayload(meta.Parked{Table: tt.table, Payload: []byte(tt.payload)})
-		if got.kind != tt.want {
-			t.Errorf("%s: got %s, want %s", tt.name, got.kind, tt.want)
-		}
-		if (got.change != nil) != (tt.want != kindMessage && tt.want != kindRemovedRow) || (got.removed != nil) != (tt.want == kindRemovedRow) {
-			t.Errorf("%s: got change %v, removed %v", tt.name, got.change != nil, got.removed != nil)
-		}
-	}
-}
-
-func TestParked_Upsert(t *testing.T) {
-	keyOnly := &parkedTable{name: "public.k", ident: `"public"."k"`, keys: []string{"a", "b"},
-		cols: []parkedColumn{{name: "a", typ: "integer", key: true}, {name: "b", typ: "text", key: true}}}
-	got, err := keyOnly.upsert([]string{"a", "b"}, "VALUES (1, 2)")
-	if want := `INSERT INTO "public"."k" ("a", "b") VALUES (1, 2) ON CONFLICT ("a", "b") DO UPDATE SET "a" = EXCLUDED."a", "b" = EXCLUDED."b" RETURNING xmax = 0`; err != nil || got != want {
-		t.Errorf("key only:\n got %s (%v)\nwant %s", got, err, want)
-	}
-	identity := &parkedTable{name: "public.e", ident: `"public"."e"`, keys: []string{"id"},
-		cols: []parkedColumn{{name: "id", typ: "integer", key: true, identityAlways: true}, {name: "what", typ: "text"}}}
-	got, err = identity.upsert([]string{"id", "what"}, "VALUES (1, 2)")
-	if want := `INSERT INTO "public"."e" ("id", "what") OVERRIDING SYSTEM VALUE VALUES (1, 2) ON CONFLICT ("id") DO UPDATE SET "what" = EXCLUDED."what" RETURNING xmax = 0`; err != nil || got != want {
-		t.Errorf("identity:\n got %s (%v)\nwant %s", got, err, want)
-	}
-	if got, err = identity.upsert([]string{"id"}, "VALUES (1)"); err != nil || !strings.Contains(got, "DO NOTHING") {
-		t.Errorf("identity key only: got %s (%v), want DO NOTHING", got, err)
-	}
-	if _, err := identity.upsert([]string{"what"}, "VALUES (1)"); !errors.Is(err, casualdb.ErrSchemaMismatch) {
-		t.Errorf("key not written: got %v", err)
-	}
-	if _, err := (&parkedTable{name: "public.n", cols: keyOnly.cols}).upsert([]string{"a"}, "VALUES (1)"); !errors.Is(err, casualdb.ErrNoPrimaryKey) {
-		t.Errorf("no primary key: got %v", err)
-	}
 }
