@@ -3,12 +3,17 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/capture"
+	"github.com/casualdb/casualdb/check"
 	"github.com/casualdb/casualdb/hint"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -185,6 +190,7 @@ func (s *Node) adminHandler() http.Handler {
 			_, _ = w.Write([]byte("warning: " + warn + "\n"))
 		}
 	})
+	mux.HandleFunc("/check", s.serveCheck)
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -307,4 +313,47 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(descHealthy, up, name)
 	}
+}
+
+// CheckResult is what /check returns.
+type CheckResult struct {
+	check.Report
+	// Skipped names the peers the check could not reach.
+	Skipped []string `json:"skipped,omitempty"`
+}
+
+// serveCheck runs a check (Node.Check) for GET /check?table=T&buckets=N:
+// 200 with the report whatever it found, 400 for bad parameters, 500 when
+// the check could not run.
+func (s *Node) serveCheck(w http.ResponseWriter, r *http.Request) {
+	opts := check.Options{Tables: r.URL.Query()["table"]}
+	if b := r.URL.Query().Get("buckets"); b != "" {
+		n, err := strconv.Atoi(b)
+		if err != nil || n <= 0 || n > 1<<20 {
+			http.Error(w, "buckets: want a positive number up to 1048576", http.StatusBadRequest)
+			return
+		}
+		opts.Buckets = n
+	}
+	for i, t := range opts.Tables {
+		tbl, err := capture.ParseTable(t)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if !slices.ContainsFunc(s.tables, func(x capture.Table) bool { return x.String() == tbl.String() }) {
+			http.Error(w, fmt.Sprintf("table %s is not replicated (database.tables)", tbl), http.StatusBadRequest)
+			return
+		}
+		opts.Tables[i] = tbl.String()
+	}
+	rep, skipped, err := s.Check(r.Context(), opts)
+	if err != nil {
+		http.Error(w, "check: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(CheckResult{Report: rep, Skipped: skipped})
 }

@@ -375,6 +375,7 @@ func (s *Node) Run(ctx context.Context) error {
 		g.Go(func() error { return s.keeper.Run(ctx) })
 	}
 	g.Go(func() error { return s.housekeep(ctx) })
+	g.Go(func() error { return s.serveChecks(ctx) })
 	g.Go(func() error { return s.durabilityLoop(ctx) })
 	if s.admin != nil {
 		srv := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}

@@ -17,34 +17,46 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// TestNode_Embedded runs two sites as a program embedding the library
-// would, without the command line: New, Start, Run, Status, Close. Every
-// goroutine a node starts ends with Run and Close (TestMain checks).
-func TestNode_Embedded(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts two PostgreSQL servers")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	type site struct {
-		name string
-		pg   *pgtest.Server
-		nats int
-		node *Node
-	}
-	sites := []*site{{name: "a"}, {name: "b"}}
-	for _, s := range sites {
-		s.pg = pgtest.NewServer(t, s.name)
+// testSite is one site of an embedded test cluster.
+type testSite struct {
+	name string
+	pg   *pgtest.Server
+	nats int
+	node *Node
+}
+
+// startSites starts len(names) sites, each with table items, running until
+// the test ends: a program embedding the library would do the same.
+func startSites(t *testing.T, ctx context.Context, names ...string) []*testSite {
+	t.Helper()
+	var sites []*testSite
+	for _, name := range names {
+		s := &testSite{name: name, pg: pgtest.NewServer(t, name)}
 		pgtest.ExecAll(t, pgtest.Connect(t, s.pg.DSN()), `CREATE TABLE items (id int PRIMARY KEY, label text NOT NULL)`)
 		port, err := pgtest.FreePort()
 		if err != nil {
 			t.Fatal(err)
 		}
 		s.nats = port
+		sites = append(sites, s)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	done := make(chan error, len(sites))
 	runCtx, stop := context.WithCancel(ctx)
+	started := 0
+	t.Cleanup(func() {
+		stop()
+		for range started {
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		}
+		for _, s := range sites {
+			if s.node != nil {
+				s.node.Close()
+			}
+		}
+	})
 	for _, s := range sites {
 		cfg := DefaultConfig()
 		cfg.Site, cfg.DataDir, cfg.Database.DSN = s.name, filepath.Join(t.TempDir(), s.name), s.pg.DSN()
@@ -63,32 +75,40 @@ func TestNode_Embedded(t *testing.T) {
 			t.Fatalf("start %s: %v", s.name, err)
 		}
 		s.node = n
+		started++
 		go func() { done <- n.Run(runCtx) }()
 	}
-	defer func() {
-		stop()
-		for range sites {
-			if err := <-done; err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		}
-		for _, s := range sites {
-			s.node.Close()
-		}
-	}()
+	return sites
+}
 
-	pgtest.ExecAll(t, pgtest.Connect(t, sites[0].pg.DSN()), `INSERT INTO items VALUES (1, 'from a')`)
-	b := pgtest.Connect(t, sites[1].pg.DSN())
+// waitFor polls sql at site until it returns want.
+func waitFor(t *testing.T, ctx context.Context, s *testSite, sql, want string) {
+	t.Helper()
+	conn := pgtest.Connect(t, s.pg.DSN())
 	pgtest.CheckFor(t, time.Minute, 50*time.Millisecond, func() error {
-		var label string
-		if err := b.QueryRow(ctx, `SELECT label FROM items WHERE id = 1`).Scan(&label); err != nil {
+		var got string
+		if err := conn.QueryRow(ctx, sql).Scan(&got); err != nil {
 			return err
 		}
-		if label != "from a" {
-			return fmt.Errorf("label %q", label)
+		if got != want {
+			return fmt.Errorf("site %s: %s = %q, want %q", s.name, sql, got, want)
 		}
 		return nil
 	})
+}
+
+// TestNode_Embedded runs two sites as a program embedding the library
+// would, without the command line: New, Start, Run, Status, Close. Every
+// goroutine a node starts ends with Run and Close (TestMain checks).
+func TestNode_Embedded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two PostgreSQL servers")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sites := startSites(t, ctx, "a", "b")
+	pgtest.ExecAll(t, pgtest.Connect(t, sites[0].pg.DSN()), `INSERT INTO items VALUES (1, 'from a')`)
+	waitFor(t, ctx, sites[1], `SELECT coalesce((SELECT label FROM items WHERE id = 1), '')`, "from a")
 	if st := sites[0].node.Status(); st.Capture.Captured < 1 || !st.Healthy || st.Site != "a" {
 		t.Errorf("a's status: captured %d, healthy %v, site %q", st.Capture.Captured, st.Healthy, st.Site)
 	}

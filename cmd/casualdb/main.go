@@ -71,6 +71,9 @@ Usage:
   casualdb status [--config FILE | --admin HOST:PORT] [--json]
                                          the running sidecar: health, peers and their lag, the
                                          cluster as gossip sees it
+  casualdb check [--config FILE | --admin HOST:PORT] [--table NAME]... [--json]
+                                         compare the replicated tables across the live sites
+                                         (the running sidecar asks its peers); exit 1 if rows differ
   casualdb demo                          three local sites converging, on embedded defaults
   casualdb version
 
@@ -94,6 +97,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return m.parkedCmd(ctx, args[1:])
 	case "status":
 		return m.statusCmd(ctx, args[1:])
+	case "check":
+		return m.checkCmd(ctx, args[1:])
 	case "demo":
 		return m.demoCmd(ctx, args[1:])
 	case "version":

@@ -28,36 +28,9 @@ func (m *Main) statusCmd(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	addr := *admin
-	if addr == "" {
-		cfg, err := cf.load(m.Getenv)
-		if err != nil {
-			return err
-		}
-		if addr = cfg.Admin.Listen; addr == "" {
-			return fmt.Errorf("%w: admin.listen is empty: the sidecar serves no status (or pass --admin)", casualdb.ErrConfig)
-		}
-	}
-	if strings.HasPrefix(addr, "0.0.0.0:") || strings.HasPrefix(addr, ":") {
-		addr = "127.0.0.1:" + addr[strings.LastIndexByte(addr, ':')+1:]
-	}
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, "http://"+addr+"/status", nil)
+	body, err := m.adminGet(ctx, cf, *admin, "/status", 10*time.Second)
 	if err != nil {
-		return fmt.Errorf("status of %s: %w", addr, err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("status of the sidecar at %s (is it running?): %w", addr, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return fmt.Errorf("status of %s: %w", addr, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status of %s: %s", addr, resp.Status)
+		return err
 	}
 	if *asJSON {
 		_, err := m.Stdout.Write(body)
@@ -65,7 +38,7 @@ func (m *Main) statusCmd(ctx context.Context, args []string) error {
 	}
 	var st node.Status
 	if err := json.Unmarshal(body, &st); err != nil {
-		return fmt.Errorf("status of %s: %w", addr, err)
+		return fmt.Errorf("status: %w", err)
 	}
 	printStatus(m.Stdout, st)
 	return nil
@@ -163,4 +136,41 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// adminGet reads path from a running sidecar's admin endpoint: at admin
+// (host:port), or at the admin.listen of the configuration cf loads.
+func (m *Main) adminGet(ctx context.Context, cf configFlags, admin, path string, timeout time.Duration) ([]byte, error) {
+	addr := admin
+	if addr == "" {
+		cfg, err := cf.load(m.Getenv)
+		if err != nil {
+			return nil, err
+		}
+		if addr = cfg.Admin.Listen; addr == "" {
+			return nil, fmt.Errorf("%w: admin.listen is empty: the sidecar serves no admin endpoint (or pass --admin)", casualdb.ErrConfig)
+		}
+	}
+	if strings.HasPrefix(addr, "0.0.0.0:") || strings.HasPrefix(addr, ":") {
+		addr = "127.0.0.1:" + addr[strings.LastIndexByte(addr, ':')+1:]
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s of %s: %w", path, addr, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s of the sidecar at %s (is it running?): %w", path, addr, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("%s of %s: %w", path, addr, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s of %s: %s: %s", path, addr, resp.Status, strings.TrimSpace(string(body)))
+	}
+	return body, nil
 }

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/node"
+)
+
+// errDiffer is the outcome of a check that found differing rows: the
+// command exits non-zero.
+var errDiffer = errors.New("the sites differ")
+
+// checkCmd asks the running sidecar (--admin, or admin.listen of --config)
+// to compare the replicated tables across the sites it reaches, and prints
+// what differs.
+func (m *Main) checkCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	var cf configFlags
+	cf.register(fs)
+	admin := fs.String("admin", "", "the sidecar's admin address, host:port (default: admin.listen of --config)")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	buckets := fs.Int("buckets", 0, "buckets of keys per table (default 1024)")
+	timeout := fs.Duration("timeout", 10*time.Minute, "longest the check may take")
+	var tables []string
+	fs.Func("table", "check only this table (repeatable; default every replicated table)", func(s string) error {
+		tables = append(tables, s)
+		return nil
+	})
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	q := url.Values{}
+	for _, t := range tables {
+		q.Add("table", t)
+	}
+	if *buckets != 0 {
+		q.Set("buckets", strconv.Itoa(*buckets))
+	}
+	path := "/check"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	body, err := m.adminGet(ctx, cf, *admin, path, *timeout)
+	if err != nil {
+		return err
+	}
+	var res node.CheckResult
+	if err := json.Unmarshal(body, &res); err != nil {
+		return fmt.Errorf("check: %w", err)
+	}
+	if *asJSON {
+		if _, err := m.Stdout.Write(body); err != nil {
+			return err
+		}
+	} else {
+		writeCheck(m.Stdout, res)
+	}
+	if !res.Clean() {
+		return fmt.Errorf("%w: %d rows", errDiffer, res.Differ)
+	}
+	return nil
+}
+
+// writeCheck renders a check's report for people.
+func writeCheck(w io.Writer, res node.CheckResult) {
+	sites := make([]string, len(res.Sites))
+	for i, s := range res.Sites {
+		sites[i] = string(s)
+	}
+	fmt.Fprintf(w, "checked %d tables across sites %s in %s", len(res.Tables), strings.Join(sites, ", "), res.Took.Round(time.Millisecond))
+	if !res.CutOK {
+		fmt.Fprint(w, " (not every site had applied up to the cut in time: more rows count as in flight)")
+	}
+	fmt.Fprintln(w)
+	if len(res.Skipped) > 0 {
+		fmt.Fprintf(w, "  NOT CHECKED: peers %s (not reachable)\n", strings.Join(res.Skipped, ", "))
+	}
+	for _, t := range res.Tables {
+		state := "same"
+		switch {
+		case len(t.Diffs) > 0 || t.Unlisted > 0:
+			state = fmt.Sprintf("DIFFER: %d rows", len(t.Diffs))
+			if t.Unlisted > 0 {
+				state += fmt.Sprintf(" and %d more buckets not listed", t.Unlisted)
+			}
+		case t.InFlight > 0:
+			state = "same up to the cut"
+		}
+		fmt.Fprintf(w, "%s: %s (%d of %d buckets differ, %d rows in flight)\n", t.Table, state, t.Differing, t.Buckets, t.InFlight)
+		if len(t.Diffs) == 0 {
+			continue
+		}
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  KEY\tSITE\tROW\tVERSION")
+		for _, d := range t.Diffs {
+			for i, s := range d.SortedSites() {
+				e := d.Sites[s]
+				key := ""
+				if i == 0 {
+					key = casualdb.DisplayKey(d.Key)
+				}
+				row := "absent"
+				if e.Present {
+					row = "row " + e.Image[:min(8, len(e.Image))]
+				}
+				ver := "none"
+				if e.Version != nil {
+					ver = fmt.Sprintf("%d.%d@%s", e.Version.HLC.Wall, e.Version.HLC.Logical, e.Version.Origin)
+					if e.Deleted {
+						ver += " (deleted)"
+					}
+				}
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", key, s, row, ver)
+			}
+		}
+		tw.Flush()
+	}
+	for _, s := range sites {
+		c := res.Cost[s]
+		fmt.Fprintf(w, "site %s read %d rows, %d bytes\n", s, c.Rows, c.Bytes)
+	}
+}

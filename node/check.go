@@ -1,0 +1,144 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/apply"
+	"github.com/casualdb/casualdb/check"
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+)
+
+// checkSubject is where a site's sidecar answers check requests.
+func checkSubject(site casualdb.SiteID) string { return "casualdb.check." + string(site) }
+
+// checkTimeout bounds one check request to a peer: a digest of a large
+// table takes seconds.
+const checkTimeout = 5 * time.Minute
+
+// localCheck is this site as a check sees it.
+func (s *Node) localCheck() *check.Local {
+	return &check.Local{Site: casualdb.SiteID(s.cfg.Site), State: s.checkProgress, Connect: func(ctx context.Context) (*pgx.Conn, error) {
+		cfg, err := apply.CanonicalConfig(s.cfg.Database.DSN)
+		if err != nil {
+			return nil, err
+		}
+		cfg.RuntimeParams["application_name"] = "casualdb-check"
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.Database.ConnectTimeout)
+		defer cancel()
+		conn, err := pgx.ConnectConfig(cctx, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("check: connect to database: %w", err)
+		}
+		return conn, nil
+	}}
+}
+
+// checkProgress is how far this site has captured and applied.
+func (s *Node) checkProgress(ctx context.Context) (check.Progress, error) {
+	cs := s.capturer.Stats()
+	p := check.Progress{Epoch: s.outbox.Epoch(), LastSeq: cs.LastSeq, Applied: map[casualdb.SiteID]check.AppliedFrom{}}
+	if p.LastSeq > 0 {
+		lsn, ok := s.capturer.CommitLSN(p.LastSeq)
+		if !ok {
+			var err error
+			if lsn, ok, err = s.outbox.LSN(ctx, p.LastSeq); err != nil {
+				return p, err
+			}
+		}
+		if !ok {
+			return p, fmt.Errorf("check: the commit LSN of outbox sequence %d is unknown", p.LastSeq)
+		}
+		p.LastLSN = lsn
+	}
+	if s.applier != nil {
+		for o, os := range s.applier.Stats().Origins {
+			p.Applied[o] = check.AppliedFrom{Seq: os.Seq, Epoch: os.Epoch}
+		}
+	}
+	return p, nil
+}
+
+// serveChecks answers the check requests of peers, one at a time, until
+// ctx is done.
+func (s *Node) serveChecks(ctx context.Context) error {
+	msgs := make(chan *nats.Msg, 16)
+	sub, err := s.nc.ChanSubscribe(checkSubject(casualdb.SiteID(s.cfg.Site)), msgs)
+	if err != nil {
+		return fmt.Errorf("subscribe to check requests: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	local := s.localCheck()
+	for {
+		select {
+		case m := <-msgs:
+			var req check.Request
+			var resp check.Response
+			if err := json.Unmarshal(m.Data, &req); err != nil {
+				resp.Error = fmt.Sprintf("bad check request: %v", err)
+			} else {
+				rctx, cancel := context.WithTimeout(ctx, checkTimeout)
+				resp = local.Serve(rctx, req)
+				cancel()
+			}
+			body, _ := json.Marshal(resp)
+			if err := m.Respond(body); err != nil {
+				s.log.Debug("answer a check request", "err", err)
+			}
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// Check compares the replicated tables (opts.Tables, default every one)
+// across this site and every peer it is connected to; peers it cannot
+// reach are left out and named in skipped.
+func (s *Node) Check(ctx context.Context, opts check.Options) (rep check.Report, skipped []string, err error) {
+	if len(opts.Tables) == 0 {
+		for _, t := range s.tables {
+			opts.Tables = append(opts.Tables, t.String())
+		}
+	}
+	sites := []check.Site{s.localCheck()}
+	var conns []*nats.Conn
+	defer func() {
+		for _, nc := range conns {
+			nc.Close()
+		}
+	}()
+	for _, p := range s.peerList() {
+		sh := s.shipper(p)
+		if sh == nil || !sh.Connected() {
+			skipped = append(skipped, string(p))
+			continue
+		}
+		nc, err := nats.Connect(sh.PeerURL(), nats.Name("casualdb-check-"+s.cfg.Site), nats.Timeout(5*time.Second), nats.NoReconnect())
+		if err != nil {
+			skipped = append(skipped, string(p))
+			continue
+		}
+		conns = append(conns, nc)
+		subject := checkSubject(p)
+		sites = append(sites, &check.Remote{Site: p, Do: func(ctx context.Context, req check.Request) (check.Response, error) {
+			var resp check.Response
+			body, _ := json.Marshal(req)
+			rctx, cancel := context.WithTimeout(ctx, checkTimeout)
+			defer cancel()
+			m, err := nc.RequestWithContext(rctx, subject, body)
+			if err != nil {
+				return resp, fmt.Errorf("ask %s: %w", p, err)
+			}
+			if err := json.Unmarshal(m.Data, &resp); err != nil {
+				return resp, fmt.Errorf("answer of %s: %w", p, err)
+			}
+			return resp, nil
+		}})
+	}
+	rep, err = check.Run(ctx, sites, opts)
+	return rep, skipped, err
+}
