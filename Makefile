@@ -5,7 +5,7 @@ PG_BIN   ?= /usr/lib/postgresql/15/bin
 APT      := DEBIAN_FRONTEND=noninteractive apt-get
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build demo test test-short bench lint deps deps-test deps-bench clean
+.PHONY: all build demo test test-short bench check-scale lint deps deps-test deps-bench clean
 
 all: lint build test
 
@@ -45,6 +45,11 @@ test-short: deps-test
 
 bench: deps-bench
 	$(GO) run ./cmd/bench
+
+# casualdb check over 1,000,000 rows on three local sites: what it takes and
+# reads (not part of the test suite: loading and replicating takes minutes).
+check-scale: deps-test
+	CASUALDB_CHECK_ROWS=1000000 $(GO) test -count=1 -v -timeout 40m -run TestNode_CheckScale ./node/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

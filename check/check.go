@@ -36,6 +36,8 @@ type Site interface {
 	// Summarize and Entries run Summarize and Entries at the site.
 	Summarize(ctx context.Context, table string, n int) (Summary, error)
 	Entries(ctx context.Context, table string, n int, buckets []int) ([]Entry, Cost, error)
+	// Repair performs a repair at the site (see Repair).
+	Repair(ctx context.Context, a Action) (done bool, note string, err error)
 }
 
 // Progress is how far a site is: the last transaction it captured into its
@@ -61,6 +63,8 @@ type Options struct {
 	// MaxBuckets bounds the buckets listed key by key per table; default
 	// DefaultMaxBuckets. Past it the report says how many were not listed.
 	MaxBuckets int
+	// Repair repairs every difference found (see repair.go).
+	Repair bool
 }
 
 // Defaults of Options.
@@ -80,6 +84,7 @@ type Report struct {
 	Took     time.Duration     `json:"took_ns"`
 	Differ   int               `json:"differing_rows"`
 	InFlight int               `json:"in_flight_rows"`
+	Repairs  []Repaired        `json:"repairs,omitempty"`
 }
 
 // Cut is one origin's position at the cut.
@@ -157,6 +162,9 @@ func Run(ctx context.Context, sites []Site, opts Options) (Report, error) {
 		rep.Differ += len(tr.Diffs)
 		rep.InFlight += tr.InFlight
 		rep.Tables = append(rep.Tables, tr)
+	}
+	if opts.Repair {
+		repairAll(ctx, sites, &rep)
 	}
 	rep.Took = time.Since(start)
 	return rep, nil

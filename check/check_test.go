@@ -14,6 +14,7 @@ type fakeSite struct {
 	progress []Progress // successive answers; the last one repeats
 	calls    int
 	entries  []Entry // every entry in bucket 0
+	repairs  []Action
 }
 
 func (f *fakeSite) Name() casualdb.SiteID { return f.name }
@@ -39,6 +40,11 @@ func (f *fakeSite) Entries(_ context.Context, _ string, _ int, buckets []int) ([
 		return nil, Cost{}, nil
 	}
 	return f.entries, Cost{Rows: int64(len(f.entries))}, nil
+}
+
+func (f *fakeSite) Repair(_ context.Context, a Action) (bool, string, error) {
+	f.repairs = append(f.repairs, a)
+	return true, "", nil
 }
 
 func version(wall int64, origin casualdb.SiteID) *casualdb.Version {

@@ -12,10 +12,11 @@ import (
 
 // Request is what a check asks of a site over the wire.
 type Request struct {
-	Op      string `json:"op"` // "progress", "summary" or "entries"
-	Table   string `json:"table,omitempty"`
-	Buckets int    `json:"buckets,omitempty"`
-	List    []int  `json:"list,omitempty"` // the buckets to list ("entries")
+	Op      string  `json:"op"` // "progress", "summary" or "entries"
+	Table   string  `json:"table,omitempty"`
+	Buckets int     `json:"buckets,omitempty"`
+	List    []int   `json:"list,omitempty"`   // the buckets to list ("entries")
+	Action  *Action `json:"action,omitempty"` // "repair"
 }
 
 // Response is a site's answer to a Request.
@@ -24,6 +25,8 @@ type Response struct {
 	Summary  *Summary  `json:"summary,omitempty"`
 	Entries  []Entry   `json:"entries,omitempty"`
 	Cost     Cost      `json:"cost"`
+	Done     bool      `json:"done,omitempty"` // "repair"
+	Note     string    `json:"note,omitempty"` // "repair": why not done
 	Error    string    `json:"error,omitempty"`
 }
 
@@ -63,6 +66,15 @@ func (l *Local) Entries(ctx context.Context, table string, n int, buckets []int)
 	return es, c, err
 }
 
+// Repair implements Site.
+func (l *Local) Repair(ctx context.Context, a Action) (done bool, note string, err error) {
+	err = l.withConn(ctx, func(conn *pgx.Conn) error {
+		done, note, err = Repair(ctx, conn, a)
+		return err
+	})
+	return done, note, err
+}
+
 func (l *Local) withConn(ctx context.Context, f func(*pgx.Conn) error) error {
 	conn, err := l.Connect(ctx)
 	if err != nil {
@@ -93,6 +105,12 @@ func (l *Local) Serve(ctx context.Context, req Request) Response {
 		}
 	case "entries":
 		r.Entries, r.Cost, err = l.Entries(ctx, req.Table, req.Buckets, req.List)
+	case "repair":
+		if req.Action == nil || req.Action.Site != l.Site {
+			err = errors.New("a repair request names no action for this site")
+			break
+		}
+		r.Done, r.Note, err = l.Repair(ctx, *req.Action)
 	default:
 		err = fmt.Errorf("unknown check request %q", req.Op)
 	}
@@ -156,4 +174,13 @@ func (r *Remote) Entries(ctx context.Context, table string, n int, buckets []int
 		return nil, Cost{}, err
 	}
 	return resp.Entries, resp.Cost, nil
+}
+
+// Repair implements Site.
+func (r *Remote) Repair(ctx context.Context, a Action) (bool, string, error) {
+	resp, err := r.ask(ctx, Request{Op: "repair", Action: &a})
+	if err != nil {
+		return false, "", err
+	}
+	return resp.Done, resp.Note, nil
 }

@@ -36,6 +36,8 @@ type Status struct {
 	// holder, expired (casualdb.hint_expiry).
 	Missing      []hint.MissingStatus `json:"missing,omitempty"`
 	HintExpiries []hint.ExpiryStatus  `json:"hint_expiries,omitempty"`
+	// AntiEntropy: the background checks (antientropy.interval), when on.
+	AntiEntropy *AntiEntropyStatus `json:"antientropy,omitempty"`
 	// Warnings need an operator's attention without making the sidecar
 	// unhealthy (a restart would not help): /healthz lists them after ok.
 	Warnings []string `json:"warnings,omitempty"`
@@ -134,6 +136,10 @@ func (s *Node) Status() Status {
 	st.Capture.OutboxMessages = s.outboxMsg
 	st.Capture.W, st.Capture.DurableSeq, st.Capture.DurableLSN = s.cfg.Cluster.W, s.durableSeq, casualdb.FormatLSN(s.durableLSN)
 	st.Apply.InboxMessages = s.inboxMsg
+	if s.cfg.AntiEntropy.Interval > 0 {
+		ae := s.ae
+		st.AntiEntropy = &ae
+	}
 	s.mu.Unlock()
 	for _, t := range s.tables {
 		st.Tables = append(st.Tables, t.String())
@@ -231,11 +237,17 @@ var (
 	descRelay      = prometheus.NewDesc("casualdb_relay_hints_total", "With gossip: hints kept for the live site, when an origin stopped being alive, for that origin's transactions received here that the site had not applied.", []string{"site"}, nil)
 	descLate       = prometheus.NewDesc("casualdb_late_hints_total", "With gossip: hints kept for the site when it stopped being alive, for transactions received here while it was failing that it had not applied.", []string{"site"}, nil)
 	descExpired    = prometheus.NewDesc("casualdb_hints_expired_total", "With gossip: hints kept here for the site that were removed after cluster.hint_retention (recorded in casualdb.hint_expiry first).", []string{"site"}, nil)
+	descAERuns     = prometheus.NewDesc("casualdb_antientropy_runs_total", "With antientropy.interval: background checks this site ran (failed ones included).", nil, nil)
+	descAEFailed   = prometheus.NewDesc("casualdb_antientropy_failed_runs_total", "With antientropy.interval: background checks that could not run to the end.", nil, nil)
+	descAERows     = prometheus.NewDesc("casualdb_antientropy_rows_read_total", "With antientropy.interval: rows the background checks this site ran read, at every site checked.", nil, nil)
+	descAEDiffer   = prometheus.NewDesc("casualdb_antientropy_differing_rows", "With antientropy.interval: rows that differed between sites at the last background check (before its repairs).", nil, nil)
+	descAERepairs  = prometheus.NewDesc("casualdb_antientropy_repairs_total", "With antientropy.interval: rows the background checks repaired (written again at the site holding the winner).", nil, nil)
+	descAELast     = prometheus.NewDesc("casualdb_antientropy_last_run_timestamp_seconds", "With antientropy.interval: when this site last ran a background check (0: never).", nil, nil)
 	descMissed     = prometheus.NewDesc("casualdb_missed_transactions", "With gossip: transactions of the origin this site has not applied up to the last hint a holder expired for it; they come only from the origin's outbox or a repair (0: none missing).", []string{"origin"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descHeld, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descLate, descRelay, descExpired, descMissed, descResends, descNotDurable} {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descHeld, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descLate, descRelay, descExpired, descMissed, descResends, descNotDurable, descAERuns, descAEFailed, descAERows, descAEDiffer, descAERepairs, descAELast} {
 		ch <- d
 	}
 }
@@ -306,6 +318,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descMissed, float64(n), o)
 		}
 	}
+	if ae := st.AntiEntropy; ae != nil {
+		counter(descAERuns, ae.Runs)
+		counter(descAEFailed, ae.Failed)
+		counter(descAERows, ae.RowsRead)
+		gauge(descAEDiffer, float64(ae.Differ))
+		counter(descAERepairs, ae.Repairs)
+		last := 0.0
+		if !ae.LastRun.IsZero() {
+			last = float64(ae.LastRun.Unix())
+		}
+		gauge(descAELast, last)
+	}
 	for name, state := range st.Components {
 		up := 0.0
 		if state == "running" {
@@ -322,11 +346,12 @@ type CheckResult struct {
 	Skipped []string `json:"skipped,omitempty"`
 }
 
-// serveCheck runs a check (Node.Check) for GET /check?table=T&buckets=N:
+// serveCheck runs a check (Node.Check) for GET /check?table=T&buckets=N
+// (&repair=1 to repair what differs):
 // 200 with the report whatever it found, 400 for bad parameters, 500 when
 // the check could not run.
 func (s *Node) serveCheck(w http.ResponseWriter, r *http.Request) {
-	opts := check.Options{Tables: r.URL.Query()["table"]}
+	opts := check.Options{Tables: r.URL.Query()["table"], Repair: r.URL.Query().Get("repair") == "1"}
 	if b := r.URL.Query().Get("buckets"); b != "" {
 		n, err := strconv.Atoi(b)
 		if err != nil || n <= 0 || n > 1<<20 {

@@ -142,3 +142,84 @@ func (s *Node) Check(ctx context.Context, opts check.Options) (rep check.Report,
 	rep, err = check.Run(ctx, sites, opts)
 	return rep, skipped, err
 }
+
+// AntiEntropyStatus is what the background checks did since start (/status).
+type AntiEntropyStatus struct {
+	Runs     uint64    `json:"runs"`
+	Failed   uint64    `json:"failed_runs"`
+	Skipped  uint64    `json:"skipped_runs"` // another site's turn
+	RowsRead uint64    `json:"rows_read"`    // by every site checked
+	Differ   int       `json:"differing_rows"`
+	InFlight int       `json:"in_flight_rows"`
+	Repairs  uint64    `json:"repairs"`
+	LastRun  time.Time `json:"last_run,omitempty"`
+	LastErr  string    `json:"last_error,omitempty"`
+}
+
+// antiEntropy runs a check every antientropy.interval until ctx is done,
+// repairing what it finds when antientropy.repair is set. Of the sites
+// that run it, the one with the smallest name among those connected to
+// each other checks: one check of the cluster per interval, not one per
+// site, and another site takes over when it is down.
+func (s *Node) antiEntropy(ctx context.Context) error {
+	tick := time.NewTicker(s.cfg.AntiEntropy.Interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return nil
+		}
+		if !s.antiEntropyTurn() {
+			s.noteAntiEntropy(func(st *AntiEntropyStatus) { st.Skipped++ })
+			continue
+		}
+		rep, skipped, err := s.Check(ctx, check.Options{Buckets: s.cfg.AntiEntropy.Buckets, Repair: s.cfg.AntiEntropy.Repair})
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.noteAntiEntropy(func(st *AntiEntropyStatus) {
+			st.Runs++
+			st.LastRun = time.Now()
+			st.LastErr = ""
+			if err != nil {
+				st.Failed++
+				st.LastErr = err.Error()
+				return
+			}
+			st.Differ, st.InFlight = rep.Differ, rep.InFlight
+			for _, c := range rep.Cost {
+				st.RowsRead += uint64(c.Rows)
+			}
+			for _, r := range rep.Repairs {
+				if r.Done {
+					st.Repairs++
+				}
+			}
+		})
+		switch {
+		case err != nil:
+			s.log.Warn("anti-entropy check failed", "err", err)
+		case rep.Differ > 0:
+			s.log.Warn("anti-entropy: sites differ", "rows", rep.Differ, "repairs", len(rep.Repairs), "repair", s.cfg.AntiEntropy.Repair, "not_checked", skipped)
+		default:
+			s.log.Debug("anti-entropy: the sites agree", "in_flight", rep.InFlight, "took", rep.Took, "not_checked", skipped)
+		}
+	}
+}
+
+// antiEntropyTurn tells whether this site runs the next background check.
+func (s *Node) antiEntropyTurn() bool {
+	for _, p := range s.peerList() {
+		if sh := s.shipper(p); sh != nil && sh.Connected() && string(p) < s.cfg.Site {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Node) noteAntiEntropy(f func(*AntiEntropyStatus)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(&s.ae)
+}

@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -113,5 +115,82 @@ func TestNode_Check(t *testing.T) {
 	var res CheckResult
 	if err := json.Unmarshal(rec.Body.Bytes(), &res); rec.Code != http.StatusOK || err != nil || res.Differ != 3 || res.Tables[0].Buckets != 32 {
 		t.Errorf("/check: %d, %v, %d rows differ in %+v", rec.Code, err, res.Differ, res.Tables)
+	}
+
+	// Repair: each difference is written again at the site holding the
+	// winner, replicates, and a second check is clean.
+	rep, _, err = sites[0].node.Check(ctx, check.Options{Buckets: 64, Repair: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repairs := map[string]string{}
+	for _, r := range rep.Repairs {
+		if !r.Done {
+			t.Errorf("repair of %s not done: %s", r.Key, r.Note)
+		}
+		repairs[r.Key] = string(r.Site) + " " + r.Op
+	}
+	if want := map[string]string{`["3"]`: "a rewrite", `["7"]`: "b delete", `["11"]`: "a rewrite"}; !maps.Equal(repairs, want) {
+		t.Errorf("repairs %v, want %v", repairs, want)
+	}
+	for _, s := range sites {
+		waitFor(t, ctx, s, `SELECT string_agg(id || '=' || label, ',' ORDER BY id) FROM items WHERE id IN (3, 7, 11)`, "3=item 3,11=item 11")
+	}
+	pgtest.CheckFor(t, time.Minute, 100*time.Millisecond, func() error {
+		rep, _, err := sites[1].node.Check(ctx, check.Options{Buckets: 64})
+		if err != nil {
+			return err
+		}
+		if !rep.Clean() || rep.InFlight > 0 {
+			return fmt.Errorf("second check: %d differ, %d in flight", rep.Differ, rep.InFlight)
+		}
+		return nil
+	})
+	var logged string
+	if err := a.QueryRow(ctx, `SELECT string_agg(key, ' ' ORDER BY key) FROM casualdb.conflict_log WHERE rule = $1`, check.RuleRepair).Scan(&logged); err != nil || logged != `["11"] ["3"]` {
+		t.Errorf("repairs in a's conflict log: %q, %v; want keys 11 and 3", logged, err)
+	}
+	// Nothing left to repair: a repair run does nothing.
+	if rep, _, err = sites[2].node.Check(ctx, check.Options{Buckets: 64, Repair: true}); err != nil || len(rep.Repairs) != 0 {
+		t.Errorf("repair after convergence: %v, %+v", err, rep.Repairs)
+	}
+}
+
+// TestNode_AntiEntropy: with antientropy.interval set, a write that
+// bypassed replication at one site is found and repaired in the background,
+// without anyone running a check; the metrics and /status count it, and
+// only one site (the smallest name) runs the checks.
+func TestNode_AntiEntropy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two PostgreSQL servers")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sites := startSitesWith(t, ctx, func(c *Config) {
+		c.AntiEntropy.Interval, c.AntiEntropy.Buckets = 300*time.Millisecond, 16
+	}, "a", "b")
+	a := pgtest.Connect(t, sites[0].pg.DSN())
+	pgtest.ExecAll(t, a, `INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 50) AS i`)
+	waitFor(t, ctx, sites[1], `SELECT count(*)::text FROM items`, "50")
+	b := pgtest.Connect(t, sites[1].pg.DSN())
+	pgtest.ExecAll(t, b,
+		`SELECT pg_replication_origin_create('casualdb_bypass')`,
+		`SELECT pg_replication_origin_session_setup('casualdb_bypass')`,
+		`UPDATE items SET label = 'changed at b' WHERE id = 5`,
+		`SELECT pg_replication_origin_session_reset()`)
+	waitFor(t, ctx, sites[1], `SELECT label FROM items WHERE id = 5`, "item 5")
+	st := sites[0].node.Status()
+	if st.AntiEntropy == nil || st.AntiEntropy.Runs == 0 || st.AntiEntropy.Repairs < 1 || st.AntiEntropy.RowsRead == 0 {
+		t.Errorf("a's anti-entropy status %+v: want runs, rows read and a repair", st.AntiEntropy)
+	}
+	if stb := sites[1].node.Status(); stb.AntiEntropy == nil || stb.AntiEntropy.Runs != 0 || stb.AntiEntropy.Skipped == 0 {
+		t.Errorf("b's anti-entropy status %+v: want only skipped runs (a's turn)", stb.AntiEntropy)
+	}
+	rec := httptest.NewRecorder()
+	sites[0].node.adminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, want := range []string{"casualdb_antientropy_runs_total ", "casualdb_antientropy_repairs_total 1", "casualdb_antientropy_differing_rows ", "casualdb_antientropy_rows_read_total "} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %q", want)
+		}
 	}
 }

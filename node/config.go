@@ -15,6 +15,7 @@ import (
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/capture"
+	"github.com/casualdb/casualdb/check"
 	"github.com/casualdb/casualdb/conflict"
 	"github.com/casualdb/casualdb/ring"
 	"github.com/casualdb/casualdb/ship"
@@ -23,19 +24,20 @@ import (
 
 // Config is the sidecar's YAML configuration. README.md documents every key.
 type Config struct {
-	Site      string          `yaml:"site"`
-	DataDir   string          `yaml:"data_dir"`
-	Database  DatabaseConfig  `yaml:"database"`
-	NATS      NATSConfig      `yaml:"nats"`
-	Peers     []PeerConfig    `yaml:"peers"`
-	Cluster   ClusterConfig   `yaml:"cluster"`
-	Admin     AdminConfig     `yaml:"admin"`
-	Capture   CaptureConfig   `yaml:"capture"`
-	Ship      ShipConfig      `yaml:"ship"`
-	Apply     ApplyConfig     `yaml:"apply"`
-	Conflicts ConflictsConfig `yaml:"conflicts"`
-	GC        GCConfig        `yaml:"gc"`
-	Log       LogConfig       `yaml:"log"`
+	Site        string            `yaml:"site"`
+	DataDir     string            `yaml:"data_dir"`
+	Database    DatabaseConfig    `yaml:"database"`
+	NATS        NATSConfig        `yaml:"nats"`
+	Peers       []PeerConfig      `yaml:"peers"`
+	Cluster     ClusterConfig     `yaml:"cluster"`
+	Admin       AdminConfig       `yaml:"admin"`
+	Capture     CaptureConfig     `yaml:"capture"`
+	Ship        ShipConfig        `yaml:"ship"`
+	Apply       ApplyConfig       `yaml:"apply"`
+	Conflicts   ConflictsConfig   `yaml:"conflicts"`
+	GC          GCConfig          `yaml:"gc"`
+	AntiEntropy AntiEntropyConfig `yaml:"antientropy"`
+	Log         LogConfig         `yaml:"log"`
 }
 
 // GCConfig paces the removal of tombstones every site has seen.
@@ -45,6 +47,17 @@ type GCConfig struct {
 	// Heartbeat is how often the site writes its heartbeat row, so that
 	// its peers learn what it has applied even when it writes nothing else.
 	Heartbeat time.Duration `yaml:"heartbeat"`
+}
+
+// AntiEntropyConfig runs `casualdb check` in the background.
+type AntiEntropyConfig struct {
+	// Interval is the time between two checks; 0 (the default) turns
+	// continuous anti-entropy off.
+	Interval time.Duration `yaml:"interval"`
+	// Repair repairs what a check finds (see check.Plan).
+	Repair bool `yaml:"repair"`
+	// Buckets is the number of key buckets per table.
+	Buckets int `yaml:"buckets"`
 }
 
 // ConflictsConfig chooses how conflicts resolve, by default and per table.
@@ -226,17 +239,18 @@ type LogConfig struct {
 // DefaultConfig returns the configuration with every default filled in.
 func DefaultConfig() Config {
 	return Config{
-		DataDir:   "casualdb-data",
-		Database:  DatabaseConfig{Publication: capture.DefaultPublication, ConnectTimeout: 10 * time.Second, ToastFullIdentity: true},
-		NATS:      NATSConfig{Listen: "127.0.0.1:4222", OutboxMaxBytes: ship.DefaultOutboxMaxBytes, OutboxRetention: 10 * time.Minute},
-		Admin:     AdminConfig{Listen: "127.0.0.1:9187"},
-		Capture:   CaptureConfig{MaxBatch: capture.DefaultMaxBatch},
-		Ship:      ShipConfig{MaxBatch: ship.DefaultMaxBatch},
-		Apply:     ApplyConfig{MaxBatch: apply.DefaultMaxBatch, WaitTimeout: apply.DefaultWaitTimeout},
-		Conflicts: ConflictsConfig{DeletePolicy: "delete_wins", LogRetention: 30 * 24 * time.Hour},
-		GC:        GCConfig{Interval: 30 * time.Second, Heartbeat: 10 * time.Second},
-		Cluster:   ClusterConfig{PushPull: ring.DefaultPushPull, N: 3, W: 2, HintRetention: 24 * time.Hour},
-		Log:       LogConfig{Level: "info", Format: "text"},
+		DataDir:     "casualdb-data",
+		Database:    DatabaseConfig{Publication: capture.DefaultPublication, ConnectTimeout: 10 * time.Second, ToastFullIdentity: true},
+		NATS:        NATSConfig{Listen: "127.0.0.1:4222", OutboxMaxBytes: ship.DefaultOutboxMaxBytes, OutboxRetention: 10 * time.Minute},
+		Admin:       AdminConfig{Listen: "127.0.0.1:9187"},
+		Capture:     CaptureConfig{MaxBatch: capture.DefaultMaxBatch},
+		Ship:        ShipConfig{MaxBatch: ship.DefaultMaxBatch},
+		Apply:       ApplyConfig{MaxBatch: apply.DefaultMaxBatch, WaitTimeout: apply.DefaultWaitTimeout},
+		Conflicts:   ConflictsConfig{DeletePolicy: "delete_wins", LogRetention: 30 * 24 * time.Hour},
+		GC:          GCConfig{Interval: 30 * time.Second, Heartbeat: 10 * time.Second},
+		AntiEntropy: AntiEntropyConfig{Repair: true, Buckets: check.DefaultBuckets},
+		Cluster:     ClusterConfig{PushPull: ring.DefaultPushPull, N: 3, W: 2, HintRetention: 24 * time.Hour},
+		Log:         LogConfig{Level: "info", Format: "text"},
 	}
 }
 
@@ -390,6 +404,12 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
 			return bad("admin.listen", "%q is not host:port", c.Admin.Listen)
 		}
+	}
+	if c.AntiEntropy.Interval < 0 {
+		return bad("antientropy.interval", "must not be negative (0 turns it off)")
+	}
+	if c.AntiEntropy.Buckets <= 0 || c.AntiEntropy.Buckets > 1<<20 {
+		return bad("antientropy.buckets", "must be between 1 and 1048576")
 	}
 	if c.Capture.MaxBatch <= 0 {
 		return bad("capture.max_batch", "must be positive")

@@ -73,6 +73,8 @@ func TestConfig_Validate(t *testing.T) {
 		{"bad-nats-listen.yml", "nats.listen"},
 		{"bad-log-level.yml", "log.level"},
 		{"bad-max-batch.yml", "apply.max_batch"},
+		{"bad-antientropy-interval.yml", "antientropy.interval: must not be negative"},
+		{"bad-antientropy-buckets.yml", "antientropy.buckets: must be between 1 and 1048576"},
 		{"bad-capture-batch.yml", "capture.max_batch: must be positive"},
 		{"bad-ship-batch.yml", "ship.max_batch: must be positive"},
 		{"bad-dsn-scheme.yml", "database.dsn: not a postgres:// URL"},

@@ -56,10 +56,11 @@ type Node struct {
 	slotLag                int64
 	outboxMsg              uint64
 	inboxMsg               uint64
-	gcRuns                 uint64        // tombstone collections run
-	durableSeq, durableLSN uint64        // W-durable watermark last saved
-	collected              uint64        // tombstones collected
-	durableWake            chan struct{} // a peer acknowledged something (durability.go)
+	gcRuns                 uint64           // tombstone collections run
+	durableSeq, durableLSN uint64           // W-durable watermark last saved
+	collected              uint64           // tombstones collected
+	durableWake            chan struct{}    // a peer acknowledged something (durability.go)
+	ae                     AntiEntropyStatus // background checks (check.go)
 	started                time.Time
 }
 
@@ -376,6 +377,9 @@ func (s *Node) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { return s.housekeep(ctx) })
 	g.Go(func() error { return s.serveChecks(ctx) })
+	if s.cfg.AntiEntropy.Interval > 0 {
+		g.Go(func() error { return s.antiEntropy(ctx) })
+	}
 	g.Go(func() error { return s.durabilityLoop(ctx) })
 	if s.admin != nil {
 		srv := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}

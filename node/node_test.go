@@ -29,6 +29,13 @@ type testSite struct {
 // the test ends: a program embedding the library would do the same.
 func startSites(t *testing.T, ctx context.Context, names ...string) []*testSite {
 	t.Helper()
+	return startSitesWith(t, ctx, nil, names...)
+}
+
+// startSitesWith is startSites with tune applied to every site's
+// configuration (nil: none).
+func startSitesWith(t *testing.T, ctx context.Context, tune func(*Config), names ...string) []*testSite {
+	t.Helper()
 	var sites []*testSite
 	for _, name := range names {
 		s := &testSite{name: name, pg: pgtest.NewServer(t, name)}
@@ -67,6 +74,9 @@ func startSites(t *testing.T, ctx context.Context, names ...string) []*testSite 
 				cfg.Peers = append(cfg.Peers, PeerConfig{Name: p.name, NATSURL: fmt.Sprintf("nats://127.0.0.1:%d", p.nats)})
 			}
 		}
+		if tune != nil {
+			tune(&cfg)
+		}
 		n, err := New(cfg, log)
 		if err != nil {
 			t.Fatal(err)
@@ -81,11 +91,17 @@ func startSites(t *testing.T, ctx context.Context, names ...string) []*testSite 
 	return sites
 }
 
-// waitFor polls sql at site until it returns want.
+// waitFor polls sql at site until it returns want, for a minute.
 func waitFor(t *testing.T, ctx context.Context, s *testSite, sql, want string) {
 	t.Helper()
+	waitForWithin(t, ctx, time.Minute, s, sql, want)
+}
+
+// waitForWithin polls sql at site until it returns want, for at most d.
+func waitForWithin(t *testing.T, ctx context.Context, d time.Duration, s *testSite, sql, want string) {
+	t.Helper()
 	conn := pgtest.Connect(t, s.pg.DSN())
-	pgtest.CheckFor(t, time.Minute, 50*time.Millisecond, func() error {
+	pgtest.CheckFor(t, d, min(d/100, time.Second), func() error {
 		var got string
 		if err := conn.QueryRow(ctx, sql).Scan(&got); err != nil {
 			return err

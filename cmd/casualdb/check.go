@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/url"
@@ -25,14 +24,10 @@ var errDiffer = errors.New("the sites differ")
 // to compare the replicated tables across the sites it reaches, and prints
 // what differs.
 func (m *Main) checkCmd(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	var cf configFlags
-	cf.register(fs)
-	admin := fs.String("admin", "", "the sidecar's admin address, host:port (default: admin.listen of --config)")
-	asJSON := fs.Bool("json", false, "print the report as JSON")
+	fs, af := m.adminFlags("check", "print the report as JSON")
 	buckets := fs.Int("buckets", 0, "buckets of keys per table (default 1024)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "longest the check may take")
+	repair := fs.Bool("repair", false, "repair every differing row: the site holding the winning version writes it again, and it replicates")
 	var tables []string
 	fs.Func("table", "check only this table (repeatable; default every replicated table)", func(s string) error {
 		tables = append(tables, s)
@@ -45,6 +40,9 @@ func (m *Main) checkCmd(ctx context.Context, args []string) error {
 	for _, t := range tables {
 		q.Add("table", t)
 	}
+	if *repair {
+		q.Set("repair", "1")
+	}
 	if *buckets != 0 {
 		q.Set("buckets", strconv.Itoa(*buckets))
 	}
@@ -52,7 +50,7 @@ func (m *Main) checkCmd(ctx context.Context, args []string) error {
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	body, err := m.adminGet(ctx, cf, *admin, path, *timeout)
+	body, err := m.adminGet(ctx, af, path, *timeout)
 	if err != nil {
 		return err
 	}
@@ -60,7 +58,7 @@ func (m *Main) checkCmd(ctx context.Context, args []string) error {
 	if err := json.Unmarshal(body, &res); err != nil {
 		return fmt.Errorf("check: %w", err)
 	}
-	if *asJSON {
+	if af.asJSON {
 		if _, err := m.Stdout.Write(body); err != nil {
 			return err
 		}
@@ -68,6 +66,15 @@ func (m *Main) checkCmd(ctx context.Context, args []string) error {
 		writeCheck(m.Stdout, res)
 	}
 	if !res.Clean() {
+		if *repair {
+			done := 0
+			for _, r := range res.Repairs {
+				if r.Done {
+					done++
+				}
+			}
+			return fmt.Errorf("%w: %d rows (%d repairs written; run the check again once they have replicated)", errDiffer, res.Differ, done)
+		}
 		return fmt.Errorf("%w: %d rows", errDiffer, res.Differ)
 	}
 	return nil
@@ -126,6 +133,13 @@ func writeCheck(w io.Writer, res node.CheckResult) {
 			}
 		}
 		tw.Flush()
+	}
+	for _, r := range res.Repairs {
+		if r.Done {
+			fmt.Fprintf(w, "repaired %s %s: %s at site %s (it replicates like any write)\n", r.Table, casualdb.DisplayKey(r.Key), r.Op, r.Site)
+		} else {
+			fmt.Fprintf(w, "NOT REPAIRED %s %s: %s\n", r.Table, casualdb.DisplayKey(r.Key), r.Note)
+		}
 	}
 	for _, s := range sites {
 		c := res.Cost[s]

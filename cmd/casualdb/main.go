@@ -71,9 +71,10 @@ Usage:
   casualdb status [--config FILE | --admin HOST:PORT] [--json]
                                          the running sidecar: health, peers and their lag, the
                                          cluster as gossip sees it
-  casualdb check [--config FILE | --admin HOST:PORT] [--table NAME]... [--json]
+  casualdb check [--config FILE | --admin HOST:PORT] [--table NAME]... [--repair] [--json]
                                          compare the replicated tables across the live sites
-                                         (the running sidecar asks its peers); exit 1 if rows differ
+                                         (the running sidecar asks its peers); exit 1 if rows differ;
+                                         --repair writes the winning rows again, which replicate
   casualdb demo                          three local sites converging, on embedded defaults
   casualdb version
 

@@ -19,20 +19,15 @@ import (
 // statusCmd prints a running sidecar's /status: from --admin, or from the
 // admin.listen of --config.
 func (m *Main) statusCmd(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	var cf configFlags
-	cf.register(fs)
-	admin := fs.String("admin", "", "the sidecar's admin address, host:port (default: admin.listen of --config)")
-	asJSON := fs.Bool("json", false, "print the raw JSON")
+	fs, af := m.adminFlags("status", "print the raw JSON")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	body, err := m.adminGet(ctx, cf, *admin, "/status", 10*time.Second)
+	body, err := m.adminGet(ctx, af, "/status", 10*time.Second)
 	if err != nil {
 		return err
 	}
-	if *asJSON {
+	if af.asJSON {
 		_, err := m.Stdout.Write(body)
 		return err
 	}
@@ -138,12 +133,33 @@ func sortedKeys[V any](m map[string]V) []string {
 	return out
 }
 
-// adminGet reads path from a running sidecar's admin endpoint: at admin
-// (host:port), or at the admin.listen of the configuration cf loads.
-func (m *Main) adminGet(ctx context.Context, cf configFlags, admin, path string, timeout time.Duration) ([]byte, error) {
-	addr := admin
+// adminFlag are the flags of a subcommand that talks to the running
+// sidecar's admin endpoint.
+type adminFlag struct {
+	cf     configFlags
+	admin  string
+	asJSON bool
+}
+
+// adminFlags returns the flag set of such a subcommand; jsonHelp describes
+// its --json.
+func (m *Main) adminFlags(name, jsonHelp string) (*flag.FlagSet, *adminFlag) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	af := &adminFlag{}
+	af.cf.register(fs)
+	fs.StringVar(&af.admin, "admin", "", "the sidecar's admin address, host:port (default: admin.listen of --config)")
+	fs.BoolVar(&af.asJSON, "json", false, jsonHelp)
+	return fs, af
+}
+
+// adminGet reads path from a running sidecar's admin endpoint: at
+// af.admin (host:port), or at the admin.listen of the configuration af
+// loads.
+func (m *Main) adminGet(ctx context.Context, af *adminFlag, path string, timeout time.Duration) ([]byte, error) {
+	addr := af.admin
 	if addr == "" {
-		cfg, err := cf.load(m.Getenv)
+		cfg, err := af.cf.load(m.Getenv)
 		if err != nil {
 			return nil, err
 		}
