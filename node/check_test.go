@@ -53,6 +53,10 @@ func TestNode_Check(t *testing.T) {
 	}
 
 	b := pgtest.Connect(t, sites[1].pg.DSN())
+	// session_replication_role = replica does not bypass CasualDB: capture
+	// decodes the WAL whatever the role, so the write replicates.
+	pgtest.ExecAll(t, b, `SET session_replication_role = replica`, `UPDATE items SET label = 'role replica' WHERE id = 2`, `RESET session_replication_role`)
+	waitFor(t, ctx, sites[0], `SELECT label FROM items WHERE id = 2`, "role replica")
 	pgtest.ExecAll(t, b,
 		`SELECT pg_replication_origin_create('casualdb_bypass')`,
 		`SELECT pg_replication_origin_session_setup('casualdb_bypass')`,
