@@ -151,3 +151,36 @@ func TestLockQuery_LocksInKeyOrder(t *testing.T) {
 		t.Fatalf("apply's lock query: %v", err)
 	}
 }
+
+// TestLockQuery_KeysAsPgoutputWritesThem: the lock query returns each key as
+// pgoutput ships it (the type's output function), so that apply finds rows
+// keyed by bool, char(n) or inet: a cast to text writes "true", drops the
+// padding and adds "/32".
+func TestLockQuery_KeysAsPgoutputWritesThem(t *testing.T) {
+	pg := pgtest.NewServer(t, "keytext")
+	conn := pgtest.Connect(t, pg.DSN())
+	ctx := context.Background()
+	pgtest.ExecAll(t, conn,
+		`CREATE TABLE public.k (flag boolean, code char(4), addr inet, v text, PRIMARY KEY (flag, code, addr))`,
+		`INSERT INTO public.k VALUES (true, 'ab', '10.0.0.1', 'x')`)
+	lt := &localTable{name: "public.k", ident: pgx.Identifier{"public", "k"}.Sanitize(),
+		cols: map[string]string{"flag": "boolean", "code": "character(4)", "addr": "inet", "v": "text"},
+		keys: []string{"flag", "code", "addr"}, keyTyp: []string{"boolean", "character(4)", "inet"}}
+	lock, args := lockQuery(lt, [][]string{{"t", "ab  ", "10.0.0.1"}})
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	rows, err := tx.Query(ctx, lock, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := scanLocked(lt, rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := got[`["t","ab  ","10.0.0.1"]`]; !ok || len(got) != 1 {
+		t.Fatalf("locked %v; want the row under the key pgoutput ships, [\"t\",\"ab  \",\"10.0.0.1\"]", got)
+	}
+}

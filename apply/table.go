@@ -94,7 +94,10 @@ func keyArgs(key []string) []any {
 func (t *localTable) keyText() string {
 	var parts []string
 	for _, k := range t.keys {
-		parts = append(parts, pgx.Identifier{k}.Sanitize()+"::text")
+		// The type's output function, as pgoutput ships key values: a cast
+		// to text differs for some types (bool gives "true", not "t";
+		// char(n) loses its padding; inet gains a /32).
+		parts = append(parts, "format('%s', "+pgx.Identifier{k}.Sanitize()+")")
 	}
 	return strings.Join(parts, ", ")
 }

@@ -26,19 +26,8 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/conflict"
 )
-
-// Site is one site as a check sees it.
-type Site interface {
-	Name() casualdb.SiteID
-	// Progress returns how far the site has captured and applied.
-	Progress(ctx context.Context) (Progress, error)
-	// Summarize and Entries run Summarize and Entries at the site.
-	Summarize(ctx context.Context, table string, n int) (Summary, error)
-	Entries(ctx context.Context, table string, n int, buckets []int) ([]Entry, Cost, error)
-	// Repair performs a repair at the site (see Repair).
-	Repair(ctx context.Context, a Action) (done bool, note string, err error)
-}
 
 // Progress is how far a site is: the last transaction it captured into its
 // outbox, and what it has applied from every other origin.
@@ -63,8 +52,14 @@ type Options struct {
 	// MaxBuckets bounds the buckets listed key by key per table; default
 	// DefaultMaxBuckets. Past it the report says how many were not listed.
 	MaxBuckets int
-	// Repair repairs every difference found (see repair.go).
+	// Repair repairs every difference found (see repair.go), when every
+	// site reached the cut.
 	Repair bool
+	// Policies are the tables' delete policies (default delete-wins), which
+	// repair decides by.
+	Policies map[string]conflict.DeletePolicy
+	// NoRepair names the tables a repair cannot fix, with the reason.
+	NoRepair map[string]string
 }
 
 // Defaults of Options.
@@ -84,7 +79,10 @@ type Report struct {
 	Took     time.Duration     `json:"took_ns"`
 	Differ   int               `json:"differing_rows"`
 	InFlight int               `json:"in_flight_rows"`
-	Repairs  []Repaired        `json:"repairs,omitempty"`
+	// Unverifiable counts differing rows whose versions come from a site
+	// outside the check: whether it will still ship them is unknown.
+	Unverifiable int        `json:"unverifiable_rows"`
+	Repairs      []Repaired `json:"repairs,omitempty"`
 }
 
 // Cut is one origin's position at the cut.
@@ -104,6 +102,15 @@ type TableReport struct {
 	Unlisted  int              `json:"unlisted_buckets,omitempty"` // differing, past MaxBuckets
 	Diffs     []Diff           `json:"diffs,omitempty"`
 	InFlight  int              `json:"in_flight_rows"`
+	// Unverifiable: differing rows with a version of a site outside the
+	// check.
+	Unverifiable int `json:"unverifiable_rows,omitempty"`
+	// Mismatch: the sites' tables differ in their columns; rows were not
+	// compared.
+	Mismatch string `json:"schema_mismatch,omitempty"`
+	// Unsettled: a truncation has not reached every site; rows were not
+	// compared.
+	Unsettled string `json:"unsettled,omitempty"`
 }
 
 // Diff is one key that differs, with what each site holds.
@@ -112,13 +119,28 @@ type Diff struct {
 	Sites map[string]Entry `json:"sites"` // a site without the key has an absent entry
 }
 
-// Clean tells whether nothing differs.
+// Clean tells whether nothing was found to differ.
 func (r Report) Clean() bool {
 	if r.Differ > 0 {
 		return false
 	}
 	for _, t := range r.Tables {
-		if t.Unlisted > 0 {
+		if t.Unlisted > 0 || t.Mismatch != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// Conclusive tells whether the check saw everything it checked settled:
+// every site reached the cut, no truncation was on its way, and no
+// difference came from a site outside the check.
+func (r Report) Conclusive() bool {
+	if !r.CutOK || r.Unverifiable > 0 {
+		return false
+	}
+	for _, t := range r.Tables {
+		if t.Unsettled != "" {
 			return false
 		}
 	}
@@ -161,10 +183,11 @@ func Run(ctx context.Context, sites []Site, opts Options) (Report, error) {
 		}
 		rep.Differ += len(tr.Diffs)
 		rep.InFlight += tr.InFlight
+		rep.Unverifiable += tr.Unverifiable
 		rep.Tables = append(rep.Tables, tr)
 	}
 	if opts.Repair {
-		repairAll(ctx, sites, &rep)
+		repairAll(ctx, sites, &rep, opts)
 	}
 	rep.Took = time.Since(start)
 	return rep, nil
@@ -227,6 +250,16 @@ func checkTable(ctx context.Context, sites []Site, table string, opts Options, c
 		tr.Rows[string(s.Name())] = sums[i].Cost.Rows
 		addCost(cost, s.Name(), sums[i].Cost)
 	}
+	for i, s := range sites[1:] {
+		if sums[i+1].Columns != sums[0].Columns {
+			tr.Mismatch = fmt.Sprintf("columns at %s: %s; at %s: %s", sites[0].Name(), sums[0].Columns, s.Name(), sums[i+1].Columns)
+			return tr, nil
+		}
+		if a, b := sums[0].Truncation, sums[i+1].Truncation; (a == nil) != (b == nil) || (a != nil && *a != *b) {
+			tr.Unsettled = fmt.Sprintf("a truncation of the table has not reached every site (markers at %s and %s differ)", sites[0].Name(), s.Name())
+			return tr, nil
+		}
+	}
 	var differ []int
 	for b := 0; b < opts.Buckets; b++ {
 		for i := 1; i < len(sites); i++ {
@@ -244,12 +277,19 @@ func checkTable(ctx context.Context, sites []Site, table string, opts Options, c
 		tr.Unlisted = len(differ) - opts.MaxBuckets
 		differ = differ[:opts.MaxBuckets]
 	}
+	// Capture's versions of what was written before now first: a row
+	// written but not versioned yet is not a difference.
+	since, err := each(ctx, sites, func(ctx context.Context, s Site) (uint32, error) { return s.Settle(ctx) })
+	if err != nil {
+		return tr, err
+	}
 	type listed struct {
 		entries []Entry
 		cost    Cost
 	}
 	lists, err := each(ctx, sites, func(ctx context.Context, s Site) (listed, error) {
-		es, c, err := s.Entries(ctx, table, opts.Buckets, differ)
+		i := slices.Index(sites, s)
+		es, c, err := s.Entries(ctx, table, opts.Buckets, Filter{Buckets: differ}, since[i])
 		return listed{es, c}, err
 	})
 	if err != nil {
@@ -280,11 +320,14 @@ func checkTable(ctx context.Context, sites []Site, table string, opts Options, c
 		if agree(held) {
 			continue // changed between the digest and the listing, the same everywhere
 		}
-		if afterCut(held, cut) {
+		switch classify(held, cut) {
+		case inFlight:
 			tr.InFlight++
-			continue
+		case unverifiable:
+			tr.Unverifiable++
+		default:
+			tr.Diffs = append(tr.Diffs, Diff{Key: k, Sites: held})
 		}
-		tr.Diffs = append(tr.Diffs, Diff{Key: k, Sites: held})
 	}
 	return tr, nil
 }
@@ -304,19 +347,36 @@ func agree(held map[string]Entry) bool {
 	return true
 }
 
-// afterCut tells whether some site holds a version of the key written after
-// the cut: a difference that replication may still settle.
-func afterCut(held map[string]Entry, cut map[casualdb.SiteID]Cut) bool {
+type class int
+
+const (
+	differs class = iota
+	inFlight
+	unverifiable
+)
+
+// classify tells a key the sites disagree on from one that replication may
+// still settle: a row written and not versioned yet (Fresh), or a version
+// (a tombstone too) written after the cut, at any site; and one whose
+// versions come from a site outside the check.
+func classify(held map[string]Entry, cut map[casualdb.SiteID]Cut) class {
+	out := differs
 	for _, e := range held {
+		if e.Fresh {
+			return inFlight
+		}
 		if e.Version == nil {
 			continue
 		}
 		c, ok := cut[e.Version.Origin]
-		if !ok || e.OriginLSN > c.lsn {
-			return true
+		switch {
+		case !ok:
+			out = unverifiable
+		case e.OriginLSN > c.lsn:
+			return inFlight
 		}
 	}
-	return false
+	return out
 }
 
 func addCost(m map[string]Cost, site casualdb.SiteID, c Cost) {

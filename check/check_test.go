@@ -2,6 +2,7 @@ package check
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ type fakeSite struct {
 	progress []Progress // successive answers; the last one repeats
 	calls    int
 	entries  []Entry // every entry in bucket 0
+	columns  string
 	repairs  []Action
 }
 
@@ -30,16 +32,25 @@ func (f *fakeSite) Summarize(_ context.Context, _ string, n int) (Summary, error
 	s.Buckets[0] = Bucket{N: int64(len(f.entries)), Sum: "0"}
 	for _, e := range f.entries {
 		s.Buckets[0].Sum += e.Key + e.Image
+		if e.Version != nil {
+			s.Buckets[0].Sum += string(e.Version.Origin)
+		}
 	}
+	s.Columns = f.columns
 	s.Cost.Rows = int64(len(f.entries))
 	return s, nil
 }
 
-func (f *fakeSite) Entries(_ context.Context, _ string, _ int, buckets []int) ([]Entry, Cost, error) {
-	if len(buckets) != 1 || buckets[0] != 0 {
-		return nil, Cost{}, nil
+func (f *fakeSite) Settle(context.Context) (uint32, error) { return 100, nil }
+
+func (f *fakeSite) Entries(_ context.Context, _ string, _ int, flt Filter, _ uint32) ([]Entry, Cost, error) {
+	var out []Entry
+	for _, e := range f.entries {
+		if len(flt.Keys) > 0 && slices.Contains(flt.Keys, e.Key) || len(flt.Keys) == 0 && slices.Contains(flt.Buckets, 0) {
+			out = append(out, e)
+		}
 	}
-	return f.entries, Cost{Rows: int64(len(f.entries))}, nil
+	return out, Cost{Rows: int64(len(out))}, nil
 }
 
 func (f *fakeSite) Repair(_ context.Context, a Action) (bool, string, error) {

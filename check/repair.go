@@ -10,10 +10,10 @@ import (
 	"strings"
 
 	"github.com/casualdb/casualdb"
-	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/conflict"
 	"github.com/casualdb/casualdb/meta"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Repair. Every site must end with the row the merge rules choose: the
@@ -65,19 +65,41 @@ type Repaired struct {
 	Note string `json:"note,omitempty"` // why not, when not done
 }
 
-// Plan returns the repair of a differing key, or why there is none.
-func Plan(table string, d Diff) (Action, error) {
-	sites := d.SortedSites()
-	var win *casualdb.Version
-	deleted := false
-	for _, s := range sites {
-		e := d.Sites[s]
-		if e.Version != nil && (win == nil || conflict.Less(*win, *e.Version)) {
-			win, deleted = e.Version, e.Deleted
+// Winner returns the state the merge rules give a key from what the sites
+// hold: their versions merged with conflict.DecideRow under the table's
+// delete policy, oldest first (nil: no site has a version).
+func Winner(d Diff, p conflict.DeletePolicy) *conflict.Row {
+	var es []Entry
+	for _, s := range d.SortedSites() {
+		if e := d.Sites[s]; e.Version != nil {
+			es = append(es, e)
 		}
 	}
+	slices.SortStableFunc(es, func(a, b Entry) int {
+		switch {
+		case conflict.Less(*a.Version, *b.Version):
+			return -1
+		case conflict.Less(*b.Version, *a.Version):
+			return 1
+		}
+		return 0
+	})
+	var row *conflict.Row
+	for _, e := range es {
+		dec := conflict.DecideRow(row, *e.Version, e.Deleted, p)
+		floor := conflict.Join(dec.Floor, e.Floor)
+		row = &conflict.Row{Version: dec.Stored, Deleted: dec.Deleted, Floor: floor}
+	}
+	return row
+}
+
+// Plan returns the repair of a differing key under the table's delete
+// policy, or why there is none.
+func Plan(table string, d Diff, p conflict.DeletePolicy) (Action, error) {
+	sites := d.SortedSites()
+	win := Winner(d, p)
 	a := Action{Table: table, Key: d.Key}
-	if win != nil && deleted {
+	if win != nil && win.Deleted {
 		for _, s := range sites {
 			if e := d.Sites[s]; e.Present {
 				a.Site, a.Op, a.Image, a.Version = casualdb.SiteID(s), "delete", e.Image, e.Version
@@ -92,7 +114,7 @@ func Plan(table string, d Diff) (Action, error) {
 	count := map[string]int{}
 	for _, s := range sites {
 		e := d.Sites[s]
-		if e.Present && ((win == nil && e.Version == nil) || (win != nil && e.Version != nil && e.Version.Stamp() == win.Stamp())) {
+		if e.Present && ((win == nil && e.Version == nil) || (win != nil && e.Version != nil && !e.Deleted && e.Version.Stamp() == win.Version.Stamp())) {
 			holders = append(holders, s)
 			count[e.Image]++
 		}
@@ -102,7 +124,7 @@ func Plan(table string, d Diff) (Action, error) {
 	}
 	image := ""
 	if win != nil {
-		if e, ok := d.Sites[string(win.Origin)]; ok && slices.Contains(holders, string(win.Origin)) {
+		if e, ok := d.Sites[string(win.Version.Origin)]; ok && slices.Contains(holders, string(win.Version.Origin)) {
 			image = e.Image
 		}
 	}
@@ -127,33 +149,35 @@ func Plan(table string, d Diff) (Action, error) {
 // be as the check saw it, else nothing is written and done is false with
 // the reason.
 func Repair(ctx context.Context, conn *pgx.Conn, a Action) (done bool, note string, err error) {
-	schema, rel, _ := strings.Cut(a.Table, ".")
-	t, err := apply.DescribeTable(ctx, conn, schema, rel)
+	t, err := describe(ctx, conn, a.Table)
 	if err != nil {
 		return false, "", err
 	}
 	var key []string
-	if err := json.Unmarshal([]byte(a.Key), &key); err != nil || len(key) != len(t.Keys) || len(key) == 0 {
-		return false, "", fmt.Errorf("repair %s: key %s does not match the primary key (%s)", a.Table, a.Key, strings.Join(t.Keys, ", "))
+	if err := json.Unmarshal([]byte(a.Key), &key); err != nil || len(key) != len(t.desc.Keys) {
+		return false, "", fmt.Errorf("repair %s: key %s does not match the primary key (%s)", a.Table, a.Key, strings.Join(t.desc.Keys, ", "))
 	}
-	var conds []string
 	args := make([]any, len(key))
-	for i, k := range t.Keys {
-		c, _ := t.Column(k)
-		conds = append(conds, fmt.Sprintf("t.%s = CAST($%d::text AS %s)", pgx.Identifier{k}.Sanitize(), i+1, c.Type))
-		args[i] = key[i]
+	for i, k := range key {
+		args[i] = k
 	}
-	where := strings.Join(conds, " AND ")
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return false, "", fmt.Errorf("repair %s %s: %w", a.Table, a.Key, err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	// A row a long transaction holds is left for the next check.
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '2s'`); err != nil {
+		return false, "", fmt.Errorf("repair %s %s: %w", a.Table, a.Key, err)
+	}
 	var row string
-	err = tx.QueryRow(ctx, fmt.Sprintf(`SELECT row_to_json(t)::text FROM %s AS t WHERE %s FOR UPDATE`, t.Ident(), where), args...).Scan(&row)
+	err = tx.QueryRow(ctx, fmt.Sprintf(`SELECT to_jsonb(t)::text FROM %s AS t WHERE %s FOR UPDATE`, t.desc.Ident(), t.where), args...).Scan(&row)
+	var pe *pgconn.PgError
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return false, "the row is gone here since the check", nil
+	case errors.As(err, &pe) && pe.Code == "55P03":
+		return false, "the row is locked by another transaction here", nil
 	case err != nil:
 		return false, "", fmt.Errorf("repair %s %s: read the row: %w", a.Table, a.Key, err)
 	}
@@ -175,18 +199,18 @@ func Repair(ctx context.Context, conn *pgx.Conn, a Action) (done bool, note stri
 	}
 	switch a.Op {
 	case "rewrite":
-		col := t.Keys[0]
-		for _, c := range t.Columns {
+		col := t.desc.Keys[0]
+		for _, c := range t.desc.Columns {
 			if !c.Key && !c.Generated && !c.IdentityAlways {
 				col = c.Name
 				break
 			}
 		}
 		id := pgx.Identifier{col}.Sanitize()
-		write = fmt.Sprintf(`UPDATE %s AS t SET %s = t.%s WHERE %s`, t.Ident(), id, id, where)
+		write = fmt.Sprintf(`UPDATE %s AS t SET %s = t.%s WHERE %s`, t.desc.Ident(), id, id, t.where)
 		logged.RemoteRow = json.RawMessage(row)
 	case "delete":
-		write = fmt.Sprintf(`DELETE FROM %s AS t WHERE %s`, t.Ident(), where)
+		write = fmt.Sprintf(`DELETE FROM %s AS t WHERE %s`, t.desc.Ident(), t.where)
 		logged.RemoteRow = json.RawMessage("null")
 	default:
 		return false, "", fmt.Errorf("repair %s %s: unknown action %q", a.Table, a.Key, a.Op)
@@ -206,27 +230,63 @@ func Repair(ctx context.Context, conn *pgx.Conn, a Action) (done bool, note stri
 func md5hex(s string) string { return fmt.Sprintf("%x", md5.Sum([]byte(s))) }
 
 // repairAll plans and performs the repair of every difference in rep, each
-// at the site Plan names.
-func repairAll(ctx context.Context, sites []Site, rep *Report) {
+// at the site Plan names, once every site still holds for the key what the
+// check saw (a write since then is left alone). Nothing is repaired when
+// the cut was not reached: a lagging site's rows would look different.
+func repairAll(ctx context.Context, sites []Site, rep *Report, opts Options) {
 	byName := map[casualdb.SiteID]Site{}
 	for _, s := range sites {
 		byName[s.Name()] = s
 	}
 	for _, t := range rep.Tables {
 		for _, d := range t.Diffs {
-			a, err := Plan(t.Table, d)
-			r := Repaired{Action: a}
-			switch {
-			case err != nil:
-				r.Note = err.Error()
-			case byName[a.Site] == nil:
-				r.Note = "site " + string(a.Site) + " is not in the check"
+			r := Repaired{Action: Action{Table: t.Table, Key: d.Key}}
+			switch reason := opts.NoRepair[t.Table]; {
+			case !rep.CutOK:
+				r.Note = "not repaired: not every site reached the cut"
+			case reason != "":
+				r.Note = "not repaired: " + reason
 			default:
-				if r.Done, r.Note, err = byName[a.Site].Repair(ctx, a); err != nil {
-					r.Note = err.Error()
-				}
+				r = repairOne(ctx, sites, byName, t.Table, d, opts.Policies[t.Table])
 			}
 			rep.Repairs = append(rep.Repairs, r)
 		}
 	}
+}
+
+func repairOne(ctx context.Context, sites []Site, byName map[casualdb.SiteID]Site, table string, d Diff, p conflict.DeletePolicy) Repaired {
+	a, err := Plan(table, d, p)
+	r := Repaired{Action: a}
+	if err != nil {
+		r.Note = err.Error()
+		return r
+	}
+	if byName[a.Site] == nil {
+		r.Note = "site " + string(a.Site) + " is not in the check"
+		return r
+	}
+	// Every site again, for this key alone: anything moved, and the key is
+	// left to replication and the next check.
+	now, err := each(ctx, sites, func(ctx context.Context, s Site) ([]Entry, error) {
+		es, _, err := s.Entries(ctx, table, 1, Filter{Keys: []string{d.Key}}, 0)
+		return es, err
+	})
+	if err != nil {
+		r.Note = err.Error()
+		return r
+	}
+	for i, s := range sites {
+		e := Entry{Key: d.Key}
+		if len(now[i]) > 0 {
+			e = now[i][0]
+		}
+		if was := d.Sites[string(s.Name())]; !was.same(e) || was.Deleted != e.Deleted {
+			r.Note = "the row changed at site " + string(s.Name()) + " since the check"
+			return r
+		}
+	}
+	if r.Done, r.Note, err = byName[a.Site].Repair(ctx, a); err != nil {
+		r.Note = err.Error()
+	}
+	return r
 }

@@ -3,10 +3,14 @@ package check
 import (
 	"strings"
 	"testing"
+
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/conflict"
 )
 
 func TestPlan(t *testing.T) {
 	v1, v2 := version(1, "a"), version(2, "c")
+	v1.VC, v2.VC = casualdb.VectorClock{"a": 1}, casualdb.VectorClock{"a": 1, "c": 1} // v2 saw v1
 	tests := []struct {
 		name  string
 		sites map[string]Entry
@@ -40,6 +44,10 @@ func TestPlan(t *testing.T) {
 			"a": {},
 			"b": {Present: true, Image: "unversioned"},
 		}, "b/rewrite/unversioned"},
+		{"delete-wins: a write concurrent with a delete dies", map[string]Entry{
+			"a": {Version: &casualdb.Version{HLC: casualdb.HLC{Wall: 1}, Origin: "a", VC: casualdb.VectorClock{"a": 2}}, Deleted: true, Floor: casualdb.VectorClock{"a": 2}},
+			"c": {Present: true, Image: "late", Version: &casualdb.Version{HLC: casualdb.HLC{Wall: 3}, Origin: "c", VC: casualdb.VectorClock{"a": 1, "c": 1}}},
+		}, "c/delete/late"},
 		{"a live winner nobody holds", map[string]Entry{
 			"a": {Version: v2},
 			"b": {Present: true, Image: "old", Version: v1},
@@ -47,7 +55,7 @@ func TestPlan(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a, err := Plan("public.t", Diff{Key: `["1"]`, Sites: tt.sites})
+			a, err := Plan("public.t", Diff{Key: `["1"]`, Sites: tt.sites}, conflict.DeleteWins)
 			got := string(a.Site) + "/" + a.Op + "/" + a.Image
 			if err != nil {
 				got = "error: " + err.Error()

@@ -4,18 +4,38 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/casualdb/casualdb"
 	"github.com/jackc/pgx/v5"
 )
 
+// Site is one site as a check sees it.
+type Site interface {
+	Name() casualdb.SiteID
+	// Progress returns how far the site has captured and applied.
+	Progress(ctx context.Context) (Progress, error)
+	// Summarize runs Summarize at the site.
+	Summarize(ctx context.Context, table string, n int) (Summary, error)
+	// Settle waits until capture has versioned, and recorded, every local
+	// transaction committed so far, and returns the first transaction id
+	// it may not have: a row written by a later one is Fresh.
+	Settle(ctx context.Context) (since uint32, err error)
+	// Entries runs Entries at the site, every page.
+	Entries(ctx context.Context, table string, n int, f Filter, since uint32) ([]Entry, Cost, error)
+	// Repair performs a repair at the site (see Repair).
+	Repair(ctx context.Context, a Action) (done bool, note string, err error)
+}
+
 // Request is what a check asks of a site over the wire.
 type Request struct {
-	Op      string  `json:"op"` // "progress", "summary" or "entries"
+	Op      string  `json:"op"` // "progress", "summary", "settle", "entries" or "repair"
 	Table   string  `json:"table,omitempty"`
 	Buckets int     `json:"buckets,omitempty"`
-	List    []int   `json:"list,omitempty"`   // the buckets to list ("entries")
+	Filter  Filter  `json:"filter,omitempty"` // "entries"
+	Since   uint32  `json:"since,omitempty"`  // "entries"
+	Page    Page    `json:"page,omitempty"`   // "entries"
 	Action  *Action `json:"action,omitempty"` // "repair"
 }
 
@@ -23,7 +43,9 @@ type Request struct {
 type Response struct {
 	Progress *Progress `json:"progress,omitempty"`
 	Summary  *Summary  `json:"summary,omitempty"`
+	Since    uint32    `json:"since,omitempty"` // "settle"
 	Entries  []Entry   `json:"entries,omitempty"`
+	More     bool      `json:"more,omitempty"` // "entries": another page follows
 	Cost     Cost      `json:"cost"`
 	Done     bool      `json:"done,omitempty"` // "repair"
 	Note     string    `json:"note,omitempty"` // "repair": why not done
@@ -33,11 +55,17 @@ type Response struct {
 // Local is this site: it answers from its own database and state.
 type Local struct {
 	Site casualdb.SiteID
+	// Tables are the replicated tables (CasualDB names): the only ones a
+	// request may name.
+	Tables []string
 	// Connect opens a connection to the site's database under
 	// casualdb.CanonicalParams; Local closes it.
 	Connect func(ctx context.Context) (*pgx.Conn, error)
 	// State returns the site's progress.
 	State func(ctx context.Context) (Progress, error)
+	// Settled waits until capture has versioned and recorded every local
+	// transaction that ends at or before the WAL position lsn.
+	Settled func(ctx context.Context, lsn uint64) error
 }
 
 var _ Site = (*Local)(nil)
@@ -48,8 +76,18 @@ func (l *Local) Name() casualdb.SiteID { return l.Site }
 // Progress implements Site.
 func (l *Local) Progress(ctx context.Context) (Progress, error) { return l.State(ctx) }
 
+func (l *Local) replicated(table string) error {
+	if !slices.Contains(l.Tables, table) {
+		return fmt.Errorf("table %s is not replicated at site %s", table, l.Site)
+	}
+	return nil
+}
+
 // Summarize implements Site.
 func (l *Local) Summarize(ctx context.Context, table string, n int) (s Summary, err error) {
+	if err := l.replicated(table); err != nil {
+		return s, err
+	}
 	err = l.withConn(ctx, func(conn *pgx.Conn) error {
 		s, err = Summarize(ctx, conn, table, n)
 		return err
@@ -57,17 +95,54 @@ func (l *Local) Summarize(ctx context.Context, table string, n int) (s Summary, 
 	return s, err
 }
 
-// Entries implements Site.
-func (l *Local) Entries(ctx context.Context, table string, n int, buckets []int) (es []Entry, c Cost, err error) {
+// Settle implements Site: every transaction below the snapshot's xmin had
+// ended when it was taken, below the WAL insert position read after it. A
+// transaction at or above it may have ended too: its rows count as Fresh
+// only while capture has not versioned them.
+func (l *Local) Settle(ctx context.Context) (since uint32, err error) {
+	var lsn string
+	var xmin uint64
 	err = l.withConn(ctx, func(conn *pgx.Conn) error {
-		es, c, err = Entries(ctx, conn, table, n, buckets)
+		return conn.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, pg_current_wal_insert_lsn()::text`).Scan(&xmin, &lsn)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("settle: %w", err)
+	}
+	pos, err := casualdb.ParseLSN(lsn)
+	if err != nil {
+		return 0, err
+	}
+	if err := l.Settled(ctx, pos); err != nil {
+		return 0, fmt.Errorf("settle: wait for capture: %w", err)
+	}
+	return max(uint32(xmin), 3), nil // 0-2 are not normal transaction ids
+}
+
+// Entries implements Site.
+func (l *Local) Entries(ctx context.Context, table string, n int, f Filter, since uint32) (es []Entry, c Cost, err error) {
+	es, c, _, err = l.entries(ctx, table, n, f, since, Page{Limit: 1 << 30})
+	return es, c, err
+}
+
+func (l *Local) entries(ctx context.Context, table string, n int, f Filter, since uint32, p Page) (es []Entry, c Cost, more bool, err error) {
+	if err := l.replicated(table); err != nil {
+		return nil, c, false, err
+	}
+	err = l.withConn(ctx, func(conn *pgx.Conn) error {
+		es, c, more, err = Entries(ctx, conn, table, n, f, since, p)
 		return err
 	})
-	return es, c, err
+	return es, c, more, err
 }
 
 // Repair implements Site.
 func (l *Local) Repair(ctx context.Context, a Action) (done bool, note string, err error) {
+	if err := l.replicated(a.Table); err != nil {
+		return false, "", err
+	}
+	if a.Site != l.Site {
+		return false, "", fmt.Errorf("a repair for site %s asked of site %s", a.Site, l.Site)
+	}
 	err = l.withConn(ctx, func(conn *pgx.Conn) error {
 		done, note, err = Repair(ctx, conn, a)
 		return err
@@ -103,11 +178,16 @@ func (l *Local) Serve(ctx context.Context, req Request) Response {
 		if s, err = l.Summarize(ctx, req.Table, req.Buckets); err == nil {
 			r.Summary, r.Cost = &s, s.Cost
 		}
+	case "settle":
+		r.Since, err = l.Settle(ctx)
 	case "entries":
-		r.Entries, r.Cost, err = l.Entries(ctx, req.Table, req.Buckets, req.List)
+		if req.Page.Limit <= 0 || req.Page.Limit > DefaultPageSize {
+			req.Page.Limit = DefaultPageSize
+		}
+		r.Entries, r.Cost, r.More, err = l.entries(ctx, req.Table, req.Buckets, req.Filter, req.Since, req.Page)
 	case "repair":
-		if req.Action == nil || req.Action.Site != l.Site {
-			err = errors.New("a repair request names no action for this site")
+		if req.Action == nil {
+			err = errors.New("a repair request without its action")
 			break
 		}
 		r.Done, r.Note, err = l.Repair(ctx, *req.Action)
@@ -167,13 +247,29 @@ func (r *Remote) Summarize(ctx context.Context, table string, n int) (Summary, e
 	return *resp.Summary, nil
 }
 
-// Entries implements Site.
-func (r *Remote) Entries(ctx context.Context, table string, n int, buckets []int) ([]Entry, Cost, error) {
-	resp, err := r.ask(ctx, Request{Op: "entries", Table: table, Buckets: n, List: buckets})
-	if err != nil {
-		return nil, Cost{}, err
+// Settle implements Site.
+func (r *Remote) Settle(ctx context.Context) (uint32, error) {
+	resp, err := r.ask(ctx, Request{Op: "settle"})
+	return resp.Since, err
+}
+
+// Entries implements Site: page after page.
+func (r *Remote) Entries(ctx context.Context, table string, n int, f Filter, since uint32) ([]Entry, Cost, error) {
+	var out []Entry
+	var cost Cost
+	page := Page{Limit: DefaultPageSize}
+	for {
+		resp, err := r.ask(ctx, Request{Op: "entries", Table: table, Buckets: n, Filter: f, Since: since, Page: page})
+		if err != nil {
+			return nil, cost, err
+		}
+		out = append(out, resp.Entries...)
+		cost.add(resp.Cost)
+		if !resp.More || len(resp.Entries) == 0 {
+			return out, cost, nil
+		}
+		page.After = resp.Entries[len(resp.Entries)-1].Key
 	}
-	return resp.Entries, resp.Cost, nil
 }
 
 // Repair implements Site.

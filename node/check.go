@@ -9,6 +9,8 @@ import (
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/check"
+	"github.com/casualdb/casualdb/conflict"
+	"github.com/casualdb/casualdb/meta"
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 )
@@ -22,20 +24,33 @@ const checkTimeout = 5 * time.Minute
 
 // localCheck is this site as a check sees it.
 func (s *Node) localCheck() *check.Local {
-	return &check.Local{Site: casualdb.SiteID(s.cfg.Site), State: s.checkProgress, Connect: func(ctx context.Context) (*pgx.Conn, error) {
-		cfg, err := apply.CanonicalConfig(s.cfg.Database.DSN)
-		if err != nil {
-			return nil, err
+	var tables []string
+	for _, t := range s.tables {
+		tables = append(tables, t.String())
+	}
+	settled := func(ctx context.Context, lsn uint64) error {
+		if err := s.capturer.WaitProcessed(ctx, lsn); err != nil {
+			return err
 		}
-		cfg.RuntimeParams["application_name"] = "casualdb-check"
-		cctx, cancel := context.WithTimeout(ctx, s.cfg.Database.ConnectTimeout)
-		defer cancel()
-		conn, err := pgx.ConnectConfig(cctx, cfg)
-		if err != nil {
-			return nil, fmt.Errorf("check: connect to database: %w", err)
-		}
-		return conn, nil
-	}}
+		return s.capturer.FlushVersions(ctx)
+	}
+	return &check.Local{Site: casualdb.SiteID(s.cfg.Site), Tables: tables, State: s.checkProgress, Settled: settled, Connect: s.checkConn}
+}
+
+// checkConn opens a connection for a check under the canonical settings.
+func (s *Node) checkConn(ctx context.Context) (*pgx.Conn, error) {
+	cfg, err := apply.CanonicalConfig(s.cfg.Database.DSN)
+	if err != nil {
+		return nil, err
+	}
+	cfg.RuntimeParams["application_name"] = "casualdb-check"
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.Database.ConnectTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(cctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("check: connect to database: %w", err)
+	}
+	return conn, nil
 }
 
 // checkProgress is how far this site has captured and applied.
@@ -51,7 +66,21 @@ func (s *Node) checkProgress(ctx context.Context) (check.Progress, error) {
 			}
 		}
 		if !ok {
-			return p, fmt.Errorf("check: the commit LSN of outbox sequence %d is unknown", p.LastSeq)
+			// Trimmed from the outbox and forgotten by capture (an idle
+			// site since a restart): the LSN capture recorded with it.
+			conn, err := s.checkConn(ctx)
+			if err != nil {
+				return p, err
+			}
+			st, err := meta.LoadCaptureState(ctx, conn, casualdb.SiteID(s.cfg.Site))
+			conn.Close(context.WithoutCancel(ctx))
+			if err != nil {
+				return p, err
+			}
+			if st.OutboxSeq != p.LastSeq || st.LSN == 0 {
+				return p, fmt.Errorf("check: the commit LSN of outbox sequence %d is unknown (capture recorded sequence %d)", p.LastSeq, st.OutboxSeq)
+			}
+			lsn = st.LSN
 		}
 		p.LastLSN = lsn
 	}
@@ -85,9 +114,15 @@ func (s *Node) serveChecks(ctx context.Context) error {
 				resp = local.Serve(rctx, req)
 				cancel()
 			}
-			body, _ := json.Marshal(resp)
+			body, err := json.Marshal(resp)
+			if err == nil && int64(len(body)) > s.nc.MaxPayload() {
+				err = fmt.Errorf("the answer (%d bytes) exceeds the NATS payload limit (%d)", len(body), s.nc.MaxPayload())
+			}
+			if err != nil {
+				body, _ = json.Marshal(check.Response{Error: err.Error()})
+			}
 			if err := m.Respond(body); err != nil {
-				s.log.Debug("answer a check request", "err", err)
+				s.log.Warn("answer a check request", "op", req.Op, "err", err)
 			}
 		case <-ctx.Done():
 			return nil
@@ -114,12 +149,12 @@ func (s *Node) Check(ctx context.Context, opts check.Options) (rep check.Report,
 	for _, p := range s.peerList() {
 		sh := s.shipper(p)
 		if sh == nil || !sh.Connected() {
-			skipped = append(skipped, string(p))
+			skipped = append(skipped, string(p)+" (not connected)")
 			continue
 		}
 		nc, err := nats.Connect(sh.PeerURL(), nats.Name("casualdb-check-"+s.cfg.Site), nats.Timeout(5*time.Second), nats.NoReconnect())
 		if err != nil {
-			skipped = append(skipped, string(p))
+			skipped = append(skipped, fmt.Sprintf("%s (%v)", p, err))
 			continue
 		}
 		conns = append(conns, nc)
@@ -139,8 +174,32 @@ func (s *Node) Check(ctx context.Context, opts check.Options) (rep check.Report,
 			return resp, nil
 		}})
 	}
+	def, own := s.cfg.Conflicts.DeletePolicies()
+	opts.Policies = withDefault(own, def, opts.Tables)
+	opts.NoRepair = map[string]string{}
+	for t := range s.cfg.Conflicts.MergeColumns() {
+		opts.NoRepair[t] = "its columns merge one by one (merge: columns), and a rewrite of the row changes no column's version"
+	}
+	for t, cols := range s.cfg.Conflicts.Counters() {
+		if len(cols) > 0 {
+			opts.NoRepair[t] = "its counter columns merge by increments, and a rewrite adds nothing to them"
+		}
+	}
 	rep, err = check.Run(ctx, sites, opts)
 	return rep, skipped, err
+}
+
+// withDefault returns the policy of every table: its own, or def.
+func withDefault(own map[string]conflict.DeletePolicy, def conflict.DeletePolicy, tables []string) map[string]conflict.DeletePolicy {
+	out := map[string]conflict.DeletePolicy{}
+	for _, t := range tables {
+		p, ok := own[t]
+		if !ok {
+			p = def
+		}
+		out[t] = p
+	}
+	return out
 }
 
 // AntiEntropyStatus is what the background checks did since start (/status).
@@ -174,7 +233,9 @@ func (s *Node) antiEntropy(ctx context.Context) error {
 			s.noteAntiEntropy(func(st *AntiEntropyStatus) { st.Skipped++ })
 			continue
 		}
-		rep, skipped, err := s.Check(ctx, check.Options{Buckets: s.cfg.AntiEntropy.Buckets, Repair: s.cfg.AntiEntropy.Repair})
+		rctx, cancel := context.WithTimeout(ctx, antiEntropyRunTimeout)
+		rep, skipped, err := s.Check(rctx, check.Options{Buckets: s.cfg.AntiEntropy.Buckets, Repair: s.cfg.AntiEntropy.Repair})
+		cancel()
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -200,13 +261,18 @@ func (s *Node) antiEntropy(ctx context.Context) error {
 		switch {
 		case err != nil:
 			s.log.Warn("anti-entropy check failed", "err", err)
-		case rep.Differ > 0:
+		case !rep.Clean():
 			s.log.Warn("anti-entropy: sites differ", "rows", rep.Differ, "repairs", len(rep.Repairs), "repair", s.cfg.AntiEntropy.Repair, "not_checked", skipped)
+		case !rep.Conclusive() || len(skipped) > 0:
+			s.log.Info("anti-entropy: inconclusive", "cut_reached", rep.CutOK, "unverifiable", rep.Unverifiable, "not_checked", skipped)
 		default:
 			s.log.Debug("anti-entropy: the sites agree", "in_flight", rep.InFlight, "took", rep.Took, "not_checked", skipped)
 		}
 	}
 }
+
+// antiEntropyRunTimeout bounds one background check.
+const antiEntropyRunTimeout = 30 * time.Minute
 
 // antiEntropyTurn tells whether this site runs the next background check.
 func (s *Node) antiEntropyTurn() bool {

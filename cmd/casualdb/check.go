@@ -20,6 +20,10 @@ import (
 // command exits non-zero.
 var errDiffer = errors.New("the sites differ")
 
+// errInconclusive is the outcome of a check that found nothing but could
+// not see everything settled: the command exits non-zero too.
+var errInconclusive = errors.New("the check is inconclusive")
+
 // checkCmd asks the running sidecar (--admin, or admin.listen of --config)
 // to compare the replicated tables across the sites it reaches, and prints
 // what differs.
@@ -65,6 +69,9 @@ func (m *Main) checkCmd(ctx context.Context, args []string) error {
 	} else {
 		writeCheck(m.Stdout, res)
 	}
+	if res.Clean() && (!res.Conclusive() || len(res.Skipped) > 0) {
+		return fmt.Errorf("%w (cut reached: %v, rows from sites outside the check: %d, peers not checked: %d)", errInconclusive, res.CutOK, res.Unverifiable, len(res.Skipped))
+	}
 	if !res.Clean() {
 		if *repair {
 			done := 0
@@ -88,13 +95,21 @@ func writeCheck(w io.Writer, res node.CheckResult) {
 	}
 	fmt.Fprintf(w, "checked %d tables across sites %s in %s", len(res.Tables), strings.Join(sites, ", "), res.Took.Round(time.Millisecond))
 	if !res.CutOK {
-		fmt.Fprint(w, " (not every site had applied up to the cut in time: more rows count as in flight)")
+		fmt.Fprint(w, " (INCONCLUSIVE: not every site had applied up to the cut in time; rows a lagging site has not applied count as differing, and nothing is repaired)")
 	}
 	fmt.Fprintln(w)
 	if len(res.Skipped) > 0 {
-		fmt.Fprintf(w, "  NOT CHECKED: peers %s (not reachable)\n", strings.Join(res.Skipped, ", "))
+		fmt.Fprintf(w, "  NOT CHECKED: peers %s\n", strings.Join(res.Skipped, ", "))
 	}
 	for _, t := range res.Tables {
+		if t.Mismatch != "" {
+			fmt.Fprintf(w, "%s: SCHEMA DIFFERS, rows not compared: %s\n", t.Table, t.Mismatch)
+			continue
+		}
+		if t.Unsettled != "" {
+			fmt.Fprintf(w, "%s: not compared: %s\n", t.Table, t.Unsettled)
+			continue
+		}
 		state := "same"
 		switch {
 		case len(t.Diffs) > 0 || t.Unlisted > 0:
@@ -105,7 +120,11 @@ func writeCheck(w io.Writer, res node.CheckResult) {
 		case t.InFlight > 0:
 			state = "same up to the cut"
 		}
-		fmt.Fprintf(w, "%s: %s (%d of %d buckets differ, %d rows in flight)\n", t.Table, state, t.Differing, t.Buckets, t.InFlight)
+		fmt.Fprintf(w, "%s: %s (%d of %d buckets differ, %d rows in flight", t.Table, state, t.Differing, t.Buckets, t.InFlight)
+		if t.Unverifiable > 0 {
+			fmt.Fprintf(w, ", %d rows from sites outside the check", t.Unverifiable)
+		}
+		fmt.Fprintln(w, ")")
 		if len(t.Diffs) == 0 {
 			continue
 		}
