@@ -56,10 +56,10 @@ type Node struct {
 	slotLag                int64
 	outboxMsg              uint64
 	inboxMsg               uint64
-	gcRuns                 uint64           // tombstone collections run
-	durableSeq, durableLSN uint64           // W-durable watermark last saved
-	collected              uint64           // tombstones collected
-	durableWake            chan struct{}    // a peer acknowledged something (durability.go)
+	gcRuns                 uint64            // tombstone collections run
+	durableSeq, durableLSN uint64            // W-durable watermark last saved
+	collected              uint64            // tombstones collected
+	durableWake            chan struct{}     // a peer acknowledged something (durability.go)
 	ae                     AntiEntropyStatus // background checks (check.go)
 	started                time.Time
 }
