@@ -407,3 +407,28 @@ func TestNextClaims(t *testing.T) {
 		t.Error("NULL and the empty string hash alike")
 	}
 }
+
+// TestEarlierClaim_TotalOrder: EarlierClaim is a strict total order on
+// distinct claimants (two rows always have different keys), so that of any
+// set of rows claiming one value exactly one is the earliest, at every site.
+func TestEarlierClaim_TotalOrder(t *testing.T) {
+	gen := rapid.Custom(func(t *rapid.T) Claimant {
+		return Claimant{
+			Claim: casualdb.Stamp{HLC: casualdb.HLC{Wall: rapid.Int64Range(0, 3).Draw(t, "wall"), Logical: rapid.Uint32Range(0, 2).Draw(t, "logical")},
+				Origin: casualdb.SiteID(rapid.SampledFrom([]string{"a", "b"}).Draw(t, "origin"))},
+			Key: rapid.SampledFrom([]string{`["1"]`, `["2"]`, `["10"]`}).Draw(t, "key"),
+		}
+	})
+	rapid.Check(t, func(t *rapid.T) {
+		a, b, c := gen.Draw(t, "a"), gen.Draw(t, "b"), gen.Draw(t, "c")
+		if EarlierClaim(a, a) {
+			t.Fatalf("%v is earlier than itself", a)
+		}
+		if a != b && EarlierClaim(a, b) == EarlierClaim(b, a) {
+			t.Fatalf("%v and %v: not exactly one is earlier", a, b)
+		}
+		if EarlierClaim(a, b) && EarlierClaim(b, c) && !EarlierClaim(a, c) {
+			t.Fatalf("not transitive: %v < %v < %v", a, b, c)
+		}
+	})
+}
