@@ -168,6 +168,7 @@ func (w *txWriter) removeLoser(ctx context.Context, im inMsg, c *casualdb.Change
 	lt := w.tables[c.Table]
 	rk := meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}
 	lost := meta.RowVersion{Version: c.Version, Claims: c.Claims, OriginLSN: im.tx.LSN}
+	lost.Version.VC = c.Version.VC.Clone()
 	st := w.state[rk]
 	if st != nil && st.rv != nil {
 		lost.Version.VC = conflict.Join(st.rv.Version.VC, c.Version.VC)
