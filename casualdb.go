@@ -90,6 +90,17 @@ func (s Stamp) Less(o Stamp) bool {
 	return s.Origin < o.Origin
 }
 
+// Claim records when a row took the value it holds in one column of a
+// unique index other than the primary key: the stamp of the change that set
+// that value (not of later changes that left it alone), and a hash of the
+// value (conflict.ClaimHash), by which the origin of the row's next change tells
+// whether that change sets another value. Of two rows that claim one value
+// of such an index, the earlier claim keeps it (conflict.EarlierClaim).
+type Claim struct {
+	Stamp
+	Hash uint64 `json:"h"`
+}
+
 // String renders v compactly for logs.
 func (v Version) String() string { return fmt.Sprintf("%s@%s", v.HLC, v.Origin) }
 
@@ -165,6 +176,17 @@ type Change struct {
 	// Changed is what capture's decoder saw the change write (for tables
 	// whose columns merge); nil when it could not tell. Not shipped.
 	Changed map[string]bool `json:"-"`
+	// Claims, for a table with unique indexes other than the primary key
+	// (insert and update), is the claim of every column of those indexes
+	// at the origin after this change: the change's own stamp for a column
+	// whose value it changed, the earlier claim for the others. Capture
+	// computes it at the origin; every site keeps it with the row's version
+	// and compares the same claims (see conflict.ClaimOf).
+	Claims map[string]Claim `json:"claims,omitempty"`
+	// ClaimColumns are the columns of the table's unique indexes other than
+	// the primary key, as capture's decoder found them (insert and update);
+	// capture computes Claims for them. Not shipped.
+	ClaimColumns []string `json:"-"`
 	// Floor is the row's delete floor at the origin after this change (see
 	// conflict.Row), kept so that the origin can re-derive its metadata
 	// from its outbox after a crash; receivers keep their own.

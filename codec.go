@@ -16,7 +16,7 @@ import (
 // is a compact binary form rather than JSON, which cost a fifth of the
 // sidecars' CPU:
 //
-//	magic 0xC7, version 1
+//	magic 0xC7, version 1 (2 when a change carries claims)
 //	origin, LSN, xid, commit time (µs)
 //	deps:      n, (site, lsn)*            sorted by site
 //	relations: n, (len, schema, name, ncols, (name, type, key)*)*
@@ -25,14 +25,21 @@ import (
 // A change is its relation's index, its op, a flags byte, its key (omitted
 // for inserts and updates whose key equals the key columns of their values),
 // its values (tag: text, null or unchanged), its version (HLC, origin,
-// vector clock) and its optional deltas, column stamps and floor, each
-// sorted. Integers are varints; strings are a length and their bytes.
+// vector clock) and its optional deltas, column stamps, floor and claims
+// (column, stamp, 8-byte little-endian hash), each sorted. Integers are
+// varints; strings are a length and their bytes.
+//
+// Version 2 differs from version 1 only by the claims flag. A transaction
+// without claims is written as version 1, which sidecars that predate claims
+// read; one with claims as version 2, which they refuse with a clear error
+// (and park) instead of misreading the claims as the next change.
 //
 // UnmarshalTx also reads JSON, the encoding of earlier versions, so that
 // outboxes and inboxes written before an upgrade still drain.
 const (
-	wireMagic   byte = 0xC7
-	wireVersion byte = 1
+	wireMagic     byte = 0xC7
+	wireVersion   byte = 2 // the newest version this sidecar reads and writes
+	wireVersionV1 byte = 1 // no claims
 )
 
 // Change flags.
@@ -41,6 +48,7 @@ const (
 	flagDeltas
 	flagColumns
 	flagFloor
+	flagClaims // wire version 2
 )
 
 // Value tags.
@@ -60,7 +68,14 @@ func (t *Tx) Marshal() ([]byte, error) {
 
 // AppendBinary appends t's wire encoding to b.
 func (t *Tx) AppendBinary(b []byte) ([]byte, error) {
-	b = append(b, wireMagic, wireVersion)
+	version := wireVersionV1
+	for i := range t.Changes {
+		if len(t.Changes[i].Claims) > 0 {
+			version = wireVersion
+			break
+		}
+	}
+	b = append(b, wireMagic, version)
 	b = appendString(b, string(t.Origin))
 	b = binary.AppendUvarint(b, t.LSN)
 	b = binary.AppendUvarint(b, uint64(t.Xid))
@@ -110,6 +125,9 @@ func (t *Tx) AppendBinary(b []byte) ([]byte, error) {
 		if len(c.Floor) > 0 {
 			flags |= flagFloor
 		}
+		if len(c.Claims) > 0 {
+			flags |= flagClaims
+		}
 		b = append(b, flags)
 		if flags&flagKeyDerived == 0 {
 			b = binary.AppendUvarint(b, uint64(len(c.Key)))
@@ -149,6 +167,16 @@ func (t *Tx) AppendBinary(b []byte) ([]byte, error) {
 		}
 		if flags&flagFloor != 0 {
 			b = appendSiteCounts(b, c.Floor)
+		}
+		if flags&flagClaims != 0 {
+			cols := sortedKeys(c.Claims)
+			b = binary.AppendUvarint(b, uint64(len(cols)))
+			for _, col := range cols {
+				cl := c.Claims[col]
+				b = appendString(b, col)
+				b = appendStamp(b, cl.Stamp)
+				b = binary.LittleEndian.AppendUint64(b, cl.Hash)
+			}
 		}
 	}
 	return b, nil
@@ -341,6 +369,20 @@ func (r *reader) bytes(what string) []byte {
 	return out
 }
 
+// uint64 reads 8 bytes, little-endian.
+func (r *reader) uint64(what string) uint64 {
+	if r.err != nil {
+		return 0
+	}
+	if len(r.b) < 8 {
+		r.fail(what)
+		return 0
+	}
+	v := binary.LittleEndian.Uint64(r.b)
+	r.b = r.b[8:]
+	return v
+}
+
 func (r *reader) string(what string) string { return string(r.bytes(what)) }
 
 // count reads a length of items that take at least min bytes each, and
@@ -387,8 +429,9 @@ func (r *reader) siteCounts(what string) map[SiteID]uint64 {
 
 func (d *Decoder) decodeBinary(b []byte) (*Tx, error) {
 	r := &reader{b: b[1:]}
-	if v := r.byte("version"); r.err == nil && v != wireVersion {
-		return nil, fmt.Errorf("encoding version %d is not known here (this sidecar reads %d)", v, wireVersion)
+	v := r.byte("version")
+	if r.err == nil && v != wireVersion && v != wireVersionV1 {
+		return nil, fmt.Errorf("encoding version %d is not known here (this sidecar reads %d and %d)", v, wireVersionV1, wireVersion)
 	}
 	t := &Tx{}
 	t.Origin = SiteID(r.string("origin"))
@@ -425,6 +468,9 @@ func (d *Decoder) decodeBinary(b []byte) (*Tx, error) {
 		c.Table = rel.Table
 		c.Op = opOf(r.byte("op"))
 		flags := r.byte("flags")
+		if flags&flagClaims != 0 && v < wireVersion && r.err == nil {
+			return nil, fmt.Errorf("change %d: claims in an encoding of version %d", i, v)
+		}
 		if flags&flagKeyDerived == 0 {
 			nk := r.count("key", 1)
 			if nk > 0 {
@@ -485,6 +531,15 @@ func (d *Decoder) decodeBinary(b []byte) (*Tx, error) {
 		}
 		if flags&flagFloor != 0 {
 			c.Floor = r.siteCounts("floor")
+		}
+		if flags&flagClaims != 0 {
+			n := r.count("claims", 12)
+			c.Claims = make(map[string]Claim, n)
+			for k := 0; k < n && r.err == nil; k++ {
+				col := r.string("claim column")
+				s := r.stamp("claim")
+				c.Claims[col] = Claim{Stamp: s, Hash: r.uint64("claim hash")}
+			}
 		}
 	}
 	if r.err != nil {

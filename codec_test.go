@@ -80,6 +80,9 @@ func genTx() *rapid.Generator[*Tx] {
 				if rapid.Bool().Draw(t, "columns") {
 					c.Columns = map[string]Stamp{"ca": c.Version.Stamp(), "cb": {HLC: HLC{Wall: 7}, Origin: "z"}}
 				}
+				if rapid.Bool().Draw(t, "claims") {
+					c.Claims = map[string]Claim{"cb": {Stamp: c.Version.Stamp(), Hash: rapid.Uint64().Draw(t, "hash")}, "cc": {Stamp: Stamp{HLC: HLC{Wall: -3, Logical: 2}, Origin: "y"}}}
+				}
 			case OpDelete:
 				for k := 0; k < nkey; k++ {
 					c.Key = append(c.Key, rapid.StringMatching(`[0-9]{1,4}`).Draw(t, "key"))
@@ -158,6 +161,7 @@ func TestUnmarshalTx_Garbled(t *testing.T) {
 		{"zero byte", []byte("\x00not a transaction{"), "neither"},
 		{"json garbage", []byte(`{"origin":`), "unexpected end"},
 		{"unknown version", append([]byte{wireMagic, 9}, good[2:]...), "version 9"},
+		{"claims in version 1", claimsAsV1(t), "claims in an encoding of version 1"},
 		{"trailing bytes", append(append([]byte{}, good...), 0), "after the transaction"},
 		{"huge count", forged, "do not fit"},
 		{"no origin", mustMarshal(t, &Tx{LSN: 1}), "without origin"},
@@ -169,6 +173,42 @@ func TestUnmarshalTx_Garbled(t *testing.T) {
 				t.Fatalf("got %v, want garbled containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// claimsAsV1 is a transaction with claims whose version byte says 1.
+func claimsAsV1(t *testing.T) []byte {
+	b := mustMarshal(t, claimTx())
+	if b[1] != wireVersion {
+		t.Fatalf("a transaction with claims encodes as version %d, want %d", b[1], wireVersion)
+	}
+	b[1] = wireVersionV1
+	return b
+}
+
+// claimTx is one insert carrying the claim of its unique column.
+func claimTx() *Tx {
+	v := Version{HLC: HLC{Wall: 1700000000123456}, Origin: "a", VC: VectorClock{"a": 1}}
+	return &Tx{Origin: "a", LSN: 10, Xid: 5, CommitTime: time.UnixMicro(1700000000123456).UTC(),
+		Relations: map[string]Relation{"public.t": {Table: "public.t", Schema: "public", Name: "t", Columns: []Column{{Name: "id", Type: "integer", Key: true}, {Name: "email", Type: "text"}}}},
+		Changes: []Change{{Table: "public.t", Op: OpInsert, Key: []string{"1"}, Values: []Value{{Text: "1"}, {Text: "ann@example.com"}}, Version: v,
+			Claims: map[string]Claim{"email": {Stamp: v.Stamp(), Hash: 0xfeedface12345678}}}}}
+}
+
+// TestTx_MarshalVersion: a transaction without claims is written as version
+// 1, which sidecars that predate claims read; one with claims as version 2.
+func TestTx_MarshalVersion(t *testing.T) {
+	tx := claimTx()
+	if b := mustMarshal(t, tx); b[1] != 2 {
+		t.Errorf("with claims: version %d, want 2", b[1])
+	}
+	got, err := UnmarshalTx(mustMarshal(t, tx))
+	if err != nil || !reflect.DeepEqual(got, tx) {
+		t.Errorf("with claims: got %+v, %v; want %+v", got, err, tx)
+	}
+	tx.Changes[0].Claims = nil
+	if b := mustMarshal(t, tx); b[1] != 1 {
+		t.Errorf("without claims: version %d, want 1", b[1])
 	}
 }
 

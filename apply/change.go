@@ -82,7 +82,8 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 		}
 		return nil
 	}
-	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor, Columns: c.Columns, OriginLSN: im.tx.LSN}
+	// The incoming row image wins whole: its claims describe its values.
+	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor, Columns: c.Columns, Claims: c.Claims, OriginLSN: im.tx.LSN}
 	switch c.Op {
 	case casualdb.OpDelete:
 		switch {

@@ -26,6 +26,15 @@ func (w *txWriter) mergeColumns(ctx context.Context, im inMsg, lt *localTable, c
 	for name, s := range st.rv.Columns {
 		cols[name] = s
 	}
+	// A column's claim (unique indexes) follows its value: taken with the
+	// incoming value, kept with the local one.
+	var claims map[string]casualdb.Claim
+	if len(st.rv.Claims) > 0 || len(c.Claims) > 0 {
+		claims = make(map[string]casualdb.Claim, len(c.Claims))
+		for name, cl := range st.rv.Claims {
+			claims[name] = cl
+		}
+	}
 	def := st.rv.Version.Stamp() // columns recorded before the table merged by column
 	var sets []string
 	args := keyArgs(c.Key)
@@ -52,6 +61,9 @@ func (w *txWriter) mergeColumns(ctx context.Context, im inMsg, lt *localTable, c
 			return w.park(ctx, im, c, fmt.Errorf("%w: column %s; set REPLICA IDENTITY FULL on %s to ship such values", casualdb.ErrUnchangedToast, col.Name, c.Table))
 		}
 		cols[col.Name] = in
+		if cl, ok := c.Claims[col.Name]; ok {
+			claims[col.Name] = cl
+		}
 		took++
 		args = append(args, textArg(c.Values[i]))
 		sets = append(sets, fmt.Sprintf("%s = CAST($%d::text AS %s)", name, len(args), lt.cols[col.Name]))
@@ -64,7 +76,7 @@ func (w *txWriter) mergeColumns(ctx context.Context, im inMsg, lt *localTable, c
 		}
 		w.res.conflicts++
 	}
-	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor, Columns: cols, Xmin: st.xmin, OriginLSN: st.rv.OriginLSN}
+	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor, Columns: cols, Claims: claims, Xmin: st.xmin, OriginLSN: st.rv.OriginLSN}
 	if d.Stored.Stamp() == c.Version.Stamp() {
 		rv.OriginLSN = im.tx.LSN
 	}

@@ -31,9 +31,12 @@ func (w *txWriter) guard(ctx context.Context, im inMsg, c *casualdb.Change, f fu
 	}
 	var pe *pgconn.PgError
 	if errors.As(ferr, &pe) && pe.Code == "23505" {
-		if w.keyTaken(ctx, c) {
-			// The primary key was taken by a local insert that committed
-			// meanwhile: a race, not a bad row.
+		if st := w.state[meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}]; (st == nil || !st.present) && w.keyTaken(ctx, c) {
+			// The row was absent, and its primary key was taken by a
+			// local insert that committed meanwhile: a race, not a bad
+			// row. (An update of a present row into a value another row
+			// holds is a unique collision, resolved below: it used to be
+			// taken for a race and retried for ever.)
 			return fmt.Errorf("%w: %v", errRace, ferr)
 		}
 		if c.Op != casualdb.OpDelete && pe.ConstraintName != "" {

@@ -14,9 +14,9 @@ import (
 )
 
 // RuleUnique names the resolution of two rows (different primary keys) that
-// claim the same value of another unique constraint: the earlier claim, the
-// smaller version under conflict.Less, keeps the value at every site.
-const RuleUnique = "unique_earlier_claim"
+// claim the same value of another unique constraint: the earlier claim
+// keeps the value at every site (conflict.EarlierClaim).
+const RuleUnique = conflict.RuleUnique
 
 // errUnresolved reports a unique violation resolveUnique cannot settle (an
 // expression or partial index, or no single holder): the change is parked.
@@ -24,10 +24,17 @@ var errUnresolved = errors.New("unique violation not resolvable by version")
 
 // resolveUnique settles a violation of unique index index (not the primary
 // key) by an incoming insert or update c: it finds the local row holding the
-// value, and keeps whichever of the two claimed it first. The loser is
-// logged in the conflict log and parked whole; when the incoming row wins,
-// the local holder is deleted here (under apply's replication origin: every
-// site decides the same by itself) and retry writes the incoming row.
+// value, and keeps whichever of the two claimed it first: the earlier claim
+// (conflict.ClaimOf over the index's columns: when each row's value was set,
+// as its origin stamped it, not the row's current version, which later
+// updates move and which sites meet at different times). The loser is logged
+// in the conflict log and parked whole. When the incoming row wins, the
+// local holder is deleted here (under apply's replication origin: every
+// site decides the same by itself) and retry writes the incoming row. When
+// it loses, its row is removed here too if it is present (an update into
+// the value: at the sites that met the other claim later, the loser was the
+// holder and was removed), and its version stays the row's version, as at
+// every site (suppressed: see removeLoser).
 // It runs in careful mode, after the failed write was rolled back to its
 // savepoint.
 func (w *txWriter) resolveUnique(ctx context.Context, im inMsg, c *casualdb.Change, index string, retry func() error) error {
@@ -83,27 +90,34 @@ func (w *txWriter) resolveUnique(ctx context.Context, im inMsg, c *casualdb.Chan
 	}
 	holderKey = keyVals
 	hk := meta.RowKey{Table: c.Table, Key: casualdb.KeyString(holderKey)}
-	// The holder may be a local write capture has not versioned yet.
-	if err := w.waitCapture(ctx); err != nil {
-		return err
-	}
-	vs, err := w.loadVersions(ctx, []meta.RowKey{hk})
-	if err != nil {
-		return err
-	}
-	hv, ok := vs[hk]
+	hv, ok := w.written[hk] // written earlier in this transaction, not saved yet
 	if !ok {
-		return fmt.Errorf("%w: the row holding index %s's value has no version", errUnresolved, index)
+		// The holder may be a local write capture has not versioned yet.
+		if err := w.waitCapture(ctx); err != nil {
+			return err
+		}
+		vs, err := w.loadVersions(ctx, []meta.RowKey{hk})
+		if err != nil {
+			return err
+		}
+		if hv, ok = vs[hk]; !ok {
+			return fmt.Errorf("%w: the row holding index %s's value has no version", errUnresolved, index)
+		}
 	}
-	incoming := casualdb.Change{Table: c.Table, Op: c.Op, Key: c.Key, Values: c.Values, Version: c.Version}
+	incoming := casualdb.Change{Table: c.Table, Op: c.Op, Key: c.Key, Values: c.Values, Version: c.Version, Claims: c.Claims}
 	remoteRow := rowImage(rel, c)
-	if conflict.Less(hv.Version, c.Version) {
+	holder := conflict.Claimant{Claim: conflict.ClaimOf(hv.Claims, cols, hv.Version.Stamp()), Key: hk.Key}
+	claimant := conflict.Claimant{Claim: conflict.ClaimOf(c.Claims, cols, c.Version.Stamp()), Key: casualdb.KeyString(c.Key)}
+	if conflict.EarlierClaim(holder, claimant) {
 		// The local holder claimed it first: the incoming row loses.
-		if err := meta.LogConflict(ctx, w.tx, meta.Conflict{Table: c.Table, Key: casualdb.KeyString(c.Key), Rule: RuleUnique, Winner: "local",
+		if err := meta.LogConflict(ctx, w.tx, meta.Conflict{Table: c.Table, Key: claimant.Key, Rule: RuleUnique, Winner: "local",
 			LocalVersion: hv.Version, RemoteVersion: c.Version, LocalRow: json.RawMessage(holderRow), RemoteRow: remoteRow}); err != nil {
 			return err
 		}
 		w.res.conflicts++
+		if err := w.removeLoser(ctx, im, c); err != nil {
+			return err
+		}
 		if err := w.park(ctx, im, &incoming, fmt.Errorf("unique index %s: the value is held by key %s, which claimed it first (%s)", index, hk.Key, RuleUnique)); err != nil {
 			return err
 		}
@@ -121,19 +135,55 @@ func (w *txWriter) resolveUnique(ctx context.Context, im inMsg, c *casualdb.Chan
 		return fmt.Errorf("park holder: %w", err)
 	}
 	if err := meta.Park(ctx, w.tx, meta.Parked{Origin: hv.Version.Origin, Table: c.Table, Key: hk.Key, Payload: payload,
-		Reason: fmt.Sprintf("unique index %s: key %s claimed the value first (%s); this row was removed here", index, casualdb.KeyString(c.Key), RuleUnique)}); err != nil {
+		Reason: fmt.Sprintf("unique index %s: key %s claimed the value first (%s); this row was removed here", index, claimant.Key, RuleUnique)}); err != nil {
 		return err
 	}
 	w.res.parked++
 	if _, err := w.tx.Exec(ctx, "DELETE FROM "+lt.ident+" WHERE "+lt.keyMatch(1), keyArgs(holderKey)...); err != nil {
 		return fmt.Errorf("remove the later claim %s: %w", hk.Key, err)
 	}
-	hv.Deleted, hv.Xmin = true, 0
+	// Suppressed, not deleted: see removeLoser.
+	hv.Xmin = 0
 	w.written[hk] = hv
 	if st, ok := w.state[hk]; ok {
 		st.present, st.rv = false, &hv
 	}
 	return retry()
+}
+
+// removeLoser records the version of an incoming change that lost a unique
+// value, and deletes the row here if it is present (an update into a value
+// another row claimed first): so the loser ends the same at every site,
+// whichever row each met first.
+//
+// The loser is suppressed, not deleted: its version stays the row's version,
+// alive (not a tombstone), while the row is absent. So last-writer-wins goes
+// on as if the row were there: a later version of the row comes back (and
+// is judged by its own claims), an earlier concurrent one arriving late
+// stays out, as it would have lost to the loser. A tombstone would let that
+// earlier version back in (an alive write over a tombstone whose floor it
+// covers brings the row back), and the sites that met the loser's version
+// before the earlier one (and never removed anything) would disagree.
+func (w *txWriter) removeLoser(ctx context.Context, im inMsg, c *casualdb.Change) error {
+	lt := w.tables[c.Table]
+	rk := meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}
+	lost := meta.RowVersion{Version: c.Version, Claims: c.Claims, OriginLSN: im.tx.LSN}
+	lost.Version.VC = c.Version.VC.Clone()
+	st := w.state[rk]
+	if st != nil && st.rv != nil {
+		lost.Version.VC = conflict.Join(st.rv.Version.VC, c.Version.VC)
+		lost.Floor = st.rv.Floor
+	}
+	if st != nil && st.present {
+		if _, err := w.tx.Exec(ctx, "DELETE FROM "+lt.ident+" WHERE "+lt.keyMatch(1), keyArgs(c.Key)...); err != nil {
+			return fmt.Errorf("remove the later claim %s: %w", rk.Key, err)
+		}
+	}
+	w.written[rk] = lost
+	if st != nil {
+		st.present, st.rv = false, &lost
+	}
+	return nil
 }
 
 // rowImage renders the new row of c as a JSON object for the conflict log.

@@ -347,7 +347,7 @@ func recordedVersions(txs []*casualdb.Tx) (map[meta.RowKey]meta.RowVersion, map[
 				}
 				continue
 			}
-			rv := meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: ch.Floor, Columns: ch.Columns, OriginLSN: tx.LSN}
+			rv := meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: ch.Floor, Columns: ch.Columns, Claims: ch.Claims, OriginLSN: tx.LSN}
 			if !rv.Deleted {
 				rv.Xmin = tx.Xid
 			}

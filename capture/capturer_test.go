@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -421,5 +422,68 @@ func TestCapturer_ClockSurvivesDeletes(t *testing.T) {
 			}
 		}
 	}
+	e.stop()
+}
+
+// TestCapturer_Claims: the columns of a unique index other than the primary
+// key carry claims, stamped by the change that set each value: an update of
+// another column keeps the claim (across a restart too, from the recorded
+// metadata), an update of the value makes a new one; a table without such an
+// index carries none.
+func TestCapturer_Claims(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL UNIQUE, name text);
+		CREATE TABLE plain (id int PRIMARY KEY, v text)`)
+	ctx := context.Background()
+	for _, sql := range []string{
+		`INSERT INTO users VALUES (1, 'ann@example.com', 'Ann')`,
+		`UPDATE users SET name = 'Anne' WHERE id = 1`,
+		`UPDATE users SET email = 'anne@example.com' WHERE id = 1`,
+		`INSERT INTO plain VALUES (1, 'x')`,
+	} {
+		if _, err := e.conn.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	txs := e.txs(t, 4)
+	e.stop()
+	e.start(t)
+	if _, err := e.conn.Exec(ctx, `UPDATE users SET name = 'Ann' WHERE id = 1`); err != nil {
+		t.Fatal(err)
+	}
+	txs = append(txs, e.txs(t, 5)[4])
+	claim := func(i int) casualdb.Stamp {
+		t.Helper()
+		ch := txs[i].Changes[0]
+		if len(ch.Claims) != 1 {
+			t.Fatalf("change %d (%s %s): claims %v, want one for email", i, ch.Op, ch.Table, ch.Claims)
+		}
+		return ch.Claims["email"].Stamp
+	}
+	stamp := func(i int) casualdb.Stamp { return txs[i].Changes[0].Version.Stamp() }
+	if got, want := claim(0), stamp(0); got != want {
+		t.Errorf("insert: claim %v, want its own version %v", got, want)
+	}
+	if got, want := claim(1), stamp(0); got != want {
+		t.Errorf("update of the name: claim %v, want the insert's %v", got, want)
+	}
+	if got, want := claim(2), stamp(2); got != want || got == stamp(0) {
+		t.Errorf("update of the e-mail: claim %v, want its own version %v", got, want)
+	}
+	if got, want := claim(4), stamp(2); got != want {
+		t.Errorf("update of the name after a restart: claim %v, want the e-mail update's %v", got, want)
+	}
+	if c := txs[3].Changes[0].Claims; c != nil {
+		t.Errorf("table without a unique index: claims %v, want none", c)
+	}
+	pgtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		var recorded, wall string
+		if err := e.conn.QueryRow(ctx, `SELECT coalesce(claims::text, ''), hlc_wall::text FROM casualdb.row_version WHERE tbl = 'public.users' AND key = '["1"]'`).Scan(&recorded, &wall); err != nil {
+			return err
+		}
+		if wall != fmt.Sprint(stamp(4).HLC.Wall) || !strings.Contains(recorded, `"email"`) || !strings.Contains(recorded, fmt.Sprint(stamp(2).HLC.Wall)) {
+			return fmt.Errorf("recorded claims %q at version %s, want email's claim at %v", recorded, wall, stamp(2))
+		}
+		return nil
+	})
 	e.stop()
 }

@@ -35,7 +35,7 @@ type decodedTx struct {
 // catalog describes relations; the reader implements it with a query on a
 // normal connection.
 type catalog interface {
-	describe(ctx context.Context, m *pglogrepl.RelationMessage) (casualdb.Relation, error)
+	describe(ctx context.Context, m *pglogrepl.RelationMessage) (rel casualdb.Relation, claimColumns []string, err error)
 }
 
 // decoder assembles pgoutput messages into transactions. Relation messages
@@ -48,6 +48,9 @@ type decoder struct {
 	// computed (see deltas): their counters replicate as values.
 	noDeltas  *atomic.Uint64
 	relations map[uint32]casualdb.Relation
+	// claimCols are, by relation id, the columns of the relation's unique
+	// indexes other than the primary key (see reader.describe).
+	claimCols map[uint32][]string
 	cur       *decodedTx
 	origin    string
 	originLSN uint64
@@ -59,7 +62,7 @@ type decoder struct {
 }
 
 func newDecoder(cat catalog, counters map[string][]string, merge map[string]bool, noDeltas *atomic.Uint64) *decoder {
-	return &decoder{cat: cat, counters: counters, merge: merge, noDeltas: noDeltas, relations: map[uint32]casualdb.Relation{}}
+	return &decoder{cat: cat, counters: counters, merge: merge, noDeltas: noDeltas, relations: map[uint32]casualdb.Relation{}, claimCols: map[uint32][]string{}}
 }
 
 // inTx reports whether a transaction is open.
@@ -79,11 +82,12 @@ func (d *decoder) decode(ctx context.Context, data []byte) (*decodedTx, error) {
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
-		rel, err := d.cat.describe(ctx, m)
+		rel, claimCols, err := d.cat.describe(ctx, m)
 		if err != nil {
 			return nil, err
 		}
 		d.relations[m.RelationID] = rel
+		d.claimCols[m.RelationID] = claimCols
 	case *pglogrepl.BeginMessage:
 		// Reset the origin at every Begin: the Origin message follows Begin
 		// only for transactions that have one.
@@ -99,7 +103,7 @@ func (d *decoder) decode(ctx context.Context, data []byte) (*decodedTx, error) {
 		}
 		vals := tupleValues(m.Tuple, nil)
 		deltas := d.deltas(rel, nil, vals, true)
-		d.add(rel, casualdb.Change{Table: rel.Table, Op: casualdb.OpInsert, Key: keyOf(rel, vals), Values: vals, Deltas: deltas})
+		d.add(rel, casualdb.Change{Table: rel.Table, Op: casualdb.OpInsert, Key: keyOf(rel, vals), Values: vals, Deltas: deltas, ClaimColumns: d.claimCols[m.RelationID]})
 	case *pglogrepl.UpdateMessage:
 		rel, err := d.relation(m.RelationID)
 		if err != nil {
@@ -125,7 +129,7 @@ func (d *decoder) decode(ctx context.Context, data []byte) (*decodedTx, error) {
 		}
 		full := m.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld
 		deltas := d.deltas(rel, old, vals, full)
-		ch := casualdb.Change{Table: rel.Table, Op: casualdb.OpUpdate, Key: key, Values: vals, Deltas: deltas}
+		ch := casualdb.Change{Table: rel.Table, Op: casualdb.OpUpdate, Key: key, Values: vals, Deltas: deltas, ClaimColumns: d.claimCols[m.RelationID]}
 		if d.merge[rel.Table] && full {
 			ch.Changed = map[string]bool{}
 			for i, col := range rel.Columns {

@@ -7,7 +7,10 @@
 //
 //  1. gives every row change a version (conflict.Next: the HLC is seeded from
 //     the commit timestamp and always exceeds the version the write
-//     overwrote; the vector clock counts this site's write),
+//     overwrote; the vector clock counts this site's write), and, for the
+//     columns of unique indexes other than the primary key, the claims of
+//     their values (conflict.NextClaims: kept from the row's previous
+//     version while the value stays, this change's stamp when it sets one),
 //  2. appends the transactions to the outbox and waits until it holds them
 //     durably,
 //  3. records the new versions in casualdb.row_version together with the

@@ -3,6 +3,7 @@ package capture
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/casualdb/casualdb"
@@ -337,7 +338,16 @@ func (v *versioner) versionTx(ctx context.Context, tx *casualdb.Tx, lookup func(
 			prev = &rv.Version
 			floor = rv.Floor
 		}
+		// The claims of the row's current values, if it has any: an insert
+		// claims every value anew (a key re-used after a delete is a new
+		// row), and so does anything written after a truncate superseded
+		// the row.
+		var prevClaims map[string]casualdb.Claim
+		if ok && !rv.Deleted && ch.Op == casualdb.OpUpdate {
+			prevClaims = rv.Claims
+		}
 		if t, ok := v.truncs[ch.Table]; ok && (prev == nil || conflict.Less(*prev, t)) {
+			prevClaims = nil
 			// The row was (re)written after a truncate that superseded its
 			// old version: the new version must exceed the truncate's.
 			tv := casualdb.Version{HLC: t.HLC, Origin: t.Origin}
@@ -359,14 +369,34 @@ func (v *versioner) versionTx(ctx context.Context, tx *casualdb.Tx, lookup func(
 			}
 			ch.Columns = columnStamps(tx.Relations[ch.Table], ch, before, beforeRow)
 		}
+		if len(ch.ClaimColumns) > 0 && ch.Op != casualdb.OpDelete {
+			ch.Claims = conflict.NextClaims(prevClaims, claimValues(tx.Relations[ch.Table], ch), ch.Version.Stamp())
+		}
 		// Later changes to the row see this version.
-		nrv := meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: floor, Columns: ch.Columns, OriginLSN: tx.LSN}
+		nrv := meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: floor, Columns: ch.Columns, Claims: ch.Claims, OriginLSN: tx.LSN}
 		if !nrv.Deleted {
 			nrv.Xmin = tx.Xid
 		}
 		c.cache.write(k, nrv, b.gen)
 	}
 	return nil
+}
+
+// claimValues returns the values of ch's new row at its claim columns, as
+// conflict.NextClaims takes them: hashed, or unknown for an unchanged
+// TOASTed value the WAL did not carry (REPLICA IDENTITY not FULL).
+func claimValues(rel casualdb.Relation, ch *casualdb.Change) []conflict.ClaimValue {
+	out := make([]conflict.ClaimValue, 0, len(ch.ClaimColumns))
+	for _, col := range ch.ClaimColumns {
+		i := slices.IndexFunc(rel.Columns, func(c casualdb.Column) bool { return c.Name == col })
+		switch {
+		case i < 0 || i >= len(ch.Values) || ch.Values[i].Unchanged:
+			out = append(out, conflict.ClaimValue{Column: col, Unknown: true})
+		default:
+			out = append(out, conflict.ClaimValue{Column: col, Hash: conflict.ClaimHash(ch.Values[i])})
+		}
+	}
+	return out
 }
 
 // send publishes b's transactions to the outbox (without waiting) and hands

@@ -30,22 +30,29 @@ type reader struct {
 }
 
 // describe implements catalog: names and types of the relation's columns as
-// pgoutput sent them, and which of them form the primary key.
-func (r *reader) describe(ctx context.Context, m *pglogrepl.RelationMessage) (casualdb.Relation, error) {
+// pgoutput sent them, which of them form the primary key, and the columns of
+// its unique indexes other than the primary key (those a row claims values
+// of; partial and expression indexes are left out: apply parks their
+// collisions instead of settling them by claim). pgoutput sends the
+// relation again after DDL (CREATE INDEX included), so the list follows
+// the table.
+func (r *reader) describe(ctx context.Context, m *pglogrepl.RelationMessage) (casualdb.Relation, []string, error) {
 	rel := casualdb.Relation{Table: casualdb.TableName(m.Namespace, m.RelationName), Schema: m.Namespace, Name: m.RelationName}
 	oids := make([]uint32, len(m.Columns))
 	mods := make([]int32, len(m.Columns))
 	for i, c := range m.Columns {
 		oids[i], mods[i] = c.DataType, c.TypeModifier
 	}
-	var types, pk []string
+	var types, pk, unique []string
 	err := r.catConn.QueryRow(ctx, `
 		SELECT (SELECT array_agg(format_type(o, nullif(m, -1)) ORDER BY n) FROM unnest($1::oid[], $2::int[]) WITH ORDINALITY AS u(o, m, n)),
 		       coalesce((SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-		                 WHERE i.indrelid = $3::oid AND i.indisprimary), '{}')`,
-		oids, mods, m.RelationID).Scan(&types, &pk)
+		                 WHERE i.indrelid = $3::oid AND i.indisprimary), '{}'),
+		       coalesce((SELECT array_agg(DISTINCT a.attname::text) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+		                 WHERE i.indrelid = $3::oid AND i.indisunique AND NOT i.indisprimary AND i.indpred IS NULL AND i.indexprs IS NULL), '{}')`,
+		oids, mods, m.RelationID).Scan(&types, &pk, &unique)
 	if err != nil {
-		return rel, fmt.Errorf("describe relation %s: %w", rel.Table, err)
+		return rel, nil, fmt.Errorf("describe relation %s: %w", rel.Table, err)
 	}
 	isKey := map[string]bool{}
 	for _, k := range pk {
@@ -64,7 +71,10 @@ func (r *reader) describe(ctx context.Context, m *pglogrepl.RelationMessage) (ca
 		}
 		rel.Columns = append(rel.Columns, casualdb.Column{Name: c.Name, Type: t, Key: isKey[c.Name]})
 	}
-	return rel, nil
+	if len(unique) == 0 {
+		unique = nil
+	}
+	return rel, unique, nil
 }
 
 // wake asks the server for a keepalive now (so that the watermark moves).

@@ -52,4 +52,12 @@
 // made by Next. If they ever do (a version built some other way, or corrupt
 // metadata), Decide still follows Less, so that the merge stays a semilattice,
 // and reports Conflict with rule "lww" so that the anomaly is logged.
+//
+// # Unique claims
+//
+// Two rows with different keys may claim one value of a unique index other
+// than the primary key at two sites. The earlier claim keeps it
+// (EarlierClaim): when each row's value was set, as NextClaims stamped it at
+// the change's origin and every site stores it, not the rows' current
+// versions, which later updates move (see claim.go).
 package conflict

@@ -288,3 +288,64 @@ func TestConflicts_InsertAndTruncateInOneTransaction(t *testing.T) {
 		}
 	}
 }
+
+// TestConflicts_UniqueClaimThenUpdate is issue 12's first divergence: a
+// inserts a row claiming an e-mail, b concurrently inserts another row with
+// the same e-mail, later, and a then updates its row (another column). The
+// earlier claim (a's) must keep the value at every site: the update does not
+// make it a later claim. Then, in a second round, a row updated into a value
+// another row claimed concurrently is a new claim at that update's version,
+// however old the row is: it loses to the earlier insert, and is removed
+// everywhere.
+func TestConflicts_UniqueClaimThenUpdate(t *testing.T) {
+	c := newCluster(t, 3, barrierSchema+`CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL UNIQUE, name text)`)
+	c.concurrently(
+		siteWrite{0, `INSERT INTO users VALUES (1, 'ann@example.com', 'Ann at a')`},
+		siteWrite{1, `INSERT INTO users VALUES (2, 'ann@example.com', 'Ann at b')`},
+		siteWrite{0, `UPDATE users SET name = 'Ann, updated at a' WHERE id = 1`},
+	)
+	c.barrier(60 * time.Second)
+	check := func(round, want string) {
+		t.Helper()
+		for i := range c.sites {
+			got, err := c.queryString(i, `SELECT string_agg(id || '=' || email || '/' || name, ',' ORDER BY id) FROM users`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Errorf("%s: site %s holds %s, want %s", round, c.sites[i].name, got, want)
+			}
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
+	check("claim then update", "1=ann@example.com/Ann, updated at a")
+	for i := range c.sites {
+		parked, err := c.queryString(i, `SELECT string_agg(key || ': ' || reason, '; ') FROM casualdb.parked WHERE tbl = 'public.users'`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(parked, `["2"]`) || !strings.Contains(parked, "users_email_key") {
+			t.Errorf("site %s: parked %q, want key 2 parked naming users_email_key", c.sites[i].name, parked)
+		}
+	}
+	// Later updates of the holder, anywhere, change nothing.
+	c.exec(2, `UPDATE users SET name = 'Ann' WHERE id = 1`)
+	c.exec(1, `INSERT INTO users VALUES (3, 'bob@example.com', 'Bob')`)
+	c.waitConverged(30*time.Second, "users")
+	check("later updates", "1=ann@example.com/Ann,3=bob@example.com/Bob")
+
+	// Row 3 is older than row 4, but b's update of its e-mail into the
+	// value that a's row 4 claims concurrently is the later claim.
+	c.concurrently(
+		siteWrite{0, `INSERT INTO users VALUES (4, 'dee@example.com', 'Dee at a')`},
+		siteWrite{1, `UPDATE users SET email = 'dee@example.com' WHERE id = 3`},
+		siteWrite{1, `UPDATE users SET name = 'Bob, updated at b' WHERE id = 3`},
+		siteWrite{0, `UPDATE users SET name = 'Dee, updated at a' WHERE id = 4`},
+	)
+	c.barrier(60 * time.Second)
+	check("update into a claimed value", "1=ann@example.com/Ann,4=dee@example.com/Dee, updated at a")
+	c.exec(2, `INSERT INTO users VALUES (5, 'eve@example.com', 'Eve')`)
+	c.waitConverged(30*time.Second, "users")
+}

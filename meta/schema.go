@@ -80,6 +80,11 @@ var ddl = []string{
 	// recorded version: tombstone collection compares it with every site's
 	// progress.
 	`ALTER TABLE casualdb.row_version ADD COLUMN IF NOT EXISTS origin_lsn bigint`,
+	// The claims of the row's columns in unique indexes other than the
+	// primary key: per column, the stamp of the change that set its value
+	// and a hash of the value (see casualdb.Claim). Null for rows recorded
+	// before claims were kept.
+	`ALTER TABLE casualdb.row_version ADD COLUMN IF NOT EXISTS claims jsonb`,
 	// Tombstone collection finds the deleted rows through this index. It is
 	// on a column no write changes (and on deleted, which only deletes and
 	// re-inserts change), so that every other update of a row's version is

@@ -30,6 +30,10 @@ type RowVersion struct {
 	// Columns is the version of every column, for tables whose columns
 	// merge one by one; nil otherwise.
 	Columns map[string]casualdb.Stamp
+	// Claims is the claim of every column of the row's unique indexes other
+	// than the primary key (see casualdb.Change.Claims); nil for tables
+	// without such indexes and for rows recorded before claims were kept.
+	Claims map[string]casualdb.Claim
 	// OriginLSN is the commit LSN, at Version.Origin, of the transaction
 	// that wrote Version; 0 when unknown.
 	OriginLSN uint64
@@ -80,7 +84,7 @@ func VersionsQuery(keys []RowKey) (string, []any) {
 		tbls[i], ks[i] = k.Table, k.Key
 	}
 	return `
-		SELECT v.tbl, v.key, v.hlc_wall, v.hlc_logical, v.origin, v.vclock, v.deleted, coalesce(v.row_xmin, 0), v.floor, v.col_versions, coalesce(v.origin_lsn, 0)
+		SELECT v.tbl, v.key, v.hlc_wall, v.hlc_logical, v.origin, v.vclock, v.deleted, coalesce(v.row_xmin, 0), v.floor, v.col_versions, coalesce(v.origin_lsn, 0), v.claims
 		FROM unnest($1::text[], $2::text[]) AS k(tbl, key)
 		CROSS JOIN LATERAL (SELECT * FROM casualdb.row_version r WHERE r.tbl = k.tbl AND r.key = k.key LIMIT 1) v`, []any{tbls, ks}
 }
@@ -112,8 +116,9 @@ func ScanVersions(rows pgx.Rows, hint int) (map[RowKey]RowVersion, error) {
 			floor   []byte
 			cols    []byte
 			olsn    int64
+			claims  []byte
 		)
-		if err := rows.Scan(&k.Table, &k.Key, &rv.Version.HLC.Wall, &logical, &origin, &vc, &rv.Deleted, &xmin, &floor, &cols, &olsn); err != nil {
+		if err := rows.Scan(&k.Table, &k.Key, &rv.Version.HLC.Wall, &logical, &origin, &vc, &rv.Deleted, &xmin, &floor, &cols, &olsn, &claims); err != nil {
 			return nil, fmt.Errorf("load row versions: %w", err)
 		}
 		rv.Version.HLC.Logical = uint32(logical)
@@ -131,6 +136,11 @@ func ScanVersions(rows pgx.Rows, hint int) (map[RowKey]RowVersion, error) {
 		if cols != nil {
 			if err := json.Unmarshal(cols, &rv.Columns); err != nil {
 				return nil, fmt.Errorf("load row version %s %s: column versions: %w", k.Table, k.Key, err)
+			}
+		}
+		if claims != nil {
+			if err := json.Unmarshal(claims, &rv.Claims); err != nil {
+				return nil, fmt.Errorf("load row version %s %s: claims: %w", k.Table, k.Key, err)
 			}
 		}
 		out[k] = rv
@@ -171,6 +181,7 @@ func saveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion, newer
 		floors  = make([]*string, 0, n)
 		colvs   = make([]*string, 0, n)
 		olsns   = make([]*int64, 0, n)
+		claims  = make([]*string, 0, n)
 	)
 	// In key order: capture and apply may record some of the same rows at
 	// once, and the same order makes them wait for each other rather than
@@ -230,12 +241,22 @@ func saveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion, newer
 		} else {
 			olsns = append(olsns, nil)
 		}
+		if len(rv.Claims) > 0 {
+			cl, err := json.Marshal(rv.Claims)
+			if err != nil {
+				return fmt.Errorf("save row version %s %s: %w", k.Table, k.Key, err)
+			}
+			cs := string(cl)
+			claims = append(claims, &cs)
+		} else {
+			claims = append(claims, nil)
+		}
 	}
 	sql := saveVersionsSQL
 	if newer {
 		sql += ` WHERE (v.hlc_wall, v.hlc_logical, v.origin COLLATE "C") < (excluded.hlc_wall, excluded.hlc_logical, excluded.origin COLLATE "C")`
 	}
-	_, err := q.Exec(ctx, sql, tbls, keys, walls, logical, origins, vcs, deleted, xmins, floors, colvs, olsns)
+	_, err := q.Exec(ctx, sql, tbls, keys, walls, logical, origins, vcs, deleted, xmins, floors, colvs, olsns, claims)
 	if err != nil {
 		return fmt.Errorf("save %d row versions: %w", n, err)
 	}
@@ -243,14 +264,15 @@ func saveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion, newer
 }
 
 const saveVersionsSQL = `
-		INSERT INTO casualdb.row_version AS v (tbl, key, hlc_wall, hlc_logical, origin, vclock, deleted, row_xmin, floor, col_versions, origin_lsn)
-		SELECT tbl, key, wall, logical, origin, vc::jsonb, deleted, xmin, floor::jsonb, colv::jsonb, olsn
-		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bool[], $8::bigint[], $9::text[], $10::text[], $11::bigint[])
-		  AS u(tbl, key, wall, logical, origin, vc, deleted, xmin, floor, colv, olsn)
+		INSERT INTO casualdb.row_version AS v (tbl, key, hlc_wall, hlc_logical, origin, vclock, deleted, row_xmin, floor, col_versions, origin_lsn, claims)
+		SELECT tbl, key, wall, logical, origin, vc::jsonb, deleted, xmin, floor::jsonb, colv::jsonb, olsn, cl::jsonb
+		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bool[], $8::bigint[], $9::text[], $10::text[], $11::bigint[], $12::text[])
+		  AS u(tbl, key, wall, logical, origin, vc, deleted, xmin, floor, colv, olsn, cl)
 		ON CONFLICT (tbl, key) DO UPDATE SET
 			hlc_wall = excluded.hlc_wall, hlc_logical = excluded.hlc_logical, origin = excluded.origin,
 			vclock = excluded.vclock, deleted = excluded.deleted, row_xmin = excluded.row_xmin,
-			floor = excluded.floor, col_versions = excluded.col_versions, origin_lsn = excluded.origin_lsn, updated_at = now()`
+			floor = excluded.floor, col_versions = excluded.col_versions, origin_lsn = excluded.origin_lsn,
+			claims = excluded.claims, updated_at = now()`
 
 // Written is what one transaction recorded: the versions of the rows it
 // wrote and the truncation markers it raised. Apply hands capture what each

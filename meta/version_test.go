@@ -148,3 +148,43 @@ func TestDurability_WatermarkWithoutWAL(t *testing.T) {
 		t.Fatalf("w = %d, %v; want 2", need, err)
 	}
 }
+
+// TestSaveVersions_Claims: a row's claims are recorded and read back with its
+// version; a schema installed before claims existed gains the column on the
+// next Install, and its rows read back without claims.
+func TestSaveVersions_Claims(t *testing.T) {
+	conn, ctx := installed(t)
+	// An install of an earlier version: no claims column, one row on record.
+	pgtest.ExecAll(t, conn, `ALTER TABLE casualdb.row_version DROP COLUMN claims`,
+		`INSERT INTO casualdb.row_version (tbl, key, hlc_wall, hlc_logical, origin, vclock) VALUES ('public.users', '["9"]', 5, 0, 'a', '{"a": 1}')`)
+	if err := meta.Install(ctx, conn); err != nil {
+		t.Fatalf("install over an earlier schema: %v", err)
+	}
+	v := casualdb.Version{HLC: casualdb.HLC{Wall: 10, Logical: 2}, Origin: "b", VC: casualdb.VectorClock{"b": 1}}
+	claims := map[string]casualdb.Claim{"email": {Stamp: casualdb.Stamp{HLC: casualdb.HLC{Wall: 7}, Origin: "a"}, Hash: 1<<63 + 12345}}
+	k1, k2, old := meta.RowKey{Table: "public.users", Key: `["1"]`}, meta.RowKey{Table: "public.users", Key: `["2"]`}, meta.RowKey{Table: "public.users", Key: `["9"]`}
+	if err := meta.SaveVersions(ctx, conn, map[meta.RowKey]meta.RowVersion{k1: {Version: v, Claims: claims}, k2: {Version: v}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := meta.LoadVersions(ctx, conn, []meta.RowKey{k1, k2, old})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := got[k1].Claims; len(c) != 1 || c["email"] != claims["email"] {
+		t.Errorf("claims read back: got %v, want %v", c, claims)
+	}
+	if c := got[k2].Claims; c != nil {
+		t.Errorf("row saved without claims: got %v, want none", c)
+	}
+	if rv, ok := got[old]; !ok || rv.Claims != nil {
+		t.Errorf("row recorded before claims: got %+v (found %v), want it without claims", rv, ok)
+	}
+	// A newer version replaces the claims with its own.
+	v.HLC.Wall = 11
+	if err := meta.SaveNewerVersions(ctx, conn, map[meta.RowKey]meta.RowVersion{k1: {Version: v}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := meta.LoadVersions(ctx, conn, []meta.RowKey{k1}); err != nil || got[k1].Claims != nil {
+		t.Errorf("after a newer version without claims: got %+v, %v; want no claims", got[k1], err)
+	}
+}
