@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -182,8 +183,10 @@ func (s *Node) adminHandler() http.Handler {
 	reg.MustRegister(&collector{s: s}, s.delays, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	if s.cfg.Admin.PProf {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		st := s.Status()
 		if !st.Healthy {
@@ -203,7 +206,25 @@ func (s *Node) adminHandler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(s.Status())
 	})
-	return mux
+	return requireToken(s.adminToken, mux)
+}
+
+// requireToken lets through the requests that carry the bearer token (every
+// request when token is empty), and /healthz always: probes need no secret,
+// and it tells nothing but health.
+func requireToken(token string, next http.Handler) http.Handler {
+	if token == "" {
+		return next
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="casualdb"`)
+			http.Error(w, "a bearer token is required (admin.token_file)", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // collector exposes the sidecar's counters at scrape time.

@@ -208,6 +208,45 @@ func (c ClusterConfig) Key() []byte {
 // AdminConfig is the HTTP endpoint for metrics, health and status.
 type AdminConfig struct {
 	Listen string `yaml:"listen"`
+	// PProf serves /debug/pprof: off by default (profiles expose the
+	// process's memory).
+	PProf bool `yaml:"pprof"`
+	// TokenFile holds a bearer token that every request but /healthz must
+	// carry (Authorization: Bearer ...). CASUALDB_ADMIN_TOKEN sets the token
+	// itself instead. Neither: no token.
+	TokenFile string `yaml:"token_file"`
+	// Token is the token from CASUALDB_ADMIN_TOKEN (never in the YAML).
+	Token string         `yaml:"-"`
+	TLS   AdminTLSConfig `yaml:"tls"`
+}
+
+// AdminTLSConfig serves the admin endpoint over HTTPS.
+type AdminTLSConfig struct {
+	Cert string `yaml:"cert"` // PEM certificate (chain) file; with key, HTTPS
+	Key  string `yaml:"key"`  // PEM private key file
+	// CA is the PEM file of the authority the command line verifies the
+	// endpoint's certificate with (default: the system's).
+	CA string `yaml:"ca"`
+}
+
+// BearerToken returns the admin token: CASUALDB_ADMIN_TOKEN's, or
+// token_file's content (trimmed); "" when neither is set.
+func (a AdminConfig) BearerToken() (string, error) {
+	if a.Token != "" {
+		return a.Token, nil
+	}
+	if a.TokenFile == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(a.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("%w: admin.token_file: %v", casualdb.ErrConfig, err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("%w: admin.token_file: %s is empty", casualdb.ErrConfig, a.TokenFile)
+	}
+	return tok, nil
 }
 
 // CaptureConfig tunes capture.
@@ -295,6 +334,7 @@ func (c *Config) ApplyEnv(getenv func(string) string) {
 	set(&c.NATS.Listen, "CASUALDB_NATS_LISTEN")
 	set(&c.NATS.URL, "CASUALDB_NATS_URL")
 	set(&c.Admin.Listen, "CASUALDB_ADMIN_LISTEN")
+	set(&c.Admin.Token, "CASUALDB_ADMIN_TOKEN")
 	set(&c.Log.Level, "CASUALDB_LOG_LEVEL")
 	set(&c.Cluster.Bind, "CASUALDB_CLUSTER_BIND")
 	set(&c.Cluster.Advertise, "CASUALDB_CLUSTER_ADVERTISE")
@@ -403,6 +443,20 @@ func (c Config) Validate() error {
 	if c.Admin.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
 			return bad("admin.listen", "%q is not host:port", c.Admin.Listen)
+		}
+	}
+	if _, err := c.Admin.BearerToken(); err != nil {
+		return err
+	}
+	if (c.Admin.TLS.Cert == "") != (c.Admin.TLS.Key == "") {
+		return bad("admin.tls", "cert and key go together")
+	}
+	for _, f := range [][2]string{{"admin.tls.cert", c.Admin.TLS.Cert}, {"admin.tls.key", c.Admin.TLS.Key}, {"admin.tls.ca", c.Admin.TLS.CA}} {
+		if f[1] == "" {
+			continue
+		}
+		if _, err := os.Stat(f[1]); err != nil {
+			return bad(f[0], "%v", err)
 		}
 	}
 	if c.AntiEntropy.Interval < 0 {

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,7 +43,9 @@ type Node struct {
 	member   *ring.Membership // nil without cluster.bind
 	keeper   *hint.Keeper     // nil without cluster.bind
 	admin    net.Listener
-	delays   *prometheus.HistogramVec // commit at the origin to each stage
+	// adminToken is the bearer token of the admin endpoint ("": none).
+	adminToken string
+	delays     *prometheus.HistogramVec // commit at the origin to each stage
 
 	// peerMu guards shippers and group: peers learned by gossip are added
 	// while the sidecar runs.
@@ -212,9 +215,19 @@ func (s *Node) Start(ctx context.Context) (err error) {
 	if _, err := s.nc.Subscribe(ship.ResendSubject(site), s.onResend); err != nil {
 		return fmt.Errorf("subscribe to resend requests: %w", err)
 	}
+	if s.adminToken, err = s.cfg.Admin.BearerToken(); err != nil {
+		return err
+	}
 	if s.cfg.Admin.Listen != "" {
 		if s.admin, err = net.Listen("tcp", s.cfg.Admin.Listen); err != nil {
 			return fmt.Errorf("admin.listen %s: %w", s.cfg.Admin.Listen, err)
+		}
+		if c := s.cfg.Admin.TLS; c.Cert != "" {
+			cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
+			if err != nil {
+				return fmt.Errorf("%w: admin.tls: %v", casualdb.ErrConfig, err)
+			}
+			s.admin = tls.NewListener(s.admin, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 		}
 	}
 	if s.cfg.Cluster.Bind != "" {

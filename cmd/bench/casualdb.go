@@ -74,8 +74,8 @@ func (s *casualdbSystem) startSidecar(i int, srv *pgtest.Server, nats []int) err
 		return fmt.Errorf("pick admin port: %w", err)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "site: %s\ndata_dir: %s\ndatabase:\n  dsn: %s\n  tables: [%s]\nnats:\n  listen: 127.0.0.1:%d\nadmin:\n  listen: 127.0.0.1:%d\nlog:\n  level: %s\npeers:\n",
-		name, filepath.Join(s.c.dir, "sidecar-"+name), srv.DSN(), strings.Join(replicatedTables, ", "), nats[i], admin, s.o.logLevel)
+	fmt.Fprintf(&b, "site: %s\ndata_dir: %s\ndatabase:\n  dsn: %s\n  tables: [%s]\nnats:\n  listen: 127.0.0.1:%d\nadmin:\n  listen: 127.0.0.1:%d\n  pprof: %t\nlog:\n  level: %s\npeers:\n",
+		name, filepath.Join(s.c.dir, "sidecar-"+name), srv.DSN(), strings.Join(replicatedTables, ", "), nats[i], admin, s.o.profile != "", s.o.logLevel)
 	for j := range s.c.servers {
 		if j != i {
 			fmt.Fprintf(&b, "  - name: %s\n    nats_url: nats://127.0.0.1:%d\n", siteName(j), nats[j])

@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -136,9 +139,11 @@ func sortedKeys[V any](m map[string]V) []string {
 // adminFlag are the flags of a subcommand that talks to the running
 // sidecar's admin endpoint.
 type adminFlag struct {
-	cf     configFlags
-	admin  string
-	asJSON bool
+	cf        configFlags
+	admin     string
+	asJSON    bool
+	tokenFile string
+	ca        string
 }
 
 // adminFlags returns the flag set of such a subcommand; jsonHelp describes
@@ -148,45 +153,111 @@ func (m *Main) adminFlags(name, jsonHelp string) (*flag.FlagSet, *adminFlag) {
 	fs.SetOutput(m.Stderr)
 	af := &adminFlag{}
 	af.cf.register(fs)
-	fs.StringVar(&af.admin, "admin", "", "the sidecar's admin address, host:port (default: admin.listen of --config)")
+	fs.StringVar(&af.admin, "admin", "", "the sidecar's admin address, host:port or https://host:port (default: admin.listen of --config)")
 	fs.BoolVar(&af.asJSON, "json", false, jsonHelp)
+	fs.StringVar(&af.tokenFile, "token-file", "", "file of the admin bearer token (default: admin.token_file of --config, or CASUALDB_ADMIN_TOKEN)")
+	fs.StringVar(&af.ca, "ca", "", "PEM file of the authority of the admin endpoint's certificate, with https (default: admin.tls.ca of --config)")
 	return fs, af
 }
 
-// adminGet reads path from a running sidecar's admin endpoint: at
-// af.admin (host:port), or at the admin.listen of the configuration af
-// loads.
-func (m *Main) adminGet(ctx context.Context, af *adminFlag, path string, timeout time.Duration) ([]byte, error) {
-	addr := af.admin
+// adminEndpoint is where and how to reach the admin endpoint.
+type adminEndpoint struct {
+	url   string // scheme://host:port
+	token string
+	ca    string
+}
+
+// endpoint resolves the admin endpoint: from the flags, else from the
+// configuration's admin.* (and CASUALDB_ADMIN_TOKEN).
+func (m *Main) endpoint(af *adminFlag) (adminEndpoint, error) {
+	ep := adminEndpoint{ca: af.ca}
+	cfg := node.AdminConfig{Token: m.Getenv("CASUALDB_ADMIN_TOKEN"), TokenFile: af.tokenFile}
+	addr, scheme := af.admin, "http"
+	if rest, ok := strings.CutPrefix(addr, "https://"); ok {
+		addr, scheme = rest, "https"
+	}
 	if addr == "" {
-		cfg, err := af.cf.load(m.Getenv)
+		full, err := af.cf.load(m.Getenv)
 		if err != nil {
-			return nil, err
+			return ep, err
 		}
-		if addr = cfg.Admin.Listen; addr == "" {
-			return nil, fmt.Errorf("%w: admin.listen is empty: the sidecar serves no admin endpoint (or pass --admin)", casualdb.ErrConfig)
+		if addr = full.Admin.Listen; addr == "" {
+			return ep, fmt.Errorf("%w: admin.listen is empty: the sidecar serves no admin endpoint (or pass --admin)", casualdb.ErrConfig)
+		}
+		if full.Admin.TLS.Cert != "" {
+			scheme = "https"
+		}
+		if ep.ca == "" {
+			ep.ca = full.Admin.TLS.CA
+		}
+		if cfg.TokenFile == "" {
+			cfg = full.Admin
 		}
 	}
 	if strings.HasPrefix(addr, "0.0.0.0:") || strings.HasPrefix(addr, ":") {
 		addr = "127.0.0.1:" + addr[strings.LastIndexByte(addr, ':')+1:]
 	}
+	if ep.ca != "" {
+		scheme = "https"
+	}
+	var err error
+	if ep.token, err = cfg.BearerToken(); err != nil {
+		return ep, err
+	}
+	ep.url = scheme + "://" + addr
+	return ep, nil
+}
+
+// client returns the HTTP client of ep: verifying the endpoint against
+// ep.ca when it is set.
+func (ep adminEndpoint) client() (*http.Client, error) {
+	if ep.ca == "" {
+		return http.DefaultClient, nil
+	}
+	pem, err := os.ReadFile(ep.ca)
+	if err != nil {
+		return nil, fmt.Errorf("%w: admin CA: %v", casualdb.ErrConfig, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%w: admin CA %s holds no PEM certificate", casualdb.ErrConfig, ep.ca)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr}, nil
+}
+
+// adminGet reads path from a running sidecar's admin endpoint (endpoint),
+// with its bearer token when there is one.
+func (m *Main) adminGet(ctx context.Context, af *adminFlag, path string, timeout time.Duration) ([]byte, error) {
+	ep, err := m.endpoint(af)
+	if err != nil {
+		return nil, err
+	}
+	client, err := ep.client()
+	if err != nil {
+		return nil, err
+	}
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, "http://"+addr+path, nil)
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, ep.url+path, nil)
 	if err != nil {
-		return nil, fmt.Errorf("%s of %s: %w", path, addr, err)
+		return nil, fmt.Errorf("%s of %s: %w", path, ep.url, err)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	if ep.token != "" {
+		req.Header.Set("Authorization", "Bearer "+ep.token)
+	}
+	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s of the sidecar at %s (is it running?): %w", path, addr, err)
+		return nil, fmt.Errorf("%s of the sidecar at %s (is it running?): %w", path, ep.url, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, fmt.Errorf("%s of %s: %w", path, addr, err)
+		return nil, fmt.Errorf("%s of %s: %w", path, ep.url, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s of %s: %s: %s", path, addr, resp.Status, strings.TrimSpace(string(body)))
+		return nil, fmt.Errorf("%s of %s: %s: %s", path, ep.url, resp.Status, strings.TrimSpace(string(body)))
 	}
 	return body, nil
 }

@@ -2,6 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/pem"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -33,5 +39,46 @@ func TestPrintStatus_Hints(t *testing.T) {
 	// here, 11 hints held for it, 4 handed off.
 	if !regexp.MustCompile(`(?m)^d\s+dead\s+down\s+0\s+\?\s+\?\s+9\s+0\.000\s+2\s+11\s+4\s*$`).MatchString(out.String()) {
 		t.Errorf("casualdb status lacks d's row with its hints:\n%s", out.String())
+	}
+}
+
+// TestStatus_TokenAndTLS: casualdb status reaches an HTTPS admin endpoint,
+// verifies it against --ca, and sends the bearer token of --token-file (or
+// CASUALDB_ADMIN_TOKEN); without the CA it refuses the certificate.
+func TestStatus_TokenAndTLS(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer tok" {
+			http.Error(w, "no token", http.StatusUnauthorized)
+			return
+		}
+		_, _ = w.Write([]byte(`{"site":"a","healthy":true}`))
+	}))
+	defer srv.Close()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("tok\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(env map[string]string, args ...string) (string, error) {
+		var out, errOut strings.Builder
+		m := &Main{Stdout: &out, Stderr: &errOut, Getenv: func(k string) string { return env[k] }}
+		err := m.Run(context.Background(), append([]string{"status", "--admin", srv.URL, "--json"}, args...))
+		return out.String(), err
+	}
+	if out, err := run(nil, "--ca", ca, "--token-file", tokenFile); err != nil || !strings.Contains(out, `"site":"a"`) {
+		t.Errorf("with CA and token file: %q, %v", out, err)
+	}
+	if out, err := run(map[string]string{"CASUALDB_ADMIN_TOKEN": "tok"}, "--ca", ca); err != nil || !strings.Contains(out, `"site":"a"`) {
+		t.Errorf("with CA and CASUALDB_ADMIN_TOKEN: %q, %v", out, err)
+	}
+	if _, err := run(nil, "--ca", ca); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("without a token: %v, want 401", err)
+	}
+	if _, err := run(nil, "--token-file", tokenFile); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("without the CA: %v, want a certificate error", err)
 	}
 }
