@@ -12,6 +12,7 @@ package hint
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -48,6 +49,8 @@ type Config struct {
 	// an error; name is "handoff:<site>". Nil: run it once.
 	Supervise func(ctx context.Context, name string, run func(context.Context) error) error
 	Logger    *slog.Logger
+	// TLS, when set, is the TLS of the hand-offs' connections.
+	TLS *tls.Config
 }
 
 // Keeper owns this site's hints. Hint is called by apply, Run by the
@@ -158,7 +161,7 @@ func (k *Keeper) ensureHandoff(ctx context.Context, wg *sync.WaitGroup, site cas
 	if _, ok := k.handoffs[site]; ok {
 		return
 	}
-	h, err := NewHandoff(HandoffConfig{Hints: k.cfg.Store, For: site, Logger: k.cfg.Logger, URL: func() (string, bool) {
+	h, err := NewHandoff(HandoffConfig{Hints: k.cfg.Store, For: site, Logger: k.cfg.Logger, TLS: k.cfg.TLS, URL: func() (string, bool) {
 		for _, m := range k.cfg.Members.Members() {
 			if m.Site == site {
 				return m.Meta.NATSURL, m.State == ring.StateAlive && m.Meta.NATSURL != ""

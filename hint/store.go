@@ -2,6 +2,7 @@ package hint
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -104,6 +105,8 @@ type HandoffConfig struct {
 	// whether the site is up: nothing is tried while it is down.
 	URL    func() (url string, up bool)
 	Logger *slog.Logger
+	// TLS, when set, is the connection's TLS (client certificate, CA).
+	TLS *tls.Config
 }
 
 // Handoff publishes the hints kept for one site into its inbox, as from
@@ -169,7 +172,7 @@ func (h *Handoff) session(ctx context.Context, cons jetstream.Consumer, url stri
 	// and its hint is handed back, instead of waiting in the client's
 	// reconnect buffer and reaching the site later, after the hint may have
 	// expired here. The next session connects afresh.
-	nc, err := nats.Connect(url, nats.Name("casualdb-handoff-"+string(h.cfg.Hints.site)), nats.Timeout(2*time.Second), nats.NoReconnect())
+	nc, err := nats.Connect(url, append(ship.Secure(h.cfg.TLS), nats.Name("casualdb-handoff-"+string(h.cfg.Hints.site)), nats.Timeout(2*time.Second), nats.NoReconnect())...)
 	if err != nil {
 		return fmt.Errorf("connect to %s at %s: %w", h.cfg.For, url, err)
 	}

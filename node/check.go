@@ -11,6 +11,7 @@ import (
 	"github.com/casualdb/casualdb/check"
 	"github.com/casualdb/casualdb/conflict"
 	"github.com/casualdb/casualdb/meta"
+	"github.com/casualdb/casualdb/ship"
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 )
@@ -152,7 +153,7 @@ func (s *Node) Check(ctx context.Context, opts check.Options) (rep check.Report,
 			skipped = append(skipped, string(p)+" (not connected)")
 			continue
 		}
-		nc, err := nats.Connect(sh.PeerURL(), nats.Name("casualdb-check-"+s.cfg.Site), nats.Timeout(5*time.Second), nats.NoReconnect())
+		nc, err := nats.Connect(sh.PeerURL(), append(ship.Secure(s.natsTLS), nats.Name("casualdb-check-"+s.cfg.Site), nats.Timeout(5*time.Second), nats.NoReconnect())...)
 		if err != nil {
 			skipped = append(skipped, fmt.Sprintf("%s (%v)", p, err))
 			continue

@@ -15,6 +15,7 @@ import (
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/capture"
+	"github.com/casualdb/casualdb/certs"
 	"github.com/casualdb/casualdb/check"
 	"github.com/casualdb/casualdb/conflict"
 	"github.com/casualdb/casualdb/ring"
@@ -155,7 +156,27 @@ type NATSConfig struct {
 	// long, even once every known peer has it: a peer that gossip makes
 	// known later still gets it. 0: trim as soon as every known peer has it.
 	OutboxRetention time.Duration `yaml:"outbox_retention"`
+	// TLS secures every link between sites: this site's NATS server and
+	// its connections to peers'.
+	TLS NATSTLSConfig `yaml:"tls"`
+	// Insecure allows plain-text NATS links off loopback.
+	Insecure bool `yaml:"insecure"`
 }
+
+// NATSTLSConfig is this site's certificate and the CA of every site's
+// (`casualdb certs` makes a development set). Peers verify each other:
+// a client without a certificate the CA signed is refused.
+type NATSTLSConfig struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+	CA   string `yaml:"ca"`
+}
+
+// On tells whether TLS is configured.
+func (t NATSTLSConfig) On() bool { return t.Cert != "" }
+
+// Files returns the configured files as certs names them.
+func (t NATSTLSConfig) Files() certs.Files { return certs.Files{CA: t.CA, Cert: t.Cert, Key: t.Key} }
 
 // PeerConfig is another site.
 type PeerConfig struct {
@@ -414,8 +435,8 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.NATS.Listen); err != nil {
 			return bad("nats.listen", "%q is not host:port", c.NATS.Listen)
 		}
-	} else if u, err := url.Parse(c.NATS.URL); err != nil || u.Scheme != "nats" {
-		return bad("nats.url", "%q is not a nats:// URL", c.NATS.URL)
+	} else if u, err := url.Parse(c.NATS.URL); err != nil || (u.Scheme != "nats" && u.Scheme != "tls") {
+		return bad("nats.url", "%q is not a nats:// or tls:// URL", c.NATS.URL)
 	}
 	if c.NATS.OutboxRetention < 0 {
 		return bad("nats.outbox_retention", "must not be negative")
@@ -433,11 +454,14 @@ func (c Config) Validate() error {
 			return bad(key+".name", "%q appears twice (or is this site)", p.Name)
 		}
 		seen[p.Name] = true
-		if u, err := url.Parse(p.NATSURL); err != nil || u.Scheme != "nats" || u.Host == "" {
-			return bad(key+".nats_url", "%q is not a nats://host:port URL", p.NATSURL)
+		if u, err := url.Parse(p.NATSURL); err != nil || (u.Scheme != "nats" && u.Scheme != "tls") || u.Host == "" {
+			return bad(key+".nats_url", "%q is not a nats:// or tls://host:port URL", p.NATSURL)
 		}
 	}
 	if err := c.Cluster.validate(bad); err != nil {
+		return err
+	}
+	if err := c.NATS.validateTLS(bad, c.offLoopback()); err != nil {
 		return err
 	}
 	if c.Admin.Listen != "" {
@@ -593,4 +617,50 @@ func (c ClusterConfig) validate(bad func(key, format string, args ...any) error)
 func isLoopbackHost(host string) bool {
 	ip := net.ParseIP(host)
 	return host == "localhost" || (ip != nil && ip.IsLoopback())
+}
+
+// offLoopback names a NATS link of c that leaves loopback ("" if none):
+// the embedded server's listen address, an external server, a peer, or
+// gossip (whose peers' NATS addresses follow the gossip address's host).
+func (c Config) offLoopback() string {
+	hostOf := func(hostport string) string {
+		h, _, _ := net.SplitHostPort(hostport)
+		return h
+	}
+	if c.NATS.URL == "" && !isLoopbackHost(hostOf(c.NATS.Listen)) {
+		return "nats.listen " + c.NATS.Listen
+	}
+	if u, err := url.Parse(c.NATS.URL); c.NATS.URL != "" && err == nil && !isLoopbackHost(u.Hostname()) {
+		return "nats.url " + c.NATS.URL
+	}
+	for _, p := range c.Peers {
+		if u, err := url.Parse(p.NATSURL); err == nil && !isLoopbackHost(u.Hostname()) {
+			return "peer " + p.Name + " at " + p.NATSURL
+		}
+	}
+	if c.Cluster.Bind != "" && !isLoopbackHost(hostOf(c.Cluster.Bind)) {
+		return "cluster.bind " + c.Cluster.Bind
+	}
+	return ""
+}
+
+// validateTLS checks nats.tls: all three files or none, each readable; and
+// TLS (or nats.insecure) when a link leaves loopback (off names it).
+func (n NATSConfig) validateTLS(bad func(key, format string, args ...any) error, off string) error {
+	t := n.TLS
+	if set := [3]bool{t.Cert != "", t.Key != "", t.CA != ""}; set != [3]bool{} && set != [3]bool{true, true, true} {
+		return bad("nats.tls", "cert, key and ca go together")
+	}
+	for _, f := range [][2]string{{"nats.tls.cert", t.Cert}, {"nats.tls.key", t.Key}, {"nats.tls.ca", t.CA}} {
+		if f[1] == "" {
+			continue
+		}
+		if _, err := os.Stat(f[1]); err != nil {
+			return bad(f[0], "%v", err)
+		}
+	}
+	if off != "" && !t.On() && !n.Insecure {
+		return bad("nats.tls", "required off loopback (%s): set nats.tls.cert, nats.tls.key and nats.tls.ca (casualdb certs makes a development set), or nats.insecure: true for plain text", off)
+	}
+	return nil
 }

@@ -73,6 +73,8 @@ func TestConfig_Validate(t *testing.T) {
 		{"bad-nats-listen.yml", "nats.listen"},
 		{"bad-log-level.yml", "log.level"},
 		{"bad-max-batch.yml", "apply.max_batch"},
+		{"bad-nats-plain.yml", "nats.tls: required off loopback (nats.listen 0.0.0.0:4222): set nats.tls.cert, nats.tls.key and nats.tls.ca"},
+		{"bad-nats-tls-partial.yml", "nats.tls: cert, key and ca go together"},
 		{"bad-antientropy-interval.yml", "antientropy.interval: must not be negative"},
 		{"bad-antientropy-buckets.yml", "antientropy.buckets: must be between 1 and 1048576"},
 		{"bad-capture-batch.yml", "capture.max_batch: must be positive"},
@@ -106,5 +108,23 @@ func TestConfig_Validate(t *testing.T) {
 				t.Errorf("got %q, want it to contain %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestConfig_NATSInsecure: plain-text NATS off loopback is refused unless
+// nats.insecure says so; on loopback it needs nothing.
+func TestConfig_NATSInsecure(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Site, cfg.Database.DSN = "a", "postgres://x@y/z"
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("loopback, plain text: %v", err)
+	}
+	cfg.Peers = []PeerConfig{{Name: "b", NATSURL: "nats://10.0.0.2:4222"}}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "peer b at nats://10.0.0.2:4222") {
+		t.Fatalf("a peer off loopback, plain text: %v", err)
+	}
+	cfg.NATS.Insecure = true
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("nats.insecure: %v", err)
 	}
 }

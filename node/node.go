@@ -17,6 +17,7 @@ import (
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/apply"
 	"github.com/casualdb/casualdb/capture"
+	"github.com/casualdb/casualdb/certs"
 	"github.com/casualdb/casualdb/hint"
 	"github.com/casualdb/casualdb/meta"
 	"github.com/casualdb/casualdb/ring"
@@ -43,6 +44,8 @@ type Node struct {
 	member   *ring.Membership // nil without cluster.bind
 	keeper   *hint.Keeper     // nil without cluster.bind
 	admin    net.Listener
+	// natsTLS is the TLS of every connection to a NATS server (nil: plain).
+	natsTLS *tls.Config
 	// adminToken is the bearer token of the admin endpoint ("": none).
 	adminToken string
 	delays     *prometheus.HistogramVec // commit at the origin to each stage
@@ -152,17 +155,26 @@ func (s *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 	deletePolicy, policies := s.cfg.Conflicts.DeletePolicies() // tables checked by Prepare
+	var serverTLS *tls.Config
+	if s.cfg.NATS.TLS.On() {
+		if serverTLS, err = certs.ServerConfig(s.cfg.NATS.TLS.Files()); err != nil {
+			return fmt.Errorf("%w: nats.tls: %v", casualdb.ErrConfig, err)
+		}
+		if s.natsTLS, err = certs.ClientConfig(s.cfg.NATS.TLS.Files()); err != nil {
+			return fmt.Errorf("%w: nats.tls: %v", casualdb.ErrConfig, err)
+		}
+	}
 	url := s.cfg.NATS.URL
 	if url == "" {
 		s.server, err = ship.StartServer(ship.ServerConfig{
-			Listen: s.cfg.NATS.Listen, StoreDir: filepath.Join(s.cfg.DataDir, "nats"), SyncAlways: s.cfg.NATS.SyncAlways, Logger: s.log,
+			Listen: s.cfg.NATS.Listen, StoreDir: filepath.Join(s.cfg.DataDir, "nats"), SyncAlways: s.cfg.NATS.SyncAlways, Logger: s.log, TLS: serverTLS,
 		})
 		if err != nil {
 			return err
 		}
 		url = s.server.ClientURL()
 	}
-	opts := []nats.Option{nats.Name("casualdb-" + s.cfg.Site), nats.Timeout(5 * time.Second), nats.MaxReconnects(-1)}
+	opts := append(ship.Secure(s.natsTLS), nats.Name("casualdb-"+s.cfg.Site), nats.Timeout(5*time.Second), nats.MaxReconnects(-1))
 	if s.server != nil {
 		opts = append(opts, s.server.InProcess())
 	}
@@ -243,7 +255,7 @@ func (s *Node) Start(ctx context.Context) (err error) {
 		}); err != nil {
 			return fmt.Errorf("cluster: %w", err)
 		}
-		if s.keeper, err = hint.New(hint.Config{Site: site, Store: hints, Members: s.member, N: s.cfg.Cluster.N, Retention: s.cfg.Cluster.HintRetention,
+		if s.keeper, err = hint.New(hint.Config{Site: site, Store: hints, Members: s.member, N: s.cfg.Cluster.N, Retention: s.cfg.Cluster.HintRetention, TLS: s.natsTLS,
 			Supervise: s.supervise, Logger: s.log}); err != nil {
 			return err
 		}
@@ -301,7 +313,7 @@ func (s *Node) addPeer(ctx context.Context, peer casualdb.SiteID, url string) er
 		return err
 	}
 	stage := "shipped_" + string(peer)
-	sh, err := ship.NewShipper(ship.ShipperConfig{Site: casualdb.SiteID(s.cfg.Site), Peer: peer, PeerURL: url, Outbox: s.outbox, MaxBatch: s.cfg.Ship.MaxBatch, Logger: s.log,
+	sh, err := ship.NewShipper(ship.ShipperConfig{Site: casualdb.SiteID(s.cfg.Site), Peer: peer, PeerURL: url, Outbox: s.outbox, MaxBatch: s.cfg.Ship.MaxBatch, Logger: s.log, TLS: s.natsTLS,
 		ObserveDelay: func(d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, stage).Observe(d.Seconds()) }, OnAck: s.wakeDurability})
 	if err != nil {
 		return err
@@ -630,7 +642,7 @@ func (s *Node) resend(ctx context.Context, origin casualdb.SiteID, from uint64) 
 	if sh == nil {
 		return fmt.Errorf("origin %s: its NATS address is unknown here", origin)
 	}
-	return ship.RequestResend(ctx, sh.PeerURL(), origin, casualdb.SiteID(s.cfg.Site), from)
+	return ship.RequestResend(ctx, sh.PeerURL(), origin, casualdb.SiteID(s.cfg.Site), from, ship.Secure(s.natsTLS)...)
 }
 
 // onResend answers a peer's request to ship to it again. Called on the NATS

@@ -1,6 +1,7 @@
 package ship
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,6 +23,9 @@ type ServerConfig struct {
 	// slower). Default false: fsync every 2 minutes, which survives a crash
 	// of the process but not of the machine.
 	SyncAlways bool
+	// TLS, when set, makes the server speak TLS only, and require and
+	// verify a client certificate (its ClientAuth and ClientCAs).
+	TLS *tls.Config
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -57,6 +61,10 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		JetStreamMaxMemory: 64 << 20,
 		MaxPayload:         8 << 20,
 	}
+	if cfg.TLS != nil {
+		opts.TLS, opts.TLSConfig, opts.TLSTimeout = true, cfg.TLS, 5
+		opts.TLSVerify = cfg.TLS.ClientAuth == tls.RequireAndVerifyClientCert
+	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("start nats server on %s: %w", cfg.Listen, err)
@@ -83,4 +91,13 @@ func (s *Server) Close() {
 	}
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
+}
+
+// Secure returns the options of a client connection with TLS cfg: none
+// when cfg is nil (plain text).
+func Secure(cfg *tls.Config) []nats.Option {
+	if cfg == nil {
+		return nil
+	}
+	return []nats.Option{nats.Secure(cfg)}
 }

@@ -3,6 +3,7 @@ package ship
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -38,6 +39,8 @@ type ShipperConfig struct {
 	// OnAck, when set, is called after the peer acknowledged a publish
 	// (Acked moved). It must not block.
 	OnAck func()
+	// TLS, when set, is the connection's TLS (client certificate, CA).
+	TLS *tls.Config
 }
 
 // Shipper copies the outbox into one peer's inbox.
@@ -349,8 +352,8 @@ func (s *Shipper) session(ctx context.Context, msgs <-chan jetstream.Msg) error 
 	if url == "" {
 		return fmt.Errorf("address of %s unknown (gossip has not told it yet)", s.cfg.Peer)
 	}
-	nc, err := nats.Connect(url, nats.Name("casualdb-ship-"+string(s.cfg.Site)), nats.Timeout(2*time.Second),
-		nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))
+	nc, err := nats.Connect(url, append(Secure(s.cfg.TLS), nats.Name("casualdb-ship-"+string(s.cfg.Site)), nats.Timeout(2*time.Second),
+		nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))...)
 	if err != nil {
 		return fmt.Errorf("connect to %s at %s: %w", s.cfg.Peer, url, err)
 	}
@@ -611,8 +614,8 @@ type ResendRequest struct {
 
 // RequestResend asks the origin whose NATS is at url to ship to peer again
 // from sequence from (peer has waited for it too long: lost somewhere).
-func RequestResend(ctx context.Context, url string, origin, peer casualdb.SiteID, from uint64) error {
-	nc, err := nats.Connect(url, nats.Name("casualdb-resend-"+string(peer)), nats.Timeout(2*time.Second))
+func RequestResend(ctx context.Context, url string, origin, peer casualdb.SiteID, from uint64, opts ...nats.Option) error {
+	nc, err := nats.Connect(url, append(opts, nats.Name("casualdb-resend-"+string(peer)), nats.Timeout(2*time.Second))...)
 	if err != nil {
 		return fmt.Errorf("ask %s to resend: connect to %s: %w", origin, url, err)
 	}

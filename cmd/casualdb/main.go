@@ -75,6 +75,8 @@ Usage:
                                          compare the replicated tables across the live sites
                                          (the running sidecar asks its peers); exit 1 if rows differ;
                                          --repair writes the winning rows again, which replicate
+  casualdb certs --site NAME... [--host SITE=HOST]... [--dir DIR]
+                                         a development CA and a certificate per site (nats.tls)
   casualdb demo                          three local sites converging, on embedded defaults
   casualdb version
 
@@ -100,6 +102,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return m.statusCmd(ctx, args[1:])
 	case "check":
 		return m.checkCmd(ctx, args[1:])
+	case "certs":
+		return m.certsCmd(ctx, args[1:])
 	case "demo":
 		return m.demoCmd(ctx, args[1:])
 	case "version":

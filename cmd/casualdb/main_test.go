@@ -33,3 +33,21 @@ func TestMain_Run(t *testing.T) {
 		t.Errorf("Run(version) = %v, output %q", err, out.String())
 	}
 }
+
+func TestMain_Certs(t *testing.T) {
+	dir := t.TempDir()
+	var out, errOut strings.Builder
+	m := &Main{Stdout: &out, Stderr: &errOut, Getenv: func(string) string { return "" }}
+	if err := m.Run(t.Context(), []string{"certs", "--dir", dir, "--site", "a", "--site", "b", "--host", "b=10.0.0.2"}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "site b: nats.tls: {cert: "+dir+"/b.pem") {
+		t.Errorf("output %q names no files for b", out.String())
+	}
+	if err := m.Run(t.Context(), []string{"certs", "--dir", dir, "--site", "a", "--host", "c=x"}); err == nil || !strings.Contains(err.Error(), "--host for c") {
+		t.Errorf("--host for an unnamed site: %v", err)
+	}
+	if err := m.Run(t.Context(), []string{"certs", "--dir", dir}); err == nil || !strings.Contains(err.Error(), "--site") {
+		t.Errorf("no --site: %v", err)
+	}
+}
