@@ -52,4 +52,12 @@
 // made by Next. If they ever do (a version built some other way, or corrupt
 // metadata), Decide still follows Less, so that the merge stays a semilattice,
 // and reports Conflict with rule "lww" so that the anomaly is logged.
+//
+// # Removed metadata
+//
+// When a site removes a row's versions (tombstone collection, truncation)
+// and the row is written again, Start stamps the write from the table's
+// collected floor (CollectFloor), and a site that still holds the row's
+// floor judges it by what its transaction had seen (SawDeletes, SeenFloor):
+// see floor.go.
 package conflict
