@@ -146,6 +146,9 @@ type Applier struct {
 	truncGen    uint64
 	truncsValid bool
 	vcache      *versionCache
+	// floors holds the tables' collected floors as last read (a floor only
+	// grows): the apply loop's goroutine only.
+	floors map[string]casualdb.Version
 
 	gapSince map[casualdb.SiteID]time.Time // when each origin's current gap was first seen
 	depSince map[casualdb.SiteID]time.Time // when each origin's current dependency wait began

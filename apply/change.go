@@ -40,16 +40,43 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 		stored = tr
 	}
 	policy := w.a.policy(c.Table)
-	d := conflict.DecideRow(stored, c.Version, c.Op == casualdb.OpDelete, policy)
-	if truncated && conflict.Less(c.Version, t) && d.Apply {
+	in := c.Version
+	var floorLSNs map[casualdb.SiteID]uint64 // the deletes merged into the row's floor
+	if st.rv != nil {
+		floorLSNs = st.rv.FloorLSNs
+		if conflict.SawDeletes(floorLSNs, im.tx.Origin, im.tx.LSN, im.tx.Deps) {
+			// Its transaction saw every delete of the floor, which its
+			// clock may not show: its origin had collected the row's
+			// tombstone and started the row's clock afresh.
+			in = conflict.SeenFloor(stored, in)
+		}
+	}
+	// A floor recorded before its deletes were kept stays unknown.
+	if c.Op == casualdb.OpDelete && (st.rv == nil || len(st.rv.Floor) == 0 || len(floorLSNs) > 0) {
+		floorLSNs = conflict.JoinFloorLSNs(floorLSNs, map[casualdb.SiteID]uint64{im.tx.Origin: im.tx.LSN})
+	}
+	d := conflict.DecideRow(stored, in, c.Op == casualdb.OpDelete, policy)
+	if truncated && conflict.Less(in, t) && d.Apply {
 		// Written before the truncate: it never comes back. Its clock is
 		// still merged, like any version's.
 		d.Apply, d.Outcome, d.Rule = false, conflict.Stale, "truncated"
 		d.Stored, d.Deleted = stored.Version, stored.Deleted
-		d.Stored.VC = conflict.Join(stored.Version.VC, c.Version.VC)
+		d.Stored.VC = conflict.Join(stored.Version.VC, in.VC)
+	}
+	if len(d.Floor) == 0 {
+		floorLSNs = nil
+	}
+	if st.rv == nil {
+		// No version here: when this site collected the row's tombstone,
+		// the row's clock keeps this site's counter from the table's
+		// floor, so that its next local write reuses no dot the row had
+		// (other sites may remember it).
+		if f, ok := w.a.floors[c.Table]; ok && f.VC[w.a.cfg.Site] > d.Stored.VC[w.a.cfg.Site] {
+			d.Stored.VC = conflict.Join(d.Stored.VC, casualdb.VectorClock{w.a.cfg.Site: f.VC[w.a.cfg.Site]})
+		}
 	}
 	if w.a.cfg.MergeColumns[c.Table] && c.Op != casualdb.OpDelete && len(c.Columns) > 0 && st.present && st.rv != nil &&
-		!stored.Deleted && d.Outcome != conflict.Stale && conflict.Alive(c.Version.VC, stored.Floor, policy) {
+		!stored.Deleted && d.Outcome != conflict.Stale && conflict.Alive(in.VC, stored.Floor, policy) {
 		return w.mergeColumns(ctx, im, lt, c, st, rk, d)
 	}
 	if d.Outcome == conflict.Conflict {
@@ -61,12 +88,12 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 	if !d.Apply {
 		if st.rv != nil {
 			rv := *st.rv
-			rv.Version, rv.Floor, rv.Deleted = d.Stored, d.Floor, d.Deleted
+			rv.Version, rv.Floor, rv.Deleted, rv.FloorLSNs = d.Stored, d.Floor, d.Deleted, floorLSNs
 			if d.Stored.Stamp() == c.Version.Stamp() {
 				rv.OriginLSN = im.tx.LSN
 			}
 			if len(c.Deltas) > 0 && st.present && d.Outcome != conflict.Stale && !(truncated && conflict.Less(c.Version, t)) &&
-				(stored == nil || conflict.Alive(c.Version.VC, stored.Floor, policy)) {
+				(stored == nil || conflict.Alive(in.VC, stored.Floor, policy)) {
 				// The row image lost, the increments count all the same.
 				xmin, ok, err := w.addDeltas(ctx, im, lt, c)
 				if err != nil {
@@ -83,7 +110,7 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 		return nil
 	}
 	// The incoming row image wins whole: its claims describe its values.
-	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor, Columns: c.Columns, Claims: c.Claims, OriginLSN: im.tx.LSN}
+	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor, Columns: c.Columns, Claims: c.Claims, OriginLSN: im.tx.LSN, FloorLSNs: floorLSNs}
 	switch c.Op {
 	case casualdb.OpDelete:
 		switch {

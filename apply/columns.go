@@ -76,7 +76,7 @@ func (w *txWriter) mergeColumns(ctx context.Context, im inMsg, lt *localTable, c
 		}
 		w.res.conflicts++
 	}
-	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor, Columns: cols, Claims: claims, Xmin: st.xmin, OriginLSN: st.rv.OriginLSN}
+	rv := meta.RowVersion{Version: d.Stored, Floor: d.Floor, Columns: cols, Claims: claims, Xmin: st.xmin, OriginLSN: st.rv.OriginLSN, FloorLSNs: st.rv.FloorLSNs}
 	if d.Stored.Stamp() == c.Version.Stamp() {
 		rv.OriginLSN = im.tx.LSN
 	}

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/conflict"
 	"github.com/casualdb/casualdb/meta"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -272,9 +274,19 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 		sql, args := lockQuery(w.tables[tbl], keys[tbl])
 		b.Queue(sql, args...)
 	}
+	var needTables []string
 	if len(need) > 0 {
 		sql, args := meta.VersionsQuery(need)
 		b.Queue(sql, args...)
+		// After the versions: a row found without one whose tombstone was
+		// collected before they were read has its table's floor raised
+		// by then (the collection raises it in the same statement).
+		for _, k := range need {
+			if !slices.Contains(needTables, k.Table) {
+				needTables = append(needTables, k.Table)
+			}
+		}
+		b.Queue(meta.FloorsQuery, needTables)
 	}
 	// Truncation markers change rarely: read them only when capture
 	// recorded a local truncation, or apply applied one, since.
@@ -322,6 +334,22 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 		}
 		if vs, err = meta.ScanVersions(rows, len(need)); err != nil {
 			return err
+		}
+		if rows, err = br.Query(); err != nil {
+			return fmt.Errorf("load collected floors: %w", err)
+		}
+		floors, err := meta.ScanFloors(rows)
+		if err != nil {
+			return err
+		}
+		if w.a.floors == nil {
+			w.a.floors = map[string]casualdb.Version{}
+		}
+		for tbl, f := range floors {
+			if old, ok := w.a.floors[tbl]; ok {
+				f = conflict.CollectFloor(old, conflict.Row{Version: f})
+			}
+			w.a.floors[tbl] = f
 		}
 	}
 	if loadTruncs {

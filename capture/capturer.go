@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/conflict"
 	"github.com/casualdb/casualdb/meta"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -347,11 +348,20 @@ func recordedVersions(txs []*casualdb.Tx) (map[meta.RowKey]meta.RowVersion, map[
 				}
 				continue
 			}
+			k := meta.RowKey{Table: ch.Table, Key: casualdb.KeyString(ch.Key)}
 			rv := meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: ch.Floor, Columns: ch.Columns, Claims: ch.Claims, OriginLSN: tx.LSN}
 			if !rv.Deleted {
 				rv.Xmin = tx.Xid
 			}
-			vs[meta.RowKey{Table: ch.Table, Key: casualdb.KeyString(ch.Key)}] = rv
+			// The deletes merged into the floor that these transactions
+			// made (the database joins them with those it holds).
+			if len(rv.Floor) > 0 {
+				rv.FloorLSNs = vs[k].FloorLSNs
+				if rv.Deleted {
+					rv.FloorLSNs = conflict.JoinFloorLSNs(rv.FloorLSNs, map[casualdb.SiteID]uint64{tx.Origin: tx.LSN})
+				}
+			}
+			vs[k] = rv
 		}
 	}
 	return vs, truncs

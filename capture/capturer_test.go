@@ -243,8 +243,9 @@ func TestCapturer_Run(t *testing.T) {
 	t.Run("restart re-derives lost metadata and duplicates nothing", func(t *testing.T) {
 		e.stop()
 		// As if the sidecar died after the outbox append but before the
-		// metadata was written.
-		if _, err := e.conn.Exec(ctx, `DELETE FROM casualdb.row_version; DELETE FROM casualdb.capture_state; DELETE FROM casualdb.truncation`); err != nil {
+		// metadata was written (the collected floor the truncation raised
+		// is written with it).
+		if _, err := e.conn.Exec(ctx, `DELETE FROM casualdb.row_version; DELETE FROM casualdb.capture_state; DELETE FROM casualdb.truncation; DELETE FROM casualdb.collected_floor`); err != nil {
 			t.Fatal(err)
 		}
 		e.start(t)

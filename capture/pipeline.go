@@ -73,6 +73,9 @@ type versioner struct {
 	gen     uint64
 	lastSeq uint64 // the outbox sequence of the last transaction published
 	lastMsg uint64 // the sequence of the last outbox message published
+	// floors holds the collected floors read so far (meta.ScanFloors),
+	// joined: a floor only grows.
+	floors map[string]casualdb.Version
 }
 
 // run takes decoded transactions from in until ctx is done or an error.
@@ -248,9 +251,9 @@ func (v *versioner) version(ctx context.Context, b *batch) error {
 		}
 	}
 	c.cacheMu.Unlock()
-	loaded, err := meta.LoadVersions(ctx, v.conn, miss)
+	loaded, err := v.load(ctx, miss)
 	if err != nil {
-		return fmt.Errorf("capture: %w", err)
+		return err
 	}
 	for k, rv := range loaded {
 		known[k] = rv
@@ -285,6 +288,63 @@ func (v *versioner) version(ctx context.Context, b *batch) error {
 	}
 	v.gen = b.gen
 	return nil
+}
+
+// load reads the recorded versions of keys and, in the same round trip and
+// after them, the collected floors of their tables. After: a key whose
+// tombstone collection removed before the versions were read is
+// absent from them, and the floor read later includes what that tombstone
+// knew (the collection raises the floor in the statement that removes it).
+// One small statement per batch that misses the cache, not per row.
+func (v *versioner) load(ctx context.Context, keys []meta.RowKey) (map[meta.RowKey]meta.RowVersion, error) {
+	if len(keys) == 0 {
+		return map[meta.RowKey]meta.RowVersion{}, nil
+	}
+	var tables []string
+	for _, k := range keys {
+		if !slices.Contains(tables, k.Table) {
+			tables = append(tables, k.Table)
+		}
+	}
+	var b pgx.Batch
+	sql, args := meta.VersionsQuery(keys)
+	b.Queue(sql, args...)
+	b.Queue(meta.FloorsQuery, tables)
+	res := v.conn.SendBatch(ctx, &b)
+	defer res.Close()
+	rows, err := res.Query()
+	if err != nil {
+		return nil, fmt.Errorf("capture: load row versions: %w", err)
+	}
+	loaded, err := meta.ScanVersions(rows, len(keys))
+	if err != nil {
+		return nil, fmt.Errorf("capture: %w", err)
+	}
+	if rows, err = res.Query(); err != nil {
+		return nil, fmt.Errorf("capture: load collected floors: %w", err)
+	}
+	floors, err := meta.ScanFloors(rows)
+	if err != nil {
+		return nil, fmt.Errorf("capture: %w", err)
+	}
+	if err := res.Close(); err != nil {
+		return nil, fmt.Errorf("capture: load row versions: %w", err)
+	}
+	v.raiseFloors(floors)
+	return loaded, nil
+}
+
+// raiseFloors joins floors into the ones known (a floor only grows).
+func (v *versioner) raiseFloors(floors map[string]casualdb.Version) {
+	if v.floors == nil {
+		v.floors = map[string]casualdb.Version{}
+	}
+	for tbl, f := range floors {
+		if old, ok := v.floors[tbl]; ok {
+			f = conflict.CollectFloor(old, conflict.Row{Version: f})
+		}
+		v.floors[tbl] = f
+	}
 }
 
 // versionTx gives every change of tx its version; lookup returns a row's
@@ -334,9 +394,18 @@ func (v *versioner) versionTx(ctx context.Context, tx *casualdb.Tx, lookup func(
 			floor casualdb.VectorClock
 		)
 		rv, ok := lookup(k)
-		if ok {
+		switch f, collected := v.floors[ch.Table]; {
+		case ok:
 			prev = &rv.Version
 			floor = rv.Floor
+		case collected:
+			// No version, and the table's tombstones were collected: this
+			// row's may have been one of them, which other sites may still
+			// hold. Stamp the write above every collected version, with a
+			// counter of this site's above the row's old ones; that it saw
+			// the collected deletes its transaction's dependencies tell
+			// (conflict.SawDeletes).
+			prev = conflict.Start(&f, c.cfg.Site)
 		}
 		// The claims of the row's current values, if it has any: an insert
 		// claims every value anew (a key re-used after a delete is a new
@@ -357,7 +426,15 @@ func (v *versioner) versionTx(ctx context.Context, tx *casualdb.Tx, lookup func(
 			prev = &tv
 		}
 		ch.Version = conflict.Next(prev, c.cfg.Site, at)
+		var floorLSNs map[casualdb.SiteID]uint64
+		if ok {
+			floorLSNs = rv.FloorLSNs
+		}
 		if ch.Op == casualdb.OpDelete {
+			// A floor recorded before its deletes were kept stays unknown.
+			if len(floor) == 0 || len(floorLSNs) > 0 {
+				floorLSNs = conflict.JoinFloorLSNs(floorLSNs, map[casualdb.SiteID]uint64{c.cfg.Site: tx.LSN})
+			}
 			floor = conflict.Join(floor, ch.Version.VC)
 		}
 		ch.Floor = floor
@@ -373,7 +450,7 @@ func (v *versioner) versionTx(ctx context.Context, tx *casualdb.Tx, lookup func(
 			ch.Claims = conflict.NextClaims(prevClaims, claimValues(tx.Relations[ch.Table], ch), ch.Version.Stamp())
 		}
 		// Later changes to the row see this version.
-		nrv := meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: floor, Columns: ch.Columns, Claims: ch.Claims, OriginLSN: tx.LSN}
+		nrv := meta.RowVersion{Version: ch.Version, Deleted: ch.Op == casualdb.OpDelete, Floor: floor, Columns: ch.Columns, Claims: ch.Claims, OriginLSN: tx.LSN, FloorLSNs: floorLSNs}
 		if !nrv.Deleted {
 			nrv.Xmin = tx.Xid
 		}

@@ -60,4 +60,12 @@
 // (EarlierClaim): when each row's value was set, as NextClaims stamped it at
 // the change's origin and every site stores it, not the rows' current
 // versions, which later updates move (see claim.go).
+//
+// # Removed metadata
+//
+// When a site removes a row's versions (tombstone collection, truncation)
+// and the row is written again, Start stamps the write from the table's
+// collected floor (CollectFloor), and a site that still holds the row's
+// floor judges it by what its transaction had seen (SawDeletes, SeenFloor):
+// see floor.go.
 package conflict

@@ -62,6 +62,8 @@ type cluster struct {
 	gossip bool
 	// hintRetention is clusterOptions.HintRetention.
 	hintRetention time.Duration
+	// siteExtra is clusterOptions.SiteExtra.
+	siteExtra map[int][]string
 	// links[i][j] carries site i's connection to site j's NATS (i ships to
 	// j); nil without clusterOptions.Links.
 	links    [][]*netproxy.Proxy
@@ -87,6 +89,10 @@ type clusterOptions struct {
 	FakeTime map[int]string
 	// Extra are config lines added to every site's configuration.
 	Extra []string
+	// SiteExtra, by site index, are config lines added to that site's
+	// configuration only, after Extra (so a site can have its own gc
+	// block, say).
+	SiteExtra map[int][]string
 	// Gossip replaces the static peers lists with gossip membership: each
 	// site names the others' gossip addresses to join (any one live one
 	// suffices), and sites learn each other's NATS from gossip. With Links
@@ -122,6 +128,7 @@ func newClusterWith(t testing.TB, opts clusterOptions) *cluster {
 	}
 	c := &cluster{t: t, ports: map[int]bool{}}
 	c.extra = opts.Extra
+	c.siteExtra = opts.SiteExtra
 	// Every PostgreSQL listens before the sidecars' ports are chosen, so
 	// that no server takes one of them in between.
 	for i, name := range names[:opts.Sites] {
@@ -302,7 +309,7 @@ func (c *cluster) config(s *site) string {
 			fmt.Fprintf(&b, "  join: [%s]\n", strings.Join(join, ", "))
 		}
 		if c.links == nil {
-			for _, l := range c.extra {
+			for _, l := range append(slices.Clone(c.extra), c.siteExtra[from]...) {
 				b.WriteString(l + "\n")
 			}
 			return b.String()
@@ -321,7 +328,7 @@ func (c *cluster) config(s *site) string {
 		}
 		fmt.Fprintf(&b, "  - name: %s\n    nats_url: nats://%s\n", p.name, addr)
 	}
-	for _, l := range c.extra {
+	for _, l := range append(slices.Clone(c.extra), c.siteExtra[from]...) {
 		b.WriteString(l + "\n")
 	}
 	return b.String()

@@ -102,3 +102,96 @@ func gcScenario(t *testing.T, c *cluster, isolate, rejoin func()) {
 		t.Errorf("site a after more writes: %s", got)
 	}
 }
+
+// TestGC_ReinsertAfterUnevenCollection is issue 12's second divergence: a
+// collects a tombstone that b and c still hold (they collect once an hour),
+// then re-inserts the key. Without a collected floor, a's capture started
+// the key's clock afresh ({a:1}, HLC from a's clock), and b and c kept the
+// row deleted: in kv (delete_wins) because the fresh clock does not cover
+// the delete's floor (dead), in kv_lww because b's delete, made on a clock
+// an hour ahead, is later by HLC. The row then existed at a only.
+func TestGC_ReinsertAfterUnevenCollection(t *testing.T) {
+	gc := func(interval string) []string {
+		return []string{"gc:", "  interval: " + interval, "  heartbeat: 100ms"}
+	}
+	c := newClusterWith(t, clusterOptions{Sites: 3,
+		Schema:    `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL); CREATE TABLE kv_lww (k int PRIMARY KEY, v text NOT NULL)`,
+		FakeTime:  map[int]string{1: "+1h"},
+		Extra:     []string{"conflicts:", "  tables:", "    kv_lww:", "      delete_policy: lww"},
+		SiteExtra: map[int][]string{0: gc("200ms"), 1: gc("1h"), 2: gc("1h")}})
+	const a, b = 0, 1
+	tables := []string{"kv", "kv_lww"}
+	tombstones := func(i int) string {
+		t.Helper()
+		got, err := c.queryString(i, `SELECT coalesce(string_agg(tbl || key, ',' ORDER BY tbl, key), '') FROM casualdb.row_version WHERE deleted`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	for _, tbl := range tables {
+		c.exec(a, `INSERT INTO `+tbl+` VALUES (1, 'first'), (2, 'other')`)
+	}
+	c.waitConverged(30*time.Second, tables...)
+	// b deletes on its clock an hour ahead.
+	for _, tbl := range tables {
+		c.exec(b, `DELETE FROM `+tbl+` WHERE k = 1`)
+	}
+	const held = `public.kv["1"],public.kv_lww["1"]`
+	for i := range c.sites {
+		pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+			if got := tombstones(i); i != a && got != held {
+				return fmt.Errorf("site %s: tombstones %q, want %q", c.sites[i].name, got, held)
+			}
+			for _, tbl := range tables {
+				if got, err := c.queryString(i, `SELECT count(*)::text FROM `+tbl+` WHERE k = 1`); err != nil || got != "0" {
+					return fmt.Errorf("site %s, %s: %s rows with k = 1, %v; want the delete applied", c.sites[i].name, tbl, got, err)
+				}
+			}
+			return nil
+		})
+	}
+	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if got := tombstones(a); got != "" {
+			return fmt.Errorf("site a keeps tombstones %q, want them collected", got)
+		}
+		return nil
+	})
+	for i := 1; i < 3; i++ {
+		if got := tombstones(i); got != held {
+			t.Fatalf("site %s: tombstones %q, want %q (it collects once an hour)", c.sites[i].name, got, held)
+		}
+	}
+
+	// a kept what the collected tombstones knew: b's delete, an hour ahead.
+	if got, err := c.queryString(a, `SELECT string_agg(tbl || ' ' || (hlc_wall > $1)::text, ',' ORDER BY tbl) FROM casualdb.collected_floor`,
+		time.Now().Add(30*time.Minute).UnixMicro()); err != nil || got != "public.kv true,public.kv_lww true" {
+		t.Errorf("site a: collected floors (table, an hour ahead) %q, %v; want both tables, ahead", got, err)
+	}
+
+	// a writes the key again, on the real clock.
+	for _, tbl := range tables {
+		c.exec(a, `INSERT INTO `+tbl+` VALUES (1, 'again')`)
+	}
+	c.waitConverged(30*time.Second, tables...)
+	for i, s := range c.sites {
+		for _, tbl := range tables {
+			if got, err := c.queryString(i, `SELECT string_agg(k || '=' || v, ',' ORDER BY k) FROM `+tbl); err != nil || got != "1=again,2=other" {
+				t.Errorf("site %s, %s: %q, %v; want 1=again,2=other", s.name, tbl, got, err)
+			}
+		}
+	}
+	// The clock goes on from there: b's overwrite of the re-inserted row
+	// wins everywhere, and a delete and a second re-insert at a do too.
+	for _, tbl := range tables {
+		c.exec(b, `UPDATE `+tbl+` SET v = 'b' WHERE k = 1`)
+	}
+	c.waitConverged(30*time.Second, tables...)
+	for i, s := range c.sites {
+		for _, tbl := range tables {
+			if got, err := c.queryString(i, `SELECT v FROM `+tbl+` WHERE k = 1`); err != nil || got != "b" {
+				t.Errorf("site %s, %s: k=1 is %q, %v; want b's update", s.name, tbl, got, err)
+			}
+		}
+	}
+}

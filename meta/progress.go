@@ -132,21 +132,35 @@ func Beat(ctx context.Context, q Execer, site casualdb.SiteID) error {
 // write X made before seeing it (the only ones that could still need the
 // tombstone) committed before that transaction of X, so it is applied here
 // already. self has seen it: the tombstone is here.
-func CollectTombstones(ctx context.Context, q Execer, sites []casualdb.SiteID, self casualdb.SiteID) (int64, error) {
+//
+// Every delete merged into the row's floor must be stable, not only the one
+// recorded (row_version.floor_lsns names them): a write that did not see
+// one of them could still arrive, and a site that had removed the row would
+// take it as the first write of a new row while a site that kept it finds
+// it dead. Rows recorded before floor_lsns was kept are checked by the
+// recorded delete alone, as before.
+//
+// What the removed tombstones knew is kept: the same statement raises their
+// tables' collected floors (see LoadFloors), from which capture starts the
+// clock of a row written again here.
+func CollectTombstones(ctx context.Context, q Querier, sites []casualdb.SiteID, self casualdb.SiteID) (int64, error) {
 	names := make([]string, len(sites))
 	for i, s := range sites {
 		names[i] = string(s)
 	}
-	tag, err := q.Exec(ctx, `
-		DELETE FROM casualdb.row_version v
-		WHERE v.deleted AND v.origin_lsn IS NOT NULL
+	var n, raised int64
+	err := q.QueryRow(ctx, fmt.Sprintf(collectSQL, `
+		v.deleted AND v.origin_lsn IS NOT NULL
 		  AND NOT EXISTS (
 			SELECT 1 FROM unnest($1::text[]) AS x(site)
-			WHERE x.site <> v.origin AND x.site <> $2
-			  AND coalesce((SELECT (p.deps->>v.origin)::numeric FROM casualdb.progress p WHERE p.origin = x.site), 0) < v.origin_lsn)`,
-		names, string(self))
+			CROSS JOIN LATERAL (
+				SELECT v.origin AS o, v.origin_lsn::numeric AS l
+				UNION ALL SELECT key, value::numeric FROM jsonb_each_text(coalesce(v.floor_lsns, '{}'::jsonb))) d
+			WHERE x.site <> d.o AND x.site <> $2
+			  AND coalesce((SELECT (p.deps->>d.o)::numeric FROM casualdb.progress p WHERE p.origin = x.site), 0) < d.l)`),
+		names, string(self)).Scan(&n, &raised)
 	if err != nil {
 		return 0, fmt.Errorf("collect tombstones: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	return n, nil
 }

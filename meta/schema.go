@@ -85,6 +85,10 @@ var ddl = []string{
 	// and a hash of the value (see casualdb.Claim). Null for rows recorded
 	// before claims were kept.
 	`ALTER TABLE casualdb.row_version ADD COLUMN IF NOT EXISTS claims jsonb`,
+	// Per origin, the commit LSN of the last delete merged into floor
+	// (RowVersion.FloorLSNs): tombstone collection requires each to be
+	// stable. NULL with a floor: recorded before they were kept.
+	`ALTER TABLE casualdb.row_version ADD COLUMN IF NOT EXISTS floor_lsns jsonb`,
 	// Tombstone collection finds the deleted rows through this index. It is
 	// on a column no write changes (and on deleted, which only deletes and
 	// re-inserts change), so that every other update of a row's version is
@@ -166,6 +170,7 @@ var ddl = []string{
 var schema = [][]string{
 	ddl,
 	{truncateDDL},
+	{floorDDL},
 	durabilityDDL,
 	hintExpiryDDL,
 }

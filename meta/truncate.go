@@ -55,7 +55,8 @@ func ScanTruncations(rows pgx.Rows) (map[string]casualdb.Version, error) {
 }
 
 // SaveTruncation raises the marker of tbl to v (it never goes down) and drops
-// the row versions the marker supersedes.
+// the row versions the marker supersedes, keeping what they knew in the
+// table's collected floor.
 func SaveTruncation(ctx context.Context, q Execer, tbl string, v casualdb.Version) error {
 	_, err := q.Exec(ctx, `
 		INSERT INTO casualdb.truncation AS t (tbl, hlc_wall, hlc_logical, origin) VALUES ($1, $2, $3, $4)
@@ -65,7 +66,12 @@ func SaveTruncation(ctx context.Context, q Execer, tbl string, v casualdb.Versio
 	if err != nil {
 		return fmt.Errorf("save truncation of %s: %w", tbl, err)
 	}
-	_, err = q.Exec(ctx, `DELETE FROM casualdb.row_version WHERE tbl = $1 AND (hlc_wall, hlc_logical, origin) < ($2, $3, $4)`,
+	// What the removed versions knew goes into the table's collected
+	// floor, in the same statement (see floor.go).
+	_, err = q.Exec(ctx, `WITH gone AS (
+		DELETE FROM casualdb.row_version WHERE tbl = $1 AND (hlc_wall, hlc_logical, origin) < ($2, $3, $4)
+		RETURNING tbl, hlc_wall, hlc_logical, vclock, floor),`+floorCTEs+`
+		SELECT count(*) FROM raised`,
 		tbl, v.HLC.Wall, int64(v.HLC.Logical), string(v.Origin))
 	if err != nil {
 		return fmt.Errorf("drop versions truncated from %s: %w", tbl, err)
@@ -73,14 +79,15 @@ func SaveTruncation(ctx context.Context, q Execer, tbl string, v casualdb.Versio
 	return nil
 }
 
-// MaxHLC returns the greatest HLC recorded for any row of tbl or its
-// truncation marker (zero if none).
+// MaxHLC returns the greatest HLC recorded for any row of tbl, its
+// truncation marker or its collected floor (zero if none).
 func MaxHLC(ctx context.Context, q Querier, tbl string) (casualdb.HLC, error) {
 	var h casualdb.HLC
 	var logical int64
 	err := q.QueryRow(ctx, `SELECT coalesce(max(w), 0), coalesce((array_agg(l ORDER BY w DESC, l DESC))[1], 0) FROM (
 		SELECT hlc_wall w, hlc_logical l FROM casualdb.row_version WHERE tbl = $1
-		UNION ALL SELECT hlc_wall, hlc_logical FROM casualdb.truncation WHERE tbl = $1) s`, tbl).Scan(&h.Wall, &logical)
+		UNION ALL SELECT hlc_wall, hlc_logical FROM casualdb.truncation WHERE tbl = $1
+		UNION ALL SELECT hlc_wall, hlc_logical FROM casualdb.collected_floor WHERE tbl = $1) s`, tbl).Scan(&h.Wall, &logical)
 	if err != nil {
 		return h, fmt.Errorf("max version of %s: %w", tbl, err)
 	}

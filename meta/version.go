@@ -37,6 +37,15 @@ type RowVersion struct {
 	// OriginLSN is the commit LSN, at Version.Origin, of the transaction
 	// that wrote Version; 0 when unknown.
 	OriginLSN uint64
+	// FloorLSNs name the deletes merged into Floor: per origin, the commit
+	// LSN there of the last of them (its earlier ones came before it).
+	// Tombstone collection requires every one to be stable, and apply
+	// tells by them whether a write whose clock does not cover Floor saw
+	// those deletes all the same (conflict.SawDeletes). A writer gives the
+	// entries it knows (at least the delete it merges); the recorded ones
+	// are joined with them. nil with a Floor (recorded before they were
+	// kept): unknown.
+	FloorLSNs map[casualdb.SiteID]uint64
 }
 
 // KeyLookupParams are the planner settings of the sessions that look rows up
@@ -84,7 +93,7 @@ func VersionsQuery(keys []RowKey) (string, []any) {
 		tbls[i], ks[i] = k.Table, k.Key
 	}
 	return `
-		SELECT v.tbl, v.key, v.hlc_wall, v.hlc_logical, v.origin, v.vclock, v.deleted, coalesce(v.row_xmin, 0), v.floor, v.col_versions, coalesce(v.origin_lsn, 0), v.claims
+		SELECT v.tbl, v.key, v.hlc_wall, v.hlc_logical, v.origin, v.vclock, v.deleted, coalesce(v.row_xmin, 0), v.floor, v.col_versions, coalesce(v.origin_lsn, 0), v.claims, v.floor_lsns
 		FROM unnest($1::text[], $2::text[]) AS k(tbl, key)
 		CROSS JOIN LATERAL (SELECT * FROM casualdb.row_version r WHERE r.tbl = k.tbl AND r.key = k.key LIMIT 1) v`, []any{tbls, ks}
 }
@@ -117,8 +126,9 @@ func ScanVersions(rows pgx.Rows, hint int) (map[RowKey]RowVersion, error) {
 			cols    []byte
 			olsn    int64
 			claims  []byte
+			flsns   []byte
 		)
-		if err := rows.Scan(&k.Table, &k.Key, &rv.Version.HLC.Wall, &logical, &origin, &vc, &rv.Deleted, &xmin, &floor, &cols, &olsn, &claims); err != nil {
+		if err := rows.Scan(&k.Table, &k.Key, &rv.Version.HLC.Wall, &logical, &origin, &vc, &rv.Deleted, &xmin, &floor, &cols, &olsn, &claims, &flsns); err != nil {
 			return nil, fmt.Errorf("load row versions: %w", err)
 		}
 		rv.Version.HLC.Logical = uint32(logical)
@@ -131,6 +141,11 @@ func ScanVersions(rows pgx.Rows, hint int) (map[RowKey]RowVersion, error) {
 		if floor != nil {
 			if err := json.Unmarshal(floor, &rv.Floor); err != nil {
 				return nil, fmt.Errorf("load row version %s %s: floor: %w", k.Table, k.Key, err)
+			}
+		}
+		if flsns != nil {
+			if err := json.Unmarshal(flsns, &rv.FloorLSNs); err != nil {
+				return nil, fmt.Errorf("load row version %s %s: floor LSNs: %w", k.Table, k.Key, err)
 			}
 		}
 		if cols != nil {
@@ -182,6 +197,7 @@ func saveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion, newer
 		colvs   = make([]*string, 0, n)
 		olsns   = make([]*int64, 0, n)
 		claims  = make([]*string, 0, n)
+		flsns   = make([]*string, 0, n)
 	)
 	// In key order: capture and apply may record some of the same rows at
 	// once, and the same order makes them wait for each other rather than
@@ -251,12 +267,22 @@ func saveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion, newer
 		} else {
 			claims = append(claims, nil)
 		}
+		if len(rv.FloorLSNs) > 0 && len(rv.Floor) > 0 {
+			f, err := json.Marshal(rv.FloorLSNs)
+			if err != nil {
+				return fmt.Errorf("save row version %s %s: %w", k.Table, k.Key, err)
+			}
+			fs := string(f)
+			flsns = append(flsns, &fs)
+		} else {
+			flsns = append(flsns, nil)
+		}
 	}
 	sql := saveVersionsSQL
 	if newer {
 		sql += ` WHERE (v.hlc_wall, v.hlc_logical, v.origin COLLATE "C") < (excluded.hlc_wall, excluded.hlc_logical, excluded.origin COLLATE "C")`
 	}
-	_, err := q.Exec(ctx, sql, tbls, keys, walls, logical, origins, vcs, deleted, xmins, floors, colvs, olsns, claims)
+	_, err := q.Exec(ctx, sql, tbls, keys, walls, logical, origins, vcs, deleted, xmins, floors, colvs, olsns, claims, flsns)
 	if err != nil {
 		return fmt.Errorf("save %d row versions: %w", n, err)
 	}
@@ -264,15 +290,32 @@ func saveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion, newer
 }
 
 const saveVersionsSQL = `
-		INSERT INTO casualdb.row_version AS v (tbl, key, hlc_wall, hlc_logical, origin, vclock, deleted, row_xmin, floor, col_versions, origin_lsn, claims)
-		SELECT tbl, key, wall, logical, origin, vc::jsonb, deleted, xmin, floor::jsonb, colv::jsonb, olsn, cl::jsonb
-		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bool[], $8::bigint[], $9::text[], $10::text[], $11::bigint[], $12::text[])
-		  AS u(tbl, key, wall, logical, origin, vc, deleted, xmin, floor, colv, olsn, cl)
+		INSERT INTO casualdb.row_version AS v (tbl, key, hlc_wall, hlc_logical, origin, vclock, deleted, row_xmin, floor, col_versions, origin_lsn, claims, floor_lsns)
+		SELECT tbl, key, wall, logical, origin, vc::jsonb, deleted, xmin, floor::jsonb, colv::jsonb, olsn, cl::jsonb, flsns::jsonb
+		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bool[], $8::bigint[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::text[])
+		  AS u(tbl, key, wall, logical, origin, vc, deleted, xmin, floor, colv, olsn, cl, flsns)
 		ON CONFLICT (tbl, key) DO UPDATE SET
 			hlc_wall = excluded.hlc_wall, hlc_logical = excluded.hlc_logical, origin = excluded.origin,
 			vclock = excluded.vclock, deleted = excluded.deleted, row_xmin = excluded.row_xmin,
 			floor = excluded.floor, col_versions = excluded.col_versions, origin_lsn = excluded.origin_lsn,
-			claims = excluded.claims, updated_at = now()`
+			claims = excluded.claims, floor_lsns = ` + joinFloorLSNsSQL + `, updated_at = now()`
+
+// joinFloorLSNsSQL is the recorded floor_lsns after a save (see
+// RowVersion.FloorLSNs): none without a floor; the recorded ones when the
+// save names no delete; unknown when the recorded floor's deletes are
+// unknown; else the join (per origin, the greater LSN) of both. The floor
+// only grows while the row is recorded, so the deletes recorded still
+// belong to it.
+const joinFloorLSNsSQL = `CASE
+				WHEN excluded.floor IS NULL THEN NULL
+				WHEN excluded.floor_lsns IS NULL THEN v.floor_lsns
+				WHEN v.floor IS NULL THEN excluded.floor_lsns
+				WHEN v.floor_lsns IS NULL THEN NULL
+				ELSE (SELECT jsonb_object_agg(o, l) FROM (
+					SELECT key AS o, max(value::numeric) AS l FROM (
+						SELECT key, value FROM jsonb_each_text(v.floor_lsns)
+						UNION ALL SELECT key, value FROM jsonb_each_text(excluded.floor_lsns)) e
+					GROUP BY key) j) END`
 
 // Written is what one transaction recorded: the versions of the rows it
 // wrote and the truncation markers it raised. Apply hands capture what each
