@@ -6,7 +6,7 @@ import (
 )
 
 func TestConfigFlags_Load(t *testing.T) {
-	env := map[string]string{"CASUALDB_SITE": "fromenv", "CASUALDB_DSN": "postgres://env@h/db", "CASUALDB_PEERS": "x=nats://x:1"}
+	env := map[string]string{"CASUALDB_SITE": "fromenv", "CASUALDB_DSN": "postgres://env@h/db", "CASUALDB_PEERS": "x=nats://127.0.0.1:4299"}
 	f := configFlags{path: "../../node/testdata/minimal.yml", site: "fromflag"}
 	cfg, err := f.load(func(k string) string { return env[k] })
 	if err != nil {
