@@ -51,20 +51,7 @@ func TestKeyRowsQuery_ProbesKeysOnGrownTable(t *testing.T) {
 	// Rows (1,'y') and (2,'x') exist; (1,'x'), (2,'y') do not (b alternates
 	// with a's parity: 1 -> 'y', 2 -> 'x').
 	keys = [][]string{{"2", "x"}, {"1", "y"}, {"1", "x"}, {"3", "none"}}
-	lock, args = lockQuery(lt, keys)
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
-	rows, err := tx.Query(ctx, lock, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := scanLocked(lt, rows)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tx, got := lockRows(t, conn, lt, keys)
 	if len(got) != 2 || got[`["1","y"]`] == 0 || got[`["2","x"]`] == 0 {
 		t.Fatalf("locked %v; want the xmins of (1,y) and (2,x)", got)
 	}
@@ -159,19 +146,29 @@ func TestLockQuery_LocksInKeyOrder(t *testing.T) {
 func TestLockQuery_KeysAsPgoutputWritesThem(t *testing.T) {
 	pg := pgtest.NewServer(t, "keytext")
 	conn := pgtest.Connect(t, pg.DSN())
-	ctx := context.Background()
 	pgtest.ExecAll(t, conn,
 		`CREATE TABLE public.k (flag boolean, code char(4), addr inet, v text, PRIMARY KEY (flag, code, addr))`,
 		`INSERT INTO public.k VALUES (true, 'ab', '10.0.0.1', 'x')`)
 	lt := &localTable{name: "public.k", ident: pgx.Identifier{"public", "k"}.Sanitize(),
 		cols: map[string]string{"flag": "boolean", "code": "character(4)", "addr": "inet", "v": "text"},
 		keys: []string{"flag", "code", "addr"}, keyTyp: []string{"boolean", "character(4)", "inet"}}
-	lock, args := lockQuery(lt, [][]string{{"t", "ab  ", "10.0.0.1"}})
+	_, got := lockRows(t, conn, lt, [][]string{{"t", "ab  ", "10.0.0.1"}})
+	if _, ok := got[`["t","ab  ","10.0.0.1"]`]; !ok || len(got) != 1 {
+		t.Fatalf("locked %v; want the row under the key pgoutput ships, [\"t\",\"ab  \",\"10.0.0.1\"]", got)
+	}
+}
+
+// lockRows runs lockQuery for keys in a transaction that ends with the
+// test, and returns it with what scanLocked read.
+func lockRows(t *testing.T, conn *pgx.Conn, lt *localTable, keys [][]string) (pgx.Tx, map[string]uint32) {
+	t.Helper()
+	ctx := context.Background()
+	lock, args := lockQuery(lt, keys)
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tx.Rollback(ctx)
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
 	rows, err := tx.Query(ctx, lock, args...)
 	if err != nil {
 		t.Fatal(err)
@@ -180,7 +177,5 @@ func TestLockQuery_KeysAsPgoutputWritesThem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := got[`["t","ab  ","10.0.0.1"]`]; !ok || len(got) != 1 {
-		t.Fatalf("locked %v; want the row under the key pgoutput ships, [\"t\",\"ab  \",\"10.0.0.1\"]", got)
-	}
+	return tx, got
 }

@@ -2,14 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -160,17 +156,10 @@ func (m *Main) adminFlags(name, jsonHelp string) (*flag.FlagSet, *adminFlag) {
 	return fs, af
 }
 
-// adminEndpoint is where and how to reach the admin endpoint.
-type adminEndpoint struct {
-	url   string // scheme://host:port
-	token string
-	ca    string
-}
-
 // endpoint resolves the admin endpoint: from the flags, else from the
 // configuration's admin.* (and CASUALDB_ADMIN_TOKEN).
-func (m *Main) endpoint(af *adminFlag) (adminEndpoint, error) {
-	ep := adminEndpoint{ca: af.ca}
+func (m *Main) endpoint(af *adminFlag) (node.AdminClient, error) {
+	ep := node.AdminClient{CA: af.ca}
 	cfg := node.AdminConfig{Token: m.Getenv("CASUALDB_ADMIN_TOKEN"), TokenFile: af.tokenFile}
 	addr, scheme := af.admin, "http"
 	if rest, ok := strings.CutPrefix(addr, "https://"); ok {
@@ -187,8 +176,8 @@ func (m *Main) endpoint(af *adminFlag) (adminEndpoint, error) {
 		if full.Admin.TLS.Cert != "" {
 			scheme = "https"
 		}
-		if ep.ca == "" {
-			ep.ca = full.Admin.TLS.CA
+		if ep.CA == "" {
+			ep.CA = full.Admin.TLS.CA
 		}
 		if cfg.TokenFile == "" {
 			cfg = full.Admin
@@ -197,67 +186,24 @@ func (m *Main) endpoint(af *adminFlag) (adminEndpoint, error) {
 	if strings.HasPrefix(addr, "0.0.0.0:") || strings.HasPrefix(addr, ":") {
 		addr = "127.0.0.1:" + addr[strings.LastIndexByte(addr, ':')+1:]
 	}
-	if ep.ca != "" {
+	if ep.CA != "" {
 		scheme = "https"
 	}
 	var err error
-	if ep.token, err = cfg.BearerToken(); err != nil {
+	if ep.Token, err = cfg.BearerToken(); err != nil {
 		return ep, err
 	}
-	ep.url = scheme + "://" + addr
+	ep.URL = scheme + "://" + addr
 	return ep, nil
 }
 
-// client returns the HTTP client of ep: verifying the endpoint against
-// ep.ca when it is set.
-func (ep adminEndpoint) client() (*http.Client, error) {
-	if ep.ca == "" {
-		return http.DefaultClient, nil
-	}
-	pem, err := os.ReadFile(ep.ca)
-	if err != nil {
-		return nil, fmt.Errorf("%w: admin CA: %v", casualdb.ErrConfig, err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%w: admin CA %s holds no PEM certificate", casualdb.ErrConfig, ep.ca)
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	return &http.Client{Transport: tr}, nil
-}
-
-// adminGet reads path from a running sidecar's admin endpoint (endpoint),
-// with its bearer token when there is one.
+// adminGet reads path from a running sidecar's admin endpoint (endpoint).
 func (m *Main) adminGet(ctx context.Context, af *adminFlag, path string, timeout time.Duration) ([]byte, error) {
 	ep, err := m.endpoint(af)
 	if err != nil {
 		return nil, err
 	}
-	client, err := ep.client()
-	if err != nil {
-		return nil, err
-	}
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, ep.url+path, nil)
-	if err != nil {
-		return nil, fmt.Errorf("%s of %s: %w", path, ep.url, err)
-	}
-	if ep.token != "" {
-		req.Header.Set("Authorization", "Bearer "+ep.token)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("%s of the sidecar at %s (is it running?): %w", path, ep.url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, fmt.Errorf("%s of %s: %w", path, ep.url, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s of %s: %s: %s", path, ep.url, resp.Status, strings.TrimSpace(string(body)))
-	}
-	return body, nil
+	return ep.Get(rctx, path)
 }
