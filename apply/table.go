@@ -3,6 +3,7 @@ package apply
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -108,6 +109,9 @@ const tableRecheck = 30 * time.Second
 
 // table returns the local description of rel's table, cached.
 func (a *Applier) table(ctx context.Context, rel casualdb.Relation) (*localTable, error) {
+	if a.cfg.Tables != nil && !slices.Contains(a.cfg.Tables, rel.Table) {
+		return nil, fmt.Errorf("%w: %s is not a replicated table at this site (database.tables): its changes are never applied", casualdb.ErrSchemaMismatch, rel.Table)
+	}
 	if lt, ok := a.tables[rel.Table]; ok && time.Since(lt.described) < tableRecheck {
 		if err := lt.check(rel); err == nil {
 			return lt, nil

@@ -266,7 +266,7 @@ func (s *Node) Start(ctx context.Context) (err error) {
 	}
 	if s.applier, err = apply.New(apply.Config{
 		Hinter: hinter, Resend: s.resend, Peers: s.peerList,
-		Site: site, DSN: s.cfg.Database.DSN, Inbox: s.inbox, Capture: s.capturer,
+		Site: site, DSN: s.cfg.Database.DSN, Inbox: s.inbox, Capture: s.capturer, Tables: s.appliedTables(),
 		MaxBatch: s.cfg.Apply.MaxBatch, WaitTimeout: s.cfg.Apply.WaitTimeout, Logger: s.log,
 		DeletePolicy: deletePolicy, Policies: policies, MergeColumns: s.cfg.Conflicts.MergeColumns(),
 		ObserveDelay: func(origin casualdb.SiteID, stage string, d time.Duration) {
@@ -658,6 +658,30 @@ func (s *Node) onResend(m *nats.Msg) {
 		_ = m.Respond([]byte("unknown peer " + string(req.Peer)))
 		return
 	}
-	sh.Rewind(req.From)
+	from, clamped := clampResend(req.From, sh.Acked())
+	if clamped {
+		s.log.Warn("a resend request asks for more than the peer has acknowledged; shipping from its acknowledged position", "peer", req.Peer, "asked", req.From, "from", from)
+	}
+	sh.Rewind(from)
 	_ = m.Respond([]byte("ok"))
+}
+
+// clampResend bounds a resend request's from by what the peer has
+// acknowledged: shipping again from further on would skip transactions the
+// peer never had (which the outbox would then trim).
+func clampResend(from, acked uint64) (uint64, bool) {
+	if from > acked+1 {
+		return acked + 1, true
+	}
+	return from, false
+}
+
+// appliedTables are the tables apply may write: the replicated ones and
+// the heartbeat table, which replicates too (meta.Beat).
+func (s *Node) appliedTables() []string {
+	out := []string{meta.Schema + ".heartbeat"}
+	for _, t := range s.tables {
+		out = append(out, t.String())
+	}
+	return out
 }

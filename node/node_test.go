@@ -36,10 +36,17 @@ func startSites(t *testing.T, ctx context.Context, names ...string) []*testSite 
 // configuration (nil: none).
 func startSitesWith(t *testing.T, ctx context.Context, tune func(*Config), names ...string) []*testSite {
 	t.Helper()
+	return startSitesDDL(t, ctx, nil, tune, names...)
+}
+
+// startSitesDDL is startSitesWith with more statements run at every site
+// before its sidecar starts.
+func startSitesDDL(t *testing.T, ctx context.Context, ddl []string, tune func(*Config), names ...string) []*testSite {
+	t.Helper()
 	var sites []*testSite
 	for _, name := range names {
 		s := &testSite{name: name, pg: pgtest.NewServer(t, name)}
-		pgtest.ExecAll(t, pgtest.Connect(t, s.pg.DSN()), `CREATE TABLE items (id int PRIMARY KEY, label text NOT NULL)`)
+		pgtest.ExecAll(t, pgtest.Connect(t, s.pg.DSN()), append([]string{`CREATE TABLE items (id int PRIMARY KEY, label text NOT NULL)`}, ddl...)...)
 		port, err := pgtest.FreePort()
 		if err != nil {
 			t.Fatal(err)
