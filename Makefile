@@ -5,7 +5,7 @@ PG_BIN   ?= /usr/lib/postgresql/15/bin
 APT      := DEBIAN_FRONTEND=noninteractive apt-get
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build demo test test-short bench check-scale lint deps deps-test deps-bench clean
+.PHONY: all build demo test test-short fuzz bench check-scale lint deps deps-test deps-bench clean
 
 all: lint build test
 
@@ -39,6 +39,16 @@ demo: deps build
 
 test: deps-test
 	$(GO) test -race -count=1 -timeout 40m ./...
+	$(MAKE) fuzz
+
+# Each fuzz target for a bounded time (bad input from the network and from
+# operators: the wire decoder, the gossiped digest, the configuration).
+# A failing input is saved under testdata/fuzz and replays in every test run.
+FUZZTIME ?= 15s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzUnmarshalTx$$' -fuzztime $(FUZZTIME) .
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeDigest$$' -fuzztime $(FUZZTIME) ./hint
+	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME) ./node
 
 test-short: deps-test
 	$(GO) test -race -count=1 -short ./...

@@ -11,6 +11,7 @@ package casualdb
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +20,13 @@ import (
 // SiteID names a site (one PostgreSQL plus its sidecar). It is stable for the
 // life of the cluster and breaks ties between equal clocks.
 type SiteID string
+
+// siteName is what a site may be called: 1-31 lower-case letters, digits,
+// '-' or '_', starting with a letter or digit.
+var siteName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,30}$`)
+
+// Valid tells whether s is a well-formed site name.
+func (s SiteID) Valid() bool { return siteName.MatchString(string(s)) }
 
 // HLC is a hybrid logical clock timestamp: Wall is physical time in
 // microseconds since the Unix epoch (PostgreSQL's commit timestamp

@@ -234,11 +234,40 @@ func PeerDigest(m Members, site casualdb.SiteID, log *slog.Logger) (d Digest, ok
 	if len(b) == 0 {
 		return Digest{}, false
 	}
-	if err := json.Unmarshal(b, &d); err != nil {
+	d, err := DecodeDigest(b)
+	if err != nil {
 		log.Debug("a peer's gossiped digest does not decode", "peer", site, "err", err)
 		return Digest{}, false
 	}
 	return d, true
+}
+
+// maxDigestExpired bounds the expiry records a digest may carry (a site
+// gossips at most maxGossipedExpiries).
+const maxDigestExpired = 4 * maxGossipedExpiries
+
+// DecodeDigest decodes a site's gossiped digest. A digest that does not
+// decode, or names something that is not a site, is an error: gossip comes
+// from the network.
+func DecodeDigest(b []byte) (Digest, error) {
+	var d Digest
+	if err := json.Unmarshal(b, &d); err != nil {
+		return Digest{}, fmt.Errorf("decode digest: %w", err)
+	}
+	if len(d.Expired) > maxDigestExpired {
+		return Digest{}, fmt.Errorf("decode digest: %d expiry records, at most %d", len(d.Expired), maxDigestExpired)
+	}
+	for o := range d.Applied {
+		if !o.Valid() {
+			return Digest{}, fmt.Errorf("decode digest: applied from %q, not a site name", o)
+		}
+	}
+	for _, e := range d.Expired {
+		if !e.For.Valid() || !e.Origin.Valid() {
+			return Digest{}, fmt.Errorf("decode digest: expiry record for %q of %q: not site names", e.For, e.Origin)
+		}
+	}
+	return d, nil
 }
 
 // SiteStats is what the Keeper did for one site since start, and holds

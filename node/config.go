@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"regexp"
 	"strings"
 	"time"
 
@@ -398,8 +397,6 @@ func ParsePeers(items []string) ([]PeerConfig, error) {
 	return out, nil
 }
 
-var siteName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,30}$`)
-
 // Validate checks the configuration; the error names the offending key.
 func (c Config) Validate() error {
 	bad := func(key, format string, args ...any) error {
@@ -408,7 +405,7 @@ func (c Config) Validate() error {
 	if c.Site == "" {
 		return bad("site", "required (this site's name, e.g. \"eu1\")")
 	}
-	if !siteName.MatchString(c.Site) {
+	if !casualdb.SiteID(c.Site).Valid() {
 		return bad("site", "%q must be 1-31 lower-case letters, digits, '-' or '_', starting with a letter or digit", c.Site)
 	}
 	if c.Database.DSN == "" {
@@ -447,7 +444,7 @@ func (c Config) Validate() error {
 	seen := map[string]bool{c.Site: true}
 	for i, p := range c.Peers {
 		key := fmt.Sprintf("peers[%d]", i)
-		if !siteName.MatchString(p.Name) {
+		if !casualdb.SiteID(p.Name).Valid() {
 			return bad(key+".name", "%q is not a site name", p.Name)
 		}
 		if seen[p.Name] {
