@@ -290,6 +290,14 @@ func (t *Tx) Validate() error {
 	if t.LSN == 0 {
 		return fmt.Errorf("%w: tx %s without commit lsn", ErrGarbled, t.Origin)
 	}
+	// A relation is named three times (its key here, Table, Schema and
+	// Name): apply checks one and writes through another, so they must
+	// agree.
+	for key, rel := range t.Relations {
+		if rel.Table != key || rel.Table != TableName(rel.Schema, rel.Name) || rel.Schema == "" || rel.Name == "" {
+			return fmt.Errorf("%w: tx %s: relation %q names table %q, schema %q, name %q", ErrGarbled, t.ID(), key, rel.Table, rel.Schema, rel.Name)
+		}
+	}
 	for i, c := range t.Changes {
 		rel, ok := t.Relations[c.Table]
 		if !ok {

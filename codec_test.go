@@ -317,3 +317,27 @@ func BenchmarkUnmarshalTx(b *testing.B) {
 		}
 	})
 }
+
+// TestTx_ValidateRelationNames: a relation's map key, Table, Schema and
+// Name must agree: apply checks one and writes through another.
+func TestTx_ValidateRelationNames(t *testing.T) {
+	rel := Relation{Table: "public.users", Schema: "public", Name: "users", Columns: []Column{{Name: "id", Type: "integer", Key: true}}}
+	for name, c := range map[string]struct {
+		key string
+		rel Relation
+		ok  bool
+	}{
+		"agree":         {"public.users", rel, true},
+		"other name":    {"public.users", Relation{Table: "public.users", Schema: "casualdb", Name: "row_version", Columns: rel.Columns}, false},
+		"other key":     {"public.other", rel, false},
+		"dotted schema": {"a.b.c", Relation{Table: "a.b.c", Schema: "a.b", Name: "c", Columns: rel.Columns}, true},
+		"empty schema":  {".users", Relation{Table: ".users", Name: "users", Columns: rel.Columns}, false},
+	} {
+		tx := &Tx{Origin: "a", LSN: 1, Relations: map[string]Relation{c.key: c.rel}}
+		if err := tx.Validate(); (err == nil) != c.ok {
+			t.Errorf("%s: Validate() = %v, want ok %v", name, err, c.ok)
+		} else if err != nil && !errors.Is(err, ErrGarbled) {
+			t.Errorf("%s: %v does not wrap ErrGarbled", name, err)
+		}
+	}
+}

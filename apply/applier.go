@@ -49,11 +49,11 @@ type Config struct {
 	Inbox Inbox
 	// Capture is the local capture. Required.
 	Capture Capture
-	// Tables are the tables apply may write (CasualDB names, schema.name):
-	// a change of any other relation (the casualdb schema, a catalog, a
-	// table this site does not replicate) is parked with the reason, never
+	// Tables are the tables apply may write, and their partitions: a
+	// change of any other relation (the casualdb schema, a catalog, a table
+	// this site does not replicate) is parked with the reason, never
 	// applied. Nil: every table (for tests of apply alone).
-	Tables []string
+	Tables []TableID
 	// MaxBatch is the most transactions of one origin applied in one local
 	// transaction. Default 2048: a run's round trips and waits cost the
 	// same for 10 transactions as for 2,000, and a backlog replays at

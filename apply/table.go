@@ -2,6 +2,7 @@ package apply
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -109,8 +110,8 @@ const tableRecheck = 30 * time.Second
 
 // table returns the local description of rel's table, cached.
 func (a *Applier) table(ctx context.Context, rel casualdb.Relation) (*localTable, error) {
-	if a.cfg.Tables != nil && !slices.Contains(a.cfg.Tables, rel.Table) {
-		return nil, fmt.Errorf("%w: %s is not a replicated table at this site (database.tables): its changes are never applied", casualdb.ErrSchemaMismatch, rel.Table)
+	if err := a.allowed(ctx, rel); err != nil {
+		return nil, err
 	}
 	if lt, ok := a.tables[rel.Table]; ok && time.Since(lt.described) < tableRecheck {
 		if err := lt.check(rel); err == nil {
@@ -124,4 +125,33 @@ func (a *Applier) table(ctx context.Context, rel casualdb.Relation) (*localTable
 	}
 	a.tables[rel.Table] = lt
 	return lt, nil
+}
+
+// TableID names a table by schema and name (never by the joined name, which
+// is ambiguous when a name holds a dot).
+type TableID struct{ Schema, Name string }
+
+// allowed tells whether apply may write rel's table: one of cfg.Tables, or
+// a partition of one (pgoutput names the partition a row went to).
+func (a *Applier) allowed(ctx context.Context, rel casualdb.Relation) error {
+	if a.cfg.Tables == nil {
+		return nil
+	}
+	id := TableID{rel.Schema, rel.Name}
+	if slices.Contains(a.cfg.Tables, id) {
+		return nil
+	}
+	var root TableID
+	err := a.main.QueryRow(ctx, `
+		SELECT rn.nspname::text, r.relname::text
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_class r ON r.oid = pg_partition_root(c.oid) JOIN pg_namespace rn ON rn.oid = r.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2 AND c.relispartition`, rel.Schema, rel.Name).Scan(&root.Schema, &root.Name)
+	switch {
+	case err == nil && slices.Contains(a.cfg.Tables, root):
+		return nil
+	case err != nil && !errors.Is(err, pgx.ErrNoRows):
+		return fmt.Errorf("apply: is %s a partition of a replicated table: %w", rel.Table, err)
+	}
+	return fmt.Errorf("%w: %s is not a replicated table at this site (database.tables): its changes are never applied", casualdb.ErrSchemaMismatch, rel.Table)
 }

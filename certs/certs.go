@@ -64,7 +64,7 @@ func Generate(dir string, sites []string, hosts map[string][]string) error {
 			SerialNumber: serial(),
 			Subject:      pkix.Name{CommonName: site, Organization: []string{"CasualDB"}},
 			NotBefore:    time.Now().Add(-time.Hour),
-			NotAfter:     time.Now().Add(Validity),
+			NotAfter:     minTime(time.Now().Add(Validity), ca.NotAfter), // never past the CA's
 			KeyUsage:     x509.KeyUsageDigitalSignature,
 			ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 			DNSNames:     []string{site, "localhost"},
@@ -98,6 +98,13 @@ func Generate(dir string, sites []string, hosts map[string][]string) error {
 
 func loadOrMakeCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	certFile, keyFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")
+	_, certErr := os.Stat(certFile)
+	_, keyErr := os.Stat(keyFile)
+	if errors.Is(certErr, os.ErrNotExist) != errors.Is(keyErr, os.ErrNotExist) {
+		// Never replace a CA whose key was put away: every site's
+		// certificate would stop verifying.
+		return nil, nil, fmt.Errorf("certs: %s holds one of ca.pem and ca-key.pem without the other; put the CA's key back (or remove both to start a new CA)", dir)
+	}
 	if pair, err := tls.LoadX509KeyPair(certFile, keyFile); err == nil {
 		cert, err := x509.ParseCertificate(pair.Certificate[0])
 		if err != nil {
@@ -106,6 +113,9 @@ func loadOrMakeCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 		key, ok := pair.PrivateKey.(*ecdsa.PrivateKey)
 		if !ok {
 			return nil, nil, fmt.Errorf("certs: %s is not an ECDSA key", keyFile)
+		}
+		if time.Until(cert.NotAfter) < 24*time.Hour {
+			return nil, nil, fmt.Errorf("certs: the CA in %s expires %s: make a new one (remove ca.pem and ca-key.pem) and new certificates for every site", dir, cert.NotAfter.Format(time.DateOnly))
 		}
 		return cert, key, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -155,6 +165,10 @@ func writePEM(path, typ string, der []byte, mode os.FileMode) error {
 	if err := os.WriteFile(path, b, mode); err != nil {
 		return fmt.Errorf("certs: %w", err)
 	}
+	// WriteFile keeps the mode of a file that existed.
+	if err := os.Chmod(path, mode); err != nil {
+		return fmt.Errorf("certs: %w", err)
+	}
 	return nil
 }
 
@@ -192,4 +206,11 @@ func load(f Files) (tls.Certificate, *x509.CertPool, error) {
 		return tls.Certificate{}, nil, fmt.Errorf("load CA: %s holds no PEM certificate", f.CA)
 	}
 	return cert, pool, nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }

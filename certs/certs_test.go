@@ -3,6 +3,8 @@ package certs
 import (
 	"crypto/tls"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -79,5 +81,32 @@ func TestGenerate(t *testing.T) {
 	}
 	if err := handshake(t, srv, cliC, "a"); err != nil {
 		t.Errorf("c, made by a second run with the same CA, to a: %v", err)
+	}
+}
+
+// TestGenerate_KeepsTheCA: a directory with the CA's certificate but not its
+// key (put away, as advised) is an error, never a new CA that would stop
+// every site's certificate from verifying.
+func TestGenerate_KeepsTheCA(t *testing.T) {
+	dir := t.TempDir()
+	if err := Generate(dir, []string{"a"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "ca-key.pem")); err != nil {
+		t.Fatal(err)
+	}
+	if err := Generate(dir, []string{"b"}, nil); err == nil {
+		t.Fatal("made a certificate without the CA's key")
+	}
+	after, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil || string(after) != string(before) {
+		t.Fatalf("ca.pem changed (%v)", err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "a-key.pem")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("a's key: %v, %v; want mode 0600", fi.Mode(), err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/casualdb/casualdb"
@@ -189,12 +190,32 @@ func (s *Node) adminHandler() http.Handler {
 	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		st := s.Status()
+		// Without the token (when there is one), health only: which
+		// components fail, not their errors, and how many warnings.
+		detail := s.adminToken == "" || authorized(r, s.adminToken)
 		if !st.Healthy {
 			w.WriteHeader(http.StatusServiceUnavailable)
+			if !detail {
+				var failing []string
+				for name, state := range st.Components {
+					if state != "running" {
+						failing = append(failing, name)
+					}
+				}
+				sort.Strings(failing)
+				_, _ = w.Write([]byte("failing: " + strings.Join(failing, ", ") + "\n"))
+				return
+			}
 			_ = json.NewEncoder(w).Encode(st.Components)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
+		if !detail {
+			if len(st.Warnings) > 0 {
+				fmt.Fprintf(w, "warnings: %d\n", len(st.Warnings))
+			}
+			return
+		}
 		for _, warn := range st.Warnings {
 			_, _ = w.Write([]byte("warning: " + warn + "\n"))
 		}
@@ -209,16 +230,20 @@ func (s *Node) adminHandler() http.Handler {
 	return requireToken(s.adminToken, mux)
 }
 
+// authorized tells whether r carries the bearer token.
+func authorized(r *http.Request, token string) bool {
+	return subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+token)) == 1
+}
+
 // requireToken lets through the requests that carry the bearer token (every
 // request when token is empty), and /healthz always: probes need no secret,
-// and it tells nothing but health.
+// and without the token it tells nothing but health.
 func requireToken(token string, next http.Handler) http.Handler {
 	if token == "" {
 		return next
 	}
-	want := []byte("Bearer " + token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+		if r.URL.Path != "/healthz" && !authorized(r, token) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="casualdb"`)
 			http.Error(w, "a bearer token is required (admin.token_file)", http.StatusUnauthorized)
 			return
@@ -368,11 +393,21 @@ type CheckResult struct {
 }
 
 // serveCheck runs a check (Node.Check) for GET /check?table=T&buckets=N
-// (&repair=1 to repair what differs):
+// (POST ...&repair=1 to repair what differs):
 // 200 with the report whatever it found, 400 for bad parameters, 500 when
 // the check could not run.
 func (s *Node) serveCheck(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Origin") != "" {
+		// A web page's request: a check may write (repair), and nothing
+		// in a browser has a reason to ask.
+		http.Error(w, "/check does not answer browsers (Origin header)", http.StatusForbidden)
+		return
+	}
 	opts := check.Options{Tables: r.URL.Query()["table"], Repair: r.URL.Query().Get("repair") == "1"}
+	if opts.Repair && r.Method != http.MethodPost {
+		http.Error(w, "repair=1 writes: POST it", http.StatusMethodNotAllowed)
+		return
+	}
 	if b := r.URL.Query().Get("buckets"); b != "" {
 		n, err := strconv.Atoi(b)
 		if err != nil || n <= 0 || n > 1<<20 {

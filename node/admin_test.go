@@ -1,11 +1,13 @@
 package node
 
 import (
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -81,5 +83,42 @@ func TestAdminConfig_BearerToken(t *testing.T) {
 		if got != c.want || (err != nil) != c.wantErr {
 			t.Errorf("%+v: %q, %v; want %q, error %v", c.cfg, got, err, c.want, c.wantErr)
 		}
+	}
+}
+
+// TestAdmin_HealthzAndCheckGuards: without the token, /healthz names the
+// failing components, not their errors; /check refuses a browser's request
+// and a repair by GET.
+func TestAdmin_HealthzAndCheckGuards(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Site, cfg.Database.DSN, cfg.Admin.Token = "a", "postgres://x@y/z", "tok"
+	n, err := New(cfg, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.adminToken = "tok"
+	n.setHealth("capture", errors.New("connect to db.internal as casualdb: refused"))
+	h := n.adminHandler()
+	do := func(method, path string, hdr map[string]string) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(method, path, nil)
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	if rec := do(http.MethodGet, "/healthz", nil); rec.Code != http.StatusServiceUnavailable || rec.Body.String() != "failing: capture\n" {
+		t.Errorf("/healthz without the token: %d %q, want 503 naming capture only", rec.Code, rec.Body)
+	}
+	if rec := do(http.MethodGet, "/healthz", map[string]string{"Authorization": "Bearer tok"}); !strings.Contains(rec.Body.String(), "db.internal") {
+		t.Errorf("/healthz with the token: %q, want the error", rec.Body)
+	}
+	auth := map[string]string{"Authorization": "Bearer tok"}
+	if rec := do(http.MethodGet, "/check?repair=1", auth); rec.Code != http.StatusMethodNotAllowed {
+		t.Errorf("GET /check?repair=1: %d, want 405", rec.Code)
+	}
+	if rec := do(http.MethodGet, "/check", map[string]string{"Authorization": "Bearer tok", "Origin": "https://evil.example"}); rec.Code != http.StatusForbidden {
+		t.Errorf("/check from a web page: %d, want 403", rec.Code)
 	}
 }

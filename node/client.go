@@ -24,11 +24,16 @@ type AdminClient struct {
 // Get reads path, with the bearer token when there is one; a status other
 // than 200 is an error with the body's text.
 func (c AdminClient) Get(ctx context.Context, path string) ([]byte, error) {
+	return c.Do(ctx, http.MethodGet, path)
+}
+
+// Do is Get with another method (POST for a check that repairs).
+func (c AdminClient) Do(ctx context.Context, method, path string) ([]byte, error) {
 	client, err := c.client()
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL+path, nil)
+	req, err := http.NewRequestWithContext(ctx, method, c.URL+path, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s of %s: %w", path, c.URL, err)
 	}

@@ -174,7 +174,15 @@ func (s *Node) Start(ctx context.Context) (err error) {
 		}
 		url = s.server.ClientURL()
 	}
-	opts := append(ship.Secure(s.natsTLS), nats.Name("casualdb-"+s.cfg.Site), nats.Timeout(5*time.Second), nats.MaxReconnects(-1))
+	own := s.natsTLS
+	if s.server != nil && own != nil {
+		// The server's own URL may be a wildcard (0.0.0.0), which no
+		// certificate names: the in-process connection verifies the name
+		// every site certificate carries.
+		own = own.Clone()
+		own.ServerName = "localhost"
+	}
+	opts := append(ship.Secure(own), nats.Name("casualdb-"+s.cfg.Site), nats.Timeout(5*time.Second), nats.MaxReconnects(-1))
 	if s.server != nil {
 		opts = append(opts, s.server.InProcess())
 	}
@@ -658,7 +666,14 @@ func (s *Node) onResend(m *nats.Msg) {
 		_ = m.Respond([]byte("unknown peer " + string(req.Peer)))
 		return
 	}
-	from, clamped := clampResend(req.From, sh.Acked())
+	acked := sh.Acked()
+	if acked == 0 && req.From > 1 {
+		// Not known yet (the shipper starts from the consumer's floor):
+		// the peer asks again later.
+		_ = m.Respond([]byte("not ready: what " + string(req.Peer) + " acknowledged is not known yet"))
+		return
+	}
+	from, clamped := clampResend(req.From, acked)
 	if clamped {
 		s.log.Warn("a resend request asks for more than the peer has acknowledged; shipping from its acknowledged position", "peer", req.Peer, "asked", req.From, "from", from)
 	}
@@ -678,10 +693,10 @@ func clampResend(from, acked uint64) (uint64, bool) {
 
 // appliedTables are the tables apply may write: the replicated ones and
 // the heartbeat table, which replicates too (meta.Beat).
-func (s *Node) appliedTables() []string {
-	out := []string{meta.Schema + ".heartbeat"}
+func (s *Node) appliedTables() []apply.TableID {
+	out := []apply.TableID{{Schema: meta.Schema, Name: "heartbeat"}}
 	for _, t := range s.tables {
-		out = append(out, t.String())
+		out = append(out, apply.TableID{Schema: t.Schema, Name: t.Name})
 	}
 	return out
 }

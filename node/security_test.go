@@ -17,14 +17,19 @@ func TestNode_AppliesOnlyReplicatedTables(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	sites := startSitesDDL(t, ctx, []string{`CREATE TABLE secret (id int PRIMARY KEY, v text)`}, func(c *Config) {
+	sites := startSitesDDL(t, ctx, []string{`CREATE TABLE secret (id int PRIMARY KEY, v text)`,
+		`CREATE TABLE events (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)`,
+		`CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')`}, func(c *Config) {
+		c.Database.Tables = []string{"items", "events"}
 		if c.Site == "a" {
-			c.Database.Tables = []string{"items", "secret"}
+			c.Database.Tables = append(c.Database.Tables, "secret")
 		}
 	}, "a", "b")
 	a := pgtest.Connect(t, sites[0].pg.DSN())
-	pgtest.ExecAll(t, a, `INSERT INTO secret VALUES (1, 'not for b')`, `INSERT INTO items VALUES (1, 'for b')`)
+	pgtest.ExecAll(t, a, `INSERT INTO secret VALUES (1, 'not for b')`, `INSERT INTO items VALUES (1, 'for b')`, `INSERT INTO events VALUES (1, '2026-12-02')`)
 	waitFor(t, ctx, sites[1], `SELECT coalesce((SELECT label FROM items WHERE id = 1), '')`, "for b")
+	// A partition of a replicated table is written: pgoutput names it.
+	waitFor(t, ctx, sites[1], `SELECT count(*)::text FROM events_2026`, "1")
 	waitFor(t, ctx, sites[1], `SELECT count(*)::text FROM casualdb.parked WHERE tbl = 'public.secret' AND reason LIKE '%public.secret is not a replicated table at this site (database.tables)%'`, "1")
 	waitFor(t, ctx, sites[1], `SELECT count(*)::text FROM secret`, "0")
 	if st := sites[1].node.Status(); st.Apply.Parked < 1 {

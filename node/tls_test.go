@@ -13,7 +13,7 @@ import (
 )
 
 // TestNode_TLS: two sites whose NATS links are mutual TLS (certificates
-// from `casualdb certs`) replicate; their NATS servers refuse a client
+// from `casualdb certs`), one listening on every interface, replicate; their NATS servers refuse a client
 // without a certificate, one with a certificate of another CA, and a
 // plain-text client.
 func TestNode_TLS(t *testing.T) {
@@ -32,6 +32,11 @@ func TestNode_TLS(t *testing.T) {
 	sites := startSitesWith(t, ctx, func(c *Config) {
 		f := certs.For(dir, c.Site)
 		c.NATS.TLS = NATSTLSConfig{Cert: f.Cert, Key: f.Key, CA: f.CA}
+		if c.Site == "a" {
+			// Every interface: no certificate names 0.0.0.0, which is
+			// the server's own URL then.
+			c.NATS.Listen = "0.0.0.0" + c.NATS.Listen[len("127.0.0.1"):]
+		}
 		for i := range c.Peers {
 			c.Peers[i].NATSURL = "tls" + c.Peers[i].NATSURL[len("nats"):]
 		}

@@ -20,6 +20,9 @@ func (m *Main) certsCmd(_ context.Context, args []string) error {
 	var sites []string
 	hosts := map[string][]string{}
 	fs.Func("site", "a site to make a certificate for (repeatable)", func(s string) error {
+		if !casualdb.SiteID(s).Valid() {
+			return fmt.Errorf("%q is not a site name", s)
+		}
 		sites = append(sites, s)
 		return nil
 	})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -54,7 +55,11 @@ func (m *Main) checkCmd(ctx context.Context, args []string) error {
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	body, err := m.adminGet(ctx, af, path, *timeout)
+	method := http.MethodGet
+	if *repair {
+		method = http.MethodPost // it writes
+	}
+	body, err := m.adminDo(ctx, af, method, path, *timeout)
 	if err != nil {
 		return err
 	}

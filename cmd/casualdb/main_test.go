@@ -47,6 +47,9 @@ func TestMain_Certs(t *testing.T) {
 	if err := m.Run(t.Context(), []string{"certs", "--dir", dir, "--site", "a", "--host", "c=x"}); err == nil || !strings.Contains(err.Error(), "--host for c") {
 		t.Errorf("--host for an unnamed site: %v", err)
 	}
+	if err := m.Run(t.Context(), []string{"certs", "--dir", dir, "--site", "../x"}); err == nil || !strings.Contains(err.Error(), "not a site name") {
+		t.Errorf("--site ../x: %v", err)
+	}
 	if err := m.Run(t.Context(), []string{"certs", "--dir", dir}); err == nil || !strings.Contains(err.Error(), "--site") {
 		t.Errorf("no --site: %v", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -199,11 +200,16 @@ func (m *Main) endpoint(af *adminFlag) (node.AdminClient, error) {
 
 // adminGet reads path from a running sidecar's admin endpoint (endpoint).
 func (m *Main) adminGet(ctx context.Context, af *adminFlag, path string, timeout time.Duration) ([]byte, error) {
+	return m.adminDo(ctx, af, http.MethodGet, path, timeout)
+}
+
+// adminDo is adminGet with another method.
+func (m *Main) adminDo(ctx context.Context, af *adminFlag, method, path string, timeout time.Duration) ([]byte, error) {
 	ep, err := m.endpoint(af)
 	if err != nil {
 		return nil, err
 	}
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return ep.Get(rctx, path)
+	return ep.Do(rctx, method, path)
 }
