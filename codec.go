@@ -461,7 +461,10 @@ func (d *Decoder) decodeBinary(b []byte) (*Tx, error) {
 	for i := 0; i < nch && r.err == nil; i++ {
 		c := &t.Changes[i]
 		ri := r.uvarint("change relation")
-		if r.err == nil && ri >= uint64(len(rels)) {
+		if r.err != nil {
+			break
+		}
+		if ri >= uint64(len(rels)) {
 			return nil, fmt.Errorf("change %d: relation %d of %d", i, ri, len(rels))
 		}
 		rel := rels[ri]
