@@ -3,6 +3,7 @@ package meta
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -231,51 +232,19 @@ func saveVersions(ctx context.Context, q Execer, vs map[RowKey]RowVersion, newer
 		} else {
 			xmins = append(xmins, nil)
 		}
-		if len(rv.Floor) > 0 {
-			f, err := json.Marshal(rv.Floor)
-			if err != nil {
-				return fmt.Errorf("save row version %s %s: %w", k.Table, k.Key, err)
-			}
-			fs := string(f)
-			floors = append(floors, &fs)
-		} else {
-			floors = append(floors, nil)
+		floor, e1 := jsonIf(len(rv.Floor) > 0, rv.Floor)
+		colv, e2 := jsonIf(len(rv.Columns) > 0, rv.Columns)
+		claim, e3 := jsonIf(len(rv.Claims) > 0, rv.Claims)
+		flsn, e4 := jsonIf(len(rv.FloorLSNs) > 0 && len(rv.Floor) > 0, rv.FloorLSNs)
+		if err := errors.Join(e1, e2, e3, e4); err != nil {
+			return fmt.Errorf("save row version %s %s: %w", k.Table, k.Key, err)
 		}
-		if len(rv.Columns) > 0 {
-			cv, err := json.Marshal(rv.Columns)
-			if err != nil {
-				return fmt.Errorf("save row version %s %s: %w", k.Table, k.Key, err)
-			}
-			cs := string(cv)
-			colvs = append(colvs, &cs)
-		} else {
-			colvs = append(colvs, nil)
-		}
+		floors, colvs, claims, flsns = append(floors, floor), append(colvs, colv), append(claims, claim), append(flsns, flsn)
 		if rv.OriginLSN != 0 {
 			l := int64(rv.OriginLSN)
 			olsns = append(olsns, &l)
 		} else {
 			olsns = append(olsns, nil)
-		}
-		if len(rv.Claims) > 0 {
-			cl, err := json.Marshal(rv.Claims)
-			if err != nil {
-				return fmt.Errorf("save row version %s %s: %w", k.Table, k.Key, err)
-			}
-			cs := string(cl)
-			claims = append(claims, &cs)
-		} else {
-			claims = append(claims, nil)
-		}
-		if len(rv.FloorLSNs) > 0 && len(rv.Floor) > 0 {
-			f, err := json.Marshal(rv.FloorLSNs)
-			if err != nil {
-				return fmt.Errorf("save row version %s %s: %w", k.Table, k.Key, err)
-			}
-			fs := string(f)
-			flsns = append(flsns, &fs)
-		} else {
-			flsns = append(flsns, nil)
 		}
 	}
 	sql := saveVersionsSQL
@@ -323,4 +292,17 @@ const joinFloorLSNsSQL = `CASE
 type Written struct {
 	Versions    map[RowKey]RowVersion
 	Truncations map[string]casualdb.Version
+}
+
+// jsonIf returns v as JSON text when cond holds, else nil (SQL NULL).
+func jsonIf(cond bool, v any) (*string, error) {
+	if !cond {
+		return nil, nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	out := string(b)
+	return &out, nil
 }
