@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -52,12 +54,61 @@ func BinDir() string {
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort() (int, error) {
+	// Below the kernel's ephemeral range, which outgoing connections draw
+	// from: a port chosen there (":0") can be taken by any connection
+	// between the check and its use. Each port is also reserved by a file
+	// for the length of a test run, so that concurrent test processes
+	// (packages run in parallel) do not both pick it.
+	lo, hi := 20000, 32000
+	if min, _, ok := ephemeralRange(); ok && min <= hi {
+		hi = min - 1
+	}
+	dir := filepath.Join(os.TempDir(), "casualdb-test-ports")
+	_ = os.MkdirAll(dir, 0o777)
+	for range 200 {
+		port := lo + rand.IntN(hi-lo+1)
+		mark := filepath.Join(dir, strconv.Itoa(port))
+		if fi, err := os.Stat(mark); err == nil && time.Since(fi.ModTime()) < portReservation {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		_ = os.Remove(mark) // a stale reservation
+		f, err := os.OpenFile(mark, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o666)
+		if err != nil {
+			continue // another process reserved it just now
+		}
+		f.Close()
+		return port, nil
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("find free port: %w", err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// portReservation is how long FreePort keeps a port it handed out from
+// other callers: longer than any test run.
+const portReservation = time.Hour
+
+// ephemeralRange reads the kernel's range of ports for outgoing connections.
+func ephemeralRange() (lo, hi int, ok bool) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, 0, false
+	}
+	lo, err1 := strconv.Atoi(f[0])
+	hi, err2 := strconv.Atoi(f[1])
+	return lo, hi, err1 == nil && err2 == nil
 }
 
 // Options configures Start. Start copies it; later changes have no effect.
