@@ -185,8 +185,7 @@ func (w *txWriter) update(ctx context.Context, im inMsg, lt *localTable, rel cas
 		name := pgx.Identifier{col.Name}.Sanitize()
 		if delta, ok := c.Deltas[col.Name]; ok {
 			// A counter: this site's value plus the origin's increment.
-			args = append(args, delta)
-			sets = append(sets, fmt.Sprintf("%s = coalesce(%s, 0) + CAST($%d::text AS numeric)", name, name, len(args)))
+			sets = append(sets, addDeltaSQL(name, delta, &args))
 			continue
 		}
 		if c.Values[i].Unchanged {
@@ -208,8 +207,7 @@ func (w *txWriter) addDeltas(ctx context.Context, im inMsg, lt *localTable, c *c
 			continue // checked by the schema comparison; never write blind
 		}
 		name := pgx.Identifier{col}.Sanitize()
-		args = append(args, delta)
-		sets = append(sets, fmt.Sprintf("%s = coalesce(%s, 0) + CAST($%d::text AS numeric)", name, name, len(args)))
+		sets = append(sets, addDeltaSQL(name, delta, &args))
 	}
 	if len(sets) == 0 {
 		return 0, false, nil
@@ -295,4 +293,12 @@ func (w *txWriter) logConflict(ctx context.Context, lt *localTable, im inMsg, c 
 	}
 	cf.RemoteRow = rowImage(im.tx.Relations[c.Table], c)
 	return meta.LogConflict(ctx, w.tx, cf)
+}
+
+// addDeltaSQL returns the SET clause that adds delta (appended to args) to
+// the counter column name (quoted): this site's value plus the origin's
+// increment, NULL counting as 0.
+func addDeltaSQL(name, delta string, args *[]any) string {
+	*args = append(*args, delta)
+	return fmt.Sprintf("%s = coalesce(%s, 0) + CAST($%d::text AS numeric)", name, name, len(*args))
 }

@@ -42,8 +42,7 @@ func (w *txWriter) mergeColumns(ctx context.Context, im inMsg, lt *localTable, c
 	for i, col := range rel.Columns {
 		name := pgx.Identifier{col.Name}.Sanitize()
 		if delta, ok := c.Deltas[col.Name]; ok {
-			args = append(args, delta)
-			sets = append(sets, fmt.Sprintf("%s = coalesce(%s, 0) + CAST($%d::text AS numeric)", name, name, len(args)))
+			sets = append(sets, addDeltaSQL(name, delta, &args))
 			continue
 		}
 		in, ok := c.Columns[col.Name]

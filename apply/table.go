@@ -110,13 +110,17 @@ const tableRecheck = 30 * time.Second
 
 // table returns the local description of rel's table, cached.
 func (a *Applier) table(ctx context.Context, rel casualdb.Relation) (*localTable, error) {
-	if err := a.allowed(ctx, rel); err != nil {
-		return nil, err
-	}
-	if lt, ok := a.tables[rel.Table]; ok && time.Since(lt.described) < tableRecheck {
+	// A cached table was allowed when it was described (the same schema
+	// and name: a joined name may be read two ways).
+	ident := pgx.Identifier{rel.Schema, rel.Name}.Sanitize()
+	if lt, ok := a.tables[rel.Table]; ok && time.Since(lt.described) < tableRecheck && lt.ident == ident {
 		if err := lt.check(rel); err == nil {
 			return lt, nil
 		}
+	}
+	if err := a.allowed(ctx, rel); err != nil {
+		delete(a.tables, rel.Table)
+		return nil, err
 	}
 	lt, err := describeLocal(ctx, a.main, rel)
 	if err != nil {

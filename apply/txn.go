@@ -342,15 +342,7 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 		if err != nil {
 			return err
 		}
-		if w.a.floors == nil {
-			w.a.floors = map[string]casualdb.Version{}
-		}
-		for tbl, f := range floors {
-			if old, ok := w.a.floors[tbl]; ok {
-				f = conflict.CollectFloor(old, conflict.Row{Version: f})
-			}
-			w.a.floors[tbl] = f
-		}
+		w.a.floors = conflict.RaiseFloors(w.a.floors, floors)
 	}
 	if loadTruncs {
 		rows, err := br.Query()

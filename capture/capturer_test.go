@@ -16,8 +16,6 @@ import (
 	"github.com/casualdb/casualdb/meta"
 	"github.com/casualdb/casualdb/ship"
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 )
 
@@ -43,15 +41,7 @@ func (e *env) startNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(n.Shutdown)
-	nc, err := nats.Connect(n.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := pgtest.JetStream(t, n.URL())
 	ob, err := ship.OpenOutbox(context.Background(), js, ship.OutboxConfig{Site: "a"})
 	if err != nil {
 		t.Fatal(err)

@@ -330,21 +330,8 @@ func (v *versioner) load(ctx context.Context, keys []meta.RowKey) (map[meta.RowK
 	if err := res.Close(); err != nil {
 		return nil, fmt.Errorf("capture: load row versions: %w", err)
 	}
-	v.raiseFloors(floors)
+	v.floors = conflict.RaiseFloors(v.floors, floors)
 	return loaded, nil
-}
-
-// raiseFloors joins floors into the ones known (a floor only grows).
-func (v *versioner) raiseFloors(floors map[string]casualdb.Version) {
-	if v.floors == nil {
-		v.floors = map[string]casualdb.Version{}
-	}
-	for tbl, f := range floors {
-		if old, ok := v.floors[tbl]; ok {
-			f = conflict.CollectFloor(old, conflict.Row{Version: f})
-		}
-		v.floors[tbl] = f
-	}
 }
 
 // versionTx gives every change of tx its version; lookup returns a row's

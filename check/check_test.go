@@ -3,6 +3,7 @@ package check
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ type fakeSite struct {
 	entries  []Entry // every entry in bucket 0
 	columns  string
 	repairs  []Action
+	relisted []Entry // what a listing by key returns (nil: entries): the rows as they are when repair re-reads them
 }
 
 func (f *fakeSite) Name() casualdb.SiteID { return f.name }
@@ -45,7 +47,11 @@ func (f *fakeSite) Settle(context.Context) (uint32, error) { return 100, nil }
 
 func (f *fakeSite) Entries(_ context.Context, _ string, _ int, flt Filter, _ uint32) ([]Entry, Cost, error) {
 	var out []Entry
-	for _, e := range f.entries {
+	entries := f.entries
+	if len(flt.Keys) > 0 && f.relisted != nil {
+		entries = f.relisted
+	}
+	for _, e := range entries {
 		if len(flt.Keys) > 0 && slices.Contains(flt.Keys, e.Key) || len(flt.Keys) == 0 && slices.Contains(flt.Buckets, 0) {
 			out = append(out, e)
 		}
@@ -110,5 +116,33 @@ func TestRun_CutNotReached(t *testing.T) {
 	}
 	if rep.CutOK || !rep.Clean() {
 		t.Errorf("cut reached %v, clean %v: want not reached (a never applied b), and clean (nothing differs)", rep.CutOK, rep.Clean())
+	}
+}
+
+// TestRun_RepairSkipsMovedKeys: repair re-reads the planned keys at every
+// site (one listing each) and leaves alone a key a site wrote since the
+// check; the others are repaired at the site Plan names.
+func TestRun_RepairSkipsMovedKeys(t *testing.T) {
+	v := version(1, "a")
+	v.VC = casualdb.VectorClock{"a": 1}
+	p := Progress{Epoch: "e", Applied: map[casualdb.SiteID]AppliedFrom{}}
+	a := &fakeSite{name: "a", progress: []Progress{p}, entries: []Entry{
+		{Key: `["1"]`, Present: true, Image: "orig", Version: v},
+		{Key: `["2"]`, Present: true, Image: "orig", Version: v},
+	}}
+	b := &fakeSite{name: "b", progress: []Progress{p}, entries: []Entry{
+		{Key: `["1"]`, Present: true, Image: "bypassed", Version: v},
+		{Key: `["2"]`, Present: true, Image: "bypassed", Version: v},
+	}}
+	b.relisted = []Entry{b.entries[0], {Key: `["2"]`, Present: true, Image: "written since", Version: v}}
+	rep, err := Run(context.Background(), []Site{a, b}, Options{Tables: []string{"public.t"}, Buckets: 1, Repair: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Repairs) != 2 || !rep.Repairs[0].Done || rep.Repairs[1].Done || !strings.Contains(rep.Repairs[1].Note, "changed at site b") {
+		t.Fatalf("repairs %+v: want key 1 repaired, key 2 left (b wrote it since)", rep.Repairs)
+	}
+	if len(a.repairs) != 1 || a.repairs[0].Key != `["1"]` || a.repairs[0].Op != "rewrite" || len(b.repairs) != 0 {
+		t.Errorf("a repaired %+v, b %+v: want one rewrite of key 1 at a, the origin", a.repairs, b.repairs)
 	}
 }

@@ -239,54 +239,79 @@ func repairAll(ctx context.Context, sites []Site, rep *Report, opts Options) {
 		byName[s.Name()] = s
 	}
 	for _, t := range rep.Tables {
+		var planned []Repaired
+		var keys []string
 		for _, d := range t.Diffs {
-			r := Repaired{Action: Action{Table: t.Table, Key: d.Key}}
+			a, err := Plan(t.Table, d, opts.Policies[t.Table])
+			r := Repaired{Action: a}
 			switch reason := opts.NoRepair[t.Table]; {
 			case !rep.CutOK:
 				r.Note = "not repaired: not every site reached the cut"
 			case reason != "":
 				r.Note = "not repaired: " + reason
+			case err != nil:
+				r.Note = err.Error()
+			case byName[a.Site] == nil:
+				r.Note = "site " + string(a.Site) + " is not in the check"
 			default:
-				r = repairOne(ctx, sites, byName, t.Table, d, opts.Policies[t.Table])
+				keys = append(keys, d.Key)
+			}
+			planned = append(planned, r)
+		}
+		moved, err := changedSince(ctx, sites, t, keys)
+		for i, d := range t.Diffs {
+			r := planned[i]
+			switch {
+			case r.Note != "":
+			case err != nil:
+				r.Note = err.Error()
+			case moved[d.Key] != "":
+				r.Note = "the row changed at site " + moved[d.Key] + " since the check"
+			default:
+				var rerr error
+				if r.Done, r.Note, rerr = byName[r.Site].Repair(ctx, r.Action); rerr != nil {
+					r.Note = rerr.Error()
+				}
 			}
 			rep.Repairs = append(rep.Repairs, r)
 		}
 	}
 }
 
-func repairOne(ctx context.Context, sites []Site, byName map[casualdb.SiteID]Site, table string, d Diff, p conflict.DeletePolicy) Repaired {
-	a, err := Plan(table, d, p)
-	r := Repaired{Action: a}
-	if err != nil {
-		r.Note = err.Error()
-		return r
+// changedSince lists keys of table t again at every site, in one request
+// each, and returns the keys that some site now holds otherwise than the
+// check saw, with that site: those are left to replication and the next
+// check.
+func changedSince(ctx context.Context, sites []Site, t TableReport, keys []string) (map[string]string, error) {
+	if len(keys) == 0 {
+		return nil, nil
 	}
-	if byName[a.Site] == nil {
-		r.Note = "site " + string(a.Site) + " is not in the check"
-		return r
-	}
-	// Every site again, for this key alone: anything moved, and the key is
-	// left to replication and the next check.
 	now, err := each(ctx, sites, func(ctx context.Context, s Site) ([]Entry, error) {
-		es, _, err := s.Entries(ctx, table, 1, Filter{Keys: []string{d.Key}}, 0)
+		es, _, err := s.Entries(ctx, t.Table, 1, Filter{Keys: keys}, 0)
 		return es, err
 	})
 	if err != nil {
-		r.Note = err.Error()
-		return r
+		return nil, err
 	}
+	diffs := map[string]Diff{}
+	for _, d := range t.Diffs {
+		diffs[d.Key] = d
+	}
+	moved := map[string]string{}
 	for i, s := range sites {
-		e := Entry{Key: d.Key}
-		if len(now[i]) > 0 {
-			e = now[i][0]
+		held := map[string]Entry{}
+		for _, e := range now[i] {
+			held[e.Key] = e
 		}
-		if was := d.Sites[string(s.Name())]; !was.same(e) || was.Deleted != e.Deleted {
-			r.Note = "the row changed at site " + string(s.Name()) + " since the check"
-			return r
+		for _, k := range keys {
+			e, ok := held[k]
+			if !ok {
+				e = Entry{Key: k}
+			}
+			if was := diffs[k].Sites[string(s.Name())]; !was.same(e) || was.Deleted != e.Deleted {
+				moved[k] = string(s.Name())
+			}
 		}
 	}
-	if r.Done, r.Note, err = byName[a.Site].Repair(ctx, a); err != nil {
-		r.Note = err.Error()
-	}
-	return r
+	return moved, nil
 }

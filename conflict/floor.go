@@ -114,3 +114,19 @@ func JoinFloorLSNs(a, b map[casualdb.SiteID]uint64) map[casualdb.SiteID]uint64 {
 	}
 	return out
 }
+
+// RaiseFloors joins floors, as read from the database, into known (nil:
+// none yet) and returns it: a table's floor only grows, whichever reader
+// saw more of it first.
+func RaiseFloors(known, floors map[string]casualdb.Version) map[string]casualdb.Version {
+	if known == nil {
+		known = map[string]casualdb.Version{}
+	}
+	for tbl, f := range floors {
+		if old, ok := known[tbl]; ok {
+			f = CollectFloor(old, Row{Version: f})
+		}
+		known[tbl] = f
+	}
+	return known
+}

@@ -9,8 +9,6 @@ import (
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/hint"
 	"github.com/casualdb/casualdb/internal/pgtest"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestHints_Expire keeps hints for two sites, then expires those stored
@@ -19,7 +17,7 @@ import (
 func TestHints_Expire(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	js := jsFor(t, pgtest.NewNATS(t).URL())
+	js := pgtest.JetStream(t, pgtest.NewNATS(t).URL())
 	hs, err := hint.Open(ctx, js, "b")
 	if err != nil {
 		t.Fatal(err)
@@ -132,7 +130,7 @@ func TestHints_Expire(t *testing.T) {
 func TestHints_AddTellsDuplicates(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	hs, err := hint.Open(ctx, jsFor(t, pgtest.NewNATS(t).URL()), "b")
+	hs, err := hint.Open(ctx, pgtest.JetStream(t, pgtest.NewNATS(t).URL()), "b")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,18 +148,4 @@ func TestHints_AddTellsDuplicates(t *testing.T) {
 	if err != nil || held["c"] != 1 || held["d"] != 1 {
 		t.Errorf("held %v, %v; want one for c and one for d", held, err)
 	}
-}
-
-func jsFor(t *testing.T, url string) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
 }

@@ -472,13 +472,8 @@ func (c Config) Validate() error {
 	if (c.Admin.TLS.Cert == "") != (c.Admin.TLS.Key == "") {
 		return bad("admin.tls", "cert and key go together")
 	}
-	for _, f := range [][2]string{{"admin.tls.cert", c.Admin.TLS.Cert}, {"admin.tls.key", c.Admin.TLS.Key}, {"admin.tls.ca", c.Admin.TLS.CA}} {
-		if f[1] == "" {
-			continue
-		}
-		if _, err := os.Stat(f[1]); err != nil {
-			return bad(f[0], "%v", err)
-		}
+	if err := filesExist(bad, "admin.tls", c.Admin.TLS.Cert, c.Admin.TLS.Key, c.Admin.TLS.CA); err != nil {
+		return err
 	}
 	if c.AntiEntropy.Interval < 0 {
 		return bad("antientropy.interval", "must not be negative (0 turns it off)")
@@ -648,16 +643,25 @@ func (n NATSConfig) validateTLS(bad func(key, format string, args ...any) error,
 	if set := [3]bool{t.Cert != "", t.Key != "", t.CA != ""}; set != [3]bool{} && set != [3]bool{true, true, true} {
 		return bad("nats.tls", "cert, key and ca go together")
 	}
-	for _, f := range [][2]string{{"nats.tls.cert", t.Cert}, {"nats.tls.key", t.Key}, {"nats.tls.ca", t.CA}} {
+	if err := filesExist(bad, "nats.tls", t.Cert, t.Key, t.CA); err != nil {
+		return err
+	}
+	if off != "" && !t.On() && !n.Insecure {
+		return bad("nats.tls", "required off loopback (%s): set nats.tls.cert, nats.tls.key and nats.tls.ca (casualdb certs makes a development set), or nats.insecure: true for plain text", off)
+	}
+	return nil
+}
+
+// filesExist checks the files of a TLS section (key.cert, key.key, key.ca)
+// that are set.
+func filesExist(bad func(key, format string, args ...any) error, key, cert, priv, ca string) error {
+	for _, f := range [][2]string{{key + ".cert", cert}, {key + ".key", priv}, {key + ".ca", ca}} {
 		if f[1] == "" {
 			continue
 		}
 		if _, err := os.Stat(f[1]); err != nil {
 			return bad(f[0], "%v", err)
 		}
-	}
-	if off != "" && !t.On() && !n.Insecure {
-		return bad("nats.tls", "required off loopback (%s): set nats.tls.cert, nats.tls.key and nats.tls.ca (casualdb certs makes a development set), or nats.insecure: true for plain text", off)
 	}
 	return nil
 }

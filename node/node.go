@@ -105,9 +105,7 @@ func Prepare(ctx context.Context, cfg Config, log *slog.Logger) ([]capture.Table
 	if err := meta.Install(ctx, conn); err != nil {
 		return nil, err
 	}
-	// The heartbeat table replicates too (see meta.Beat).
-	published := append(slices.Clip(tables), capture.Table{Schema: meta.Schema, Name: "heartbeat"})
-	if err := capture.EnsurePublication(ctx, conn, cfg.Database.Publication, published); err != nil {
+	if err := capture.EnsurePublication(ctx, conn, cfg.Database.Publication, published(tables)); err != nil {
 		return nil, err
 	}
 	if cfg.Database.ToastFullIdentity {
@@ -691,11 +689,17 @@ func clampResend(from, acked uint64) (uint64, bool) {
 	return from, false
 }
 
-// appliedTables are the tables apply may write: the replicated ones and
-// the heartbeat table, which replicates too (meta.Beat).
+// published are the tables a site publishes, and so the only ones apply
+// may write: the replicated ones and the heartbeat table, which replicates
+// too (meta.Beat).
+func published(tables []capture.Table) []capture.Table {
+	return append(slices.Clip(tables), capture.Table{Schema: meta.Schema, Name: "heartbeat"})
+}
+
+// appliedTables are the tables apply may write (published).
 func (s *Node) appliedTables() []apply.TableID {
-	out := []apply.TableID{{Schema: meta.Schema, Name: "heartbeat"}}
-	for _, t := range s.tables {
+	var out []apply.TableID
+	for _, t := range published(s.tables) {
 		out = append(out, apply.TableID{Schema: t.Schema, Name: t.Name})
 	}
 	return out

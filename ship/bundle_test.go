@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/casualdb/casualdb/ship"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -109,7 +110,7 @@ func TestInbox_Consume(t *testing.T) {
 	defer cancel()
 	s := startServer(t, t.TempDir(), mustPort(t))
 	t.Cleanup(s.Close)
-	js := jsFor(t, s.ClientURL())
+	js := pgtest.JetStream(t, s.ClientURL())
 	in, err := ship.OpenInbox(ctx, js, "b")
 	if err != nil {
 		t.Fatal(err)

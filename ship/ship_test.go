@@ -27,20 +27,6 @@ func startServer(t *testing.T, dir string, port int) *ship.Server {
 	return s
 }
 
-func jsFor(t *testing.T, url string) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
-}
-
 func tx(lsn uint64) *casualdb.Tx {
 	return &casualdb.Tx{Origin: "a", LSN: lsn, CommitTime: time.Unix(1, 0), Relations: map[string]casualdb.Relation{}}
 }
@@ -49,7 +35,7 @@ func TestOutbox(t *testing.T) {
 	ctx := context.Background()
 	srv := startServer(t, t.TempDir(), mustPort(t))
 	defer srv.Close()
-	ob, err := ship.OpenOutbox(ctx, jsFor(t, srv.ClientURL()), ship.OutboxConfig{Site: "a"})
+	ob, err := ship.OpenOutbox(ctx, pgtest.JetStream(t, srv.ClientURL()), ship.OutboxConfig{Site: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +154,7 @@ func testShipperPeerDownThenUp(t *testing.T, bundle int) {
 	defer cancel()
 	a := startServer(t, t.TempDir(), mustPort(t))
 	t.Cleanup(a.Close)
-	ob, err := ship.OpenOutbox(ctx, jsFor(t, a.ClientURL()), ship.OutboxConfig{Site: "a"})
+	ob, err := ship.OpenOutbox(ctx, pgtest.JetStream(t, a.ClientURL()), ship.OutboxConfig{Site: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +206,7 @@ func testShipperPeerDownThenUp(t *testing.T, bundle int) {
 	sh.SetPeerURL(fmt.Sprintf("nats://127.0.0.1:%d", bPort))
 	b := startServer(t, filepath.Join(t.TempDir(), "b"), bPort)
 	t.Cleanup(b.Close)
-	in, err := ship.OpenInbox(ctx, jsFor(t, b.ClientURL()), "b")
+	in, err := ship.OpenInbox(ctx, pgtest.JetStream(t, b.ClientURL()), "b")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +320,7 @@ func TestShipper_EnsureConsumerHandsBackInFlight(t *testing.T) {
 	defer cancel()
 	a := startServer(t, t.TempDir(), mustPort(t))
 	t.Cleanup(a.Close)
-	ob, err := ship.OpenOutbox(ctx, jsFor(t, a.ClientURL()), ship.OutboxConfig{Site: "a"})
+	ob, err := ship.OpenOutbox(ctx, pgtest.JetStream(t, a.ClientURL()), ship.OutboxConfig{Site: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -401,11 +387,11 @@ func TestShipper_Rewind(t *testing.T) {
 	t.Cleanup(a.Close)
 	b := startServer(t, t.TempDir(), mustPort(t))
 	t.Cleanup(b.Close)
-	ob, err := ship.OpenOutbox(ctx, jsFor(t, a.ClientURL()), ship.OutboxConfig{Site: "a"})
+	ob, err := ship.OpenOutbox(ctx, pgtest.JetStream(t, a.ClientURL()), ship.OutboxConfig{Site: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := ship.OpenInbox(ctx, jsFor(t, b.ClientURL()), "b")
+	in, err := ship.OpenInbox(ctx, pgtest.JetStream(t, b.ClientURL()), "b")
 	if err != nil {
 		t.Fatal(err)
 	}

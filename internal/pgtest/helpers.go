@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // NewServer starts a PostgreSQL server in a t.TempDir and stops it when the
@@ -142,4 +144,20 @@ func SetParams(t testing.TB, conn *pgx.Conn, params map[string]string) {
 	for k, v := range params {
 		ExecAll(t, conn, "SET "+pgx.Identifier{k}.Sanitize()+" = '"+strings.ReplaceAll(v, "'", "''")+"'")
 	}
+}
+
+// JetStream connects to the NATS server at url, closed when the test ends,
+// and returns its JetStream API.
+func JetStream(t testing.TB, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }
