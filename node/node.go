@@ -555,7 +555,7 @@ func (s *Node) housekeep(ctx context.Context) error {
 				s.outboxMsg = n
 				s.mu.Unlock()
 			}
-			if n, err := s.inbox.Pending(qctx); err == nil {
+			if n, err := s.inbox.Trim(qctx); err == nil {
 				s.mu.Lock()
 				s.inboxMsg = n
 				s.mu.Unlock()

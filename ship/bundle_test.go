@@ -164,3 +164,158 @@ func TestInbox_Consume(t *testing.T) {
 	default:
 	}
 }
+
+// TestInbox_Trim: an acknowledgement leaves the message in the inbox until
+// Trim, which removes what lies below each origin consumer's floor and
+// counts what waits: the unacknowledged, and all of an origin no consumer
+// reads yet. A new consumer of the origin then starts after the trimmed.
+func TestInbox_Trim(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s := startServer(t, t.TempDir(), mustPort(t))
+	t.Cleanup(s.Close)
+	js := pgtest.JetStream(t, s.ClientURL())
+	in, err := ship.OpenInbox(ctx, js, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(origin casualdb.SiteID, seq uint64) {
+		b, err := tx(100 * seq).Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := nats.NewMsg(ship.InboxSubject("b", origin))
+		m.Header.Set(ship.HeaderOrigin, string(origin))
+		m.Header.Set(ship.HeaderEpoch, "e1")
+		m.Header.Set(ship.HeaderSeq, strconv.FormatUint(seq, 10))
+		m.Data = b
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := uint64(1); i <= 3; i++ {
+		publish("a", i)
+	}
+	publish("c", 1)
+	publish("c", 2)
+
+	got := make(chan *casualdb.InboxMsg, 10)
+	stop, err := in.Consume(ctx, "a", 10, func(m *casualdb.InboxMsg) { got <- m })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for want := uint64(1); want <= 3; want++ {
+		m := <-got
+		if m.Txs[0].Seq != want {
+			t.Fatalf("message %d: %+v", want, m)
+		}
+		if want <= 2 {
+			if err := m.Ack(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	stream, err := js.Stream(ctx, ship.InboxStream("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := func() uint64 {
+		info, err := stream.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs
+	}
+	if n := msgs(); n != 5 {
+		t.Fatalf("before Trim the inbox holds %d messages, not 5 (acknowledged ones stay until trimmed)", n)
+	}
+	// The acknowledgements reach the server asynchronously.
+	var pending uint64
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if pending, err = in.Trim(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if pending == 3 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if pending != 3 {
+		t.Fatalf("Trim counts %d waiting, want 3 (a's third, c's two)", pending)
+	}
+	if n := msgs(); n != 3 {
+		t.Fatalf("after Trim the inbox holds %d messages, want 3", n)
+	}
+	stop()
+	// A new consumer of a (apply restarting) gets the unacknowledged one
+	// first, not the trimmed ones.
+	stop, err = in.Consume(ctx, "a", 10, func(m *casualdb.InboxMsg) { got <- m })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	select {
+	case m := <-got:
+		if m.Txs[0].Seq != 3 {
+			t.Fatalf("after a restart the first message carries %d, want 3", m.Txs[0].Seq)
+		}
+	case <-ctx.Done():
+		t.Fatal("the unacknowledged message did not come again")
+	}
+}
+
+// TestOpenInbox_WorkQueueOfEarlierVersion: an earlier version's work-queue
+// inbox is replaced when empty; one holding messages is kept, nothing in it
+// lost, and counted as it was (every message waits).
+func TestOpenInbox_WorkQueueOfEarlierVersion(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s := startServer(t, t.TempDir(), mustPort(t))
+	t.Cleanup(s.Close)
+	js := pgtest.JetStream(t, s.ClientURL())
+	old := func(site casualdb.SiteID) {
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: ship.InboxStream(site), Subjects: []string{"casualdb.in." + string(site) + ".>"},
+			Storage: jetstream.FileStorage, Retention: jetstream.WorkQueuePolicy}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	retention := func(site casualdb.SiteID) jetstream.RetentionPolicy {
+		st, err := js.Stream(ctx, ship.InboxStream(site))
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Config.Retention
+	}
+	old("b")
+	if _, err := ship.OpenInbox(ctx, js, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if r := retention("b"); r != jetstream.LimitsPolicy {
+		t.Errorf("the empty work queue was not replaced: retention %v", r)
+	}
+
+	old("d")
+	if _, err := js.Publish(ctx, ship.InboxSubject("d", "a"), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	in, err := ship.OpenInbox(ctx, js, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := retention("d"); r != jetstream.WorkQueuePolicy {
+		t.Errorf("a work queue holding a message was replaced: retention %v", r)
+	}
+	if n, err := in.Trim(ctx); err != nil || n != 1 {
+		t.Errorf("Trim of the kept work queue: %d waiting, %v; want 1", n, err)
+	}
+	// Still listening: a peer's publish is stored.
+	if _, err := js.Publish(ctx, ship.InboxSubject("d", "a"), []byte("y")); err != nil {
+		t.Errorf("the kept work queue does not take messages: %v", err)
+	}
+}

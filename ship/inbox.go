@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/casualdb/casualdb"
@@ -13,8 +14,8 @@ import (
 )
 
 // Inbox holds other sites' transactions until apply has applied them: one
-// work-queue stream per site, subject casualdb.in.<site>.<origin>, read by
-// one durable consumer per origin (apply_<origin>).
+// stream per site, subject casualdb.in.<site>.<origin>, read by one durable
+// consumer per origin (apply_<origin>).
 //
 // Why one consumer per origin: apply must hold an origin's next
 // transaction back while what it causally depends on (from another origin)
@@ -24,9 +25,26 @@ import (
 // filled the window until a dependency beyond it starved. With a consumer
 // per origin, a blocked origin simply stays where it is while the others
 // flow (see package apply).
+//
+// Why limits retention and Trim rather than a work queue: a work queue
+// removes each message as it is acknowledged, and when that empties the
+// stream (apply keeping up, the usual case) the file store replaces its
+// block file: a file created and one deleted per inbox message, about a
+// tenth of a peer's CPU at 1,000 transactions a second. Here an
+// acknowledgement only moves the consumer's floor, and Trim removes what
+// lies below the floors now and then. A message stays until it is
+// acknowledged, as before; one acknowledged and not yet trimmed is
+// delivered again only to a new consumer, which apply recognises as a
+// duplicate.
 type Inbox struct {
 	site   casualdb.SiteID
 	stream jetstream.Stream
+	// workQueue: the inbox of an earlier version, which held messages when
+	// this one started (see OpenInbox); acknowledgements remove them.
+	workQueue bool
+
+	mu      sync.Mutex
+	trimmed map[casualdb.SiteID]uint64 // per origin: stream sequence trimmed below
 }
 
 // legacyConsumer is the single consumer over all origins that sites of
@@ -36,23 +54,82 @@ const legacyConsumer = "apply"
 // InboxConsumer names apply's consumer of origin's transactions.
 func InboxConsumer(origin casualdb.SiteID) string { return "apply_" + string(origin) }
 
-// OpenInbox creates (or opens) the site's inbox.
+// OpenInbox creates (or opens) the site's inbox. The work-queue inbox of an
+// earlier version is replaced when it is empty, and kept (with its
+// retention) until a later start otherwise.
 func OpenInbox(ctx context.Context, js jetstream.JetStream, site casualdb.SiteID) (*Inbox, error) {
-	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	cfg := jetstream.StreamConfig{
 		Name:       InboxStream(site),
-		Subjects:   []string{"casualdb.in." + string(site) + ".>"},
+		Subjects:   []string{inboxSubjects(site)},
 		Storage:    jetstream.FileStorage,
 		Replicas:   1,
-		Retention:  jetstream.WorkQueuePolicy,
+		Retention:  jetstream.LimitsPolicy,
 		Duplicates: 2 * time.Minute,
-	})
+	}
+	wq, err := replaceWorkQueue(ctx, js, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("open inbox %s: %w", InboxStream(site), err)
+		return nil, fmt.Errorf("open inbox %s: %w", cfg.Name, err)
+	}
+	if wq {
+		cfg.Retention = jetstream.WorkQueuePolicy
+	}
+	st, err := js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open inbox %s: %w", cfg.Name, err)
 	}
 	if err := st.DeleteConsumer(ctx, legacyConsumer); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return nil, fmt.Errorf("open inbox %s: remove the consumer of earlier versions: %w", InboxStream(site), err)
+		return nil, fmt.Errorf("open inbox %s: remove the consumer of earlier versions: %w", cfg.Name, err)
 	}
-	return &Inbox{site: site, stream: st}, nil
+	return &Inbox{site: site, stream: st, workQueue: wq, trimmed: map[casualdb.SiteID]uint64{}}, nil
+}
+
+func inboxSubjects(site casualdb.SiteID) string { return "casualdb.in." + string(site) + ".>" }
+
+// replaceWorkQueue deletes the work-queue inbox of an earlier version if it
+// holds no message (a stream's retention cannot change to or from a work
+// queue), and reports whether one is left. So that no message arrives
+// between the look and the delete (a peer's publish acknowledged there
+// would be lost), the stream first stops listening on the inbox subjects:
+// a peer's publish meanwhile finds no stream, is not acknowledged, and is
+// sent again.
+func replaceWorkQueue(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) (bool, error) {
+	st, err := js.Stream(ctx, want.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return false, err
+	}
+	if info.Config.Retention != jetstream.WorkQueuePolicy {
+		return false, nil
+	}
+	if info.State.Msgs > 0 {
+		return true, nil
+	}
+	orig, quiet := info.Config, info.Config
+	quiet.Subjects = []string{"casualdb.retiring." + want.Name}
+	if _, err := js.UpdateStream(ctx, quiet); err != nil {
+		return false, fmt.Errorf("retire the work-queue inbox: %w", err)
+	}
+	if info, err = st.Info(ctx); err != nil {
+		return false, err
+	}
+	if info.State.Msgs > 0 {
+		// A message came before the subjects moved: listen again, and
+		// keep the work queue.
+		if _, err := js.UpdateStream(ctx, orig); err != nil {
+			return false, fmt.Errorf("restore the work-queue inbox: %w", err)
+		}
+		return true, nil
+	}
+	if err := js.DeleteStream(ctx, want.Name); err != nil {
+		return false, fmt.Errorf("delete the empty work-queue inbox: %w", err)
+	}
+	return false, nil
 }
 
 // Origins returns, sorted, the origins that have transactions waiting in
@@ -83,6 +160,15 @@ func (i *Inbox) Origins(ctx context.Context) ([]casualdb.SiteID, error) {
 // before every run of apply, never while one runs.
 func (i *Inbox) Reset(ctx context.Context, origin casualdb.SiteID) (jetstream.Consumer, error) {
 	name := InboxConsumer(origin)
+	// What the old consumer acknowledged goes first: the new one would
+	// deliver it again.
+	if old, err := i.stream.Consumer(ctx, name); err == nil {
+		if info, err := old.Info(ctx); err == nil {
+			if err := i.trim(ctx, origin, info.AckFloor.Stream); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if err := i.stream.DeleteConsumer(ctx, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return nil, fmt.Errorf("reset inbox consumer %s: %w", name, err)
 	}
@@ -126,11 +212,60 @@ func (i *Inbox) Consume(ctx context.Context, origin casualdb.SiteID, pull int, d
 	}, nil
 }
 
-// Pending returns how many messages wait in the inbox.
-func (i *Inbox) Pending(ctx context.Context) (uint64, error) {
-	info, err := i.stream.Info(ctx)
+// Trim removes from the inbox what apply acknowledged (below each origin
+// consumer's acknowledgement floor), and returns how many messages wait
+// still: those of an origin not yet delivered or not acknowledged by its
+// consumer, and all of an origin that has none.
+func (i *Inbox) Trim(ctx context.Context) (pending uint64, err error) {
+	prefix := "casualdb.in." + string(i.site) + "."
+	info, err := i.stream.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
 	if err != nil {
 		return 0, fmt.Errorf("inbox info: %w", err)
 	}
-	return info.State.Msgs, nil
+	if i.workQueue {
+		return info.State.Msgs, nil
+	}
+	consumers := map[string]*jetstream.ConsumerInfo{}
+	list := i.stream.ListConsumers(ctx)
+	for ci := range list.Info() {
+		consumers[ci.Config.FilterSubject] = ci
+	}
+	if err := list.Err(); err != nil {
+		return 0, fmt.Errorf("inbox consumers: %w", err)
+	}
+	for subj, n := range info.State.Subjects {
+		ci := consumers[subj]
+		origin := casualdb.SiteID(strings.TrimPrefix(subj, prefix))
+		if ci == nil || ci.Name != InboxConsumer(origin) {
+			pending += n
+			continue
+		}
+		pending += ci.NumPending + uint64(ci.NumAckPending)
+		if err := i.trim(ctx, origin, ci.AckFloor.Stream); err != nil {
+			return pending, err
+		}
+	}
+	return pending, nil
+}
+
+// trim removes origin's messages up to and including stream sequence
+// floor, every one of them acknowledged.
+func (i *Inbox) trim(ctx context.Context, origin casualdb.SiteID, floor uint64) error {
+	if i.workQueue {
+		return nil
+	}
+	i.mu.Lock()
+	done := i.trimmed[origin] > floor
+	i.mu.Unlock()
+	if floor == 0 || done {
+		return nil
+	}
+	err := i.stream.Purge(ctx, jetstream.WithPurgeSubject(InboxSubject(i.site, origin)), jetstream.WithPurgeSequence(floor+1))
+	if err != nil {
+		return fmt.Errorf("trim inbox of origin %s: %w", origin, err)
+	}
+	i.mu.Lock()
+	i.trimmed[origin] = max(i.trimmed[origin], floor+1)
+	i.mu.Unlock()
+	return nil
 }
