@@ -57,12 +57,13 @@ func CheckSettings(ctx context.Context, conn *pgx.Conn) error {
 	if n, _ := strconv.Atoi(version); n < 150000 {
 		problems = append(problems, fmt.Sprintf("server version %s: CasualDB needs PostgreSQL 15 or newer", version))
 	}
-	var super, repl bool
-	if err := conn.QueryRow(ctx, `SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user`).Scan(&super, &repl); err != nil {
-		return fmt.Errorf("read role attributes: %w", err)
+	more, err := roleProblems(ctx, conn)
+	if err != nil {
+		return err
 	}
-	if !super {
-		problems = append(problems, "the sidecar's role is not a superuser: CasualDB needs superuser (replication origins and session_replication_role require it)")
+	if len(more) > 0 {
+		problems = append(problems, more...)
+		problems[len(problems)-1] += " " + setupHint
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%w: %s", casualdb.ErrDatabaseSetup, strings.Join(problems, "; "))
@@ -136,32 +137,62 @@ func ResolveTables(ctx context.Context, conn *pgx.Conn, named []string, log *slo
 	return out, nil
 }
 
-// EnsurePublication creates the publication over tables, or sets its table
-// list to exactly tables.
+// EnsurePublication creates the publication over tables, or adds and drops
+// tables until it holds exactly tables. A role that is not a superuser may
+// add only tables it owns: the error for another names the statement to run
+// as a superuser (casualdb setup-role adds them).
 func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables []Table) error {
+	pub := pgx.Identifier{name}.Sanitize()
 	var exists bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, name).Scan(&exists); err != nil {
 		return fmt.Errorf("look up publication %s: %w", name, err)
 	}
-	list := make([]string, len(tables))
-	for i, t := range tables {
-		list[i] = pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	if !exists {
+		if _, err := conn.Exec(ctx, "CREATE PUBLICATION "+pub); err != nil {
+			return fmt.Errorf("%w: create publication %s: %v %s", casualdb.ErrDatabaseSetup, name, err, setupHint)
+		}
 	}
-	pub := pgx.Identifier{name}.Sanitize()
-	var sql string
-	switch {
-	case !exists && len(tables) == 0:
-		sql = "CREATE PUBLICATION " + pub
-	case !exists:
-		sql = "CREATE PUBLICATION " + pub + " FOR TABLE " + strings.Join(list, ", ")
-	case len(tables) == 0:
-		// SET TABLE needs at least one table: drop every table instead.
-		sql = "DROP PUBLICATION " + pub + "; CREATE PUBLICATION " + pub
-	default:
-		sql = "ALTER PUBLICATION " + pub + " SET TABLE " + strings.Join(list, ", ")
+	rows, err := conn.Query(ctx, `SELECT n.nspname, c.relname FROM pg_publication_rel pr
+		JOIN pg_publication p ON p.oid = pr.prpubid JOIN pg_class c ON c.oid = pr.prrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = $1`, name)
+	if err != nil {
+		return fmt.Errorf("list tables of publication %s: %w", name, err)
 	}
-	if _, err := conn.Exec(ctx, sql); err != nil {
-		return fmt.Errorf("prepare publication %s: %w", name, err)
+	has := map[Table]bool{}
+	for rows.Next() {
+		var t Table
+		if err := rows.Scan(&t.Schema, &t.Name); err != nil {
+			rows.Close()
+			return fmt.Errorf("list tables of publication %s: %w", name, err)
+		}
+		has[t] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("list tables of publication %s: %w", name, err)
+	}
+	want := map[Table]bool{}
+	for _, t := range tables {
+		want[t] = true
+		if has[t] {
+			continue
+		}
+		ident := pgx.Identifier{t.Schema, t.Name}.Sanitize()
+		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+pub+" ADD TABLE "+ident); err != nil {
+			if isPrivilegeError(err) {
+				return fmt.Errorf("%w: publication %s: only a superuser, or the owner of both the publication and table %s, may add it (ALTER PUBLICATION %s ADD TABLE %s) %s: %v",
+					casualdb.ErrDatabaseSetup, name, t, pub, ident, setupHint, err)
+			}
+			return fmt.Errorf("prepare publication %s: add %s: %w", name, t, err)
+		}
+	}
+	for t := range has {
+		if want[t] {
+			continue
+		}
+		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+pub+" DROP TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()); err != nil {
+			return fmt.Errorf("prepare publication %s: drop %s: %w", name, t, err)
+		}
 	}
 	return nil
 }
@@ -285,7 +316,7 @@ func EnsureToastIdentity(ctx context.Context, conn *pgx.Conn, t Table, log *slog
 
 func setFullIdentity(ctx context.Context, conn *pgx.Conn, t Table, why string, log *slog.Logger) error {
 	if _, err := conn.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
-		return fmt.Errorf("%w: set REPLICA IDENTITY FULL on %s (needed for %s): %v", casualdb.ErrDatabaseSetup, t, why, err)
+		return fmt.Errorf("%w: set REPLICA IDENTITY FULL on %s (needed for %s; only its owner may) %s: %v", casualdb.ErrDatabaseSetup, t, why, setupHint, err)
 	}
 	log.Info("set REPLICA IDENTITY FULL so that updates carry their old values", "table", t.String(), "for", why)
 	return nil

@@ -102,6 +102,9 @@ func Prepare(ctx context.Context, cfg Config, log *slog.Logger) ([]capture.Table
 	if err != nil {
 		return nil, err
 	}
+	if err := capture.CheckTablePrivileges(ctx, conn, tables); err != nil {
+		return nil, err
+	}
 	if err := meta.Install(ctx, conn); err != nil {
 		return nil, err
 	}

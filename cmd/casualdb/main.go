@@ -59,6 +59,9 @@ const usage = `casualdb: active-active replication for PostgreSQL
 Usage:
   casualdb run --config FILE [flags]     run the sidecar
   casualdb uninstall --config FILE       remove slot, publication, origins and the casualdb schema
+  casualdb setup-role --config FILE [--role NAME] [--superuser-dsn DSN] [--apply]
+                                         the SQL that lets a role that is not a superuser run the
+                                         sidecar (--apply runs it, as a superuser)
   casualdb conflicts --config FILE [--since DURATION] [--table NAME] [--limit N] [--json]
                                          list recent conflicts from the conflict log, newest first
   casualdb parked --config FILE [--table NAME] [--limit N] [--json]
@@ -94,6 +97,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return m.runCmd(ctx, args[1:])
 	case "uninstall":
 		return m.uninstallCmd(ctx, args[1:])
+	case "setup-role":
+		return m.setupRoleCmd(ctx, args[1:])
 	case "conflicts":
 		return m.conflictsCmd(ctx, args[1:])
 	case "parked":
