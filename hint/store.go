@@ -172,7 +172,7 @@ func (h *Handoff) session(ctx context.Context, cons jetstream.Consumer, url stri
 	// and its hint is handed back, instead of waiting in the client's
 	// reconnect buffer and reaching the site later, after the hint may have
 	// expired here. The next session connects afresh.
-	nc, err := nats.Connect(url, append(ship.Secure(h.cfg.TLS), nats.Name("casualdb-handoff-"+string(h.cfg.Hints.site)), nats.Timeout(2*time.Second), nats.NoReconnect())...)
+	nc, err := nats.Connect(url, append(ship.PeerOptions(h.cfg.TLS, h.cfg.Hints.site), nats.Name("casualdb-handoff-"+string(h.cfg.Hints.site)), nats.Timeout(2*time.Second), nats.NoReconnect())...)
 	if err != nil {
 		return fmt.Errorf("connect to %s at %s: %w", h.cfg.For, url, err)
 	}
@@ -196,7 +196,7 @@ func (h *Handoff) session(ctx context.Context, cons jetstream.Consumer, url stri
 				continue
 			}
 			hdr := m.Headers()
-			out := nats.NewMsg(ship.InboxSubject(h.cfg.For, casualdb.SiteID(hdr.Get(ship.HeaderOrigin))))
+			out := nats.NewMsg(ship.RelaySubject(h.cfg.For, casualdb.SiteID(hdr.Get(ship.HeaderOrigin)), h.cfg.Hints.site))
 			out.Data = m.Data()
 			for _, k := range []string{ship.HeaderOrigin, ship.HeaderEpoch, ship.HeaderSeq, ship.HeaderLSN, ship.HeaderCommit} {
 				out.Header.Set(k, hdr.Get(k))

@@ -40,6 +40,9 @@ type Status struct {
 	HintExpiries []hint.ExpiryStatus  `json:"hint_expiries,omitempty"`
 	// AntiEntropy: the background checks (antientropy.interval), when on.
 	AntiEntropy *AntiEntropyStatus `json:"antientropy,omitempty"`
+	// NATSRefused counts the clients this site's NATS server refused (TLS
+	// on: no verified certificate naming a site).
+	NATSRefused uint64 `json:"nats_refused_clients"`
 	// Warnings need an operator's attention without making the sidecar
 	// unhealthy (a restart would not help): /healthz lists them after ok.
 	Warnings []string `json:"warnings,omitempty"`
@@ -138,6 +141,9 @@ func (s *Node) Status() Status {
 	st.Capture.OutboxMessages = s.outboxMsg
 	st.Capture.W, st.Capture.DurableSeq, st.Capture.DurableLSN = s.cfg.Cluster.W, s.durableSeq, casualdb.FormatLSN(s.durableLSN)
 	st.Apply.InboxMessages = s.inboxMsg
+	if s.server != nil {
+		st.NATSRefused = s.server.Refused()
+	}
 	if s.cfg.AntiEntropy.Interval > 0 {
 		ae := s.ae
 		st.AntiEntropy = &ae
@@ -271,6 +277,7 @@ var (
 	descSlotWAL    = prometheus.NewDesc("casualdb_slot_retained_wal_bytes", "WAL the replication slot keeps on disk.", nil, nil)
 	descOutbox     = prometheus.NewDesc("casualdb_outbox_messages", "Transactions held in the outbox (not yet acknowledged by every peer).", nil, nil)
 	descInbox      = prometheus.NewDesc("casualdb_inbox_messages", "Transactions waiting in the inbox.", nil, nil)
+	descRefused    = prometheus.NewDesc("casualdb_nats_refused_clients_total", "Clients this site's NATS server refused (no verified certificate naming a site).", nil, nil)
 	descHealthy    = prometheus.NewDesc("casualdb_component_up", "1 when the component runs, 0 when it is failing.", []string{"component"}, nil)
 	descMember     = prometheus.NewDesc("casualdb_member_alive", "With gossip: 1 when the site is alive (or suspect), 0 when it failed or left.", []string{"site"}, nil)
 	descOwnership  = prometheus.NewDesc("casualdb_ring_ownership_ratio", "With gossip: the site's share of the hash ring.", []string{"site"}, nil)
@@ -293,7 +300,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descHeld, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descLate, descRelay, descExpired, descMissed, descResends, descNotDurable, descAERuns, descAEFailed, descAERows, descAEDiffer, descAERepairs, descAELast} {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descHeld, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descRefused, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descLate, descRelay, descExpired, descMissed, descResends, descNotDurable, descAERuns, descAEFailed, descAERows, descAEDiffer, descAERepairs, descAELast} {
 		ch <- d
 	}
 }
@@ -331,6 +338,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descSlotWAL, float64(st.Capture.SlotRetainedWAL))
 	gauge(descOutbox, float64(st.Capture.OutboxMessages))
 	gauge(descInbox, float64(st.Apply.InboxMessages))
+	counter(descRefused, st.NATSRefused)
 	if st.Cluster != nil {
 		for _, m := range st.Cluster.Members {
 			alive := 0.0

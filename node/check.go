@@ -16,9 +16,6 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// checkSubject is where a site's sidecar answers check requests.
-func checkSubject(site casualdb.SiteID) string { return "casualdb.check." + string(site) }
-
 // checkTimeout bounds one check request to a peer: a digest of a large
 // table takes seconds.
 const checkTimeout = 5 * time.Minute
@@ -97,7 +94,7 @@ func (s *Node) checkProgress(ctx context.Context) (check.Progress, error) {
 // ctx is done.
 func (s *Node) serveChecks(ctx context.Context) error {
 	msgs := make(chan *nats.Msg, 16)
-	sub, err := s.nc.ChanSubscribe(checkSubject(casualdb.SiteID(s.cfg.Site)), msgs)
+	sub, err := s.nc.ChanSubscribe(ship.CheckSubject(casualdb.SiteID(s.cfg.Site)), msgs)
 	if err != nil {
 		return fmt.Errorf("subscribe to check requests: %w", err)
 	}
@@ -153,13 +150,13 @@ func (s *Node) Check(ctx context.Context, opts check.Options) (rep check.Report,
 			skipped = append(skipped, string(p)+" (not connected)")
 			continue
 		}
-		nc, err := nats.Connect(sh.PeerURL(), append(ship.Secure(s.natsTLS), nats.Name("casualdb-check-"+s.cfg.Site), nats.Timeout(5*time.Second), nats.NoReconnect())...)
+		nc, err := nats.Connect(sh.PeerURL(), append(ship.PeerOptions(s.natsTLS, casualdb.SiteID(s.cfg.Site)), nats.Name("casualdb-check-"+s.cfg.Site), nats.Timeout(5*time.Second), nats.NoReconnect())...)
 		if err != nil {
 			skipped = append(skipped, fmt.Sprintf("%s (%v)", p, err))
 			continue
 		}
 		conns = append(conns, nc)
-		subject := checkSubject(p)
+		subject := ship.CheckSubject(p)
 		sites = append(sites, &check.Remote{Site: p, Do: func(ctx context.Context, req check.Request) (check.Response, error) {
 			var resp check.Response
 			body, _ := json.Marshal(req)

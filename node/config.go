@@ -160,6 +160,11 @@ type NATSConfig struct {
 	TLS NATSTLSConfig `yaml:"tls"`
 	// Insecure allows plain-text NATS links off loopback.
 	Insecure bool `yaml:"insecure"`
+	// Creds (a NATS credentials file: JWT and NKey seed) or NKeySeedFile
+	// (an NKey seed) authenticate the sidecar to an external URL. The
+	// embedded server authenticates peers by their certificates instead.
+	Creds        string `yaml:"creds"`
+	NKeySeedFile string `yaml:"nkey_seed_file"`
 }
 
 // NATSTLSConfig is this site's certificate and the CA of every site's
@@ -198,6 +203,8 @@ type ClusterConfig struct {
 	// SecretKey encrypts gossip: base64 of 16, 24 or 32 random bytes, the
 	// same at every site. Required off loopback unless Insecure.
 	SecretKey string `yaml:"secret_key"`
+	// SecretKeyFile holds SecretKey instead (keeps it out of the YAML).
+	SecretKeyFile string `yaml:"secret_key_file"`
 	// Insecure allows plain-text gossip on non-loopback addresses.
 	Insecure bool `yaml:"insecure"`
 	// PushPull is how often a site exchanges its full state (membership
@@ -219,10 +226,24 @@ type ClusterConfig struct {
 	HintRetention time.Duration `yaml:"hint_retention"`
 }
 
-// Key decodes SecretKey (Validate has checked it).
+// Key decodes SecretKey, or SecretKeyFile's content (Validate has checked
+// it).
 func (c ClusterConfig) Key() []byte {
-	k, _ := base64.StdEncoding.DecodeString(c.SecretKey)
+	s, _ := c.secretKey()
+	k, _ := base64.StdEncoding.DecodeString(s)
 	return k
+}
+
+// secretKey returns SecretKey, or SecretKeyFile's content (trimmed).
+func (c ClusterConfig) secretKey() (string, error) {
+	if c.SecretKeyFile == "" {
+		return c.SecretKey, nil
+	}
+	b, err := os.ReadFile(c.SecretKeyFile)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // AdminConfig is the HTTP endpoint for metrics, health and status.
@@ -435,6 +456,24 @@ func (c Config) Validate() error {
 	} else if u, err := url.Parse(c.NATS.URL); err != nil || (u.Scheme != "nats" && u.Scheme != "tls") {
 		return bad("nats.url", "%q is not a nats:// or tls:// URL", c.NATS.URL)
 	}
+	switch {
+	case c.NATS.Creds != "" && c.NATS.NKeySeedFile != "":
+		return bad("nats.creds", "set nats.creds or nats.nkey_seed_file, not both")
+	case (c.NATS.Creds != "" || c.NATS.NKeySeedFile != "") && c.NATS.URL == "":
+		k := "nats.creds"
+		if c.NATS.Creds == "" {
+			k = "nats.nkey_seed_file"
+		}
+		return bad(k, "only for an external nats.url: the embedded server knows its own connection, and peers by their certificates")
+	}
+	for k, f := range map[string]string{"nats.creds": c.NATS.Creds, "nats.nkey_seed_file": c.NATS.NKeySeedFile} {
+		if f == "" {
+			continue
+		}
+		if _, err := os.Stat(f); err != nil {
+			return bad(k, "%v", err)
+		}
+	}
 	if c.NATS.OutboxRetention < 0 {
 		return bad("nats.outbox_retention", "must not be negative")
 	}
@@ -589,10 +628,21 @@ func (c ClusterConfig) validate(bad func(key, format string, args ...any) error)
 			return err
 		}
 	}
-	if c.SecretKey != "" {
-		k, err := base64.StdEncoding.DecodeString(c.SecretKey)
+	keyName := "cluster.secret_key"
+	if c.SecretKeyFile != "" {
+		if c.SecretKey != "" {
+			return bad("cluster.secret_key_file", "set cluster.secret_key or cluster.secret_key_file, not both")
+		}
+		keyName = "cluster.secret_key_file"
+	}
+	secret, err := c.secretKey()
+	if err != nil {
+		return bad(keyName, "%v", err)
+	}
+	if secret != "" {
+		k, err := base64.StdEncoding.DecodeString(secret)
 		if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
-			return bad("cluster.secret_key", "want base64 of 16, 24 or 32 bytes (e.g. from `head -c 32 /dev/urandom | base64`)")
+			return bad(keyName, "want base64 of 16, 24 or 32 bytes (e.g. from `head -c 32 /dev/urandom | base64`)")
 		}
 	} else if !c.Insecure && !(isLoopbackHost(bindHost) && isLoopbackHost(advHost)) {
 		return bad("cluster.secret_key", "required to gossip on %s, off loopback (or set cluster.insecure: true to gossip in plain text)", c.Bind)

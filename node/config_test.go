@@ -1,7 +1,10 @@
 package node
 
 import (
+	"bytes"
+	"encoding/base64"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -91,6 +94,10 @@ func TestConfig_Validate(t *testing.T) {
 		{"bad-cluster-join.yml", "cluster.bind: required when cluster.join"},
 		{"bad-hint-retention.yml", "cluster.hint_retention: 0s: must be positive"},
 		{"bad-hint-retention-negative.yml", "cluster.hint_retention: -1h0m0s: must be positive"},
+		{"bad-cluster-key-file.yml", "cluster.secret_key_file: want base64 of 16, 24 or 32 bytes"},
+		{"bad-cluster-key-file-missing.yml", "cluster.secret_key_file: open testdata/no-such-key.txt: no such file"},
+		{"bad-nats-creds-embedded.yml", "nats.creds: only for an external nats.url"},
+		{"bad-nats-seed-missing.yml", "nats.nkey_seed_file: stat testdata/no-such-seed: no such file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -126,5 +133,25 @@ func TestConfig_NATSInsecure(t *testing.T) {
 	cfg.NATS.Insecure = true
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("nats.insecure: %v", err)
+	}
+}
+
+// TestConfig_SecretKeyFile: the gossip key may come from a file (kept out of
+// the YAML); Key reads it.
+func TestConfig_SecretKeyFile(t *testing.T) {
+	cfg, err := LoadConfig("testdata/good-cluster-key-file.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("testdata/good-key.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+	if got := cfg.Cluster.Key(); len(got) != 32 || !bytes.Equal(got, want) {
+		t.Errorf("Key() = %x, want the file's %x", got, want)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -169,23 +170,32 @@ func (s *Node) Start(ctx context.Context) (err error) {
 	if url == "" {
 		s.server, err = ship.StartServer(ship.ServerConfig{
 			Listen: s.cfg.NATS.Listen, StoreDir: filepath.Join(s.cfg.DataDir, "nats"), SyncAlways: s.cfg.NATS.SyncAlways, Logger: s.log, TLS: serverTLS,
+			Site: casualdb.SiteID(s.cfg.Site),
 		})
 		if err != nil {
 			return err
 		}
 		url = s.server.ClientURL()
 	}
-	own := s.natsTLS
-	if s.server != nil && own != nil {
-		// The server's own URL may be a wildcard (0.0.0.0), which no
-		// certificate names: the in-process connection verifies the name
-		// every site certificate carries.
-		own = own.Clone()
-		own.ServerName = "localhost"
-	}
-	opts := append(ship.Secure(own), nats.Name("casualdb-"+s.cfg.Site), nats.Timeout(5*time.Second), nats.MaxReconnects(-1))
+	opts := []nats.Option{nats.Name("casualdb-" + s.cfg.Site), nats.Timeout(5 * time.Second), nats.MaxReconnects(-1)}
 	if s.server != nil {
+		// In process, no socket: nothing to encrypt, and the server knows
+		// the connection for the sidecar's own (see ship.PeerPermissions).
 		opts = append(opts, s.server.InProcess())
+		// A tls:// URL would make the client speak TLS in process too.
+		url = "nats://" + strings.TrimPrefix(strings.TrimPrefix(url, "tls://"), "nats://")
+	} else {
+		opts = append(opts, ship.Secure(s.natsTLS)...)
+		switch {
+		case s.cfg.NATS.Creds != "":
+			opts = append(opts, nats.UserCredentials(s.cfg.NATS.Creds))
+		case s.cfg.NATS.NKeySeedFile != "":
+			o, err := nats.NkeyOptionFromSeed(s.cfg.NATS.NKeySeedFile)
+			if err != nil {
+				return fmt.Errorf("%w: nats.nkey_seed_file: %v", casualdb.ErrConfig, err)
+			}
+			opts = append(opts, o)
+		}
 	}
 	if s.nc, err = nats.Connect(url, opts...); err != nil {
 		return fmt.Errorf("connect to nats at %s: %w", url, err)
@@ -651,7 +661,7 @@ func (s *Node) resend(ctx context.Context, origin casualdb.SiteID, from uint64) 
 	if sh == nil {
 		return fmt.Errorf("origin %s: its NATS address is unknown here", origin)
 	}
-	return ship.RequestResend(ctx, sh.PeerURL(), origin, casualdb.SiteID(s.cfg.Site), from, ship.Secure(s.natsTLS)...)
+	return ship.RequestResend(ctx, sh.PeerURL(), origin, casualdb.SiteID(s.cfg.Site), from, ship.PeerOptions(s.natsTLS, casualdb.SiteID(s.cfg.Site))...)
 }
 
 // onResend answers a peer's request to ship to it again. Called on the NATS

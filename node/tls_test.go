@@ -2,14 +2,19 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/certs"
 	"github.com/casualdb/casualdb/internal/pgtest"
+	"github.com/casualdb/casualdb/ship"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestNode_TLS: two sites whose NATS links are mutual TLS (certificates
@@ -23,7 +28,7 @@ func TestNode_TLS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir, other := t.TempDir(), t.TempDir()
-	if err := certs.Generate(dir, []string{"a", "b"}, nil); err != nil {
+	if err := certs.Generate(dir, []string{"a", "b", "c"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := certs.Generate(other, []string{"a"}, nil); err != nil {
@@ -75,5 +80,101 @@ func TestNode_TLS(t *testing.T) {
 			nc.Close()
 			t.Errorf("%s: connected to a's NATS", name)
 		}
+	}
+	checkPeerPermissions(t, ctx, url, dir)
+}
+
+// checkPeerPermissions: at site a's NATS (url), a client is the site its
+// certificate names, with that site's permissions. c (a certificate of the
+// cluster's CA, not a member) may not publish as b, purge or delete a's
+// streams, make a consumer, or read a's subjects or other clients'
+// replies; it may publish its own transactions and relay others' as itself.
+// Nothing it was refused reached a's inbox.
+func checkPeerPermissions(t *testing.T, ctx context.Context, url, dir string) {
+	t.Helper()
+	as := func(site string) (*nats.Conn, jetstream.JetStream, chan error) {
+		cfg, err := certs.ClientConfig(certs.For(dir, site))
+		if err != nil {
+			t.Fatal(err)
+		}
+		errs := make(chan error, 16)
+		nc, err := nats.Connect(url, append(ship.PeerOptions(cfg, casualdb.SiteID(site)), nats.Timeout(5*time.Second), nats.NoReconnect(),
+			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+				select {
+				case errs <- err:
+				default:
+				}
+			}))...)
+		if err != nil {
+			t.Fatalf("%s's certificate: %v", site, err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return nc, js, errs
+	}
+	_, own, _ := as("a") // a's own certificate: the site itself, unrestricted
+	inbox, err := own.Stream(ctx, ship.InboxStream("a"))
+	if err != nil {
+		t.Fatalf("a's own certificate cannot read a's inbox: %v", err)
+	}
+	msgs := func() uint64 {
+		info, err := inbox.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.LastSeq // trimming may remove what apply acknowledged meanwhile
+	}
+	before := msgs()
+
+	nc, js, errs := as("c")
+	short := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 2*time.Second) }
+	pctx, cancel := short()
+	if _, err := js.Publish(pctx, ship.InboxSubject("a", "b"), []byte("forged")); err == nil {
+		t.Errorf("c published into b's inbox subject at a")
+	}
+	cancel()
+	pctx, cancel = short()
+	if err := js.DeleteStream(pctx, ship.InboxStream("a")); err == nil {
+		t.Errorf("c deleted a's inbox")
+	}
+	cancel()
+	pctx, cancel = short()
+	if _, err := nc.RequestWithContext(pctx, "$JS.API.STREAM.PURGE."+ship.OutboxStream("a"), nil); err == nil {
+		t.Errorf("c purged a's outbox")
+	}
+	cancel()
+	pctx, cancel = short()
+	if _, err := js.CreateOrUpdateConsumer(pctx, ship.OutboxStream("a"), jetstream.ConsumerConfig{Durable: "thief"}); err == nil {
+		t.Errorf("c made a consumer of a's outbox")
+	}
+	cancel()
+	for _, subj := range []string{"casualdb.>", "_INBOX.>", ship.PeerInboxPrefix("b") + ".>"} {
+		if _, err := nc.SubscribeSync(subj); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-errs:
+			if !errors.Is(err, nats.ErrPermissionViolation) && !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+				t.Errorf("c's subscription to %s: %v", subj, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("c subscribed to %s at a", subj)
+		}
+	}
+	if n := msgs(); n != before {
+		t.Errorf("a's inbox's last sequence is %d after c's refused attempts, %d before", n, before)
+	}
+	// What c may do: its own subject, and a relay as itself (both parked
+	// at a as garbled: nothing here is a transaction).
+	pctx, cancel = short()
+	defer cancel()
+	if _, err := js.Publish(pctx, ship.InboxSubject("a", "c"), []byte("c's own")); err != nil {
+		t.Errorf("c may not publish its own transactions to a: %v", err)
+	}
+	if _, err := js.Publish(pctx, ship.RelaySubject("a", "b", "c"), []byte("b's, relayed by c")); err != nil {
+		t.Errorf("c may not relay a hint to a: %v", err)
 	}
 }

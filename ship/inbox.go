@@ -85,6 +85,24 @@ func OpenInbox(ctx context.Context, js jetstream.JetStream, site casualdb.SiteID
 
 func inboxSubjects(site casualdb.SiteID) string { return "casualdb.in." + string(site) + ".>" }
 
+// originSubjects are the subjects of origin's transactions in site's inbox:
+// its own, and the relays of its transactions by the sites that kept them
+// as hints (RelaySubject).
+func originSubjects(site, origin casualdb.SiteID) []string {
+	return []string{InboxSubject(site, origin), InboxSubject(site, origin) + ".*"}
+}
+
+// subjectOrigin returns the origin of an inbox subject under prefix
+// (casualdb.in.<site>.): its next token; "" when it has none.
+func subjectOrigin(prefix, subj string) casualdb.SiteID {
+	rest, ok := strings.CutPrefix(subj, prefix)
+	if !ok {
+		return ""
+	}
+	o, _, _ := strings.Cut(rest, ".")
+	return casualdb.SiteID(o)
+}
+
 // replaceWorkQueue deletes the work-queue inbox of an earlier version if it
 // holds no message (a stream's retention cannot change to or from a work
 // queue), and reports whether one is left. So that no message arrives
@@ -142,8 +160,8 @@ func (i *Inbox) Origins(ctx context.Context) ([]casualdb.SiteID, error) {
 	}
 	out := make([]casualdb.SiteID, 0, len(info.State.Subjects))
 	for subj := range info.State.Subjects {
-		if o := strings.TrimPrefix(subj, prefix); o != subj && o != "" && !strings.Contains(o, ".") {
-			out = append(out, casualdb.SiteID(o))
+		if o := subjectOrigin(prefix, subj); o != "" && !slices.Contains(out, o) {
+			out = append(out, o)
 		}
 	}
 	slices.Sort(out)
@@ -173,12 +191,12 @@ func (i *Inbox) Reset(ctx context.Context, origin casualdb.SiteID) (jetstream.Co
 		return nil, fmt.Errorf("reset inbox consumer %s: %w", name, err)
 	}
 	cons, err := i.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       name,
-		FilterSubject: InboxSubject(i.site, origin),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       time.Minute,
-		MaxAckPending: 4096,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
+		Durable:        name,
+		FilterSubjects: originSubjects(i.site, origin),
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        time.Minute,
+		MaxAckPending:  4096,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open inbox consumer %s: %w", name, err)
@@ -225,21 +243,28 @@ func (i *Inbox) Trim(ctx context.Context) (pending uint64, err error) {
 	if i.workQueue {
 		return info.State.Msgs, nil
 	}
-	consumers := map[string]*jetstream.ConsumerInfo{}
+	consumers := map[casualdb.SiteID]*jetstream.ConsumerInfo{}
 	list := i.stream.ListConsumers(ctx)
 	for ci := range list.Info() {
-		consumers[ci.Config.FilterSubject] = ci
+		if o, ok := strings.CutPrefix(ci.Name, "apply_"); ok {
+			consumers[casualdb.SiteID(o)] = ci
+		}
 	}
 	if err := list.Err(); err != nil {
 		return 0, fmt.Errorf("inbox consumers: %w", err)
 	}
+	counted := map[casualdb.SiteID]bool{}
 	for subj, n := range info.State.Subjects {
-		ci := consumers[subj]
-		origin := casualdb.SiteID(strings.TrimPrefix(subj, prefix))
-		if ci == nil || ci.Name != InboxConsumer(origin) {
+		origin := subjectOrigin(prefix, subj)
+		ci := consumers[origin]
+		if ci == nil {
 			pending += n
 			continue
 		}
+		if counted[origin] {
+			continue
+		}
+		counted[origin] = true
 		pending += ci.NumPending + uint64(ci.NumAckPending)
 		if err := i.trim(ctx, origin, ci.AckFloor.Stream); err != nil {
 			return pending, err
@@ -260,9 +285,11 @@ func (i *Inbox) trim(ctx context.Context, origin casualdb.SiteID, floor uint64) 
 	if floor == 0 || done {
 		return nil
 	}
-	err := i.stream.Purge(ctx, jetstream.WithPurgeSubject(InboxSubject(i.site, origin)), jetstream.WithPurgeSequence(floor+1))
-	if err != nil {
-		return fmt.Errorf("trim inbox of origin %s: %w", origin, err)
+	for _, subj := range originSubjects(i.site, origin) {
+		err := i.stream.Purge(ctx, jetstream.WithPurgeSubject(subj), jetstream.WithPurgeSequence(floor+1))
+		if err != nil {
+			return fmt.Errorf("trim inbox of origin %s: %w", origin, err)
+		}
 	}
 	i.mu.Lock()
 	i.trimmed[origin] = max(i.trimmed[origin], floor+1)

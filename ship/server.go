@@ -26,13 +26,18 @@ type ServerConfig struct {
 	// TLS, when set, makes the server speak TLS only, and require and
 	// verify a client certificate (its ClientAuth and ClientCAs).
 	TLS *tls.Config
+	// Site is the site whose server this is. With TLS, a client is the
+	// site its certificate names, with that site's permissions (see
+	// PeerPermissions).
+	Site casualdb.SiteID
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
 
 // Server is a NATS server with JetStream embedded in the sidecar.
 type Server struct {
-	ns *server.Server
+	ns   *server.Server
+	auth *peerAuth
 }
 
 // StartServer starts an embedded NATS server and waits until it accepts
@@ -61,9 +66,18 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		JetStreamMaxMemory: 64 << 20,
 		MaxPayload:         8 << 20,
 	}
+	var auth *peerAuth
 	if cfg.TLS != nil {
 		opts.TLS, opts.TLSConfig, opts.TLSTimeout = true, cfg.TLS, 5
 		opts.TLSVerify = cfg.TLS.ClientAuth == tls.RequireAndVerifyClientCert
+		if opts.TLSVerify {
+			log := cfg.Logger
+			if log == nil {
+				log = slog.Default()
+			}
+			auth = &peerAuth{site: cfg.Site, log: log}
+			opts.CustomClientAuthentication = auth
+		}
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -74,12 +88,21 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("start nats server on %s: not ready after 10s (port in use?)", cfg.Listen)
 	}
-	return &Server{ns: ns}, nil
+	return &Server{ns: ns, auth: auth}, nil
 }
 
 // InProcess connects a client of this process to the server without a
 // socket: the sidecar's own connection skips the loopback round trips.
 func (s *Server) InProcess() nats.Option { return nats.InProcessServer(s.ns) }
+
+// Refused returns how many clients the server refused (without TLS: 0,
+// every client is taken).
+func (s *Server) Refused() uint64 {
+	if s.auth == nil {
+		return 0
+	}
+	return s.auth.refused.Load()
+}
 
 // ClientURL is the URL clients use to reach the server.
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }

@@ -352,7 +352,7 @@ func (s *Shipper) session(ctx context.Context, msgs <-chan jetstream.Msg) error 
 	if url == "" {
 		return fmt.Errorf("address of %s unknown (gossip has not told it yet)", s.cfg.Peer)
 	}
-	nc, err := nats.Connect(url, append(Secure(s.cfg.TLS), nats.Name("casualdb-ship-"+string(s.cfg.Site)), nats.Timeout(2*time.Second),
+	nc, err := nats.Connect(url, append(PeerOptions(s.cfg.TLS, s.cfg.Site), nats.Name("casualdb-ship-"+string(s.cfg.Site)), nats.Timeout(2*time.Second),
 		nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))...)
 	if err != nil {
 		return fmt.Errorf("connect to %s at %s: %w", s.cfg.Peer, url, err)
