@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb/internal/pgtest"
+	"github.com/casualdb/casualdb/certs"
 	"github.com/casualdb/casualdb/node"
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
@@ -81,6 +82,15 @@ func (d *demo) run(ctx context.Context) error {
 			}
 		}
 	}()
+	// Mutual TLS between the sites, the way a user runs them: a
+	// development CA and a certificate per site (casualdb certs).
+	names := make([]string, len(d.sites))
+	for i, s := range d.sites {
+		names[i] = s.name
+	}
+	if err := certs.Generate(filepath.Join(d.dir, "certs"), names, nil); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
 	for _, s := range d.sites {
 		if err := d.startSidecar(ctx, s); err != nil {
 			return err
@@ -88,7 +98,7 @@ func (d *demo) run(ctx context.Context) error {
 		sc := s.sc
 		g.Go(func() error { return sc.Run(gctx) })
 	}
-	d.say("Started a casualdb sidecar beside each, with an embedded NATS server.\n")
+	d.say("Started a casualdb sidecar beside each, with an embedded NATS server; the sites speak mutual TLS\n(certificates from a development CA, as `casualdb certs` makes them).\n")
 
 	d.say("1. Each site writes its own accounts:")
 	for i, s := range d.sites {
@@ -169,9 +179,11 @@ func (d *demo) startSidecar(ctx context.Context, s *demoSite) error {
 	cfg.Database.DSN = s.pg.DSN()
 	cfg.NATS.Listen = fmt.Sprintf("127.0.0.1:%d", s.nats)
 	cfg.Admin.Listen = ""
+	f := certs.For(filepath.Join(d.dir, "certs"), s.name)
+	cfg.NATS.TLS = node.NATSTLSConfig{Cert: f.Cert, Key: f.Key, CA: f.CA}
 	for _, p := range d.sites {
 		if p != s {
-			cfg.Peers = append(cfg.Peers, node.PeerConfig{Name: p.name, NATSURL: fmt.Sprintf("nats://127.0.0.1:%d", p.nats)})
+			cfg.Peers = append(cfg.Peers, node.PeerConfig{Name: p.name, NATSURL: fmt.Sprintf("tls://127.0.0.1:%d", p.nats)})
 		}
 	}
 	sc, err := node.New(cfg, d.log)
