@@ -134,11 +134,7 @@ func TestBadInput_GarbledAndSchemaMismatch(t *testing.T) {
 	// Site c lacks column "extra".
 	c.exec(2, `ALTER TABLE differs DROP COLUMN extra`)
 
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", c.sites[1].natsPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := c.natsAs(1, "a") // as peer a: its own inbox subject at b
 	js, err := nc.JetStream()
 	if err != nil {
 		t.Fatal(err)

@@ -16,9 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/certs"
 	"github.com/casualdb/casualdb/internal/netproxy"
 	"github.com/casualdb/casualdb/internal/pgtest"
+	"github.com/casualdb/casualdb/ship"
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
 )
 
 // binary is the casualdb command built once for the package.
@@ -69,6 +73,9 @@ type cluster struct {
 	links    [][]*netproxy.Proxy
 	barriers int          // rounds of c.barrier so far
 	ports    map[int]bool // the sidecars' and links' ports, each given out once
+	// certs holds a development CA and a certificate per site: every site
+	// speaks mutual TLS, with per-site permissions, as a user runs them.
+	certs string
 }
 
 // clusterOptions configures newClusterWith. The zero value of every field
@@ -148,6 +155,10 @@ func newClusterWith(t testing.TB, opts clusterOptions) *cluster {
 	}
 	c.gossip = opts.Gossip
 	c.hintRetention = opts.HintRetention
+	c.certs = t.TempDir()
+	if err := certs.Generate(c.certs, names[:opts.Sites], nil); err != nil {
+		t.Fatal(err)
+	}
 	if opts.Links {
 		c.startLinks()
 	}
@@ -290,7 +301,8 @@ func (c *cluster) config(s *site) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "site: %s\ndata_dir: %s\n", s.name, filepath.Join(s.dir, "data"))
 	fmt.Fprintf(&b, "database:\n  dsn: %s\n", s.pg.DSN())
-	fmt.Fprintf(&b, "nats:\n  listen: 127.0.0.1:%d\n", s.natsPort)
+	f := certs.For(c.certs, s.name)
+	fmt.Fprintf(&b, "nats:\n  listen: 127.0.0.1:%d\n  tls:\n    cert: %s\n    key: %s\n    ca: %s\n", s.natsPort, f.Cert, f.Key, f.CA)
 	fmt.Fprintf(&b, "admin:\n  listen: 127.0.0.1:%d\n", s.adminPort)
 	fmt.Fprintf(&b, "log:\n  level: debug\n")
 	from := slices.Index(c.sites, s)
@@ -326,12 +338,44 @@ func (c *cluster) config(s *site) string {
 		if c.links != nil {
 			addr = c.links[from][to].Addr()
 		}
-		fmt.Fprintf(&b, "  - name: %s\n    nats_url: nats://%s\n", p.name, addr)
+		fmt.Fprintf(&b, "  - name: %s\n    nats_url: tls://%s\n", p.name, addr)
 	}
 	for _, l := range append(slices.Clone(c.extra), c.siteExtra[from]...) {
 		b.WriteString(l + "\n")
 	}
 	return b.String()
+}
+
+// natsAs connects to site i's NATS as site `as` (its certificate, and its
+// reply prefix): as site i itself it may do anything, as another site what a
+// peer may (ship.PeerPermissions).
+func (c *cluster) natsAs(i int, as string) *nats.Conn {
+	c.t.Helper()
+	cfg, err := certs.ClientConfig(certs.For(c.certs, as))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	nc, err := nats.Connect(c.natsURL(i), append(ship.PeerOptions(cfg, casualdb.SiteID(as)), nats.Timeout(5*time.Second))...)
+	if err != nil {
+		c.t.Fatalf("connect to %s's NATS as %s: %v", c.sites[i].name, as, err)
+	}
+	c.t.Cleanup(nc.Close)
+	return nc
+}
+
+// natsURL is site i's NATS URL.
+func (c *cluster) natsURL(i int) string {
+	return fmt.Sprintf("tls://127.0.0.1:%d", c.sites[i].natsPort)
+}
+
+// peerTLS returns the connection options of site as (see natsAs).
+func (c *cluster) peerTLS(as string) []nats.Option {
+	c.t.Helper()
+	cfg, err := certs.ClientConfig(certs.For(c.certs, as))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return ship.PeerOptions(cfg, casualdb.SiteID(as))
 }
 
 // start starts the sidecar of site i.

@@ -78,7 +78,7 @@ func TestGossip_ClusterFormsAndHeals(t *testing.T) {
 	skipped := status(t, c, 1)["apply"].(map[string]any)["skipped_duplicates"].(float64)
 	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := ship.RequestResend(rctx, fmt.Sprintf("nats://127.0.0.1:%d", c.sites[0].natsPort), "a", "b", 1); err != nil {
+	if err := ship.RequestResend(rctx, c.natsURL(0), "a", "b", 1, c.peerTLS("b")...); err != nil {
 		t.Fatal(err)
 	}
 	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
@@ -87,7 +87,7 @@ func TestGossip_ClusterFormsAndHeals(t *testing.T) {
 		}
 		return nil
 	})
-	if err := ship.RequestResend(rctx, fmt.Sprintf("nats://127.0.0.1:%d", c.sites[0].natsPort), "a", "nobody", 1); err == nil || !strings.Contains(err.Error(), "unknown peer") {
+	if err := ship.RequestResend(rctx, c.natsURL(0), "a", "nobody", 1, c.peerTLS("b")...); err == nil || !strings.Contains(err.Error(), "unknown peer") {
 		t.Errorf("resend to an unknown peer: %v, want an error naming it", err)
 	}
 

@@ -8,7 +8,6 @@ import (
 
 	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/casualdb/casualdb/ship"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -168,11 +167,7 @@ func TestLink_CutWhileShipping(t *testing.T) {
 	// Heal once the shipper has recovered from the failed publish: the
 	// outbox redelivered transaction 2 behind the others, or the shipper
 	// re-created its consumer from its acknowledgement floor.
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", c.sites[a].natsPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := c.natsAs(a, c.sites[a].name) // a's own certificate: its consumers
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)

@@ -313,7 +313,11 @@ func (s *Node) advertisedNATS() string {
 		}
 		host, _, _ = net.SplitHostPort(adv)
 	}
-	return "nats://" + net.JoinHostPort(host, port)
+	scheme := "nats://"
+	if s.cfg.NATS.TLS.On() {
+		scheme = "tls://"
+	}
+	return scheme + net.JoinHostPort(host, port)
 }
 
 // addPeer starts shipping to peer at url: a shipper and its durable outbox

@@ -14,8 +14,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/casualdb/casualdb/certs"
+	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/casualdb/casualdb/node"
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
