@@ -2,6 +2,7 @@ package capture
 
 import (
 	"testing"
+	"time"
 
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/meta"
@@ -81,4 +82,27 @@ func TestVersionCache(t *testing.T) {
 			t.Fatal("pending entry not found")
 		}
 	})
+}
+
+// TestShouldLinger: a small batch waits only in a steady stream; a lone
+// transaction on a quiet site, a batch that is big enough, or no linger at
+// all never waits.
+func TestShouldLinger(t *testing.T) {
+	ms := time.Millisecond
+	for _, tt := range []struct {
+		n          int
+		since, lin time.Duration
+		want       bool
+	}{
+		{1, ms, ms, true},
+		{lingerBelow - 1, 3 * ms, ms, true},
+		{lingerBelow, ms, ms, false},
+		{1, 4 * ms, ms, false},
+		{1, time.Hour, ms, false},
+		{1, 0, 0, false},
+	} {
+		if got := shouldLinger(tt.n, tt.since, tt.lin); got != tt.want {
+			t.Errorf("shouldLinger(%d, %s, %s) = %v, want %v", tt.n, tt.since, tt.lin, got, tt.want)
+		}
+	}
 }

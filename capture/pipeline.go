@@ -81,6 +81,14 @@ type versioner struct {
 // run takes decoded transactions from in until ctx is done or an error.
 func (v *versioner) run(ctx context.Context, in <-chan decodedTx) error {
 	defer close(v.out)
+	linger := v.c.cfg.Linger
+	var timer *time.Timer
+	if linger > 0 {
+		timer = time.NewTimer(linger)
+		timer.Stop()
+		defer timer.Stop()
+	}
+	var last time.Time // when the previous batch was taken
 	for {
 		var items []decodedTx
 		select {
@@ -89,19 +97,46 @@ func (v *versioner) run(ctx context.Context, in <-chan decodedTx) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-	drain:
-		for len(items) < v.c.cfg.MaxBatch {
+		items = v.take(in, items)
+		if shouldLinger(len(items), time.Since(last), linger) {
+			timer.Reset(linger)
 			select {
-			case d := <-in:
-				items = append(items, d)
-			default:
-				break drain
+			case <-timer.C:
+			case <-ctx.Done():
+				return ctx.Err()
 			}
+			items = v.take(in, items)
 		}
+		last = time.Now()
 		if err := v.process(ctx, items); err != nil {
 			return err
 		}
 	}
+}
+
+// lingerBelow is the batch size from which capture never lingers: the
+// stream is fast enough to make batches without waiting.
+const lingerBelow = 16
+
+// shouldLinger tells whether a batch of n items, taken since after the
+// previous one, should wait linger for more: only a small batch, and only
+// in a steady stream (the previous batch was taken moments ago), so that a
+// lone transaction on a quiet site is never held back.
+func shouldLinger(n int, since, linger time.Duration) bool {
+	return linger > 0 && n < lingerBelow && since < 4*linger
+}
+
+// take adds to items what in holds now, up to MaxBatch.
+func (v *versioner) take(in <-chan decodedTx, items []decodedTx) []decodedTx {
+	for len(items) < v.c.cfg.MaxBatch {
+		select {
+		case d := <-in:
+			items = append(items, d)
+		default:
+			return items
+		}
+	}
+	return items
 }
 
 // process versions items and hands them on, as one batch or, around a

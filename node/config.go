@@ -295,6 +295,9 @@ type CaptureConfig struct {
 	// MaxBatch is the most local transactions versioned and appended to
 	// the outbox at once.
 	MaxBatch int `yaml:"max_batch"`
+	// Linger lets a small batch wait this long for more while
+	// transactions come steadily (capture.Config.Linger). 0: never.
+	Linger time.Duration `yaml:"linger"`
 }
 
 // ShipConfig tunes the shippers.
@@ -323,7 +326,7 @@ func DefaultConfig() Config {
 		Database:    DatabaseConfig{Publication: capture.DefaultPublication, ConnectTimeout: 10 * time.Second, ToastFullIdentity: true},
 		NATS:        NATSConfig{Listen: "127.0.0.1:4222", OutboxMaxBytes: ship.DefaultOutboxMaxBytes, OutboxRetention: 10 * time.Minute},
 		Admin:       AdminConfig{Listen: "127.0.0.1:9187"},
-		Capture:     CaptureConfig{MaxBatch: capture.DefaultMaxBatch},
+		Capture:     CaptureConfig{MaxBatch: capture.DefaultMaxBatch, Linger: capture.DefaultLinger},
 		Ship:        ShipConfig{MaxBatch: ship.DefaultMaxBatch},
 		Apply:       ApplyConfig{MaxBatch: apply.DefaultMaxBatch, WaitTimeout: apply.DefaultWaitTimeout},
 		Conflicts:   ConflictsConfig{DeletePolicy: "delete_wins", LogRetention: 30 * 24 * time.Hour},
@@ -522,6 +525,9 @@ func (c Config) Validate() error {
 	}
 	if c.Capture.MaxBatch <= 0 {
 		return bad("capture.max_batch", "must be positive")
+	}
+	if c.Capture.Linger < 0 || c.Capture.Linger > time.Second {
+		return bad("capture.linger", "%s: must be between 0 (never) and 1s", c.Capture.Linger)
 	}
 	if c.Ship.MaxBatch <= 0 {
 		return bad("ship.max_batch", "must be positive")

@@ -238,7 +238,7 @@ func (s *Node) Start(ctx context.Context) (err error) {
 	}
 	if s.capturer, err = capture.New(capture.Config{
 		Site: site, DSN: s.cfg.Database.DSN, Slot: s.cfg.SlotName(), Publication: s.cfg.Database.Publication,
-		Outbox: s.outbox, MaxBatch: s.cfg.Capture.MaxBatch, Logger: s.log, Counters: s.cfg.Conflicts.Counters(), MergeColumns: s.cfg.Conflicts.MergeColumns(),
+		Outbox: s.outbox, MaxBatch: s.cfg.Capture.MaxBatch, Linger: s.cfg.Capture.Linger, Logger: s.log, Counters: s.cfg.Conflicts.Counters(), MergeColumns: s.cfg.Conflicts.MergeColumns(),
 		ObserveDelay: func(d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, "captured").Observe(d.Seconds()) },
 	}); err != nil {
 		return err
