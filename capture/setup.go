@@ -297,18 +297,11 @@ func EnsureCounters(ctx context.Context, conn *pgx.Conn, table string, cols []st
 // it, a peer where that update wins over a concurrent one cannot know the
 // value and must park the change.
 func EnsureToastIdentity(ctx context.Context, conn *pgx.Conn, t Table, log *slog.Logger) error {
-	var ident string
-	var toastable bool
-	err := conn.QueryRow(ctx, `
-		SELECT c.relreplident::text,
-		       EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
-		               AND NOT a.attisdropped AND a.attstorage IN ('x', 'e'))
-		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2`, t.Schema, t.Name).Scan(&ident, &toastable)
+	need, err := NeedsFullIdentity(ctx, conn, t, false, true)
 	if err != nil {
-		return fmt.Errorf("%w: replica identity of %s: %v", casualdb.ErrDatabaseSetup, t, err)
+		return fmt.Errorf("%w: %v", casualdb.ErrDatabaseSetup, err)
 	}
-	if !toastable || ident == "f" {
+	if !need {
 		return nil
 	}
 	return setFullIdentity(ctx, conn, t, "columns that may be stored out of line", log)

@@ -105,26 +105,8 @@ func TestDecodeInboxMsg(t *testing.T) {
 // TestInbox_Consume: the consumer of an origin hands apply every message of
 // that origin decoded, garbled ones included, and stop waits for it.
 func TestInbox_Consume(t *testing.T) {
-	t.Cleanup(func() { goleak.VerifyNone(t) })
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	s := startServer(t, t.TempDir(), mustPort(t))
-	t.Cleanup(s.Close)
-	js := pgtest.JetStream(t, s.ClientURL())
-	in, err := ship.OpenInbox(ctx, js, "b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	publish := func(origin casualdb.SiteID, seq uint64, data []byte) {
-		m := nats.NewMsg(ship.InboxSubject("b", origin))
-		m.Header.Set(ship.HeaderOrigin, string(origin))
-		m.Header.Set(ship.HeaderEpoch, "e1")
-		m.Header.Set(ship.HeaderSeq, strconv.FormatUint(seq, 10))
-		m.Data = data
-		if _, err := js.PublishMsg(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ctx, js, in := openTestInbox(t)
+	publish := func(origin casualdb.SiteID, seq uint64, data []byte) { publishInbox(t, ctx, js, origin, seq, data) }
 	for i := uint64(1); i <= 3; i++ {
 		b, err := tx(100 * i).Marshal()
 		if err != nil {
@@ -170,29 +152,13 @@ func TestInbox_Consume(t *testing.T) {
 // counts what waits: the unacknowledged, and all of an origin no consumer
 // reads yet. A new consumer of the origin then starts after the trimmed.
 func TestInbox_Trim(t *testing.T) {
-	t.Cleanup(func() { goleak.VerifyNone(t) })
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	s := startServer(t, t.TempDir(), mustPort(t))
-	t.Cleanup(s.Close)
-	js := pgtest.JetStream(t, s.ClientURL())
-	in, err := ship.OpenInbox(ctx, js, "b")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, js, in := openTestInbox(t)
 	publish := func(origin casualdb.SiteID, seq uint64) {
 		b, err := tx(100 * seq).Marshal()
 		if err != nil {
 			t.Fatal(err)
 		}
-		m := nats.NewMsg(ship.InboxSubject("b", origin))
-		m.Header.Set(ship.HeaderOrigin, string(origin))
-		m.Header.Set(ship.HeaderEpoch, "e1")
-		m.Header.Set(ship.HeaderSeq, strconv.FormatUint(seq, 10))
-		m.Data = b
-		if _, err := js.PublishMsg(ctx, m); err != nil {
-			t.Fatal(err)
-		}
+		publishInbox(t, ctx, js, origin, seq, b)
 	}
 	for i := uint64(1); i <= 3; i++ {
 		publish("a", i)
@@ -318,4 +284,35 @@ func TestOpenInbox_WorkQueueOfEarlierVersion(t *testing.T) {
 	if _, err := js.Publish(ctx, ship.InboxSubject("d", "a"), []byte("y")); err != nil {
 		t.Errorf("the kept work queue does not take messages: %v", err)
 	}
+}
+
+// publishInbox publishes data into site b's inbox as origin's transaction
+// seq (epoch e1).
+func publishInbox(t *testing.T, ctx context.Context, js jetstream.JetStream, origin casualdb.SiteID, seq uint64, data []byte) {
+	t.Helper()
+	m := nats.NewMsg(ship.InboxSubject("b", origin))
+	m.Header.Set(ship.HeaderOrigin, string(origin))
+	m.Header.Set(ship.HeaderEpoch, "e1")
+	m.Header.Set(ship.HeaderSeq, strconv.FormatUint(seq, 10))
+	m.Data = data
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// openTestInbox starts a NATS server and opens site b's inbox there; the
+// context ends with the test (a minute at most).
+func openTestInbox(t *testing.T) (context.Context, jetstream.JetStream, *ship.Inbox) {
+	t.Helper()
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	s := startServer(t, t.TempDir(), mustPort(t))
+	t.Cleanup(s.Close)
+	js := pgtest.JetStream(t, s.ClientURL())
+	in, err := ship.OpenInbox(ctx, js, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, js, in
 }
