@@ -98,7 +98,7 @@ func (v *versioner) run(ctx context.Context, in <-chan decodedTx) error {
 			return ctx.Err()
 		}
 		items = v.take(in, items)
-		if shouldLinger(len(items), time.Since(last), linger) {
+		if len(items) < v.c.cfg.MaxBatch && shouldLinger(len(items), time.Since(last), linger) {
 			timer.Reset(linger)
 			select {
 			case <-timer.C:

@@ -113,7 +113,7 @@ func CheckTablePrivileges(ctx context.Context, conn *pgx.Conn, tables []Table) e
 			SELECT current_user, n.nspname, c.relname
 			FROM (`+treeSQL+`) p
 			JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace
-			WHERE NOT (has_table_privilege(p.relid, 'SELECT') AND has_table_privilege(p.relid, 'INSERT')
+			WHERE NOT (has_schema_privilege(c.relnamespace, 'USAGE') AND has_table_privilege(p.relid, 'SELECT') AND has_table_privilege(p.relid, 'INSERT')
 			       AND has_table_privilege(p.relid, 'UPDATE') AND has_table_privilege(p.relid, 'DELETE')
 			       AND has_table_privilege(p.relid, 'TRUNCATE'))
 			ORDER BY p.level, 2, 3`, t.Schema, t.Name)
@@ -126,7 +126,8 @@ func CheckTablePrivileges(ctx context.Context, conn *pgx.Conn, tables []Table) e
 				rows.Close()
 				return fmt.Errorf("read privileges on %s: %w", t, err)
 			}
-			problems = append(problems, fmt.Sprintf("GRANT %s ON TABLE %s TO %s", tablePrivileges, pgx.Identifier{schema, name}.Sanitize(), pgx.Identifier{role}.Sanitize()))
+			problems = append(problems, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s; GRANT %s ON TABLE %s TO %s", pgx.Identifier{schema}.Sanitize(), pgx.Identifier{role}.Sanitize(),
+				tablePrivileges, pgx.Identifier{schema, name}.Sanitize(), pgx.Identifier{role}.Sanitize()))
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
@@ -191,6 +192,7 @@ func SetupRoleSQL(ctx context.Context, conn *pgx.Conn, s SetupRole) ([]string, e
 		}
 		out = append(out, objs...)
 	}
+	schemas := map[string]bool{}
 	for _, t := range s.Tables {
 		rows, err := conn.Query(ctx, `SELECT n.nspname, c.relname FROM (`+treeSQL+`) p
 			JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY p.level, 1, 2`, t.Schema, t.Name)
@@ -202,6 +204,10 @@ func SetupRoleSQL(ctx context.Context, conn *pgx.Conn, s SetupRole) ([]string, e
 			if err := rows.Scan(&schema, &name); err != nil {
 				rows.Close()
 				return nil, fmt.Errorf("setup-role: partitions of %s: %w", t, err)
+			}
+			if !schemas[schema] {
+				schemas[schema] = true
+				out = append(out, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s", pgx.Identifier{schema}.Sanitize(), r))
 			}
 			out = append(out, fmt.Sprintf("GRANT %s ON TABLE %s TO %s", tablePrivileges, pgx.Identifier{schema, name}.Sanitize(), r))
 		}

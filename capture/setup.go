@@ -57,9 +57,12 @@ func CheckSettings(ctx context.Context, conn *pgx.Conn) error {
 	if n, _ := strconv.Atoi(version); n < 150000 {
 		problems = append(problems, fmt.Sprintf("server version %s: CasualDB needs PostgreSQL 15 or newer", version))
 	}
-	more, err := roleProblems(ctx, conn)
-	if err != nil {
-		return err
+	var more []string
+	if n, _ := strconv.Atoi(version); n >= 150000 {
+		// has_parameter_privilege, and GRANT SET ON PARAMETER, are 15's.
+		if more, err = roleProblems(ctx, conn); err != nil {
+			return err
+		}
 	}
 	if len(more) > 0 {
 		problems = append(problems, more...)

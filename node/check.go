@@ -103,6 +103,10 @@ func (s *Node) serveChecks(ctx context.Context) error {
 	for {
 		select {
 		case m := <-msgs:
+			if !ship.SafeReply(m.Reply) {
+				s.log.Warn("a check request with a reply subject that is no inbox: ignored", "reply", m.Reply)
+				continue
+			}
 			var req check.Request
 			var resp check.Response
 			if err := json.Unmarshal(m.Data, &req); err != nil {

@@ -671,6 +671,10 @@ func (s *Node) resend(ctx context.Context, origin casualdb.SiteID, from uint64) 
 // onResend answers a peer's request to ship to it again. Called on the NATS
 // client's goroutine: it only flags the shipper.
 func (s *Node) onResend(m *nats.Msg) {
+	if !ship.SafeReply(m.Reply) {
+		s.log.Warn("a resend request with a reply subject that is no inbox: ignored", "reply", m.Reply)
+		return
+	}
 	var req ship.ResendRequest
 	if err := json.Unmarshal(m.Data, &req); err != nil || req.Peer == "" {
 		_ = m.Respond([]byte("bad request"))

@@ -164,6 +164,36 @@ func checkPeerPermissions(t *testing.T, ctx context.Context, url, dir string) {
 			t.Errorf("c subscribed to %s at a", subj)
 		}
 	}
+	// A request whose reply subject is the JetStream API: the sidecar
+	// answers on its own connection, and must not answer there.
+	outbox, err := own.Stream(ctx, ship.OutboxStream("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oinfo, err := outbox.Info(ctx)
+	if err != nil || oinfo.State.Msgs == 0 {
+		t.Fatalf("a's outbox: %v, %+v", err, oinfo)
+	}
+	for _, subj := range []string{ship.ResendSubject("a"), ship.CheckSubject("a")} {
+		if err := nc.PublishRequest(subj, "$JS.API.STREAM.PURGE."+ship.OutboxStream("a"), []byte(`{"peer":"c","from":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A proper request after them: answered once they were handled.
+	pctx, cancel = short()
+	if _, err := nc.RequestWithContext(pctx, ship.ResendSubject("a"), []byte(`{"peer":"c","from":1}`)); err != nil {
+		t.Errorf("c's resend request: %v", err)
+	}
+	cancel()
+	pctx, cancel = context.WithTimeout(ctx, time.Minute)
+	if _, err := nc.RequestWithContext(pctx, ship.CheckSubject("a"), []byte(`{}`)); err != nil {
+		t.Errorf("c's check request: %v", err)
+	}
+	cancel()
+	if now, err := outbox.Info(ctx); err != nil || now.State.FirstSeq != oinfo.State.FirstSeq || now.State.Msgs < oinfo.State.Msgs {
+		t.Errorf("a's outbox after requests replying to the purge API: %v, first seq %d (was %d), %d messages (were %d)",
+			err, now.State.FirstSeq, oinfo.State.FirstSeq, now.State.Msgs, oinfo.State.Msgs)
+	}
 	if n := msgs(); n != before {
 		t.Errorf("a's inbox's last sequence is %d after c's refused attempts, %d before", n, before)
 	}

@@ -3,6 +3,7 @@ package ship
 import (
 	"crypto/tls"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 
 	"github.com/casualdb/casualdb"
@@ -25,6 +26,23 @@ func CheckSubject(site casualdb.SiteID) string { return "casualdb.check." + stri
 // to its peers' servers; a peer may subscribe to nothing else there.
 func PeerInboxPrefix(site casualdb.SiteID) string { return "_INBOX_" + string(site) }
 
+// SafeReply tells whether a request's reply subject is one a sidecar may
+// answer on: a client's reply inbox (_INBOX. or a site's _INBOX_<site>.),
+// never another subject. The answer goes out on the sidecar's own,
+// unrestricted connection, and a reply subject such as
+// $JS.API.STREAM.PURGE.<stream> would make it act for the requester.
+func SafeReply(reply string) bool {
+	if rest, ok := strings.CutPrefix(reply, "_INBOX."); ok {
+		return rest != ""
+	}
+	rest, ok := strings.CutPrefix(reply, "_INBOX_")
+	if !ok {
+		return false
+	}
+	site, tail, ok := strings.Cut(rest, ".")
+	return ok && tail != "" && casualdb.SiteID(site).Valid()
+}
+
 // PeerOptions returns the options of site's connections to a peer's server:
 // TLS with the site's certificate (cfg; none for plain text) and replies
 // under the site's own prefix.
@@ -39,7 +57,7 @@ func PeerOptions(cfg *tls.Config, site casualdb.SiteID) []nats.Option {
 // no other origin's inbox subject, no JetStream API (it cannot read, purge
 // or delete a stream, or make a consumer), no other client's replies.
 func PeerPermissions(site, peer casualdb.SiteID) *server.Permissions {
-	return &server.Permissions{
+	p := &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{
 			InboxSubject(site, peer),
 			InboxSubject(site, "*") + "." + string(peer),
@@ -48,6 +66,9 @@ func PeerPermissions(site, peer casualdb.SiteID) *server.Permissions {
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{PeerInboxPrefix(peer) + ".>"}},
 	}
+	// Never as the site itself (a relay of its own transactions).
+	p.Publish.Deny = []string{InboxSubject(site, site) + ".>"}
+	return p
 }
 
 // peerAuth authenticates the clients of a site's embedded server when it

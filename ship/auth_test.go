@@ -93,7 +93,24 @@ func TestPeerPermissions(t *testing.T) {
 	if got := p.Subscribe.Allow; !slices.Equal(got, []string{"_INBOX_b.>"}) {
 		t.Errorf("b may subscribe to %v at a, want only its replies", got)
 	}
+	if !slices.Equal(p.Publish.Deny, []string{"casualdb.in.a.a.>"}) {
+		t.Errorf("b may relay a's own transactions to a: deny %v", p.Publish.Deny)
+	}
 	if RelaySubject("a", "c", "b") != "casualdb.in.a.c.b" {
 		t.Errorf("RelaySubject = %s", RelaySubject("a", "c", "b"))
+	}
+}
+
+// TestSafeReply: a sidecar answers requests only on a reply inbox, never on
+// a subject that would act (the JetStream API, an inbox stream).
+func TestSafeReply(t *testing.T) {
+	for reply, want := range map[string]bool{
+		"_INBOX.abc.1": true, "_INBOX_b.abc.1": true,
+		"": false, "_INBOX.": false, "_INBOX_b": false, "_INBOX_Bad Name.x": false,
+		"$JS.API.STREAM.PURGE.CASUALDB_OUT_a": false, "casualdb.in.a.b": false, "_INBOXX.a": false,
+	} {
+		if got := SafeReply(reply); got != want {
+			t.Errorf("SafeReply(%q) = %v, want %v", reply, got, want)
+		}
 	}
 }

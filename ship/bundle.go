@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/casualdb/casualdb"
 	"github.com/nats-io/nats.go"
@@ -95,6 +96,14 @@ func DecodeInboxMsg(m jetstream.Msg) *casualdb.InboxMsg {
 	entries, err := Entries(h, out.Data)
 	if err == nil && out.Origin == "" {
 		err = fmt.Errorf("%w: missing %s header", casualdb.ErrGarbled, HeaderOrigin)
+	}
+	if err == nil {
+		// casualdb.in.<site>.<origin>[.<relayer>]: the subject, which the
+		// server's permissions tie to the publisher, names the origin.
+		parts := strings.Split(m.Subject(), ".")
+		if len(parts) < 4 || casualdb.SiteID(parts[3]) != out.Origin {
+			err = fmt.Errorf("%w: a transaction of %s on subject %s", casualdb.ErrGarbled, out.Origin, m.Subject())
+		}
 	}
 	if err != nil {
 		out.Err = err

@@ -22,6 +22,14 @@ type inboxMsg struct {
 	h             nats.Header
 	data          []byte
 	sseq          uint64
+	subject       string // default: casualdb.in.b.<the origin header>
+}
+
+func (m *inboxMsg) Subject() string {
+	if m.subject != "" {
+		return m.subject
+	}
+	return ship.InboxSubject("b", casualdb.SiteID(m.h.Get(ship.HeaderOrigin)))
 }
 
 func (m *inboxMsg) Headers() nats.Header { return m.h }
@@ -63,6 +71,12 @@ func TestDecodeInboxMsg(t *testing.T) {
 			want: []string{"300"}},
 		{name: "bundle with bad transactions", m: &inboxMsg{h: header(ship.HeaderOrigin, "a", ship.HeaderEpoch, "e1", ship.HeaderSeq, "5", ship.HeaderBundle, "4", ship.HeaderLSN, "800"), data: bundle, sseq: 10},
 			want: []string{"500", "garbled", "garbled", "800"}},
+		{name: "relayed", m: &inboxMsg{h: header(ship.HeaderOrigin, "a", ship.HeaderSeq, "3", ship.HeaderLSN, "300"), data: encode("a", 300),
+			subject: ship.RelaySubject("b", "a", "c")}, want: []string{"300"}},
+		{name: "another origin's subject", m: &inboxMsg{h: header(ship.HeaderOrigin, "a", ship.HeaderSeq, "3", ship.HeaderLSN, "300"), data: encode("a", 300),
+			subject: ship.InboxSubject("b", "c")}, wantErr: true},
+		{name: "relayed as another origin's", m: &inboxMsg{h: header(ship.HeaderOrigin, "a", ship.HeaderSeq, "3", ship.HeaderLSN, "300"), data: encode("a", 300),
+			subject: ship.RelaySubject("b", "c", "a")}, wantErr: true},
 		{name: "no origin", m: &inboxMsg{h: header(ship.HeaderSeq, "3", ship.HeaderLSN, "300"), data: encode("a", 300)}, wantErr: true},
 		{name: "bad framing", m: &inboxMsg{h: header(ship.HeaderOrigin, "a", ship.HeaderSeq, "5", ship.HeaderBundle, "5", ship.HeaderLSN, "800"), data: bundle}, wantErr: true},
 	} {

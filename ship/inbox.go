@@ -129,14 +129,21 @@ func replaceWorkQueue(ctx context.Context, js jetstream.JetStream, want jetstrea
 		return true, nil
 	}
 	orig, quiet := info.Config, info.Config
-	quiet.Subjects = []string{"casualdb.retiring." + want.Name}
+	retiring := "casualdb.retiring." + want.Name
+	quiet.Subjects = []string{retiring}
 	if _, err := js.UpdateStream(ctx, quiet); err != nil {
+		return false, fmt.Errorf("retire the work-queue inbox: %w", err)
+	}
+	// A peer's publish may sit in the stream's queue, taken before the
+	// subjects moved: a barrier stored after it tells when it is stored.
+	ack, err := js.Publish(ctx, retiring, nil)
+	if err != nil {
 		return false, fmt.Errorf("retire the work-queue inbox: %w", err)
 	}
 	if info, err = st.Info(ctx); err != nil {
 		return false, err
 	}
-	if info.State.Msgs > 0 {
+	if info.State.Msgs != 1 || info.State.LastSeq != ack.Sequence {
 		// A message came before the subjects moved: listen again, and
 		// keep the work queue.
 		if _, err := js.UpdateStream(ctx, orig); err != nil {
