@@ -85,24 +85,25 @@ func TestVersionCache(t *testing.T) {
 }
 
 // TestShouldLinger: a small batch waits only in a steady stream; a lone
-// transaction on a quiet site, a batch that is big enough, or no linger at
-// all never waits.
+// transaction on a quiet site, a batch that is big enough or full, or no
+// linger at all never waits.
 func TestShouldLinger(t *testing.T) {
 	ms := time.Millisecond
 	for _, tt := range []struct {
-		n          int
+		n, max     int
 		since, lin time.Duration
 		want       bool
 	}{
-		{1, ms, ms, true},
-		{lingerBelow - 1, 3 * ms, ms, true},
-		{lingerBelow, ms, ms, false},
-		{1, 4 * ms, ms, false},
-		{1, time.Hour, ms, false},
-		{1, 0, 0, false},
+		{1, 256, ms, ms, true},
+		{lingerBelow - 1, 256, 3 * ms, ms, true},
+		{lingerBelow, 256, ms, ms, false},
+		{4, 4, ms, ms, false}, // full
+		{1, 256, 4 * ms, ms, false},
+		{1, 256, time.Hour, ms, false},
+		{1, 256, 0, 0, false},
 	} {
-		if got := shouldLinger(tt.n, tt.since, tt.lin); got != tt.want {
-			t.Errorf("shouldLinger(%d, %s, %s) = %v, want %v", tt.n, tt.since, tt.lin, got, tt.want)
+		if got := shouldLinger(tt.n, tt.max, tt.since, tt.lin); got != tt.want {
+			t.Errorf("shouldLinger(%d, %d, %s, %s) = %v, want %v", tt.n, tt.max, tt.since, tt.lin, got, tt.want)
 		}
 	}
 }

@@ -98,7 +98,7 @@ func (v *versioner) run(ctx context.Context, in <-chan decodedTx) error {
 			return ctx.Err()
 		}
 		items = v.take(in, items)
-		if len(items) < v.c.cfg.MaxBatch && shouldLinger(len(items), time.Since(last), linger) {
+		if shouldLinger(len(items), v.c.cfg.MaxBatch, time.Since(last), linger) {
 			timer.Reset(linger)
 			select {
 			case <-timer.C:
@@ -118,12 +118,13 @@ func (v *versioner) run(ctx context.Context, in <-chan decodedTx) error {
 // stream is fast enough to make batches without waiting.
 const lingerBelow = 16
 
-// shouldLinger tells whether a batch of n items, taken since after the
-// previous one, should wait linger for more: only a small batch, and only
-// in a steady stream (the previous batch was taken moments ago), so that a
-// lone transaction on a quiet site is never held back.
-func shouldLinger(n int, since, linger time.Duration) bool {
-	return linger > 0 && n < lingerBelow && since < 4*linger
+// shouldLinger tells whether a batch of n items (at most maxBatch), taken
+// since after the previous one, should wait linger for more: only a small
+// batch that is not full, and only in a steady stream (the previous batch
+// was taken moments ago), so that a lone transaction on a quiet site is
+// never held back.
+func shouldLinger(n, maxBatch int, since, linger time.Duration) bool {
+	return linger > 0 && n < min(lingerBelow, maxBatch) && since < 4*linger
 }
 
 // take adds to items what in holds now, up to MaxBatch.

@@ -351,11 +351,7 @@ func (c *cluster) config(s *site) string {
 // peer may (ship.PeerPermissions).
 func (c *cluster) natsAs(i int, as string) *nats.Conn {
 	c.t.Helper()
-	cfg, err := certs.ClientConfig(certs.For(c.certs, as))
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	nc, err := nats.Connect(c.natsURL(i), append(ship.PeerOptions(cfg, casualdb.SiteID(as)), nats.Timeout(5*time.Second))...)
+	nc, err := nats.Connect(c.natsURL(i), append(c.peerTLS(as), nats.Timeout(5*time.Second))...)
 	if err != nil {
 		c.t.Fatalf("connect to %s's NATS as %s: %v", c.sites[i].name, as, err)
 	}

@@ -57,18 +57,17 @@ func PeerOptions(cfg *tls.Config, site casualdb.SiteID) []nats.Option {
 // no other origin's inbox subject, no JetStream API (it cannot read, purge
 // or delete a stream, or make a consumer), no other client's replies.
 func PeerPermissions(site, peer casualdb.SiteID) *server.Permissions {
-	p := &server.Permissions{
+	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{
 			InboxSubject(site, peer),
 			InboxSubject(site, "*") + "." + string(peer),
 			ResendSubject(site),
 			CheckSubject(site),
-		}},
+		},
+			// Never as the site itself (a relay of its own transactions).
+			Deny: []string{InboxSubject(site, site) + ".>"}},
 		Subscribe: &server.SubjectPermission{Allow: []string{PeerInboxPrefix(peer) + ".>"}},
 	}
-	// Never as the site itself (a relay of its own transactions).
-	p.Publish.Deny = []string{InboxSubject(site, site) + ".>"}
-	return p
 }
 
 // peerAuth authenticates the clients of a site's embedded server when it

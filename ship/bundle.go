@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strconv"
-	"strings"
 
 	"github.com/casualdb/casualdb"
 	"github.com/nats-io/nats.go"
@@ -100,8 +99,7 @@ func DecodeInboxMsg(m jetstream.Msg) *casualdb.InboxMsg {
 	if err == nil {
 		// casualdb.in.<site>.<origin>[.<relayer>]: the subject, which the
 		// server's permissions tie to the publisher, names the origin.
-		parts := strings.Split(m.Subject(), ".")
-		if len(parts) < 4 || casualdb.SiteID(parts[3]) != out.Origin {
+		if SubjectOrigin(m.Subject()) != out.Origin {
 			err = fmt.Errorf("%w: a transaction of %s on subject %s", casualdb.ErrGarbled, out.Origin, m.Subject())
 		}
 	}

@@ -3,6 +3,7 @@ package ship_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"testing"
@@ -211,19 +212,16 @@ func TestInbox_Trim(t *testing.T) {
 		t.Fatalf("before Trim the inbox holds %d messages, not 5 (acknowledged ones stay until trimmed)", n)
 	}
 	// The acknowledgements reach the server asynchronously.
-	var pending uint64
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if pending, err = in.Trim(ctx); err != nil {
-			t.Fatal(err)
+	pgtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		pending, err := in.Trim(ctx)
+		if err != nil {
+			return err
 		}
-		if pending == 3 || time.Now().After(deadline) {
-			break
+		if pending != 3 {
+			return fmt.Errorf("Trim counts %d waiting, want 3 (a's third, c's two)", pending)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if pending != 3 {
-		t.Fatalf("Trim counts %d waiting, want 3 (a's third, c's two)", pending)
-	}
+		return nil
+	})
 	if n := msgs(); n != 3 {
 		t.Fatalf("after Trim the inbox holds %d messages, want 3", n)
 	}

@@ -92,13 +92,14 @@ func originSubjects(site, origin casualdb.SiteID) []string {
 	return []string{InboxSubject(site, origin), InboxSubject(site, origin) + ".*"}
 }
 
-// subjectOrigin returns the origin of an inbox subject under prefix
-// (casualdb.in.<site>.): its next token; "" when it has none.
-func subjectOrigin(prefix, subj string) casualdb.SiteID {
-	rest, ok := strings.CutPrefix(subj, prefix)
+// SubjectOrigin returns the origin an inbox subject
+// (casualdb.in.<site>.<origin>[.<relayer>]) names; "" when it is none.
+func SubjectOrigin(subj string) casualdb.SiteID {
+	rest, ok := strings.CutPrefix(subj, "casualdb.in.")
 	if !ok {
 		return ""
 	}
+	_, rest, _ = strings.Cut(rest, ".") // the site
 	o, _, _ := strings.Cut(rest, ".")
 	return casualdb.SiteID(o)
 }
@@ -145,7 +146,11 @@ func replaceWorkQueue(ctx context.Context, js jetstream.JetStream, want jetstrea
 	}
 	if info.State.Msgs != 1 || info.State.LastSeq != ack.Sequence {
 		// A message came before the subjects moved: listen again, and
-		// keep the work queue.
+		// keep the work queue, without the barrier (nothing reads it, and
+		// it would count as waiting for ever).
+		if err := st.DeleteMsg(ctx, ack.Sequence); err != nil {
+			return false, fmt.Errorf("restore the work-queue inbox: remove the barrier: %w", err)
+		}
 		if _, err := js.UpdateStream(ctx, orig); err != nil {
 			return false, fmt.Errorf("restore the work-queue inbox: %w", err)
 		}
@@ -167,7 +172,7 @@ func (i *Inbox) Origins(ctx context.Context) ([]casualdb.SiteID, error) {
 	}
 	out := make([]casualdb.SiteID, 0, len(info.State.Subjects))
 	for subj := range info.State.Subjects {
-		if o := subjectOrigin(prefix, subj); o != "" && !slices.Contains(out, o) {
+		if o := SubjectOrigin(subj); o != "" && !slices.Contains(out, o) {
 			out = append(out, o)
 		}
 	}
@@ -262,7 +267,7 @@ func (i *Inbox) Trim(ctx context.Context) (pending uint64, err error) {
 	}
 	counted := map[casualdb.SiteID]bool{}
 	for subj, n := range info.State.Subjects {
-		origin := subjectOrigin(prefix, subj)
+		origin := SubjectOrigin(subj)
 		ci := consumers[origin]
 		if ci == nil {
 			pending += n
