@@ -33,6 +33,9 @@ type InboxMsg struct {
 	// Err, wrapping ErrGarbled, tells why the message as a whole does not
 	// decode (its headers or its framing).
 	Err error
+	// Cert is the origin's certificate (DER) when its transactions carry
+	// proofs (InboxTx.Proof).
+	Cert []byte
 }
 
 // InboxTx is one transaction of an InboxMsg.
@@ -44,6 +47,10 @@ type InboxTx struct {
 	// Err tells why Data does not decode, or does not belong to the
 	// message's origin (wrapping ErrGarbled for the latter).
 	Err error
+	// Proof ties Data to a run of transactions its origin signed (see
+	// package ship); nil when the origin did not sign. A site that keeps
+	// the transaction as a hint relays it with the proof and Cert.
+	Proof []byte
 }
 
 // Acker acknowledges an inbox message (jetstream.Msg implements it). The

@@ -217,6 +217,9 @@ type inMsg struct {
 	seq    uint64
 	epoch  string
 	hinted bool // the Hinter has seen it
+	// proof and cert show that origin signed it (casualdb.InboxTx.Proof):
+	// kept with a hint.
+	proof, cert []byte
 
 	received time.Time // taken from the inbox
 }
@@ -371,4 +374,7 @@ type Received struct {
 	Seq    uint64
 	Tx     *casualdb.Tx
 	Data   []byte // encoded as shipped
+	// Proof and Cert show that Origin signed Data (casualdb.InboxTx.Proof,
+	// casualdb.InboxMsg.Cert); nil when it did not.
+	Proof, Cert []byte
 }

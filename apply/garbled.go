@@ -26,7 +26,7 @@ func (a *Applier) decodeMsg(ctx context.Context, m *casualdb.InboxMsg, d *delive
 			}
 			continue
 		}
-		out = append(out, inMsg{d: d, origin: m.Origin, epoch: m.Epoch, seq: e.Seq, received: now, data: e.Data, tx: e.Tx})
+		out = append(out, inMsg{d: d, origin: m.Origin, epoch: m.Epoch, seq: e.Seq, received: now, data: e.Data, tx: e.Tx, proof: e.Proof, cert: m.Cert})
 	}
 	if len(out) == 0 && len(m.Txs) > 0 {
 		_ = m.Ack() // every transaction in it is parked

@@ -41,7 +41,7 @@ build:
 		if a.cfg.Hinter != nil && !im.hinted {
 			// Before the message can be acknowledged: a hint kept only
 			// after the commit would be lost by a crash in between.
-			err := a.cfg.Hinter.Hint(ctx, Received{Origin: im.origin, Epoch: im.epoch, Seq: im.seq, Tx: im.tx, Data: im.data})
+			err := a.cfg.Hinter.Hint(ctx, Received{Origin: im.origin, Epoch: im.epoch, Seq: im.seq, Tx: im.tx, Data: im.data, Proof: im.proof, Cert: im.cert})
 			if err != nil {
 				a.log.Warn("keep hint; the transaction waits", "origin", im.origin, "seq", im.seq, "err", err)
 				q.retry = time.Now().Add(time.Second)

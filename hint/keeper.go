@@ -112,7 +112,7 @@ func (k *Keeper) Hint(ctx context.Context, r apply.Received) error {
 			continue
 		}
 		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := k.cfg.Store.Add(hctx, Hint{For: forSite, Origin: r.Origin, Epoch: r.Epoch, Seq: r.Seq, LSN: r.Tx.LSN, Commit: r.Tx.CommitTime, Data: r.Data})
+		_, err := k.cfg.Store.Add(hctx, Hint{For: forSite, Origin: r.Origin, Epoch: r.Epoch, Seq: r.Seq, LSN: r.Tx.LSN, Commit: r.Tx.CommitTime, Data: r.Data, Proof: r.Proof, Cert: r.Cert})
 		cancel()
 		if err != nil {
 			return err

@@ -3,6 +3,7 @@ package hint
 import (
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,6 +38,10 @@ type Hint struct {
 	LSN    uint64 // the origin's commit LSN
 	Commit time.Time
 	Data   []byte
+	// Proof and Cert show that Origin signed Data (apply.Received): they
+	// go with the relay, which the receiving site refuses without them
+	// when it has TLS on.
+	Proof, Cert []byte
 }
 
 // StreamName names the site's hint stream.
@@ -75,6 +80,10 @@ func (hs *Store) Add(ctx context.Context, h Hint) (added bool, err error) {
 	m.Header.Set(ship.HeaderLSN, strconv.FormatUint(h.LSN, 10))
 	m.Header.Set(ship.HeaderCommit, strconv.FormatInt(h.Commit.UnixMicro(), 10))
 	m.Header.Set(nats.MsgIdHdr, "hint-"+string(h.For)+"-"+string(h.Origin)+"-"+casualdb.FormatLSN(h.LSN))
+	if len(h.Proof) > 0 && len(h.Cert) > 0 {
+		m.Header.Set(ship.HeaderProof, base64.StdEncoding.EncodeToString(h.Proof))
+		m.Header.Set(ship.HeaderCert, base64.StdEncoding.EncodeToString(h.Cert))
+	}
 	ack, err := hs.js.PublishMsg(ctx, m)
 	if err != nil {
 		return false, fmt.Errorf("keep hint of %s-%s for %s: %w", h.Origin, casualdb.FormatLSN(h.LSN), h.For, err)
@@ -198,8 +207,10 @@ func (h *Handoff) session(ctx context.Context, cons jetstream.Consumer, url stri
 			hdr := m.Headers()
 			out := nats.NewMsg(ship.RelaySubject(h.cfg.For, casualdb.SiteID(hdr.Get(ship.HeaderOrigin)), h.cfg.Hints.site))
 			out.Data = m.Data()
-			for _, k := range []string{ship.HeaderOrigin, ship.HeaderEpoch, ship.HeaderSeq, ship.HeaderLSN, ship.HeaderCommit} {
-				out.Header.Set(k, hdr.Get(k))
+			for _, k := range []string{ship.HeaderOrigin, ship.HeaderEpoch, ship.HeaderSeq, ship.HeaderLSN, ship.HeaderCommit, ship.HeaderProof, ship.HeaderCert} {
+				if v := hdr.Get(k); v != "" {
+					out.Header.Set(k, v)
+				}
 			}
 			lsn, _ := strconv.ParseUint(hdr.Get(ship.HeaderLSN), 10, 64)
 			// The id the origin's own shipper gives a single transaction:

@@ -2,13 +2,17 @@ package hint_test
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/hint"
 	"github.com/casualdb/casualdb/internal/pgtest"
+	"github.com/casualdb/casualdb/ship"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestHints_Expire keeps hints for two sites, then expires those stored
@@ -147,5 +151,59 @@ func TestHints_AddTellsDuplicates(t *testing.T) {
 	held, err := hs.Held(ctx)
 	if err != nil || held["c"] != 1 || held["d"] != 1 {
 		t.Errorf("held %v, %v; want one for c and one for d", held, err)
+	}
+}
+
+// TestHandoff_CarriesProof: a hint kept with its origin's proof and
+// certificate is relayed with both (the receiving site refuses a relay
+// without them when it verifies relays), as from its holder.
+func TestHandoff_CarriesProof(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv := pgtest.NewNATS(t)
+	js := pgtest.JetStream(t, srv.URL())
+	hs, err := hint.Open(ctx, js, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "IN_C", Subjects: []string{"casualdb.in.c.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := hint.Hint{For: "c", Origin: "a", Epoch: "e", Seq: 7, LSN: 700, Commit: time.Unix(1, 0), Data: []byte("tx"), Proof: []byte{0, 1, 0, 's'}, Cert: []byte("der")}
+	if _, err := hs.Add(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	h.Seq, h.LSN, h.Proof, h.Cert = 8, 800, nil, nil // an unsigned origin's
+	if _, err := hs.Add(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	ho, err := hint.NewHandoff(hint.HandoffConfig{Hints: hs, For: "c", URL: func() (string, bool) { return srv.URL(), true }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- ho.Run(hctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if n := ho.HandedOff(); n != 2 {
+			return fmt.Errorf("%d handed off", n)
+		}
+		return nil
+	})
+	for seq, want := range map[uint64][2]string{1: {base64.StdEncoding.EncodeToString([]byte{0, 1, 0, 's'}), base64.StdEncoding.EncodeToString([]byte("der"))}, 2: {"", ""}} {
+		m, err := target.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Subject != ship.RelaySubject("c", "a", "b") || m.Header.Get(ship.HeaderProof) != want[0] || m.Header.Get(ship.HeaderCert) != want[1] {
+			t.Errorf("relay %d: subject %s, proof %q, cert %q; want %v", seq, m.Subject, m.Header.Get(ship.HeaderProof), m.Header.Get(ship.HeaderCert), want)
+		}
 	}
 }

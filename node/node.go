@@ -166,6 +166,16 @@ func (s *Node) Start(ctx context.Context) (err error) {
 			return fmt.Errorf("%w: nats.tls: %v", casualdb.ErrConfig, err)
 		}
 	}
+	// Relays of this site's transactions (hints its peers keep) carry its
+	// signature: with the embedded server the certificate must name the
+	// site anyway (peers take its identity from it).
+	signer, err := ship.NewSigner(s.natsTLS, casualdb.SiteID(s.cfg.Site))
+	if err != nil && s.cfg.NATS.URL == "" {
+		return err
+	} else if err != nil {
+		s.log.Warn("this site's transactions go unsigned: peers with TLS will refuse relays of them (hinted hand-off)", "err", err)
+		err = nil
+	}
 	url := s.cfg.NATS.URL
 	if url == "" {
 		s.server, err = ship.StartServer(ship.ServerConfig{
@@ -205,12 +215,13 @@ func (s *Node) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	site := casualdb.SiteID(s.cfg.Site)
-	if s.outbox, err = ship.OpenOutbox(ctx, js, ship.OutboxConfig{Site: site, MaxBytes: s.cfg.NATS.OutboxMaxBytes}); err != nil {
+	if s.outbox, err = ship.OpenOutbox(ctx, js, ship.OutboxConfig{Site: site, MaxBytes: s.cfg.NATS.OutboxMaxBytes, Signer: signer}); err != nil {
 		return err
 	}
 	if s.inbox, err = ship.OpenInbox(ctx, js, site); err != nil {
 		return err
 	}
+	s.inbox.VerifyRelays(ship.NewRelayVerifier(s.natsTLS))
 	var hints *hint.Store
 	if s.cfg.Cluster.Bind != "" {
 		if hints, err = hint.Open(ctx, js, site); err != nil {

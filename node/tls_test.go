@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -82,6 +83,73 @@ func TestNode_TLS(t *testing.T) {
 		}
 	}
 	checkPeerPermissions(t, ctx, url, dir)
+	checkForgedRelays(t, ctx, sites[0], url, dir)
+}
+
+// checkForgedRelays: c, a peer with a valid certificate, relays to a a
+// transaction it says b wrote (a row of items): without a proof, and with a
+// run c signed itself. a parks both as not shown to come from b and writes
+// nothing. (Genuine relays, signed by their origins, are what the hinted
+// hand-off tests replicate, with TLS on.)
+func checkForgedRelays(t *testing.T, ctx context.Context, a *testSite, url, dir string) {
+	t.Helper()
+	cCfg, err := certs.ClientConfig(certs.For(dir, "c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(url, append(ship.PeerOptions(cCfg, "c"), nats.Timeout(5*time.Second), nats.NoReconnect())...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := &casualdb.Tx{Origin: "b", LSN: 1 << 40, CommitTime: time.Now().UTC(),
+		Relations: map[string]casualdb.Relation{"public.items": {Table: "public.items", Schema: "public", Name: "items",
+			Columns: []casualdb.Column{{Name: "id", Type: "integer", Key: true}, {Name: "label", Type: "text"}}}},
+		Changes: []casualdb.Change{{Table: "public.items", Op: casualdb.OpInsert, Key: []string{"2"}, Values: []casualdb.Value{{Text: "2"}, {Text: "forged by c"}},
+			Version: casualdb.Version{HLC: casualdb.HLC{Wall: time.Now().UnixNano()}, Origin: "b", VC: casualdb.VectorClock{"b": 1 << 30}}}}}
+	data, err := forged.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ship.NewSigner(cCfg, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run, err := signer.SignRun("1", 1, [][]byte{data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := base64.StdEncoding.DecodeString(strings.Fields(run)[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The proof of the only transaction of a run: index 0, count 1, no
+	// path, then the signature (ship's encodeProof).
+	ownProof := append([]byte{0, 1, 0}, sig...)
+	for i, proof := range [][]byte{nil, ownProof} {
+		m := nats.NewMsg(ship.RelaySubject("a", "b", "c"))
+		m.Header.Set(ship.HeaderOrigin, "b")
+		m.Header.Set(ship.HeaderEpoch, "1")
+		m.Header.Set(ship.HeaderSeq, "1")
+		if proof != nil {
+			m.Header.Set(ship.HeaderProof, base64.StdEncoding.EncodeToString(proof))
+			m.Header.Set(ship.HeaderCert, signer.Cert())
+		}
+		m.Header.Set(nats.MsgIdHdr, fmt.Sprintf("forged-%d", i))
+		m.Data = data
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := js.PublishMsg(pctx, m)
+		cancel()
+		if err != nil {
+			t.Fatalf("c relays a transaction it says is b's: %v", err)
+		}
+	}
+	waitFor(t, ctx, a, `SELECT count(*)::text FROM casualdb.parked WHERE reason LIKE '%relayed by c is not shown to come from b%'`, "2")
+	waitFor(t, ctx, a, `SELECT count(*)::text FROM items WHERE id = 2`, "0")
 }
 
 // checkPeerPermissions: at site a's NATS (url), a client is the site its

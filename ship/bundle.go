@@ -1,6 +1,7 @@
 package ship
 
 import (
+	"encoding/base64"
 	"encoding/binary"
 	"fmt"
 	"strconv"
@@ -103,6 +104,10 @@ func DecodeInboxMsg(m jetstream.Msg) *casualdb.InboxMsg {
 			err = fmt.Errorf("%w: a transaction of %s on subject %s", casualdb.ErrGarbled, out.Origin, m.Subject())
 		}
 	}
+	relayed := SubjectRelayer(m.Subject()) != ""
+	if err == nil && relayed && len(entries) != 1 {
+		err = fmt.Errorf("%w: a relay of %d transactions (a relay carries one)", casualdb.ErrGarbled, len(entries))
+	}
 	if err != nil {
 		out.Err = err
 		return out
@@ -121,5 +126,33 @@ func DecodeInboxMsg(m jetstream.Msg) *casualdb.InboxMsg {
 		tx.Seq = e.Seq
 		out.Txs[i].Tx = tx
 	}
+	if relayed {
+		// The relayer kept the origin's proof with the transaction.
+		if p := h.Get(HeaderProof); p != "" {
+			out.Txs[0].Proof, _ = base64.StdEncoding.DecodeString(p)
+			out.Cert = certFromHeader(h.Get(HeaderCert))
+		}
+	} else if err := attachProofs(h, out); err != nil {
+		// The origin itself sent it (the subject shows): its transactions
+		// stand; only a relay of them would need the proofs, and is
+		// refused without (RelayVerifier).
+		for i := range out.Txs {
+			out.Txs[i].Proof = nil
+		}
+		out.Cert = nil
+	}
 	return out
+}
+
+// verifyRelay marks the transaction of m, a relay, as garbled unless its
+// origin signed it (v.Verify).
+func verifyRelay(v *RelayVerifier, m *casualdb.InboxMsg, subj string) {
+	if m.Err != nil || len(m.Txs) != 1 || m.Txs[0].Err != nil {
+		return
+	}
+	t := &m.Txs[0]
+	if err := v.Verify(m.Origin, m.Epoch, t.Seq, t.Data, t.Proof, m.Cert); err != nil {
+		t.Err = fmt.Errorf("%w: transaction %d of %s relayed by %s is not shown to come from %s: %v", casualdb.ErrGarbled, t.Seq, m.Origin, SubjectRelayer(subj), m.Origin, err)
+		t.Tx = nil
+	}
 }

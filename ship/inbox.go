@@ -45,6 +45,24 @@ type Inbox struct {
 
 	mu      sync.Mutex
 	trimmed map[casualdb.SiteID]uint64 // per origin: stream sequence trimmed below
+
+	// verify, when set, refuses relays their origin did not sign.
+	verify *RelayVerifier
+}
+
+// VerifyRelays makes the inbox hand apply a relayed transaction only when
+// its origin signed it (v.Verify); any other is garbled, and apply parks
+// it. Call it before Consume. With nil, relays are taken as they come
+// (no TLS: no identities to check).
+func (i *Inbox) VerifyRelays(v *RelayVerifier) { i.verify = v }
+
+// decode is DecodeInboxMsg, with relays verified.
+func (i *Inbox) decode(m jetstream.Msg) *casualdb.InboxMsg {
+	out := DecodeInboxMsg(m)
+	if i.verify != nil && SubjectRelayer(m.Subject()) != "" {
+		verifyRelay(i.verify, out, m.Subject())
+	}
+	return out
 }
 
 // legacyConsumer is the single consumer over all origins that sites of
@@ -102,6 +120,21 @@ func SubjectOrigin(subj string) casualdb.SiteID {
 	_, rest, _ = strings.Cut(rest, ".") // the site
 	o, _, _ := strings.Cut(rest, ".")
 	return casualdb.SiteID(o)
+}
+
+// SubjectRelayer returns the site that relays the origin's transactions on
+// an inbox subject (casualdb.in.<site>.<origin>.<relayer>); "" when the
+// origin publishes them itself.
+func SubjectRelayer(subj string) casualdb.SiteID {
+	rest, ok := strings.CutPrefix(subj, "casualdb.in.")
+	if !ok {
+		return ""
+	}
+	parts := strings.SplitN(rest, ".", 4)
+	if len(parts) < 3 {
+		return ""
+	}
+	return casualdb.SiteID(parts[2])
 }
 
 // replaceWorkQueue deletes the work-queue inbox of an earlier version if it
@@ -229,7 +262,7 @@ func (i *Inbox) Consume(ctx context.Context, origin casualdb.SiteID, pull int, d
 	if err != nil {
 		return nil, err
 	}
-	cc, err := cons.Consume(func(m jetstream.Msg) { deliver(DecodeInboxMsg(m)) }, jetstream.PullMaxMessages(pull))
+	cc, err := cons.Consume(func(m jetstream.Msg) { deliver(i.decode(m)) }, jetstream.PullMaxMessages(pull))
 	if err != nil {
 		return nil, fmt.Errorf("consume inbox of origin %s: %w", origin, err)
 	}

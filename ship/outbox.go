@@ -46,6 +46,10 @@ type OutboxConfig struct {
 	// retains WAL) rather than drop anything. Default DefaultOutboxMaxBytes;
 	// -1 unbounded.
 	MaxBytes int64
+	// Signer, when set, signs each message's transactions (HeaderSig), so
+	// that a site keeping one as a hint can show its peers that this site
+	// wrote it (see sign.go).
+	Signer *Signer
 }
 
 // Outbox is the site's durable log of local transactions. It implements
@@ -55,6 +59,7 @@ type Outbox struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream
 	epoch  string
+	signer *Signer
 }
 
 // OpenOutbox creates (or opens) the outbox stream on the local server.
@@ -76,7 +81,7 @@ func OpenOutbox(ctx context.Context, js jetstream.JetStream, cfg OutboxConfig) (
 		return nil, fmt.Errorf("open outbox %s: %w", OutboxStream(cfg.Site), err)
 	}
 	info := st.CachedInfo()
-	return &Outbox{site: cfg.Site, js: js, stream: st, epoch: strconv.FormatInt(info.Created.UnixNano(), 10)}, nil
+	return &Outbox{site: cfg.Site, js: js, stream: st, epoch: strconv.FormatInt(info.Created.UnixNano(), 10), signer: cfg.Signer}, nil
 }
 
 // Epoch identifies this incarnation of the outbox: sequences restart when a
@@ -137,11 +142,15 @@ func (o *Outbox) Publish(ctx context.Context, txs []*casualdb.Tx, afterMsg uint6
 	a := &appending{}
 	for start := 0; start < len(txs); {
 		var body []byte
+		var signed [][]byte
 		end := start
 		for end < len(txs) && (end == start || len(body) < maxBundleBytes) {
 			data, err := txs[end].Marshal()
 			if err != nil {
 				return 0, nil, err
+			}
+			if o.signer != nil {
+				signed = append(signed, data)
 			}
 			if end == start && (end+1 == len(txs)) {
 				body = data // alone: no framing
@@ -166,6 +175,13 @@ func (o *Outbox) Publish(ctx context.Context, txs []*casualdb.Tx, afterMsg uint6
 		m.Header.Set(HeaderLSN, strconv.FormatUint(last.LSN, 10))
 		m.Header.Set(HeaderCommit, strconv.FormatInt(first.CommitTime.UnixMicro(), 10))
 		m.Header.Set(HeaderID, first.ID())
+		if o.signer != nil {
+			v, err := o.signer.SignRun(o.epoch, first.Seq, signed)
+			if err != nil {
+				return 0, nil, err
+			}
+			m.Header.Set(HeaderSig, v)
+		}
 		msgSeq := afterMsg + msgs + 1
 		f, err := o.js.PublishMsgAsync(m, jetstream.WithExpectLastSequence(msgSeq-1))
 		if err != nil {

@@ -534,6 +534,16 @@ func (s *Shipper) inboxMsg(msgs []outboxMsg) *nats.Msg {
 	if n := s.resent.Load(); n > 0 {
 		suffix = "~" + strconv.FormatUint(n, 10)
 	}
+	// The origin's signatures of its runs, for whoever keeps one of these
+	// transactions as a hint (sign.go).
+	for _, om := range msgs {
+		for _, v := range om.m.Headers().Values(HeaderSig) {
+			out.Header.Add(HeaderSig, v)
+		}
+	}
+	if sg := s.cfg.Outbox.signer; sg != nil && len(out.Header.Values(HeaderSig)) > 0 {
+		out.Header.Set(HeaderCert, sg.Cert())
+	}
 	firstID := outboxID(first.m)
 	if len(entries) == 1 {
 		out.Data = entries[0].Data
