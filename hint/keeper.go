@@ -51,6 +51,9 @@ type Config struct {
 	Logger    *slog.Logger
 	// TLS, when set, is the TLS of the hand-offs' connections.
 	TLS *tls.Config
+	// IDPrefix, when set, returns the prefix of the message ids of what
+	// this site publishes to a site (ship.Outbox.IDPrefix).
+	IDPrefix func(casualdb.SiteID) string
 }
 
 // Keeper owns this site's hints. Hint is called by apply, Run by the
@@ -161,7 +164,11 @@ func (k *Keeper) ensureHandoff(ctx context.Context, wg *sync.WaitGroup, site cas
 	if _, ok := k.handoffs[site]; ok {
 		return
 	}
-	h, err := NewHandoff(HandoffConfig{Hints: k.cfg.Store, For: site, Logger: k.cfg.Logger, TLS: k.cfg.TLS, URL: func() (string, bool) {
+	var prefix string
+	if k.cfg.IDPrefix != nil {
+		prefix = k.cfg.IDPrefix(site)
+	}
+	h, err := NewHandoff(HandoffConfig{Hints: k.cfg.Store, For: site, Logger: k.cfg.Logger, TLS: k.cfg.TLS, IDPrefix: prefix, URL: func() (string, bool) {
 		for _, m := range k.cfg.Members.Members() {
 			if m.Site == site {
 				return m.Meta.NATSURL, m.State == ring.StateAlive && m.Meta.NATSURL != ""

@@ -53,7 +53,7 @@ func (rt *recentTxs) add(now time.Time, r apply.Received) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	rt.list = append(rt.list, recentTx{at: now, id: r.Tx.ID(), rec: Hint{Origin: r.Origin, Epoch: r.Epoch,
-		Seq: r.Seq, LSN: r.Tx.LSN, Commit: r.Tx.CommitTime, Data: bytes.Clone(r.Data), Proof: bytes.Clone(r.Proof), Cert: r.Cert}})
+		Seq: r.Seq, LSN: r.Tx.LSN, Commit: r.Tx.CommitTime, Data: bytes.Clone(r.Data), Proof: r.Proof, Cert: r.Cert}})
 	rt.bytes += len(r.Data) + len(r.Proof)
 	for rt.head < len(rt.list) && (now.Sub(rt.list[rt.head].at) > recentWindow || rt.bytes > recentMaxBytes) {
 		rt.bytes -= len(rt.list[rt.head].rec.Data) + len(rt.list[rt.head].rec.Proof)

@@ -116,6 +116,9 @@ type HandoffConfig struct {
 	Logger *slog.Logger
 	// TLS, when set, is the connection's TLS (client certificate, CA).
 	TLS *tls.Config
+	// IDPrefix prefixes the relays' message ids (ship.Outbox.IDPrefix of
+	// For), so that no other peer can publish under them first.
+	IDPrefix string
 }
 
 // Handoff publishes the hints kept for one site into its inbox, as from
@@ -213,9 +216,11 @@ func (h *Handoff) session(ctx context.Context, cons jetstream.Consumer, url stri
 				}
 			}
 			lsn, _ := strconv.ParseUint(hdr.Get(ship.HeaderLSN), 10, 64)
-			// The id the origin's own shipper gives a single transaction:
-			// whichever arrives second is dropped.
-			out.Header.Set(nats.MsgIdHdr, hdr.Get(ship.HeaderOrigin)+"-"+casualdb.FormatLSN(lsn))
+			// Not the origin's id: a relay the site refuses (one its
+			// origin did not sign) must not make the inbox drop the
+			// origin's own copy; apply recognises the second of the two.
+			// Prefixed like this site's own ids (ship.Outbox.IDPrefix).
+			out.Header.Set(nats.MsgIdHdr, h.cfg.IDPrefix+"relay-"+hdr.Get(ship.HeaderOrigin)+"-"+casualdb.FormatLSN(lsn))
 			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_, err := js.PublishMsg(pctx, out)
 			cancel()

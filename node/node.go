@@ -227,6 +227,8 @@ func (s *Node) Start(ctx context.Context) (err error) {
 		if hints, err = hint.Open(ctx, js, site); err != nil {
 			return err
 		}
+		// Hints are relayed with their origins' proofs.
+		s.inbox.KeepProofs()
 	}
 	// Every peer the outbox kept transactions for (some learned by gossip
 	// in an earlier run), then the configured ones, whose URLs win. Before
@@ -254,8 +256,10 @@ func (s *Node) Start(ctx context.Context) (err error) {
 	}); err != nil {
 		return err
 	}
-	if _, err := s.nc.Subscribe(ship.ResendSubject(site), s.onResend); err != nil {
-		return fmt.Errorf("subscribe to resend requests: %w", err)
+	for _, subj := range ship.ResendSubjects(site) {
+		if _, err := s.nc.Subscribe(subj, s.onResend); err != nil {
+			return fmt.Errorf("subscribe to resend requests: %w", err)
+		}
 	}
 	if s.adminToken, err = s.cfg.Admin.BearerToken(); err != nil {
 		return err
@@ -285,7 +289,7 @@ func (s *Node) Start(ctx context.Context) (err error) {
 		}); err != nil {
 			return fmt.Errorf("cluster: %w", err)
 		}
-		if s.keeper, err = hint.New(hint.Config{Site: site, Store: hints, Members: s.member, N: s.cfg.Cluster.N, Retention: s.cfg.Cluster.HintRetention, TLS: s.natsTLS,
+		if s.keeper, err = hint.New(hint.Config{Site: site, Store: hints, Members: s.member, N: s.cfg.Cluster.N, Retention: s.cfg.Cluster.HintRetention, TLS: s.natsTLS, IDPrefix: s.outbox.IDPrefix,
 			Supervise: s.supervise, Logger: s.log}); err != nil {
 			return err
 		}
@@ -689,6 +693,13 @@ func (s *Node) onResend(m *nats.Msg) {
 	var req ship.ResendRequest
 	if err := json.Unmarshal(m.Data, &req); err != nil || req.Peer == "" {
 		_ = m.Respond([]byte("bad request"))
+		return
+	}
+	if asker := ship.ResendAsker(m.Subject); asker != "" && asker != req.Peer {
+		// With TLS the subject is the asker's identity: a site asks for
+		// itself only.
+		s.log.Warn("a resend request for another peer: refused", "asker", asker, "for", req.Peer)
+		_ = m.Respond([]byte("refused: " + string(asker) + " may ask only for itself"))
 		return
 	}
 	sh := s.shipper(req.Peer)

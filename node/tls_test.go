@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -87,8 +88,9 @@ func TestNode_TLS(t *testing.T) {
 }
 
 // checkForgedRelays: c, a peer with a valid certificate, relays to a a
-// transaction it says b wrote (a row of items): without a proof, and with a
-// run c signed itself. a parks both as not shown to come from b and writes
+// transaction it says b wrote (a row of items): without a proof, with a run
+// c signed as itself, and with a run c signed with its own key beside b's
+// certificate. a parks all three as not shown to come from b and writes
 // nothing. (Genuine relays, signed by their origins, are what the hinted
 // hand-off tests replicate, with TLS on.)
 func checkForgedRelays(t *testing.T, ctx context.Context, a *testSite, url, dir string) {
@@ -130,14 +132,36 @@ func checkForgedRelays(t *testing.T, ctx context.Context, a *testSite, url, dir 
 	// The proof of the only transaction of a run: index 0, count 1, no
 	// path, then the signature (ship's encodeProof).
 	ownProof := append([]byte{0, 1, 0}, sig...)
-	for i, proof := range [][]byte{nil, ownProof} {
+	// And what a forger can do with b's certificate, which comes with
+	// every message of b's: sign a run for b with its own key.
+	bCfg, err := certs.ClientConfig(certs.For(dir, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	asB := cCfg.Clone()
+	asB.Certificates = []tls.Certificate{{Certificate: bCfg.Certificates[0].Certificate, PrivateKey: cCfg.Certificates[0].PrivateKey}}
+	forger, err := ship.NewSigner(asB, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if run, err = forger.SignRun("1", 1, [][]byte{data}); err != nil {
+		t.Fatal(err)
+	}
+	if sig, err = base64.StdEncoding.DecodeString(strings.Fields(run)[2]); err != nil {
+		t.Fatal(err)
+	}
+	forgedProof := append([]byte{0, 1, 0}, sig...)
+	for i, p := range []struct {
+		proof []byte
+		cert  string
+	}{{nil, ""}, {ownProof, signer.Cert()}, {forgedProof, forger.Cert()}} {
 		m := nats.NewMsg(ship.RelaySubject("a", "b", "c"))
 		m.Header.Set(ship.HeaderOrigin, "b")
 		m.Header.Set(ship.HeaderEpoch, "1")
 		m.Header.Set(ship.HeaderSeq, "1")
-		if proof != nil {
-			m.Header.Set(ship.HeaderProof, base64.StdEncoding.EncodeToString(proof))
-			m.Header.Set(ship.HeaderCert, signer.Cert())
+		if p.proof != nil {
+			m.Header.Set(ship.HeaderProof, base64.StdEncoding.EncodeToString(p.proof))
+			m.Header.Set(ship.HeaderCert, p.cert)
 		}
 		m.Header.Set(nats.MsgIdHdr, fmt.Sprintf("forged-%d", i))
 		m.Data = data
@@ -148,7 +172,8 @@ func checkForgedRelays(t *testing.T, ctx context.Context, a *testSite, url, dir 
 			t.Fatalf("c relays a transaction it says is b's: %v", err)
 		}
 	}
-	waitFor(t, ctx, a, `SELECT count(*)::text FROM casualdb.parked WHERE reason LIKE '%relayed by c is not shown to come from b%'`, "2")
+	waitFor(t, ctx, a, `SELECT count(*)::text FROM casualdb.parked WHERE reason LIKE '%relayed by c is not shown to come from b%'`, "3")
+	waitFor(t, ctx, a, `SELECT count(*)::text FROM casualdb.parked WHERE reason LIKE '%relayed by c is not shown to come from b: signature: bad signature%'`, "1")
 	waitFor(t, ctx, a, `SELECT count(*)::text FROM items WHERE id = 2`, "0")
 }
 
@@ -242,14 +267,14 @@ func checkPeerPermissions(t *testing.T, ctx context.Context, url, dir string) {
 	if err != nil || oinfo.State.Msgs == 0 {
 		t.Fatalf("a's outbox: %v, %+v", err, oinfo)
 	}
-	for _, subj := range []string{ship.ResendSubject("a"), ship.CheckSubject("a")} {
+	for _, subj := range []string{ship.ResendSubject("a", "c"), ship.CheckSubject("a")} {
 		if err := nc.PublishRequest(subj, "$JS.API.STREAM.PURGE."+ship.OutboxStream("a"), []byte(`{"peer":"c","from":1}`)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// A proper request after them: answered once they were handled.
 	pctx, cancel = short()
-	if _, err := nc.RequestWithContext(pctx, ship.ResendSubject("a"), []byte(`{"peer":"c","from":1}`)); err != nil {
+	if _, err := nc.RequestWithContext(pctx, ship.ResendSubject("a", "c"), []byte(`{"peer":"c","from":1}`)); err != nil {
 		t.Errorf("c's resend request: %v", err)
 	}
 	cancel()
@@ -264,6 +289,20 @@ func checkPeerPermissions(t *testing.T, ctx context.Context, url, dir string) {
 	}
 	if n := msgs(); n != before {
 		t.Errorf("a's inbox's last sequence is %d after c's refused attempts, %d before", n, before)
+	}
+	// c may ask only for itself: not on b's subject, nor for b on its own.
+	pctx, cancel = short()
+	if r, err := nc.RequestWithContext(pctx, ship.ResendSubject("a", "b"), []byte(`{"peer":"b","from":1}`)); err == nil {
+		t.Errorf("c asked a to resend to b on b's subject: %q", r.Data)
+	}
+	cancel()
+	for _, subj := range []string{ship.ResendSubject("a", "c"), "casualdb.resend.a"} {
+		pctx, cancel = short()
+		r, err := nc.RequestWithContext(pctx, subj, []byte(`{"peer":"b","from":1}`))
+		cancel()
+		if err == nil && !strings.HasPrefix(string(r.Data), "refused") {
+			t.Errorf("c asked a on %s to resend to b: %q", subj, r.Data)
+		}
 	}
 	// What c may do: its own subject, and a relay as itself (both parked
 	// at a as garbled: nothing here is a transaction).

@@ -52,7 +52,7 @@ func PeerOptions(cfg *tls.Config, site casualdb.SiteID) []nats.Option {
 
 // PeerPermissions are what peer may do at site's embedded server: publish
 // its own transactions into site's inbox, relay others' it kept as hints
-// (as itself: RelaySubject), ask site to ship again (resend) and to take
+// (as itself: RelaySubject), ask site to ship again to itself (resend) and to take
 // part in a check; receive the replies to its own requests. Nothing else:
 // no other origin's inbox subject, no JetStream API (it cannot read, purge
 // or delete a stream, or make a consumer), no other client's replies.
@@ -61,7 +61,7 @@ func PeerPermissions(site, peer casualdb.SiteID) *server.Permissions {
 		Publish: &server.SubjectPermission{Allow: []string{
 			InboxSubject(site, peer),
 			InboxSubject(site, "*") + "." + string(peer),
-			ResendSubject(site),
+			ResendSubject(site, peer),
 			CheckSubject(site),
 		},
 			// Never as the site itself (a relay of its own transactions).

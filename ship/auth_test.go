@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/casualdb/casualdb"
 	"github.com/nats-io/nats-server/v2/server"
 )
 
@@ -80,13 +82,13 @@ func TestPeerAuth(t *testing.T) {
 func TestPeerPermissions(t *testing.T) {
 	p := PeerPermissions("a", "b")
 	pub := p.Publish.Allow
-	for _, want := range []string{"casualdb.in.a.b", "casualdb.in.a.*.b", "casualdb.resend.a", "casualdb.check.a"} {
+	for _, want := range []string{"casualdb.in.a.b", "casualdb.in.a.*.b", "casualdb.resend.a.b", "casualdb.check.a"} {
 		if !slices.Contains(pub, want) {
 			t.Errorf("b may not publish %s at a: %v", want, pub)
 		}
 	}
 	for _, s := range pub {
-		if s == "casualdb.in.a.c" || s == "casualdb.in.a.>" || s == ">" || s[0] == '$' {
+		if s == "casualdb.in.a.c" || s == "casualdb.in.a.>" || strings.HasPrefix(s, "casualdb.resend.a.c") || s == "casualdb.resend.a" || s == "casualdb.resend.a.*" || s == ">" || s[0] == '$' {
 			t.Errorf("b may publish %s at a", s)
 		}
 	}
@@ -111,6 +113,19 @@ func TestSafeReply(t *testing.T) {
 	} {
 		if got := SafeReply(reply); got != want {
 			t.Errorf("SafeReply(%q) = %v, want %v", reply, got, want)
+		}
+	}
+}
+
+func TestResendAsker(t *testing.T) {
+	for subj, want := range map[string]casualdb.SiteID{
+		ResendSubject("a", "b"): "b",
+		"casualdb.resend.a":     "",
+		"casualdb.check.a":      "",
+		"casualdb.resend.a.b.c": "b.c",
+	} {
+		if got := ResendAsker(subj); got != want {
+			t.Errorf("ResendAsker(%s) = %q, want %q", subj, got, want)
 		}
 	}
 }

@@ -132,16 +132,25 @@ func DecodeInboxMsg(m jetstream.Msg) *casualdb.InboxMsg {
 			out.Txs[0].Proof, _ = base64.StdEncoding.DecodeString(p)
 			out.Cert = certFromHeader(h.Get(HeaderCert))
 		}
-	} else if err := attachProofs(h, out); err != nil {
-		// The origin itself sent it (the subject shows): its transactions
-		// stand; only a relay of them would need the proofs, and is
-		// refused without (RelayVerifier).
-		for i := range out.Txs {
-			out.Txs[i].Proof = nil
-		}
-		out.Cert = nil
 	}
 	return out
+}
+
+// withProofs gives the transactions of m, sent by their origin itself, their
+// proofs (attachProofs): what a site that may keep them as hints needs. A
+// signature header that does not fit leaves them without: the origin's
+// own transactions stand (the subject shows who sent them); only a relay
+// of them needs the proofs, and is refused without (RelayVerifier).
+func withProofs(h nats.Header, m *casualdb.InboxMsg, subj string) {
+	if m.Err != nil || SubjectRelayer(subj) != "" {
+		return
+	}
+	if err := attachProofs(h, m); err != nil {
+		for i := range m.Txs {
+			m.Txs[i].Proof = nil
+		}
+		m.Cert = nil
+	}
 }
 
 // verifyRelay marks the transaction of m, a relay, as garbled unless its

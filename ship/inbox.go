@@ -48,7 +48,14 @@ type Inbox struct {
 
 	// verify, when set, refuses relays their origin did not sign.
 	verify *RelayVerifier
+	// proofs: every transaction gets its proof (KeepProofs).
+	proofs bool
 }
+
+// KeepProofs makes the inbox give each transaction its origin's proof
+// (casualdb.InboxTx.Proof): a site that keeps hints needs them to relay
+// what it keeps. It costs a hash per transaction. Call it before Consume.
+func (i *Inbox) KeepProofs() { i.proofs = true }
 
 // VerifyRelays makes the inbox hand apply a relayed transaction only when
 // its origin signed it (v.Verify); any other is garbled, and apply parks
@@ -59,6 +66,9 @@ func (i *Inbox) VerifyRelays(v *RelayVerifier) { i.verify = v }
 // decode is DecodeInboxMsg, with relays verified.
 func (i *Inbox) decode(m jetstream.Msg) *casualdb.InboxMsg {
 	out := DecodeInboxMsg(m)
+	if i.proofs {
+		withProofs(m.Headers(), out, m.Subject())
+	}
 	if i.verify != nil && SubjectRelayer(m.Subject()) != "" {
 		verifyRelay(i.verify, out, m.Subject())
 	}

@@ -2,6 +2,10 @@ package ship
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -60,6 +64,7 @@ type Outbox struct {
 	stream jetstream.Stream
 	epoch  string
 	signer *Signer
+	idKey  []byte // see IDPrefix
 }
 
 // OpenOutbox creates (or opens) the outbox stream on the local server.
@@ -67,7 +72,23 @@ func OpenOutbox(ctx context.Context, js jetstream.JetStream, cfg OutboxConfig) (
 	if cfg.MaxBytes == 0 {
 		cfg.MaxBytes = DefaultOutboxMaxBytes
 	}
+	// The key of the message ids this site's shipments carry (IDPrefix),
+	// kept in the stream's metadata, which only the site itself can read.
+	idKey := ""
+	if st, err := js.Stream(ctx, OutboxStream(cfg.Site)); err == nil {
+		idKey = st.CachedInfo().Config.Metadata[metaIDKey]
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("open outbox %s: %w", OutboxStream(cfg.Site), err)
+	}
+	if idKey == "" {
+		b := make([]byte, 16)
+		if _, err := rand.Read(b); err != nil {
+			return nil, fmt.Errorf("open outbox: %w", err)
+		}
+		idKey = hex.EncodeToString(b)
+	}
 	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Metadata:   map[string]string{metaIDKey: idKey},
 		Name:       OutboxStream(cfg.Site),
 		Subjects:   []string{OutboxSubject(cfg.Site)},
 		Storage:    jetstream.FileStorage,
@@ -81,7 +102,23 @@ func OpenOutbox(ctx context.Context, js jetstream.JetStream, cfg OutboxConfig) (
 		return nil, fmt.Errorf("open outbox %s: %w", OutboxStream(cfg.Site), err)
 	}
 	info := st.CachedInfo()
-	return &Outbox{site: cfg.Site, js: js, stream: st, epoch: strconv.FormatInt(info.Created.UnixNano(), 10), signer: cfg.Signer}, nil
+	return &Outbox{site: cfg.Site, js: js, stream: st, epoch: strconv.FormatInt(info.Created.UnixNano(), 10), signer: cfg.Signer, idKey: []byte(idKey)}, nil
+}
+
+// metaIDKey is the outbox stream's metadata key holding IDPrefix's key.
+const metaIDKey = "casualdb_id_key"
+
+// IDPrefix prefixes the message ids of what this site publishes into
+// peer's inbox (its own transactions, and relays of others'). An inbox drops
+// a message whose id it stored in the last two minutes, whoever published
+// it: with ids anyone could compute, a peer could publish first under the
+// id of another site's next message, and the inbox would drop the real one
+// and acknowledge it (its sender then counts it delivered). The prefix is a
+// keyed hash of the peer's name: a peer sees its own, never another's.
+func (o *Outbox) IDPrefix(peer casualdb.SiteID) string {
+	m := hmac.New(sha256.New, o.idKey)
+	m.Write([]byte(peer))
+	return hex.EncodeToString(m.Sum(nil)[:8]) + ":"
 }
 
 // Epoch identifies this incarnation of the outbox: sequences restart when a

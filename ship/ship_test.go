@@ -459,3 +459,34 @@ func TestShipper_Rewind(t *testing.T) {
 		return nil
 	})
 }
+
+// TestOutbox_IDPrefix: the prefix of a site's message ids differs from peer
+// to peer (a peer sees its own only) and survives reopening the outbox.
+func TestOutbox_IDPrefix(t *testing.T) {
+	ctx := context.Background()
+	srv := startServer(t, t.TempDir(), mustPort(t))
+	defer srv.Close()
+	js := pgtest.JetStream(t, srv.ClientURL())
+	ob, err := ship.OpenOutbox(ctx, js, ship.OutboxConfig{Site: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, c := ob.IDPrefix("b"), ob.IDPrefix("c")
+	if b == c || len(b) < 16 {
+		t.Errorf("prefixes for b and c: %q, %q", b, c)
+	}
+	again, err := ship.OpenOutbox(ctx, js, ship.OutboxConfig{Site: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := again.IDPrefix("b"); got != b {
+		t.Errorf("after reopening, b's prefix is %q, was %q", got, b)
+	}
+	other, err := ship.OpenOutbox(ctx, js, ship.OutboxConfig{Site: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.IDPrefix("b") == b {
+		t.Errorf("two sites' outboxes give b the same prefix")
+	}
+}

@@ -469,7 +469,7 @@ func (s *Shipper) publish(ctx context.Context, js jetstream.JetStream, batch []j
 	for start := 0; start < len(msgs); {
 		end, size := start, 0
 		for end < len(msgs) && (end == start || size+len(msgs[end].m.Data()) <= maxBundleBytes) {
-			size += len(msgs[end].m.Data()) + len(msgs[end].entries)*2*binary.MaxVarintLen64
+			size += len(msgs[end].m.Data()) + len(msgs[end].entries)*2*binary.MaxVarintLen64 + len(msgs[end].m.Headers().Get(HeaderSig))
 			end++
 		}
 		out := s.inboxMsg(msgs[start:end])
@@ -612,9 +612,32 @@ func (o *Outbox) Trim(ctx context.Context, peers []casualdb.SiteID, recordedMsg 
 	return o.Purge(ctx, floor+1)
 }
 
-// ResendSubject is where an origin's sidecar takes requests to ship again
-// (core NATS request/reply on the origin's own server).
-func ResendSubject(origin casualdb.SiteID) string { return "casualdb.resend." + string(origin) }
+// ResendSubject is where peer asks origin's sidecar to ship to it again
+// (core NATS request/reply on the origin's own server). It names the peer,
+// to which the server's permissions pin a peer's requests (PeerPermissions):
+// a site can ask only for itself.
+func ResendSubject(origin, peer casualdb.SiteID) string {
+	return "casualdb.resend." + string(origin) + "." + string(peer)
+}
+
+// ResendSubjects are the subjects origin's sidecar takes resend requests
+// on: every peer's, and the one sidecars of earlier versions asked on
+// (casualdb.resend.<origin>, naming no peer), which a site with TLS lets no
+// peer publish.
+func ResendSubjects(origin casualdb.SiteID) []string {
+	return []string{"casualdb.resend." + string(origin), ResendSubject(origin, "*")}
+}
+
+// ResendAsker returns the peer a resend request's subject names; "" for the
+// subject of earlier versions.
+func ResendAsker(subj string) casualdb.SiteID {
+	rest, ok := strings.CutPrefix(subj, "casualdb.resend.")
+	if !ok {
+		return ""
+	}
+	_, peer, _ := strings.Cut(rest, ".")
+	return casualdb.SiteID(peer)
+}
 
 // ResendRequest asks origin to ship to Peer again from outbox sequence From.
 type ResendRequest struct {
@@ -631,7 +654,7 @@ func RequestResend(ctx context.Context, url string, origin, peer casualdb.SiteID
 	}
 	defer nc.Close()
 	body, _ := json.Marshal(ResendRequest{Peer: peer, From: from})
-	reply, err := nc.RequestWithContext(ctx, ResendSubject(origin), body)
+	reply, err := nc.RequestWithContext(ctx, ResendSubject(origin, peer), body)
 	if err != nil {
 		return fmt.Errorf("ask %s to resend from %d: %w", origin, from, err)
 	}

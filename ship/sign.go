@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/casualdb/casualdb"
 	"github.com/nats-io/nats.go"
@@ -37,8 +38,9 @@ const (
 	// message: "<first sequence> <count> <base64 signature>"; an inbox
 	// message that joins several outbox messages has one value for each.
 	HeaderSig = "Casualdb-Sig"
-	// HeaderCert is the origin's certificate (base64 DER) on a message
-	// that carries signatures or a proof.
+	// HeaderCert is the origin's certificate chain (base64 of the DER
+	// certificates, leaf first) on a message that carries signatures or a
+	// proof.
 	HeaderCert = "Casualdb-Cert"
 	// HeaderProof is, on a relayed transaction, its inclusion proof and
 	// the signature of its run (base64; see Proof).
@@ -75,7 +77,13 @@ func NewSigner(cfg *tls.Config, site casualdb.SiteID) (*Signer, error) {
 	if leaf.Subject.CommonName != string(site) {
 		return nil, fmt.Errorf("%w: nats.tls.cert names %q, not this site %q (peers take a site's identity from its certificate's common name)", casualdb.ErrConfig, leaf.Subject.CommonName, site)
 	}
-	return &Signer{site: site, key: key, certB64: base64.StdEncoding.EncodeToString(c.Certificate[0])}, nil
+	// The chain as the site presents it (leaf first): a CA that issues
+	// through intermediates needs them to verify.
+	var chain []byte
+	for _, der := range c.Certificate {
+		chain = append(chain, der...)
+	}
+	return &Signer{site: site, key: key, certB64: base64.StdEncoding.EncodeToString(chain)}, nil
 }
 
 // runDigest is what a site signs for a run of its transactions: the site,
@@ -156,10 +164,10 @@ func parseSigRun(v string) (sigRun, error) {
 	return sigRun{first: first, count: count, sig: sig}, nil
 }
 
-// certs interns the certificates that arrive with messages: every message
+// certIntern interns the certificates that arrive with messages: every message
 // carries its origin's, and the hints kept in memory (package hint) hold
 // one per transaction.
-var certs = struct {
+var certIntern = struct {
 	sync.Mutex
 	m map[string][]byte
 }{m: map[string][]byte{}}
@@ -169,19 +177,19 @@ func certFromHeader(v string) []byte {
 	if v == "" {
 		return nil
 	}
-	certs.Lock()
-	defer certs.Unlock()
-	if c, ok := certs.m[v]; ok {
+	certIntern.Lock()
+	defer certIntern.Unlock()
+	if c, ok := certIntern.m[v]; ok {
 		return c
 	}
 	c, err := base64.StdEncoding.DecodeString(v)
 	if err != nil || len(c) == 0 {
 		return nil
 	}
-	if len(certs.m) >= maxVerifiedCerts {
-		clear(certs.m)
+	if len(certIntern.m) >= maxVerifiedCerts {
+		clear(certIntern.m)
 	}
-	certs.m[v] = c
+	certIntern.m[v] = c
 	return c
 }
 
@@ -201,14 +209,15 @@ func attachProofs(h nats.Header, m *casualdb.InboxMsg) error {
 		return fmt.Errorf("%w: signed transactions without a valid %s header", casualdb.ErrGarbled, HeaderCert)
 	}
 	m.Cert = cert
+	next := 0 // runs come in order: each is looked for after the last
 	for _, v := range vals {
 		r, err := parseSigRun(v)
 		if err != nil {
 			return err
 		}
 		start := -1
-		for i, t := range m.Txs {
-			if t.Seq == r.first {
+		for i := next; i < len(m.Txs); i++ {
+			if m.Txs[i].Seq == r.first {
 				start = i
 				break
 			}
@@ -224,6 +233,7 @@ func attachProofs(h nats.Header, m *casualdb.InboxMsg) error {
 		for i := range leaves {
 			m.Txs[start+i].Proof = encodeProof(i, r.count, t.path(i), r.sig)
 		}
+		next = start + r.count
 	}
 	return nil
 }
@@ -288,12 +298,21 @@ func (v *RelayVerifier) cert(der []byte, origin casualdb.SiteID) (*x509.Certific
 	v.mu.Lock()
 	c := v.certs[string(der)]
 	v.mu.Unlock()
+	if c != nil && time.Now().After(c.NotAfter) {
+		c = nil // verified before it expired: verify again (and fail)
+	}
 	if c == nil {
-		var err error
-		if c, err = x509.ParseCertificate(der); err != nil {
-			return nil, fmt.Errorf("certificate: %w", err)
+		chain, err := x509.ParseCertificates(der)
+		if err != nil || len(chain) == 0 {
+			return nil, fmt.Errorf("certificate: %v", err)
 		}
-		if _, err := c.Verify(x509.VerifyOptions{Roots: v.roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		c = chain[0]
+		inter := x509.NewCertPool()
+		for _, ic := range chain[1:] {
+			inter.AddCert(ic)
+		}
+		// As the peers' NATS servers take a site's certificate: a client's.
+		if _, err := c.Verify(x509.VerifyOptions{Roots: v.roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 			return nil, fmt.Errorf("certificate of %q: %w", c.Subject.CommonName, err)
 		}
 		v.mu.Lock()

@@ -1,11 +1,19 @@
 package ship
 
 import (
+	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
+	"errors"
 	"fmt"
 	"testing"
+
+	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/certs"
+	"github.com/nats-io/nats.go"
 )
 
 // TestMerkle: every leaf's inclusion path leads to the tree's root, and only
@@ -76,5 +84,85 @@ func BenchmarkSignRun(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestAttachProofs: an inbox message joining two signed runs (the shipper
+// joins outbox messages) gives every transaction a proof that verifies; a
+// signature header naming transactions the message does not hold is
+// garbled.
+func TestAttachProofs(t *testing.T) {
+	dir := t.TempDir()
+	if err := certs.Generate(dir, []string{"a"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := certs.ClientConfig(certs.For(dir, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := NewSigner(cfg, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &casualdb.InboxMsg{Origin: "a", Epoch: "e"}
+	var data [][]byte
+	for seq := uint64(1); seq <= 5; seq++ {
+		d := []byte(fmt.Sprintf("tx %d", seq))
+		data = append(data, d)
+		m.Txs = append(m.Txs, casualdb.InboxTx{Seq: seq, Data: d})
+	}
+	h := nats.Header{}
+	for _, run := range [][2]int{{0, 3}, {3, 5}} {
+		v, err := signer.SignRun("e", uint64(run[0]+1), data[run[0]:run[1]])
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Add(HeaderSig, v)
+	}
+	h.Set(HeaderCert, signer.Cert())
+	if err := attachProofs(h, m); err != nil {
+		t.Fatal(err)
+	}
+	v := NewRelayVerifier(cfg)
+	for _, x := range m.Txs {
+		if err := v.Verify("a", "e", x.Seq, x.Data, x.Proof, m.Cert); err != nil {
+			t.Errorf("transaction %d: %v", x.Seq, err)
+		}
+	}
+	if err := v.Verify("a", "e", 4, m.Txs[3].Data, m.Txs[0].Proof, m.Cert); err == nil {
+		t.Errorf("transaction 4 verified with transaction 1's proof")
+	}
+	h.Add(HeaderSig, "9 1 AAAA")
+	if err := attachProofs(h, &casualdb.InboxMsg{Txs: m.Txs}); !errors.Is(err, casualdb.ErrGarbled) {
+		t.Errorf("a run of transactions the message does not hold: %v", err)
+	}
+}
+
+// TestSignKeys: the key types a site's certificate may have sign and verify,
+// and a changed statement does not verify.
+func TestSignKeys(t *testing.T) {
+	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ed, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []crypto.Signer{ec, ed, rs} {
+		sig, err := sign(key, []byte("statement"))
+		if err != nil {
+			t.Fatalf("%T: %v", key, err)
+		}
+		if err := verifySig(key.Public(), []byte("statement"), sig); err != nil {
+			t.Errorf("%T: %v", key, err)
+		}
+		if err := verifySig(key.Public(), []byte("statemenT"), sig); err == nil {
+			t.Errorf("%T: another statement verified", key)
+		}
 	}
 }

