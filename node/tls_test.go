@@ -175,6 +175,29 @@ func checkForgedRelays(t *testing.T, ctx context.Context, a *testSite, url, dir 
 	waitFor(t, ctx, a, `SELECT count(*)::text FROM casualdb.parked WHERE reason LIKE '%relayed by c is not shown to come from b%'`, "3")
 	waitFor(t, ctx, a, `SELECT count(*)::text FROM casualdb.parked WHERE reason LIKE '%relayed by c is not shown to come from b: signature: bad signature%'`, "1")
 	waitFor(t, ctx, a, `SELECT count(*)::text FROM items WHERE id = 2`, "0")
+
+	// On its own subject, c sends a transaction of its own that writes a
+	// row of CasualDB's bookkeeping: parked, never applied.
+	evil := &casualdb.Tx{Origin: "c", LSN: 1 << 40, CommitTime: time.Now().UTC(),
+		Relations: map[string]casualdb.Relation{"casualdb.progress": {Table: "casualdb.progress", Schema: "casualdb", Name: "progress",
+			Columns: []casualdb.Column{{Name: "origin", Type: "text", Key: true}, {Name: "seq", Type: "bigint"}}}},
+		Changes: []casualdb.Change{{Table: "casualdb.progress", Op: casualdb.OpInsert, Key: []string{"evil"}, Values: []casualdb.Value{{Text: "evil"}, {Text: "1"}},
+			Version: casualdb.Version{HLC: casualdb.HLC{Wall: time.Now().UnixNano()}, Origin: "c", VC: casualdb.VectorClock{"c": 1}}}}}
+	if data, err = evil.Marshal(); err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(ship.InboxSubject("a", "c"))
+	m.Header.Set(ship.HeaderOrigin, "c")
+	m.Header.Set(ship.HeaderEpoch, "1")
+	m.Header.Set(ship.HeaderSeq, "1")
+	m.Data = data
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := js.PublishMsg(pctx, m); err != nil {
+		t.Fatalf("c publishes its own transaction: %v", err)
+	}
+	waitFor(t, ctx, a, `SELECT count(*)::text FROM casualdb.parked WHERE tbl = 'casualdb.progress' AND reason LIKE '%not a replicated table%'`, "1")
+	waitFor(t, ctx, a, `SELECT count(*)::text FROM casualdb.progress WHERE origin = 'evil'`, "0")
 }
 
 // checkPeerPermissions: at site a's NATS (url), a client is the site its
