@@ -99,15 +99,7 @@ func checkForgedRelays(t *testing.T, ctx context.Context, a *testSite, url, dir 
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(url, append(ship.PeerOptions(cCfg, "c"), nats.Timeout(5*time.Second), nats.NoReconnect())...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js, _ := natsAsPeer(t, url, dir, "c")
 	forged := &casualdb.Tx{Origin: "b", LSN: 1 << 40, CommitTime: time.Now().UTC(),
 		Relations: map[string]casualdb.Relation{"public.items": {Table: "public.items", Schema: "public", Name: "items",
 			Columns: []casualdb.Column{{Name: "id", Type: "integer", Key: true}, {Name: "label", Type: "text"}}}},
@@ -200,6 +192,33 @@ func checkForgedRelays(t *testing.T, ctx context.Context, a *testSite, url, dir 
 	waitFor(t, ctx, a, `SELECT count(*)::text FROM casualdb.progress WHERE origin = 'evil'`, "0")
 }
 
+// natsAsPeer connects to the NATS at url as site (its certificate in dir),
+// and returns the connection's asynchronous errors (permission violations).
+func natsAsPeer(t *testing.T, url, dir, site string) (*nats.Conn, jetstream.JetStream, chan error) {
+	t.Helper()
+	cfg, err := certs.ClientConfig(certs.For(dir, site))
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 16)
+	nc, err := nats.Connect(url, append(ship.PeerOptions(cfg, casualdb.SiteID(site)), nats.Timeout(5*time.Second), nats.NoReconnect(),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			select {
+			case errs <- err:
+			default:
+			}
+		}))...)
+	if err != nil {
+		t.Fatalf("%s's certificate: %v", site, err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js, errs
+}
+
 // checkPeerPermissions: at site a's NATS (url), a client is the site its
 // certificate names, with that site's permissions. c (a certificate of the
 // cluster's CA, not a member) may not publish as b, purge or delete a's
@@ -208,29 +227,7 @@ func checkForgedRelays(t *testing.T, ctx context.Context, a *testSite, url, dir 
 // Nothing it was refused reached a's inbox.
 func checkPeerPermissions(t *testing.T, ctx context.Context, url, dir string) {
 	t.Helper()
-	as := func(site string) (*nats.Conn, jetstream.JetStream, chan error) {
-		cfg, err := certs.ClientConfig(certs.For(dir, site))
-		if err != nil {
-			t.Fatal(err)
-		}
-		errs := make(chan error, 16)
-		nc, err := nats.Connect(url, append(ship.PeerOptions(cfg, casualdb.SiteID(site)), nats.Timeout(5*time.Second), nats.NoReconnect(),
-			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-				select {
-				case errs <- err:
-				default:
-				}
-			}))...)
-		if err != nil {
-			t.Fatalf("%s's certificate: %v", site, err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return nc, js, errs
-	}
+	as := func(site string) (*nats.Conn, jetstream.JetStream, chan error) { return natsAsPeer(t, url, dir, site) }
 	_, own, _ := as("a") // a's own certificate: the site itself, unrestricted
 	inbox, err := own.Stream(ctx, ship.InboxStream("a"))
 	if err != nil {

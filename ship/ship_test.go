@@ -186,14 +186,7 @@ func testShipperPeerDownThenUp(t *testing.T, bundle int) {
 				x.Seq = uint64(i)
 				txs = append(txs, x)
 			}
-			n, wait, err := ob.Publish(ctx, txs, msgs)
-			if err == nil {
-				err = wait(ctx)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			msgs += n
+			msgs += publishOutbox(t, ctx, ob, txs, msgs)
 			if first <= 40 && 40 < first+bundle {
 				msgOf40 = msgs
 			}
@@ -489,4 +482,18 @@ func TestOutbox_IDPrefix(t *testing.T) {
 	if other.IDPrefix("b") == b {
 		t.Errorf("two sites' outboxes give b the same prefix")
 	}
+}
+
+// publishOutbox stores txs in ob after message afterMsg, waits until they
+// are durable, and returns how many messages that took.
+func publishOutbox(t *testing.T, ctx context.Context, ob *ship.Outbox, txs []*casualdb.Tx, afterMsg uint64) uint64 {
+	t.Helper()
+	n, wait, err := ob.Publish(ctx, txs, afterMsg)
+	if err == nil {
+		err = wait(ctx)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

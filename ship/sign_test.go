@@ -70,14 +70,7 @@ func TestRelaySignatures(t *testing.T) {
 			x.Seq = seq
 			txs = append(txs, x)
 		}
-		n, wait, err := ob.Publish(ctx, txs, msgs)
-		if err == nil {
-			err = wait(ctx)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		msgs += n
+		msgs += publishOutbox(t, ctx, ob, txs, msgs)
 	}
 	sh, err := ship.NewShipper(ship.ShipperConfig{Site: "a", Peer: "b", PeerURL: srvURL, Outbox: ob, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {

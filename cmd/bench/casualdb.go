@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/certs"
 	"github.com/casualdb/casualdb/internal/pgtest"
 )
 
@@ -74,11 +75,20 @@ func (s *casualdbSystem) startSidecar(i int, srv *pgtest.Server, nats []int) err
 		return fmt.Errorf("pick admin port: %w", err)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "site: %s\ndata_dir: %s\ndatabase:\n  dsn: %s\n  tables: [%s]\nnats:\n  listen: 127.0.0.1:%d\nadmin:\n  listen: 127.0.0.1:%d\n  pprof: %t\nlog:\n  level: %s\npeers:\n",
-		name, filepath.Join(s.c.dir, "sidecar-"+name), srv.DSN(), strings.Join(replicatedTables, ", "), nats[i], admin, s.o.profile != "", s.o.logLevel)
+	natsTLS, scheme := "", "nats"
+	if s.o.tls {
+		dir := filepath.Join(s.c.dir, "certs")
+		if err := certs.Generate(dir, []string{name}, nil); err != nil {
+			return fmt.Errorf("certificates of sidecar %s: %w", name, err)
+		}
+		f := certs.For(dir, name)
+		natsTLS, scheme = fmt.Sprintf("  tls:\n    cert: %s\n    key: %s\n    ca: %s\n", f.Cert, f.Key, f.CA), "tls"
+	}
+	fmt.Fprintf(&b, "site: %s\ndata_dir: %s\ndatabase:\n  dsn: %s\n  tables: [%s]\nnats:\n  listen: 127.0.0.1:%d\n%sadmin:\n  listen: 127.0.0.1:%d\n  pprof: %t\nlog:\n  level: %s\npeers:\n",
+		name, filepath.Join(s.c.dir, "sidecar-"+name), srv.DSN(), strings.Join(replicatedTables, ", "), nats[i], natsTLS, admin, s.o.profile != "", s.o.logLevel)
 	for j := range s.c.servers {
 		if j != i {
-			fmt.Fprintf(&b, "  - name: %s\n    nats_url: nats://127.0.0.1:%d\n", siteName(j), nats[j])
+			fmt.Fprintf(&b, "  - name: %s\n    nats_url: %s://127.0.0.1:%d\n", siteName(j), scheme, nats[j])
 		}
 	}
 	cfg := filepath.Join(s.c.dir, "casualdb-"+name+".yml")

@@ -50,6 +50,7 @@ type options struct {
 	idle              time.Duration // how long the idle system is measured; 0: not
 	logLevel          string
 	out               string
+	tls               bool // the sidecars' NATS links speak mutual TLS, as a user runs them
 }
 
 func main() {
@@ -69,6 +70,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "docs/perf", "directory for results.txt and lag.svg")
 	flag.DurationVar(&o.idle, "idle", 15*time.Second, "how long to measure each system idle, once set up (0: not)")
 	flag.StringVar(&o.scenarios, "scenarios", "", "run only these scenarios (comma-separated: baseline, saturation-4, saturation-8, throttled, backlog); for quick comparisons, not for the published figures")
+	flag.BoolVar(&o.tls, "tls", false, "casualdb's NATS links speak mutual TLS with per-site certificates (casualdb certs), as a deployment off loopback must; default plain text on loopback")
 	flag.IntVar(&o.statements, "statements", 0, "report each site's N most expensive statements of the throttled run (pg_stat_statements)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

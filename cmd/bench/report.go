@@ -80,7 +80,11 @@ func scenarioTitle(o options, k scenarioKind) string {
 // report renders every system's results as text.
 func report(o options, m machine, rs []*systemResult) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "CasualDB bench, %s, %s, fsync=off\n", m.date.Format("2006-01-02 15:04"), m)
+	links := "casualdb's NATS links in plain text on loopback"
+	if o.tls {
+		links = "casualdb's NATS links mutual TLS"
+	}
+	fmt.Fprintf(&b, "CasualDB bench, %s, %s, fsync=off, %s\n", m.date.Format("2006-01-02 15:04"), m, links)
 	fmt.Fprintf(&b, "workload at site a: pgbench -n -j 2 -f kv.sql@%d -f acct.sql@%d over %d keys (bench_kv, bench_acct); a probe into bench_probe every %s\n",
 		kvWeight, acctWeight, o.keys, o.probeEvery)
 	b.WriteString("systems, one after another on fresh servers:")
