@@ -106,3 +106,20 @@ func TestRecentTxs_Bounds(t *testing.T) {
 		}
 	})
 }
+
+// TestRecentTxs_KeepsProofs: what is remembered for late and relay hints
+// keeps the origin's proof and certificate (the relay is refused without
+// them), and the proof counts against the byte bound.
+func TestRecentTxs_KeepsProofs(t *testing.T) {
+	var rt recentTxs
+	r := received("a", "e1", 1, 10)
+	r.Proof, r.Cert = []byte{0, 1, 0, 's', 'i', 'g'}, []byte("der")
+	rt.add(time.Now(), r)
+	got := rt.missedBy("c", nil)
+	if len(got) != 1 || string(got[0].rec.Proof) != string(r.Proof) || string(got[0].rec.Cert) != "der" {
+		t.Fatalf("remembered %+v", got)
+	}
+	if rt.bytes != 10+len(r.Proof) {
+		t.Errorf("%d bytes counted, want data and proof, %d", rt.bytes, 10+len(r.Proof))
+	}
+}

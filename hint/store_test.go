@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/casualdb/casualdb/hint"
 	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/casualdb/casualdb/ship"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -178,7 +180,7 @@ func TestHandoff_CarriesProof(t *testing.T) {
 	if _, err := hs.Add(ctx, h); err != nil {
 		t.Fatal(err)
 	}
-	ho, err := hint.NewHandoff(hint.HandoffConfig{Hints: hs, For: "c", URL: func() (string, bool) { return srv.URL(), true }})
+	ho, err := hint.NewHandoff(hint.HandoffConfig{Hints: hs, For: "c", IDPrefix: "p:", URL: func() (string, bool) { return srv.URL(), true }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,6 +206,11 @@ func TestHandoff_CarriesProof(t *testing.T) {
 		}
 		if m.Subject != ship.RelaySubject("c", "a", "b") || m.Header.Get(ship.HeaderProof) != want[0] || m.Header.Get(ship.HeaderCert) != want[1] {
 			t.Errorf("relay %d: subject %s, proof %q, cert %q; want %v", seq, m.Subject, m.Header.Get(ship.HeaderProof), m.Header.Get(ship.HeaderCert), want)
+		}
+		// The relayer's own id, never the origin's (a relay the site
+		// refuses must not make its inbox drop the origin's copy).
+		if id := m.Header.Get(nats.MsgIdHdr); !strings.HasPrefix(id, "p:relay-a-") {
+			t.Errorf("relay %d has message id %q", seq, id)
 		}
 	}
 }
