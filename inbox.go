@@ -16,6 +16,9 @@ type InboxMsg struct {
 	// Origin is the site whose transactions these are. Empty only when Err
 	// is set.
 	Origin SiteID
+	// Relayer is the site that relayed them (a hint it kept); empty when
+	// the origin sent them itself.
+	Relayer SiteID
 	// Epoch is the creation time of the origin's outbox, in which the
 	// sequences count.
 	Epoch string

@@ -64,14 +64,21 @@ func TestNode_ExternalNATSWithCreds(t *testing.T) {
 	opub, err := okp.PublicKey()
 	must(err)
 	oc := jwt.NewOperatorClaims(opub)
-	akp, err := nkeys.CreateAccount()
-	must(err)
-	apub, err := akp.PublicKey()
-	must(err)
-	ac := jwt.NewAccountClaims(apub)
-	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
-	ajwt, err := ac.Encode(okp)
-	must(err)
+	// An account signed by the operator, with JetStream or without.
+	account := func(js bool) (kp nkeys.KeyPair, pub, token string) {
+		kp, err := nkeys.CreateAccount()
+		must(err)
+		pub, err = kp.PublicKey()
+		must(err)
+		ac := jwt.NewAccountClaims(pub)
+		if js {
+			ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+		}
+		token, err = ac.Encode(okp)
+		must(err)
+		return kp, pub, token
+	}
+	akp, apub, ajwt := account(true)
 	ukp, err := nkeys.CreateUser()
 	must(err)
 	upub, err := ukp.PublicKey()
@@ -84,13 +91,7 @@ func TestNode_ExternalNATSWithCreds(t *testing.T) {
 	must(err)
 	credsFile := filepath.Join(t.TempDir(), "a.creds")
 	must(os.WriteFile(credsFile, creds, 0o600))
-	// Operator mode wants a system account.
-	skp, err := nkeys.CreateAccount()
-	must(err)
-	spub, err := skp.PublicKey()
-	must(err)
-	sjwt, err := jwt.NewAccountClaims(spub).Encode(okp)
-	must(err)
+	_, spub, sjwt := account(false) // operator mode wants a system account
 	resolver := &server.MemAccResolver{}
 	must(resolver.Store(apub, ajwt))
 	must(resolver.Store(spub, sjwt))

@@ -169,12 +169,12 @@ func (s *Node) Start(ctx context.Context) (err error) {
 	// Relays of this site's transactions (hints its peers keep) carry its
 	// signature: with the embedded server the certificate must name the
 	// site anyway (peers take its identity from it).
-	signer, err := ship.NewSigner(s.natsTLS, casualdb.SiteID(s.cfg.Site))
-	if err != nil && s.cfg.NATS.URL == "" {
-		return err
-	} else if err != nil {
-		s.log.Warn("this site's transactions go unsigned: peers with TLS will refuse relays of them (hinted hand-off)", "err", err)
-		err = nil
+	signer, serr := ship.NewSigner(s.natsTLS, casualdb.SiteID(s.cfg.Site))
+	switch {
+	case serr != nil && s.cfg.NATS.URL == "":
+		return serr
+	case serr != nil:
+		s.log.Warn("this site's transactions go unsigned: peers with TLS will refuse relays of them (hinted hand-off)", "err", serr)
 	}
 	url := s.cfg.NATS.URL
 	if url == "" {

@@ -3,6 +3,7 @@ package ship
 import (
 	"encoding/base64"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -87,7 +88,8 @@ var _ casualdb.Acker = jetstream.Msg(nil)
 // that decoding overlaps apply's work with the database.
 func DecodeInboxMsg(m jetstream.Msg) *casualdb.InboxMsg {
 	h := m.Headers()
-	out := &casualdb.InboxMsg{Acker: m, Origin: casualdb.SiteID(h.Get(HeaderOrigin)), Epoch: h.Get(HeaderEpoch), Data: m.Data()}
+	origin, relayer := subjectSites(m.Subject())
+	out := &casualdb.InboxMsg{Acker: m, Origin: casualdb.SiteID(h.Get(HeaderOrigin)), Relayer: relayer, Epoch: h.Get(HeaderEpoch), Data: m.Data()}
 	out.Seq, _ = strconv.ParseUint(h.Get(HeaderSeq), 10, 64)
 	out.LSN, _ = strconv.ParseUint(h.Get(HeaderLSN), 10, 64)
 	if md, err := m.Metadata(); err == nil {
@@ -100,12 +102,11 @@ func DecodeInboxMsg(m jetstream.Msg) *casualdb.InboxMsg {
 	if err == nil {
 		// casualdb.in.<site>.<origin>[.<relayer>]: the subject, which the
 		// server's permissions tie to the publisher, names the origin.
-		if SubjectOrigin(m.Subject()) != out.Origin {
+		if origin != out.Origin {
 			err = fmt.Errorf("%w: a transaction of %s on subject %s", casualdb.ErrGarbled, out.Origin, m.Subject())
 		}
 	}
-	relayed := SubjectRelayer(m.Subject()) != ""
-	if err == nil && relayed && len(entries) != 1 {
+	if err == nil && out.Relayer != "" && len(entries) != 1 {
 		err = fmt.Errorf("%w: a relay of %d transactions (a relay carries one)", casualdb.ErrGarbled, len(entries))
 	}
 	if err != nil {
@@ -126,13 +127,6 @@ func DecodeInboxMsg(m jetstream.Msg) *casualdb.InboxMsg {
 		tx.Seq = e.Seq
 		out.Txs[i].Tx = tx
 	}
-	if relayed {
-		// The relayer kept the origin's proof with the transaction.
-		if p := h.Get(HeaderProof); p != "" {
-			out.Txs[0].Proof, _ = base64.StdEncoding.DecodeString(p)
-			out.Cert = certFromHeader(h.Get(HeaderCert))
-		}
-	}
 	return out
 }
 
@@ -141,11 +135,8 @@ func DecodeInboxMsg(m jetstream.Msg) *casualdb.InboxMsg {
 // signature header that does not fit leaves them without: the origin's
 // own transactions stand (the subject shows who sent them); only a relay
 // of them needs the proofs, and is refused without (RelayVerifier).
-func withProofs(h nats.Header, m *casualdb.InboxMsg, subj string) {
-	if m.Err != nil || SubjectRelayer(subj) != "" {
-		return
-	}
-	if err := attachProofs(h, m); err != nil {
+func withProofs(h nats.Header, m *casualdb.InboxMsg, cert []byte) {
+	if err := attachProofs(h, m, cert); err != nil {
 		for i := range m.Txs {
 			m.Txs[i].Proof = nil
 		}
@@ -153,15 +144,17 @@ func withProofs(h nats.Header, m *casualdb.InboxMsg, subj string) {
 	}
 }
 
-// verifyRelay marks the transaction of m, a relay, as garbled unless its
-// origin signed it (v.Verify).
-func verifyRelay(v *RelayVerifier, m *casualdb.InboxMsg, subj string) {
-	if m.Err != nil || len(m.Txs) != 1 || m.Txs[0].Err != nil {
-		return
+// relayProof gives m, a relay of one transaction, the proof and the
+// certificate (cert, from HeaderCert) its relayer kept with it.
+func relayProof(h nats.Header, m *casualdb.InboxMsg, cert []byte) error {
+	v := h.Get(HeaderProof)
+	if v == "" || cert == nil {
+		return errors.New("it carries no signature of its origin")
 	}
-	t := &m.Txs[0]
-	if err := v.Verify(m.Origin, m.Epoch, t.Seq, t.Data, t.Proof, m.Cert); err != nil {
-		t.Err = fmt.Errorf("%w: transaction %d of %s relayed by %s is not shown to come from %s: %v", casualdb.ErrGarbled, t.Seq, m.Origin, SubjectRelayer(subj), m.Origin, err)
-		t.Tx = nil
+	p, err := base64.StdEncoding.DecodeString(v)
+	if err != nil {
+		return fmt.Errorf("bad %s header: %w", HeaderProof, err)
 	}
+	m.Txs[0].Proof, m.Cert = p, cert
+	return nil
 }

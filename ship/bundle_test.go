@@ -67,17 +67,18 @@ func TestDecodeInboxMsg(t *testing.T) {
 		m       *inboxMsg
 		wantErr bool     // the message as a whole does not decode
 		want    []string // per transaction: its LSN, or "garbled"
+		relayer casualdb.SiteID
 	}{
 		{name: "single", m: &inboxMsg{h: header(ship.HeaderOrigin, "a", ship.HeaderEpoch, "e1", ship.HeaderSeq, "3", ship.HeaderLSN, "300"), data: encode("a", 300), sseq: 9},
 			want: []string{"300"}},
 		{name: "bundle with bad transactions", m: &inboxMsg{h: header(ship.HeaderOrigin, "a", ship.HeaderEpoch, "e1", ship.HeaderSeq, "5", ship.HeaderBundle, "4", ship.HeaderLSN, "800"), data: bundle, sseq: 10},
 			want: []string{"500", "garbled", "garbled", "800"}},
 		{name: "relayed", m: &inboxMsg{h: header(ship.HeaderOrigin, "a", ship.HeaderSeq, "3", ship.HeaderLSN, "300"), data: encode("a", 300),
-			subject: ship.RelaySubject("b", "a", "c")}, want: []string{"300"}},
+			subject: ship.RelaySubject("b", "a", "c")}, want: []string{"300"}, relayer: "c"},
 		{name: "another origin's subject", m: &inboxMsg{h: header(ship.HeaderOrigin, "a", ship.HeaderSeq, "3", ship.HeaderLSN, "300"), data: encode("a", 300),
 			subject: ship.InboxSubject("b", "c")}, wantErr: true},
 		{name: "relayed as another origin's", m: &inboxMsg{h: header(ship.HeaderOrigin, "a", ship.HeaderSeq, "3", ship.HeaderLSN, "300"), data: encode("a", 300),
-			subject: ship.RelaySubject("b", "c", "a")}, wantErr: true},
+			subject: ship.RelaySubject("b", "c", "a")}, wantErr: true, relayer: "a"},
 		{name: "no origin", m: &inboxMsg{h: header(ship.HeaderSeq, "3", ship.HeaderLSN, "300"), data: encode("a", 300)}, wantErr: true},
 		{name: "bad framing", m: &inboxMsg{h: header(ship.HeaderOrigin, "a", ship.HeaderSeq, "5", ship.HeaderBundle, "5", ship.HeaderLSN, "800"), data: bundle}, wantErr: true},
 	} {
@@ -89,6 +90,9 @@ func TestDecodeInboxMsg(t *testing.T) {
 			if got.Origin != casualdb.SiteID(c.m.h.Get(ship.HeaderOrigin)) || got.Epoch != c.m.h.Get(ship.HeaderEpoch) ||
 				strconv.FormatUint(got.Seq, 10) != c.m.h.Get(ship.HeaderSeq) || strconv.FormatUint(got.LSN, 10) != c.m.h.Get(ship.HeaderLSN) {
 				t.Errorf("headers decoded as origin %q epoch %q seq %d lsn %d; want %v", got.Origin, got.Epoch, got.Seq, got.LSN, c.m.h)
+			}
+			if got.Relayer != c.relayer {
+				t.Errorf("relayer %q on subject %s, want %q", got.Relayer, c.m.Subject(), c.relayer)
 			}
 			if c.wantErr {
 				if !errors.Is(got.Err, casualdb.ErrGarbled) || len(got.Txs) != 0 {

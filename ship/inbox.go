@@ -50,6 +50,8 @@ type Inbox struct {
 	verify *RelayVerifier
 	// proofs: every transaction gets its proof (KeepProofs).
 	proofs bool
+	// certs interns the origins' certificates that come with messages.
+	certs certInterner
 }
 
 // KeepProofs makes the inbox give each transaction its origin's proof
@@ -63,15 +65,33 @@ func (i *Inbox) KeepProofs() { i.proofs = true }
 // (no TLS: no identities to check).
 func (i *Inbox) VerifyRelays(v *RelayVerifier) { i.verify = v }
 
-// decode is DecodeInboxMsg, with relays verified.
+// decode is DecodeInboxMsg, with the origins' proofs (KeepProofs) and
+// relays verified (VerifyRelays).
 func (i *Inbox) decode(m jetstream.Msg) *casualdb.InboxMsg {
 	out := DecodeInboxMsg(m)
-	if i.proofs {
-		withProofs(m.Headers(), out, m.Subject())
+	if out.Err != nil || !i.proofs && i.verify == nil {
+		return out
 	}
-	if i.verify != nil && SubjectRelayer(m.Subject()) != "" {
-		verifyRelay(i.verify, out, m.Subject())
+	h := m.Headers()
+	if out.Relayer == "" {
+		if i.proofs {
+			withProofs(h, out, i.certs.intern(h.Get(HeaderCert)))
+		}
+		return out
 	}
+	// A relay: the relayer kept the origin's proof with the transaction.
+	err := relayProof(h, out, i.certs.intern(h.Get(HeaderCert)))
+	if i.verify != nil && out.Txs[0].Err == nil {
+		if err == nil {
+			err = i.verify.Verify(out.Origin, out.Epoch, out.Txs[0].Seq, out.Txs[0].Data, out.Txs[0].Proof, out.Cert)
+		}
+		if t := &out.Txs[0]; err != nil {
+			t.Err = fmt.Errorf("%w: transaction %d of %s relayed by %s is not shown to come from %s: %v", casualdb.ErrGarbled, t.Seq, out.Origin, out.Relayer, out.Origin, err)
+			t.Tx = nil
+		}
+	}
+	// Without verification (no TLS) a proof that does not decode is not
+	// passed on: nothing here could check it anyway.
 	return out
 }
 
@@ -120,31 +140,26 @@ func originSubjects(site, origin casualdb.SiteID) []string {
 	return []string{InboxSubject(site, origin), InboxSubject(site, origin) + ".*"}
 }
 
-// SubjectOrigin returns the origin an inbox subject
-// (casualdb.in.<site>.<origin>[.<relayer>]) names; "" when it is none.
-func SubjectOrigin(subj string) casualdb.SiteID {
+// subjectSites returns the origin an inbox subject
+// (casualdb.in.<site>.<origin>[.<relayer>]) names, and the site that relays
+// its transactions on it ("" when the origin publishes them itself); both
+// "" when it is no inbox subject.
+func subjectSites(subj string) (origin, relayer casualdb.SiteID) {
 	rest, ok := strings.CutPrefix(subj, "casualdb.in.")
 	if !ok {
-		return ""
+		return "", ""
 	}
 	_, rest, _ = strings.Cut(rest, ".") // the site
-	o, _, _ := strings.Cut(rest, ".")
-	return casualdb.SiteID(o)
+	o, rest, _ := strings.Cut(rest, ".")
+	r, _, _ := strings.Cut(rest, ".")
+	return casualdb.SiteID(o), casualdb.SiteID(r)
 }
 
-// SubjectRelayer returns the site that relays the origin's transactions on
-// an inbox subject (casualdb.in.<site>.<origin>.<relayer>); "" when the
-// origin publishes them itself.
-func SubjectRelayer(subj string) casualdb.SiteID {
-	rest, ok := strings.CutPrefix(subj, "casualdb.in.")
-	if !ok {
-		return ""
-	}
-	parts := strings.SplitN(rest, ".", 4)
-	if len(parts) < 3 {
-		return ""
-	}
-	return casualdb.SiteID(parts[2])
+// SubjectOrigin returns the origin an inbox subject names; "" when it is
+// none.
+func SubjectOrigin(subj string) casualdb.SiteID {
+	o, _ := subjectSites(subj)
+	return o
 }
 
 // replaceWorkQueue deletes the work-queue inbox of an earlier version if it

@@ -164,47 +164,46 @@ func parseSigRun(v string) (sigRun, error) {
 	return sigRun{first: first, count: count, sig: sig}, nil
 }
 
-// certIntern interns the certificates that arrive with messages: every message
-// carries its origin's, and the hints kept in memory (package hint) hold
-// one per transaction.
-var certIntern = struct {
-	sync.Mutex
-	m map[string][]byte
-}{m: map[string][]byte{}}
+// certInterner keeps one copy of each certificate that comes with messages
+// (every signed message carries its origin's; the hints kept in memory,
+// package hint, hold one per transaction). Safe for concurrent use.
+type certInterner struct {
+	mu sync.Mutex
+	m  map[string][]byte // by HeaderCert value
+}
 
-// certFromHeader decodes a HeaderCert value, one copy per certificate.
-func certFromHeader(v string) []byte {
+// intern decodes a HeaderCert value; nil when empty or not base64.
+func (c *certInterner) intern(v string) []byte {
 	if v == "" {
 		return nil
 	}
-	certIntern.Lock()
-	defer certIntern.Unlock()
-	if c, ok := certIntern.m[v]; ok {
-		return c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if der, ok := c.m[v]; ok {
+		return der
 	}
-	c, err := base64.StdEncoding.DecodeString(v)
-	if err != nil || len(c) == 0 {
+	der, err := base64.StdEncoding.DecodeString(v)
+	if err != nil || len(der) == 0 {
 		return nil
 	}
-	if len(certIntern.m) >= maxVerifiedCerts {
-		clear(certIntern.m)
+	if c.m == nil || len(c.m) >= maxVerifiedCerts {
+		c.m = map[string][]byte{}
 	}
-	certIntern.m[v] = c
-	return c
+	c.m[v] = der
+	return der
 }
 
 // attachProofs gives each transaction of m that a HeaderSig run of h
 // covers its Proof (what a holder keeps to relay it), and m the origin's
-// certificate. Runs must cover consecutive transactions of m as the
+// certificate (cert, from HeaderCert). Runs must cover consecutive transactions of m as the
 // origin signed them; a header that does not match the transactions makes
 // m garbled. Unsigned transactions (an origin without TLS, or of an earlier
 // version) get none.
-func attachProofs(h nats.Header, m *casualdb.InboxMsg) error {
+func attachProofs(h nats.Header, m *casualdb.InboxMsg, cert []byte) error {
 	vals := h.Values(HeaderSig)
 	if len(vals) == 0 {
 		return nil
 	}
-	cert := certFromHeader(h.Get(HeaderCert))
 	if cert == nil {
 		return fmt.Errorf("%w: signed transactions without a valid %s header", casualdb.ErrGarbled, HeaderCert)
 	}

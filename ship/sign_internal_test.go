@@ -120,7 +120,8 @@ func TestAttachProofs(t *testing.T) {
 		h.Add(HeaderSig, v)
 	}
 	h.Set(HeaderCert, signer.Cert())
-	if err := attachProofs(h, m); err != nil {
+	var certs certInterner
+	if err := attachProofs(h, m, certs.intern(h.Get(HeaderCert))); err != nil {
 		t.Fatal(err)
 	}
 	v := NewRelayVerifier(cfg)
@@ -133,7 +134,7 @@ func TestAttachProofs(t *testing.T) {
 		t.Errorf("transaction 4 verified with transaction 1's proof")
 	}
 	h.Add(HeaderSig, "9 1 AAAA")
-	if err := attachProofs(h, &casualdb.InboxMsg{Txs: m.Txs}); !errors.Is(err, casualdb.ErrGarbled) {
+	if err := attachProofs(h, &casualdb.InboxMsg{Txs: m.Txs}, m.Cert); !errors.Is(err, casualdb.ErrGarbled) {
 		t.Errorf("a run of transactions the message does not hold: %v", err)
 	}
 }
