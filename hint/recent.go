@@ -54,9 +54,9 @@ func (rt *recentTxs) add(now time.Time, r apply.Received) {
 	defer rt.mu.Unlock()
 	rt.list = append(rt.list, recentTx{at: now, id: r.Tx.ID(), rec: Hint{Origin: r.Origin, Epoch: r.Epoch,
 		Seq: r.Seq, LSN: r.Tx.LSN, Commit: r.Tx.CommitTime, Data: bytes.Clone(r.Data), Proof: r.Proof, Cert: r.Cert}})
-	rt.bytes += len(r.Data) + len(r.Proof)
+	rt.bytes += rt.list[len(rt.list)-1].rec.size()
 	for rt.head < len(rt.list) && (now.Sub(rt.list[rt.head].at) > recentWindow || rt.bytes > recentMaxBytes) {
-		rt.bytes -= len(rt.list[rt.head].rec.Data) + len(rt.list[rt.head].rec.Proof)
+		rt.bytes -= rt.list[rt.head].rec.size()
 		rt.list[rt.head] = recentTx{} // its data can go
 		rt.head++
 	}
@@ -177,3 +177,6 @@ func (k *Keeper) keepLateHints(ctx context.Context, site casualdb.SiteID) {
 		k.relayed[peer] += uint64(n)
 	}
 }
+
+// size is what a remembered hint counts against recentMaxBytes.
+func (h Hint) size() int { return len(h.Data) + len(h.Proof) }

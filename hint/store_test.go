@@ -184,15 +184,7 @@ func TestHandoff_CarriesProof(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- ho.Run(hctx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	defer pgtest.Run(t, ctx, "hand-off", ho.Run)()
 	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		if n := ho.HandedOff(); n != 2 {
 			return fmt.Errorf("%d handed off", n)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -118,15 +119,7 @@ func TestOutbox(t *testing.T) {
 // runShipper runs sh until the returned stop is called, which waits for it
 // and reports its error.
 func runShipper(t *testing.T, ctx context.Context, sh *ship.Shipper) (stop func()) {
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- sh.Run(runCtx) }()
-	return func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("shipper: %v", err)
-		}
-	}
+	return pgtest.Run(t, ctx, "shipper", sh.Run)
 }
 
 func mustPort(t *testing.T) int {
@@ -219,6 +212,10 @@ func testShipperPeerDownThenUp(t *testing.T, bundle int) {
 		for m := range msgs.Messages() {
 			if m.Subject() != ship.InboxSubject("b", "a") || m.Headers().Get(ship.HeaderOrigin) != "a" || m.Headers().Get(ship.HeaderEpoch) != ob.Epoch() {
 				t.Errorf("message from seq %d: subject %s headers %v", want, m.Subject(), m.Headers())
+			}
+			// An id no other peer can compute (Outbox.IDPrefix).
+			if id := m.Headers().Get(nats.MsgIdHdr); !strings.HasPrefix(id, ob.IDPrefix("b")) {
+				t.Errorf("message from seq %d: id %q lacks the outbox's prefix for b %q", want, id, ob.IDPrefix("b"))
 			}
 			entries, err := ship.Entries(m.Headers(), m.Data())
 			if err != nil {

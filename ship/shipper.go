@@ -57,6 +57,8 @@ type Shipper struct {
 	// resent counts rewinds: it makes the message ids of what is shipped
 	// again new, so that the peer's inbox cannot drop them as duplicates.
 	resent atomic.Uint64
+	// idPrefix starts every message id it publishes (Outbox.IDPrefix).
+	idPrefix string
 	// backoff is the wait before the next connection attempt (Run's
 	// goroutine only); it resets once a session has shipped something.
 	backoff time.Duration
@@ -159,7 +161,8 @@ func NewShipper(cfg ShipperConfig) (*Shipper, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Shipper{cfg: cfg, log: cfg.Logger.With("component", "ship", "peer", string(cfg.Peer)), wake: make(chan struct{}, 1), backoff: 100 * time.Millisecond}
+	s := &Shipper{cfg: cfg, log: cfg.Logger.With("component", "ship", "peer", string(cfg.Peer)), wake: make(chan struct{}, 1), backoff: 100 * time.Millisecond,
+		idPrefix: cfg.Outbox.IDPrefix(cfg.Peer)}
 	s.url.Store(&cfg.PeerURL)
 	return s, nil
 }
@@ -544,7 +547,7 @@ func (s *Shipper) inboxMsg(msgs []outboxMsg) *nats.Msg {
 	if sg := s.cfg.Outbox.signer; sg != nil && len(out.Header.Values(HeaderSig)) > 0 {
 		out.Header.Set(HeaderCert, sg.Cert())
 	}
-	firstID := outboxID(first.m)
+	firstID := s.idPrefix + outboxID(first.m)
 	if len(entries) == 1 {
 		out.Data = entries[0].Data
 		out.Header.Set(nats.MsgIdHdr, firstID+suffix)

@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -399,7 +400,7 @@ func (t *merkle) root() [32]byte { return t.hash }
 
 // path returns leaf i's inclusion path, the leaf's sibling first.
 func (t *merkle) path(i int) [][32]byte {
-	var rev [][32]byte
+	var rev [][32]byte // root's sibling first
 	for t.size > 1 {
 		if i < t.left.size {
 			rev = append(rev, t.right.hash)
@@ -410,11 +411,8 @@ func (t *merkle) path(i int) [][32]byte {
 			t = t.right
 		}
 	}
-	out := make([][32]byte, len(rev))
-	for j := range rev {
-		out[j] = rev[len(rev)-1-j]
-	}
-	return out
+	slices.Reverse(rev)
+	return rev
 }
 
 // rootFromPath computes the root a leaf's inclusion path leads to (RFC 9162,

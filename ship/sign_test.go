@@ -88,7 +88,9 @@ func TestRelaySignatures(t *testing.T) {
 	next := func() *casualdb.InboxMsg {
 		select {
 		case m := <-got:
-			_ = m.Ack()
+			if err := m.Ack(); err != nil {
+				t.Errorf("ack: %v", err)
+			}
 			return m
 		case <-ctx.Done():
 			t.Fatal("no message came")

@@ -161,3 +161,18 @@ func JetStream(t testing.TB, url string) jetstream.JetStream {
 	}
 	return js
 }
+
+// Run runs a component (its Run method) in a goroutine until the returned
+// stop is called; stop cancels it, waits for it to return and fails the
+// test with its error, if any.
+func Run(t testing.TB, ctx context.Context, what string, run func(context.Context) error) (stop func()) {
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- run(runCtx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
+}
