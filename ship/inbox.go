@@ -81,17 +81,19 @@ func (i *Inbox) decode(m jetstream.Msg) *casualdb.InboxMsg {
 	}
 	// A relay: the relayer kept the origin's proof with the transaction.
 	err := relayProof(h, out, i.certs.intern(h.Get(HeaderCert)))
-	if i.verify != nil && out.Txs[0].Err == nil {
-		if err == nil {
-			err = i.verify.Verify(out.Origin, out.Epoch, out.Txs[0].Seq, out.Txs[0].Data, out.Txs[0].Proof, out.Cert)
-		}
-		if t := &out.Txs[0]; err != nil {
-			t.Err = fmt.Errorf("%w: transaction %d of %s relayed by %s is not shown to come from %s: %v", casualdb.ErrGarbled, t.Seq, out.Origin, out.Relayer, out.Origin, err)
-			t.Tx = nil
-		}
+	t := &out.Txs[0]
+	if i.verify == nil || t.Err != nil {
+		// Without verification (no TLS) a proof that does not decode is
+		// not passed on: nothing here could check it anyway.
+		return out
 	}
-	// Without verification (no TLS) a proof that does not decode is not
-	// passed on: nothing here could check it anyway.
+	if err == nil {
+		err = i.verify.Verify(out.Origin, out.Epoch, t.Seq, t.Data, t.Proof, out.Cert)
+	}
+	if err != nil {
+		t.Err = fmt.Errorf("%w: transaction %d of %s relayed by %s is not shown to come from %s: %v", casualdb.ErrGarbled, t.Seq, out.Origin, out.Relayer, out.Origin, err)
+		t.Tx = nil
+	}
 	return out
 }
 
