@@ -228,7 +228,7 @@ func (s *Node) Start(ctx context.Context) (err error) {
 			return err
 		}
 		// Hints are relayed with their origins' proofs.
-		s.inbox.KeepProofs()
+		s.inbox.KeepProofs(s.log)
 	}
 	// Every peer the outbox kept transactions for (some learned by gossip
 	// in an earlier run), then the configured ones, whose URLs win. Before

@@ -132,16 +132,19 @@ func DecodeInboxMsg(m jetstream.Msg) *casualdb.InboxMsg {
 
 // withProofs gives the transactions of m, sent by their origin itself, their
 // proofs (attachProofs): what a site that may keep them as hints needs. A
-// signature header that does not fit leaves them without: the origin's
-// own transactions stand (the subject shows who sent them); only a relay
-// of them needs the proofs, and is refused without (RelayVerifier).
-func withProofs(h nats.Header, m *casualdb.InboxMsg, cert []byte) {
-	if err := attachProofs(h, m, cert); err != nil {
+// signature header that does not fit leaves them without, and is returned:
+// the origin's own transactions stand (the subject shows who sent them);
+// only a relay of them needs the proofs, and is refused without
+// (RelayVerifier).
+func withProofs(h nats.Header, m *casualdb.InboxMsg, cert []byte) error {
+	err := attachProofs(h, m, cert)
+	if err != nil {
 		for i := range m.Txs {
 			m.Txs[i].Proof = nil
 		}
 		m.Cert = nil
 	}
+	return err
 }
 
 // relayProof gives m, a relay of one transaction, the proof and the

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/casualdb/casualdb"
@@ -48,8 +50,12 @@ type Inbox struct {
 
 	// verify, when set, refuses relays their origin did not sign.
 	verify *RelayVerifier
-	// proofs: every transaction gets its proof (KeepProofs).
-	proofs bool
+	// proofs: every transaction gets its proof (KeepProofs); log tells of
+	// messages whose signature header did not fit, unproven counts their
+	// transactions.
+	proofs   bool
+	log      *slog.Logger
+	unproven atomic.Uint64
 	// certs interns the origins' certificates that come with messages.
 	certs certInterner
 }
@@ -57,7 +63,20 @@ type Inbox struct {
 // KeepProofs makes the inbox give each transaction its origin's proof
 // (casualdb.InboxTx.Proof): a site that keeps hints needs them to relay
 // what it keeps. It costs a hash per transaction. Call it before Consume.
-func (i *Inbox) KeepProofs() { i.proofs = true }
+// A message whose signature header does not fit its transactions is
+// logged on log (nil: slog.Default()) and its transactions counted
+// (Unproven): they are applied, but cannot be relayed.
+func (i *Inbox) KeepProofs(log *slog.Logger) {
+	if log == nil {
+		log = slog.Default()
+	}
+	i.proofs, i.log = true, log
+}
+
+// Unproven counts the transactions, since start, that arrived from their
+// origin with a signature header that did not fit them (KeepProofs): kept
+// as hints, they cannot be relayed.
+func (i *Inbox) Unproven() uint64 { return i.unproven.Load() }
 
 // VerifyRelays makes the inbox hand apply a relayed transaction only when
 // its origin signed it (v.Verify); any other is garbled, and apply parks
@@ -75,7 +94,11 @@ func (i *Inbox) decode(m jetstream.Msg) *casualdb.InboxMsg {
 	h := m.Headers()
 	if out.Relayer == "" {
 		if i.proofs {
-			withProofs(h, out, i.certs.intern(h.Get(HeaderCert)))
+			if err := withProofs(h, out, i.certs.intern(h.Get(HeaderCert))); err != nil {
+				i.unproven.Add(uint64(len(out.Txs)))
+				i.log.Warn("transactions arrived with a signature that does not fit them: applied, but a relay of them will be refused",
+					"origin", out.Origin, "transactions", len(out.Txs), "err", err)
+			}
 		}
 		return out
 	}

@@ -56,7 +56,7 @@ func TestRelaySignatures(t *testing.T) {
 
 	ctx, js, in := openTestInbox(t)
 	in.VerifyRelays(ship.NewRelayVerifier(bCfg))
-	in.KeepProofs()
+	in.KeepProofs(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	srvURL := js.Conn().ConnectedUrl()
 	ob, err := ship.OpenOutbox(ctx, js, ship.OutboxConfig{Site: "a", Signer: signer})
 	if err != nil {
@@ -171,5 +171,32 @@ func TestRelaySignatures(t *testing.T) {
 		if e := got.Txs[0].Err; !errors.Is(e, casualdb.ErrGarbled) || !strings.Contains(e.Error(), "not shown to come from a") || got.Txs[0].Tx != nil {
 			t.Errorf("%s: taken, or refused for another reason: %v", name, e)
 		}
+	}
+
+	// The origin's own message with a signature header that does not fit
+	// its transactions: applied (the subject shows who sent it), counted,
+	// and left without a proof, so that no relay of it is ever taken.
+	if n := in.Unproven(); n != 0 {
+		t.Fatalf("unproven before any misfit: %d", n)
+	}
+	data5, err := tx(500).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := nats.NewMsg(ship.InboxSubject("b", "a"))
+	direct.Header.Set(ship.HeaderOrigin, "a")
+	direct.Header.Set(ship.HeaderEpoch, epoch)
+	direct.Header.Set(ship.HeaderSeq, "5")
+	direct.Header.Set(ship.HeaderSig, "9 1 AAAA")
+	direct.Header.Set(ship.HeaderCert, base64.StdEncoding.EncodeToString(cert))
+	direct.Data = data5
+	if _, err := js.PublishMsg(ctx, direct); err != nil {
+		t.Fatal(err)
+	}
+	if m := next(); m.Err != nil || len(m.Txs) != 1 || m.Txs[0].Err != nil || m.Txs[0].Tx.LSN != 500 || m.Txs[0].Proof != nil || m.Cert != nil {
+		t.Errorf("a direct message whose signature does not fit: %+v", m)
+	}
+	if n := in.Unproven(); n != 1 {
+		t.Errorf("unproven transactions: %d, want 1", n)
 	}
 }
