@@ -122,7 +122,11 @@ func (o OriginStats) Lag() time.Duration {
 
 // Stats are apply's counters since start.
 type Stats struct {
-	Applied   uint64 // transactions applied
+	Applied uint64 // transactions applied
+	// Informing counts the applied transactions that changed more than
+	// heartbeat rows (meta.OnlyHeartbeat): each one changes what this
+	// site's next transaction tells its peers it has seen.
+	Informing uint64
 	Skipped   uint64 // duplicates recognised and skipped
 	Changes   uint64 // row changes written
 	Conflicts uint64 // true conflicts resolved (and logged)

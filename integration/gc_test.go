@@ -36,6 +36,28 @@ func TestGC_TombstonesGoOnceEverySiteHasSeenThem(t *testing.T) {
 	gcScenario(t, c,
 		func() { c.cut(0, 2); c.cut(1, 2) }, // c hears from nobody
 		func() { c.heal(0, 2); c.heal(1, 2) })
+
+	// Once nothing but heartbeats is applied, the heartbeats fall quiet: a
+	// site beats again after applying something else, or every 30 intervals
+	// (3 s here). Heartbeats that answered heartbeats kept every site
+	// beating every 100 ms for good: the rows at a never stood still for
+	// five intervals.
+	var last string
+	var since time.Time
+	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		got, err := c.queryString(0, `SELECT string_agg(site || '=' || beat, ',' ORDER BY site) FROM casualdb.heartbeat`)
+		if err != nil {
+			return err
+		}
+		if got != last {
+			last, since = got, time.Now()
+			return fmt.Errorf("the heartbeats at a moved: %s", got)
+		}
+		if d := time.Since(since); d < 500*time.Millisecond {
+			return fmt.Errorf("the heartbeats at a stood still for %s only", d)
+		}
+		return nil
+	})
 }
 
 // TestGC_SiteRestarted is the same with c's sidecar stopped and started

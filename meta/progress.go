@@ -114,6 +114,20 @@ func depsJSON(deps map[casualdb.SiteID]uint64) string {
 	return string(b)
 }
 
+// HeartbeatTable is the replicated table of the sites' heartbeats (Beat).
+var HeartbeatTable = casualdb.TableName(Schema, "heartbeat")
+
+// OnlyHeartbeat reports whether tx changes nothing but heartbeat rows: a
+// transaction that tells what its origin had applied, and nothing more.
+func OnlyHeartbeat(tx *casualdb.Tx) bool {
+	for _, ch := range tx.Changes {
+		if ch.Table != HeartbeatTable {
+			return false
+		}
+	}
+	return len(tx.Changes) > 0
+}
+
 // Beat advances site's heartbeat row.
 func Beat(ctx context.Context, q Execer, site casualdb.SiteID) error {
 	_, err := q.Exec(ctx, `INSERT INTO casualdb.heartbeat (site, beat, at) VALUES ($1, 1, now())

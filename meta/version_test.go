@@ -188,3 +188,26 @@ func TestSaveVersions_Claims(t *testing.T) {
 		t.Errorf("after a newer version without claims: got %+v, %v; want no claims", got[k1], err)
 	}
 }
+
+func TestOnlyHeartbeat(t *testing.T) {
+	beat := casualdb.Change{Table: meta.HeartbeatTable, Op: casualdb.OpUpdate}
+	row := casualdb.Change{Table: "public.kv", Op: casualdb.OpDelete}
+	for _, c := range []struct {
+		name    string
+		changes []casualdb.Change
+		want    bool
+	}{
+		{"a heartbeat", []casualdb.Change{beat}, true},
+		{"two heartbeats", []casualdb.Change{beat, beat}, true},
+		{"a heartbeat and a delete", []casualdb.Change{beat, row}, false},
+		{"a delete", []casualdb.Change{row}, false},
+		{"nothing", nil, false},
+	} {
+		if got := meta.OnlyHeartbeat(&casualdb.Tx{Changes: c.changes}); got != c.want {
+			t.Errorf("%s: OnlyHeartbeat = %v, want %v", c.name, got, c.want)
+		}
+	}
+	if meta.HeartbeatTable != "casualdb.heartbeat" {
+		t.Errorf("HeartbeatTable = %q", meta.HeartbeatTable)
+	}
+}

@@ -502,6 +502,30 @@ func (s *Node) setHealth(name string, err error) {
 // housekeep trims the outbox below what every peer and capture have,
 // tends the hints (hint.Keeper.Tend), and samples the slot's retained WAL and
 // the queues for metrics.
+// quietBeats: an idle site writes its heartbeat once every quietBeats
+// intervals (beatDue).
+const quietBeats = 30
+
+// beatDue reports whether the site writes its heartbeat at now, the last
+// one written at last (zero: none since start). The heartbeat tells the
+// peers what this site has applied (its transaction's dependencies), which
+// tombstone collection waits for; that changes only when apply applies a
+// transaction that changes more than heartbeats (informing, apply's count,
+// against atLast, the count when the last beat was written). So a beat is
+// due at most every interval, and only when informing moved, none was
+// written since start, or quietBeats intervals have passed. A heartbeat that
+// answered heartbeats would make idle sites beat at each other for ever.
+func beatDue(now, last time.Time, every time.Duration, informing, atLast uint64) bool {
+	switch {
+	case last.IsZero():
+		return true
+	case now.Sub(last) < every:
+		return false
+	default:
+		return informing != atLast || now.Sub(last) >= quietBeats*every
+	}
+}
+
 func (s *Node) housekeep(ctx context.Context) error {
 	cfg, err := pgx.ParseConfig(s.cfg.Database.DSN)
 	if err != nil {
@@ -518,17 +542,22 @@ func (s *Node) housekeep(ctx context.Context) error {
 	tick := time.NewTicker(min(2*time.Second, s.cfg.GC.Heartbeat, s.cfg.GC.Interval))
 	defer tick.Stop()
 	var lastBeat, lastGC, lastStats time.Time
+	var beatInforming uint64 // apply's Informing when the last beat was written
 	var lastActivity [3]uint64
 	for {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if conn == nil || conn.IsClosed() {
 			conn, _ = pgx.ConnectConfig(qctx, cfg)
 		}
-		if conn != nil && time.Since(lastBeat) >= s.cfg.GC.Heartbeat {
+		var informing uint64
+		if s.applier != nil {
+			informing = s.applier.Stats().Informing
+		}
+		if conn != nil && beatDue(time.Now(), lastBeat, s.cfg.GC.Heartbeat, informing, beatInforming) {
 			if err := meta.Beat(qctx, conn, casualdb.SiteID(s.cfg.Site)); err != nil {
 				s.log.Debug("heartbeat", "err", err)
 			} else {
-				lastBeat = time.Now()
+				lastBeat, beatInforming = time.Now(), informing
 			}
 		}
 		// Every peer ever known (the outbox keeps a consumer for each) must

@@ -139,3 +139,26 @@ func TestNode_Embedded(t *testing.T) {
 		t.Errorf("b's status: applied from a %+v, want at least 1", st.Origins["a"])
 	}
 }
+
+func TestBeatDue(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 20, 0, 0, 0, time.UTC)
+	every := 10 * time.Second
+	for _, c := range []struct {
+		name              string
+		now, last         time.Time
+		informing, atLast uint64
+		want              bool
+	}{
+		{"none since start", t0, time.Time{}, 0, 0, true},
+		{"none since start, something applied", t0, time.Time{}, 5, 0, true},
+		{"applied, but within the interval", t0.Add(9 * time.Second), t0, 3, 2, false},
+		{"applied, the interval passed", t0.Add(10 * time.Second), t0, 3, 2, true},
+		{"nothing applied (heartbeats only)", t0.Add(10 * time.Second), t0, 2, 2, false},
+		{"nothing applied, almost quiet long", t0.Add(quietBeats*every - time.Second), t0, 2, 2, false},
+		{"nothing applied, quiet long enough", t0.Add(quietBeats * every), t0, 2, 2, true},
+	} {
+		if got := beatDue(c.now, c.last, every, c.informing, c.atLast); got != c.want {
+			t.Errorf("%s: beatDue = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
