@@ -124,8 +124,9 @@ func (o OriginStats) Lag() time.Duration {
 type Stats struct {
 	Applied uint64 // transactions applied
 	// Informing counts the applied transactions that changed more than
-	// heartbeat rows (meta.OnlyHeartbeat): each one changes what this
-	// site's next transaction tells its peers it has seen.
+	// heartbeat rows (meta.OnlyHeartbeat), and the duplicates of such
+	// skipped: each one may change what this site's next transaction tells
+	// its peers it has seen.
 	Informing uint64
 	Skipped   uint64 // duplicates recognised and skipped
 	Changes   uint64 // row changes written

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/meta"
 )
 
 // applyReady makes one pass over the origins and applies at most one run
@@ -52,7 +53,17 @@ build:
 		switch a.admit(*im) {
 		case admitDuplicate:
 			if im.tx.LSN <= committed.LSN {
-				a.count(func(s *Stats) { s.Skipped++ })
+				// A duplicate may be a run whose commit went through
+				// while its acknowledgement was lost (apply then reloads
+				// its progress): counted as informing too, so that this
+				// site still beats after it.
+				informing := !meta.OnlyHeartbeat(im.tx)
+				a.count(func(s *Stats) {
+					s.Skipped++
+					if informing {
+						s.Informing++
+					}
+				})
 				im.d.done()
 			} else {
 				// A second copy (a resend) of a transaction in this run:

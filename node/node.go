@@ -499,9 +499,6 @@ func (s *Node) setHealth(name string, err error) {
 	s.mu.Unlock()
 }
 
-// housekeep trims the outbox below what every peer and capture have,
-// tends the hints (hint.Keeper.Tend), and samples the slot's retained WAL and
-// the queues for metrics.
 // quietBeats: an idle site writes its heartbeat once every quietBeats
 // intervals (beatDue).
 const quietBeats = 30
@@ -515,6 +512,9 @@ const quietBeats = 30
 // due at most every interval, and only when informing moved, none was
 // written since start, or quietBeats intervals have passed. A heartbeat that
 // answered heartbeats would make idle sites beat at each other for ever.
+// The quiet beat bounds the rare moves of what this site has seen without
+// an informing apply (past a transaction skipped at an outbox epoch reset,
+// say): tombstone collection then waits up to quietBeats intervals longer.
 func beatDue(now, last time.Time, every time.Duration, informing, atLast uint64) bool {
 	switch {
 	case last.IsZero():
@@ -526,6 +526,9 @@ func beatDue(now, last time.Time, every time.Duration, informing, atLast uint64)
 	}
 }
 
+// housekeep trims the outbox below what every peer and capture have,
+// tends the hints (hint.Keeper.Tend), and samples the slot's retained WAL and
+// the queues for metrics.
 func (s *Node) housekeep(ctx context.Context) error {
 	cfg, err := pgx.ParseConfig(s.cfg.Database.DSN)
 	if err != nil {
