@@ -16,6 +16,12 @@ type idleResult struct {
 	walPerSite []float64 // bytes a second
 }
 
+// idleSettle is how long the set-up's own traffic has to settle before the
+// idle system is measured: longer than casualdb's default gc.heartbeat, so
+// that the heartbeat each site owes after applying the set-up's writes comes
+// before the window, which then holds what an idle cluster costs for good.
+const idleSettle = 12 * time.Second
+
 // idle measures the system, set up and converged, for -idle with nothing
 // written (no probes, no pgbench).
 func (r *runner) idle(ctx context.Context) (*idleResult, error) {
@@ -24,7 +30,7 @@ func (r *runner) idle(ctx context.Context) (*idleResult, error) {
 		sidecars = r.rep.sidecarPIDs()
 	}
 	// Let the set-up's own traffic settle first.
-	if err := sleep(ctx, 3*time.Second); err != nil {
+	if err := sleep(ctx, idleSettle); err != nil {
 		return nil, err
 	}
 	lsnsBefore, err := r.c.walLSNs(ctx)

@@ -304,7 +304,7 @@ func idleTable(rs []*systemResult, b *strings.Builder) {
 	if len(cols) == 0 {
 		return
 	}
-	t := &table{title: fmt.Sprintf("idle: nothing written for %s once set up (after 3 s to settle)", cols[0].idle.wall.Round(time.Second))}
+	t := &table{title: fmt.Sprintf("idle: nothing written for %s once set up (after %s to settle)", cols[0].idle.wall.Round(time.Second), idleSettle)}
 	for _, r := range cols {
 		t.cols = append(t.cols, r.spec.name)
 	}
