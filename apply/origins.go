@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
-	"github.com/casualdb/casualdb/meta"
 )
 
 // applyReady makes one pass over the origins and applies at most one run
@@ -57,13 +56,8 @@ build:
 				// while its acknowledgement was lost (apply then reloads
 				// its progress): counted as informing too, so that this
 				// site still beats after it.
-				informing := !meta.OnlyHeartbeat(im.tx)
-				a.count(func(s *Stats) {
-					s.Skipped++
-					if informing {
-						s.Informing++
-					}
-				})
+				n := informs(im.tx)
+				a.count(func(s *Stats) { s.Skipped, s.Informing = s.Skipped+1, s.Informing+n })
 				im.d.done()
 			} else {
 				// A second copy (a resend) of a transaction in this run:

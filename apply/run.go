@@ -52,15 +52,13 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) (applied int, err e
 					a.cfg.ObserveDelay(origin, "applied", now.Sub(im.tx.CommitTime))
 				}
 			}
-			informing := 0
+			var informing uint64
 			for _, im := range run {
-				if !meta.OnlyHeartbeat(im.tx) {
-					informing++
-				}
+				informing += informs(im.tx)
 			}
 			a.count(func(s *Stats) {
 				s.Applied += uint64(len(run))
-				s.Informing += uint64(informing)
+				s.Informing += informing
 				s.Changes += res.changes
 				s.Conflicts += res.conflicts
 				s.Parked += res.parked

@@ -114,8 +114,11 @@ func depsJSON(deps map[casualdb.SiteID]uint64) string {
 	return string(b)
 }
 
-// HeartbeatTable is the replicated table of the sites' heartbeats (Beat).
-var HeartbeatTable = casualdb.TableName(Schema, "heartbeat")
+// HeartbeatName is the replicated table of the sites' heartbeats (Beat), in
+// Schema; HeartbeatTable is its CasualDB name.
+const HeartbeatName = "heartbeat"
+
+var HeartbeatTable = casualdb.TableName(Schema, HeartbeatName)
 
 // OnlyHeartbeat reports whether tx changes nothing but heartbeat rows: a
 // transaction that tells what its origin had applied, and nothing more.

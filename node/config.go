@@ -321,6 +321,9 @@ type LogConfig struct {
 	Format string `yaml:"format"`
 }
 
+// DefaultHeartbeat is gc.heartbeat's default.
+const DefaultHeartbeat = 10 * time.Second
+
 // DefaultConfig returns the configuration with every default filled in.
 func DefaultConfig() Config {
 	return Config{
@@ -332,7 +335,7 @@ func DefaultConfig() Config {
 		Ship:        ShipConfig{MaxBatch: ship.DefaultMaxBatch},
 		Apply:       ApplyConfig{MaxBatch: apply.DefaultMaxBatch, WaitTimeout: apply.DefaultWaitTimeout},
 		Conflicts:   ConflictsConfig{DeletePolicy: "delete_wins", LogRetention: 30 * 24 * time.Hour},
-		GC:          GCConfig{Interval: 30 * time.Second, Heartbeat: 10 * time.Second},
+		GC:          GCConfig{Interval: 30 * time.Second, Heartbeat: DefaultHeartbeat},
 		AntiEntropy: AntiEntropyConfig{Repair: true, Buckets: check.DefaultBuckets},
 		Cluster:     ClusterConfig{PushPull: ring.DefaultPushPull, N: 3, W: 2, HintRetention: 24 * time.Hour},
 		Log:         LogConfig{Level: "info", Format: "text"},

@@ -768,7 +768,7 @@ func clampResend(from, acked uint64) (uint64, bool) {
 // may write: the replicated ones and the heartbeat table, which replicates
 // too (meta.Beat).
 func published(tables []capture.Table) []capture.Table {
-	return append(slices.Clip(tables), capture.Table{Schema: meta.Schema, Name: "heartbeat"})
+	return append(slices.Clip(tables), capture.Table{Schema: meta.Schema, Name: meta.HeartbeatName})
 }
 
 // appliedTables are the tables apply may write (published).

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/node"
 )
 
 // idleResult is what a system costs when nothing is written: the cores each
@@ -20,7 +21,7 @@ type idleResult struct {
 // idle system is measured: longer than casualdb's default gc.heartbeat, so
 // that the heartbeat each site owes after applying the set-up's writes comes
 // before the window, which then holds what an idle cluster costs for good.
-const idleSettle = 12 * time.Second
+const idleSettle = node.DefaultHeartbeat + 2*time.Second
 
 // idle measures the system, set up and converged, for -idle with nothing
 // written (no probes, no pgbench).
