@@ -95,7 +95,12 @@ type Config struct {
 
 // Stats are capture's counters since start.
 type Stats struct {
-	Captured  uint64 // local transactions appended to the outbox
+	Captured uint64 // local transactions appended to the outbox
+	// Informing counts those of them that change more than heartbeat rows
+	// (meta.OnlyHeartbeat): after them the site owes its peers a heartbeat,
+	// which tells them the newest sequence (a lost last transaction shows
+	// as a gap).
+	Informing uint64
 	Followed  uint64 // transactions written by apply, seen and not shipped
 	Processed uint64 // WAL position up to which every local write is versioned
 	LastSeq   uint64 // newest outbox sequence
@@ -117,6 +122,7 @@ type Capturer struct {
 
 	flushed   atomic.Uint64 // slot position safe to confirm
 	captured  atomic.Uint64
+	informing atomic.Uint64 // see Stats.Informing
 	followed  atomic.Uint64
 	lastSeq   atomic.Uint64
 	processed atomic.Uint64
@@ -193,7 +199,7 @@ func (c *Capturer) Stats() Stats {
 	// Processed is read before LastSeq: every transaction at or below that
 	// position is then at or below LastSeq (the W-durability watermark relies
 	// on it).
-	return Stats{Captured: c.captured.Load(), Followed: c.followed.Load(), Processed: c.processed.Load(), LastSeq: c.lastSeq.Load(),
+	return Stats{Captured: c.captured.Load(), Informing: c.informing.Load(), Followed: c.followed.Load(), Processed: c.processed.Load(), LastSeq: c.lastSeq.Load(),
 		CounterFallbacks: c.noDeltas.Load(), VersionLookups: c.cacheLookups.Load(), VersionMisses: c.cacheMisses.Load()}
 }
 

@@ -217,3 +217,34 @@ func TestGC_ReinsertAfterUnevenCollection(t *testing.T) {
 		}
 	}
 }
+
+// TestGC_SiteBeatsAfterItsOwnWrites: a site that writes and then falls quiet
+// beats once more within an interval, so that its peers learn its newest
+// sequence (a lost last transaction shows as a gap and is asked for again)
+// without waiting for the quiet beat, 30 intervals (60 s here) later. Before,
+// only applying a peer's write made a site beat: a's row stood still.
+func TestGC_SiteBeatsAfterItsOwnWrites(t *testing.T) {
+	c := newClusterWith(t, clusterOptions{Sites: 2, Schema: `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)`,
+		Extra: []string{"gc:", "  heartbeat: 2s"}})
+	beat := func() (string, error) {
+		return c.queryString(1, `SELECT coalesce((SELECT beat::text FROM casualdb.heartbeat WHERE site = 'a'), '')`)
+	}
+	// a's beat at start has reached b.
+	var before string
+	pgtest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		var err error
+		if before, err = beat(); err == nil && before == "" {
+			err = fmt.Errorf("no heartbeat of a at b yet")
+		}
+		return err
+	})
+	c.exec(0, `INSERT INTO kv VALUES (1, 'x')`)
+	c.waitConverged(30*time.Second, "kv")
+	pgtest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		got, err := beat()
+		if err == nil && got == before {
+			err = fmt.Errorf("a's heartbeat at b still %s after a's write", got)
+		}
+		return err
+	})
+}

@@ -45,9 +45,10 @@ type GCConfig struct {
 	// Interval is how often tombstones are collected.
 	Interval time.Duration `yaml:"interval"`
 	// Heartbeat is at most how often the site writes its heartbeat row, so
-	// that its peers learn what it has applied even when it writes nothing
-	// else: after apply applied something besides heartbeats, and once
-	// every 30 intervals regardless (beatDue).
+	// that its peers learn what it has applied, and its newest sequence,
+	// even when it writes nothing else: after capture shipped or apply
+	// applied something besides heartbeats, and once every 30 intervals
+	// regardless (beatDue).
 	Heartbeat time.Duration `yaml:"heartbeat"`
 }
 

@@ -506,15 +506,18 @@ const quietBeats = 30
 // beatDue reports whether the site writes its heartbeat at now, the last
 // one written at last (zero: none since start). The heartbeat tells the
 // peers what this site has applied (its transaction's dependencies), which
-// tombstone collection waits for; that changes only when apply applies a
-// transaction that changes more than heartbeats (informing, apply's count,
-// against atLast, the count when the last beat was written). So a beat is
-// due at most every interval, and only when informing moved, none was
-// written since start, or quietBeats intervals have passed. A heartbeat that
-// answered heartbeats would make idle sites beat at each other for ever.
-// The quiet beat bounds the rare moves of what this site has seen without
-// an informing apply (past a transaction skipped at an outbox epoch reset,
-// say): tombstone collection then waits up to quietBeats intervals longer.
+// tombstone collection waits for, and the newest sequence of its outbox,
+// after which a lost last transaction shows at a peer as a gap (asked for
+// again). Those change only when apply applies, or capture ships, a
+// transaction that changes more than heartbeats (informing, the sum of
+// both counts, against atLast, the sum when the last beat was written). So
+// a beat is due at most every interval, and only when informing moved, none
+// was written since start, or quietBeats intervals have passed. A heartbeat
+// that answered heartbeats would make idle sites beat at each other for
+// ever. The quiet beat bounds the rare moves of what this site has seen
+// without an informing apply (past a transaction skipped at an outbox epoch
+// reset, say): tombstone collection then waits up to quietBeats intervals
+// longer.
 func beatDue(now, last time.Time, every time.Duration, informing, atLast uint64) bool {
 	switch {
 	case last.IsZero():
@@ -545,16 +548,16 @@ func (s *Node) housekeep(ctx context.Context) error {
 	tick := time.NewTicker(min(2*time.Second, s.cfg.GC.Heartbeat, s.cfg.GC.Interval))
 	defer tick.Stop()
 	var lastBeat, lastGC, lastStats time.Time
-	var beatInforming uint64 // apply's Informing when the last beat was written
+	var beatInforming uint64 // capture's and apply's Informing when the last beat was written
 	var lastActivity [3]uint64
 	for {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if conn == nil || conn.IsClosed() {
 			conn, _ = pgx.ConnectConfig(qctx, cfg)
 		}
-		var informing uint64
+		informing := s.capturer.Stats().Informing
 		if s.applier != nil {
-			informing = s.applier.Stats().Informing
+			informing += s.applier.Stats().Informing
 		}
 		if conn != nil && beatDue(time.Now(), lastBeat, s.cfg.GC.Heartbeat, informing, beatInforming) {
 			if err := meta.Beat(qctx, conn, casualdb.SiteID(s.cfg.Site)); err != nil {

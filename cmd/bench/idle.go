@@ -18,10 +18,11 @@ type idleResult struct {
 }
 
 // idleSettle is how long the set-up's own traffic has to settle before the
-// idle system is measured: longer than casualdb's default gc.heartbeat, so
-// that the heartbeat each site owes after applying the set-up's writes comes
-// before the window, which then holds what an idle cluster costs for good.
-const idleSettle = node.DefaultHeartbeat + 2*time.Second
+// idle system is measured: longer than casualdb's default gc.heartbeat and
+// two of the sidecar's 2 s housekeeping ticks, so that the heartbeat each
+// site owes after the set-up's writes (its own or applied) comes before the
+// window, which then holds what an idle cluster costs for good.
+const idleSettle = node.DefaultHeartbeat + 5*time.Second
 
 // idle measures the system, set up and converged, for -idle with nothing
 // written (no probes, no pgbench).
