@@ -56,6 +56,9 @@ type Inbox struct {
 	proofs   bool
 	log      *slog.Logger
 	unproven atomic.Uint64
+	// unprovenLog limits those warnings: a peer that keeps sending misfit
+	// signatures is counted in full, and logged once a minute.
+	unprovenLog logLimit
 	// certs interns the origins' certificates that come with messages.
 	certs certInterner
 }
@@ -96,8 +99,10 @@ func (i *Inbox) decode(m jetstream.Msg) *casualdb.InboxMsg {
 		if i.proofs {
 			if err := withProofs(h, out, i.certs.intern(h.Get(HeaderCert))); err != nil {
 				i.unproven.Add(uint64(len(out.Txs)))
-				i.log.Warn("transactions arrived with a signature that does not fit them: applied, but a relay of them will be refused",
-					"origin", out.Origin, "transactions", len(out.Txs), "err", err)
+				if quiet, ok := i.unprovenLog.allow(time.Now()); ok {
+					i.log.Warn("transactions arrived with a signature that does not fit them: applied, but a relay of them will be refused",
+						"origin", out.Origin, "transactions", len(out.Txs), "err", err, "messages_not_logged_since_last", quiet)
+				}
 			}
 		}
 		return out
@@ -390,4 +395,26 @@ func (i *Inbox) trim(ctx context.Context, origin casualdb.SiteID, floor uint64) 
 	i.trimmed[origin] = max(i.trimmed[origin], floor+1)
 	i.mu.Unlock()
 	return nil
+}
+
+// logLimit lets a repeated warning through at most once every logEvery;
+// allow reports how many were held back since the last one let through.
+type logLimit struct {
+	mu   sync.Mutex
+	last time.Time
+	held uint64
+}
+
+// logEvery is how often a repeated warning is logged at most (logLimit).
+const logEvery = time.Minute
+
+func (l *logLimit) allow(now time.Time) (held uint64, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() && now.Sub(l.last) < logEvery {
+		l.held++
+		return 0, false
+	}
+	held, l.held, l.last = l.held, 0, now
+	return held, true
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/casualdb/casualdb"
 	"github.com/casualdb/casualdb/certs"
@@ -165,5 +166,26 @@ func TestSignKeys(t *testing.T) {
 		if err := verifySig(key.Public(), []byte("statemenT"), sig); err == nil {
 			t.Errorf("%T: another statement verified", key)
 		}
+	}
+}
+
+// TestLogLimit: the first warning goes through, the repeats within a minute
+// are held back, and the next one after it says how many were.
+func TestLogLimit(t *testing.T) {
+	var l logLimit
+	t0 := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+	if held, ok := l.allow(t0); !ok || held != 0 {
+		t.Fatalf("first: %d %v", held, ok)
+	}
+	for i := 1; i <= 3; i++ {
+		if _, ok := l.allow(t0.Add(time.Duration(i) * time.Second)); ok {
+			t.Fatalf("repeat %d within a minute let through", i)
+		}
+	}
+	if held, ok := l.allow(t0.Add(logEvery)); !ok || held != 3 {
+		t.Fatalf("after a minute: held %d, let through %v; want 3, true", held, ok)
+	}
+	if _, ok := l.allow(t0.Add(logEvery + time.Second)); ok {
+		t.Fatal("the minute did not start again")
 	}
 }

@@ -1,6 +1,7 @@
 package ship_test
 
 import (
+	"bytes"
 	"encoding/base64"
 	"errors"
 	"io"
@@ -56,7 +57,8 @@ func TestRelaySignatures(t *testing.T) {
 
 	ctx, js, in := openTestInbox(t)
 	in.VerifyRelays(ship.NewRelayVerifier(bCfg))
-	in.KeepProofs(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var logged bytes.Buffer // written by the consumer's goroutine, read after next() returns
+	in.KeepProofs(slog.New(slog.NewTextHandler(&logged, nil)))
 	srvURL := js.Conn().ConnectedUrl()
 	ob, err := ship.OpenOutbox(ctx, js, ship.OutboxConfig{Site: "a", Signer: signer})
 	if err != nil {
@@ -198,5 +200,22 @@ func TestRelaySignatures(t *testing.T) {
 	}
 	if n := in.Unproven(); n != 1 {
 		t.Errorf("unproven transactions: %d, want 1", n)
+	}
+	// More of them are all counted, and logged once a minute at most: a
+	// peer sending misfits cannot fill the log.
+	for seq := 6; seq <= 8; seq++ {
+		direct.Header.Set(ship.HeaderSeq, strconv.Itoa(seq))
+		if _, err := js.PublishMsg(ctx, direct); err != nil {
+			t.Fatal(err)
+		}
+		if m := next(); m.Err != nil || len(m.Txs) != 1 || m.Txs[0].Proof != nil {
+			t.Errorf("misfit %d: %+v", seq, m)
+		}
+	}
+	if n := in.Unproven(); n != 4 {
+		t.Errorf("unproven transactions: %d, want 4", n)
+	}
+	if n := strings.Count(logged.String(), "does not fit them"); n != 1 {
+		t.Errorf("%d warnings of misfit signatures logged, want 1:\n%s", n, logged.String())
 	}
 }
