@@ -3,7 +3,6 @@ package ship
 import (
 	"encoding/base64"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"strconv"
 
@@ -152,7 +151,7 @@ func withProofs(h nats.Header, m *casualdb.InboxMsg, cert []byte) error {
 func relayProof(h nats.Header, m *casualdb.InboxMsg, cert []byte) error {
 	v := h.Get(HeaderProof)
 	if v == "" || cert == nil {
-		return errors.New("it carries no signature of its origin")
+		return errUnsigned
 	}
 	p, err := base64.StdEncoding.DecodeString(v)
 	if err != nil {

@@ -328,12 +328,16 @@ func (v *RelayVerifier) cert(der []byte, origin casualdb.SiteID) (*x509.Certific
 	return c, nil
 }
 
+// errUnsigned: a relayed transaction without its origin's proof or
+// certificate (relayProof finds none in the headers, Verify none given).
+var errUnsigned = errors.New("it carries no signature of its origin")
+
 // Verify checks that data, the transaction of origin with sequence seq in
 // outbox epoch, is part of a run origin signed (proof, from HeaderProof)
 // with the key of certificate der (from HeaderCert).
 func (v *RelayVerifier) Verify(origin casualdb.SiteID, epoch string, seq uint64, data, proof, der []byte) error {
 	if len(proof) == 0 || len(der) == 0 {
-		return errors.New("it carries no signature of its origin")
+		return errUnsigned
 	}
 	c, err := v.cert(der, origin)
 	if err != nil {
