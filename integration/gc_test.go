@@ -38,7 +38,7 @@ func TestGC_TombstonesGoOnceEverySiteHasSeenThem(t *testing.T) {
 		func() { c.heal(0, 2); c.heal(1, 2) })
 
 	// Once nothing but heartbeats is applied, the heartbeats fall quiet: a
-	// site beats again after applying something else, or every 30 intervals
+	// site beats again after writing or applying something else, or every 30 intervals
 	// (3 s here). Heartbeats that answered heartbeats kept every site
 	// beating every 100 ms for good: the rows at a never stood still for
 	// five intervals.
@@ -221,11 +221,12 @@ func TestGC_ReinsertAfterUnevenCollection(t *testing.T) {
 // TestGC_SiteBeatsAfterItsOwnWrites: a site that writes and then falls quiet
 // beats once more within an interval, so that its peers learn its newest
 // sequence (a lost last transaction shows as a gap and is asked for again)
-// without waiting for the quiet beat, 30 intervals (60 s here) later. Before,
-// only applying a peer's write made a site beat: a's row stood still.
+// without waiting for the quiet beat, 30 intervals (150 s here) later, far
+// past the poll. Before, only applying a peer's write made a site beat: a's
+// row stood still.
 func TestGC_SiteBeatsAfterItsOwnWrites(t *testing.T) {
 	c := newClusterWith(t, clusterOptions{Sites: 2, Schema: `CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)`,
-		Extra: []string{"gc:", "  heartbeat: 2s"}})
+		Extra: []string{"gc:", "  heartbeat: 5s"}})
 	beat := func() (string, error) {
 		return c.queryString(1, `SELECT coalesce((SELECT beat::text FROM casualdb.heartbeat WHERE site = 'a'), '')`)
 	}

@@ -57,7 +57,7 @@ type Inbox struct {
 	log      *slog.Logger
 	unproven atomic.Uint64
 	// unprovenLog limits those warnings: a peer that keeps sending misfit
-	// signatures is counted in full, and logged once a minute.
+	// signatures is counted in full, and logged once a minute per origin.
 	unprovenLog logLimit
 	// certs interns the origins' certificates that come with messages.
 	certs certInterner
@@ -99,9 +99,9 @@ func (i *Inbox) decode(m jetstream.Msg) *casualdb.InboxMsg {
 		if i.proofs {
 			if err := withProofs(h, out, i.certs.intern(h.Get(HeaderCert))); err != nil {
 				i.unproven.Add(uint64(len(out.Txs)))
-				if quiet, ok := i.unprovenLog.allow(time.Now()); ok {
+				if quiet, ok := i.unprovenLog.allow(string(out.Origin), time.Now()); ok {
 					i.log.Warn("transactions arrived with a signature that does not fit them: applied, but a relay of them will be refused",
-						"origin", out.Origin, "transactions", len(out.Txs), "err", err, "messages_not_logged_since_last", quiet)
+						"origin", out.Origin, "transactions", len(out.Txs), "err", err, "messages_of_origin_not_logged_since_last", quiet)
 				}
 			}
 		}
@@ -397,24 +397,42 @@ func (i *Inbox) trim(ctx context.Context, origin casualdb.SiteID, floor uint64) 
 	return nil
 }
 
-// logLimit lets a repeated warning through at most once every logEvery;
-// allow reports how many were held back since the last one let through.
+// logLimit lets a repeated warning through at most once every logEvery per
+// key (an origin: one peer's misfits do not hide another's); allow reports
+// how many of that key's were held back since the last one let through.
+// Safe for concurrent use.
 type logLimit struct {
 	mu   sync.Mutex
+	keys map[string]*logKey
+}
+
+type logKey struct {
 	last time.Time
 	held uint64
 }
 
-// logEvery is how often a repeated warning is logged at most (logLimit).
-const logEvery = time.Minute
+// logEvery is how often a repeated warning is logged at most (logLimit);
+// maxLogKeys bounds the keys remembered (past it, they start afresh).
+const (
+	logEvery   = time.Minute
+	maxLogKeys = 256
+)
 
-func (l *logLimit) allow(now time.Time) (held uint64, ok bool) {
+func (l *logLimit) allow(key string, now time.Time) (held uint64, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.last.IsZero() && now.Sub(l.last) < logEvery {
-		l.held++
+	k := l.keys[key]
+	if k == nil {
+		if l.keys == nil || len(l.keys) >= maxLogKeys {
+			l.keys = map[string]*logKey{}
+		}
+		k = &logKey{}
+		l.keys[key] = k
+	}
+	if !k.last.IsZero() && now.Sub(k.last) < logEvery {
+		k.held++
 		return 0, false
 	}
-	held, l.held, l.last = l.held, 0, now
+	held, k.held, k.last = k.held, 0, now
 	return held, true
 }

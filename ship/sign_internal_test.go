@@ -169,23 +169,27 @@ func TestSignKeys(t *testing.T) {
 	}
 }
 
-// TestLogLimit: the first warning goes through, the repeats within a minute
-// are held back, and the next one after it says how many were.
+// TestLogLimit: the first warning of a key goes through, its repeats within
+// a minute are held back, and the next one after it says how many were; each
+// key (origin) has its own minute.
 func TestLogLimit(t *testing.T) {
 	var l logLimit
 	t0 := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
-	if held, ok := l.allow(t0); !ok || held != 0 {
+	if held, ok := l.allow("a", t0); !ok || held != 0 {
 		t.Fatalf("first: %d %v", held, ok)
 	}
 	for i := 1; i <= 3; i++ {
-		if _, ok := l.allow(t0.Add(time.Duration(i) * time.Second)); ok {
+		if _, ok := l.allow("a", t0.Add(time.Duration(i)*time.Second)); ok {
 			t.Fatalf("repeat %d within a minute let through", i)
 		}
 	}
-	if held, ok := l.allow(t0.Add(logEvery)); !ok || held != 3 {
+	if held, ok := l.allow("b", t0.Add(2*time.Second)); !ok || held != 0 {
+		t.Fatalf("another origin's first, within a's minute: held %d, let through %v", held, ok)
+	}
+	if held, ok := l.allow("a", t0.Add(logEvery)); !ok || held != 3 {
 		t.Fatalf("after a minute: held %d, let through %v; want 3, true", held, ok)
 	}
-	if _, ok := l.allow(t0.Add(logEvery + time.Second)); ok {
+	if _, ok := l.allow("a", t0.Add(logEvery+time.Second)); ok {
 		t.Fatal("the minute did not start again")
 	}
 }

@@ -18,10 +18,11 @@ type idleResult struct {
 }
 
 // idleSettle is how long the set-up's own traffic has to settle before the
-// idle system is measured: longer than casualdb's default gc.heartbeat and
-// two of the sidecar's 2 s housekeeping ticks, so that the heartbeat each
-// site owes after the set-up's writes (its own or applied) comes before the
-// window, which then holds what an idle cluster costs for good.
+// idle system is measured: casualdb's default gc.heartbeat, plus a 2 s
+// housekeeping tick of rounding and time for the peers to apply and beat in
+// turn, so that the heartbeat each site owes after the set-up's writes (its
+// own or applied) comes before the window, which then holds what an idle
+// cluster costs for good.
 const idleSettle = node.DefaultHeartbeat + 5*time.Second
 
 // idle measures the system, set up and converged, for -idle with nothing
