@@ -141,15 +141,6 @@ type Stats struct {
 	Origins map[casualdb.SiteID]OriginStats
 }
 
-// informs is 1 when tx counts towards Stats.Informing: it changes more
-// than heartbeat rows.
-func informs(tx *casualdb.Tx) uint64 {
-	if meta.OnlyHeartbeat(tx) {
-		return 0
-	}
-	return 1
-}
-
 // Applier applies the inbox to the local database.
 type Applier struct {
 	cfg Config

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/meta"
 )
 
 // applyReady makes one pass over the origins and applies at most one run
@@ -56,7 +57,7 @@ build:
 				// while its acknowledgement was lost (apply then reloads
 				// its progress): counted as informing too, so that this
 				// site still beats after it.
-				n := informs(im.tx)
+				n := meta.Informing(im.tx)
 				a.count(func(s *Stats) { s.Skipped, s.Informing = s.Skipped+1, s.Informing+n })
 				im.d.done()
 			} else {

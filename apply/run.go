@@ -54,7 +54,7 @@ func (a *Applier) applyRun(ctx context.Context, run []inMsg) (applied int, err e
 			}
 			var informing uint64
 			for _, im := range run {
-				informing += informs(im.tx)
+				informing += meta.Informing(im.tx)
 			}
 			a.count(func(s *Stats) {
 				s.Applied += uint64(len(run))

@@ -114,18 +114,6 @@ func (v *versioner) run(ctx context.Context, in <-chan decodedTx) error {
 	}
 }
 
-// informing counts the transactions of txs that change more than heartbeat
-// rows (Stats.Informing).
-func informing(txs []*casualdb.Tx) uint64 {
-	var n uint64
-	for _, tx := range txs {
-		if !meta.OnlyHeartbeat(tx) {
-			n++
-		}
-	}
-	return n
-}
-
 // lingerBelow is the batch size from which capture never lingers: the
 // stream is fast enough to make batches without waiting.
 const lingerBelow = 16
@@ -588,7 +576,7 @@ func (a *appender) run(ctx context.Context) error {
 			c.noteAppended(b.local)
 			c.lastSeq.Store(last.Seq)
 			c.captured.Add(uint64(len(b.local)))
-			c.informing.Add(informing(b.local))
+			c.informing.Add(meta.Informing(b.local...))
 			if c.cfg.ObserveDelay != nil {
 				for _, tx := range b.local {
 					c.cfg.ObserveDelay(appended.Sub(tx.CommitTime))

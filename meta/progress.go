@@ -131,6 +131,20 @@ func OnlyHeartbeat(tx *casualdb.Tx) bool {
 	return len(tx.Changes) > 0
 }
 
+// Informing counts the transactions of txs that change more than heartbeat
+// rows (OnlyHeartbeat): each one may change what its site's next heartbeat
+// tells (what it applied, its newest sequence). Apply and capture count
+// them for the heartbeat's schedule.
+func Informing(txs ...*casualdb.Tx) uint64 {
+	var n uint64
+	for _, tx := range txs {
+		if !OnlyHeartbeat(tx) {
+			n++
+		}
+	}
+	return n
+}
+
 // Beat advances site's heartbeat row.
 func Beat(ctx context.Context, q Execer, site casualdb.SiteID) error {
 	_, err := q.Exec(ctx, `INSERT INTO casualdb.heartbeat (site, beat, at) VALUES ($1, 1, now())

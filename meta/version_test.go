@@ -210,4 +210,8 @@ func TestOnlyHeartbeat(t *testing.T) {
 	if meta.HeartbeatTable != "casualdb.heartbeat" {
 		t.Errorf("HeartbeatTable = %q", meta.HeartbeatTable)
 	}
+	hb, del := &casualdb.Tx{Changes: []casualdb.Change{beat}}, &casualdb.Tx{Changes: []casualdb.Change{beat, row}}
+	if n := meta.Informing(hb, del, hb, del); n != 2 {
+		t.Errorf("Informing of two heartbeats and two deletes = %d, want 2", n)
+	}
 }
