@@ -88,9 +88,11 @@ type Config struct {
 	MergeColumns map[string]bool
 	// Logger; default slog.Default().
 	Logger *slog.Logger
-	// ObserveDelay, when set, is told for every captured transaction how
-	// long after its commit it was durable in the outbox (for metrics).
-	ObserveDelay func(time.Duration)
+	// ObserveDelay, when set, is told for every local transaction how long
+	// after its commit it reached a stage (for metrics): StageDecoded (the
+	// reader holds it whole: PostgreSQL's decoding and the slot's stream)
+	// and StageCaptured (durable in the outbox).
+	ObserveDelay func(stage string, d time.Duration)
 }
 
 // Stats are capture's counters since start.

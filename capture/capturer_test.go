@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,6 +31,29 @@ type env struct {
 	statusInterval time.Duration
 	natsDir        string
 	nats           *pgtest.NATS
+	delays         delayLog
+}
+
+// delayLog keeps what capture reported through Config.ObserveDelay, per
+// stage in the order reported.
+type delayLog struct {
+	mu     sync.Mutex
+	stages map[string][]time.Duration
+}
+
+func (l *delayLog) observe(stage string, d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stages == nil {
+		l.stages = map[string][]time.Duration{}
+	}
+	l.stages[stage] = append(l.stages[stage], d)
+}
+
+func (l *delayLog) get(stage string) []time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.stages[stage])
 }
 
 // startNATS starts the NATS server on the env's store and opens the
@@ -96,7 +121,7 @@ func newEnvWith(t *testing.T, schema string, statusInterval time.Duration) *env 
 
 func (e *env) start(t *testing.T) {
 	c, err := capture.New(capture.Config{Site: "a", DSN: e.pg.DSN(), Slot: "casualdb_a", Outbox: e.outbox, StatusInterval: e.statusInterval,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ObserveDelay: e.delays.observe})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,6 +253,23 @@ func TestCapturer_Run(t *testing.T) {
 		truncs, err := meta.LoadTruncations(ctx, e.conn)
 		if err != nil || truncs["public.t"].HLC != txs[4].Changes[0].Version.HLC {
 			t.Errorf("truncation marker: %+v, %v", truncs, err)
+		}
+	})
+	t.Run("delays: decoded, then captured, once per transaction", func(t *testing.T) {
+		pgtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+			if n := len(e.delays.get(capture.StageCaptured)); n != len(txs) {
+				return fmt.Errorf("captured reported for %d txs, want %d", n, len(txs))
+			}
+			return nil
+		})
+		decoded, captured := e.delays.get(capture.StageDecoded), e.delays.get(capture.StageCaptured)
+		if len(decoded) != len(txs) {
+			t.Fatalf("decoded reported for %d txs, want %d", len(decoded), len(txs))
+		}
+		for i := range decoded {
+			if decoded[i] <= 0 || decoded[i] > captured[i] {
+				t.Errorf("tx %d: decoded after %s, captured after %s", i, decoded[i], captured[i])
+			}
 		}
 	})
 	t.Run("restart re-derives lost metadata and duplicates nothing", func(t *testing.T) {

@@ -579,7 +579,7 @@ func (a *appender) run(ctx context.Context) error {
 			c.informing.Add(meta.Informing(b.local...))
 			if c.cfg.ObserveDelay != nil {
 				for _, tx := range b.local {
-					c.cfg.ObserveDelay(appended.Sub(tx.CommitTime))
+					c.cfg.ObserveDelay(StageCaptured, appended.Sub(tx.CommitTime))
 				}
 			}
 		}

@@ -15,6 +15,12 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
+// The stages of a local transaction that capture reports (Config.ObserveDelay).
+const (
+	StageDecoded  = "decoded"
+	StageCaptured = "captured"
+)
+
 // reader owns the replication connection: it decodes the slot's stream into
 // whole transactions, sends them in commit order on out, and reports the
 // flush position the processor confirms.
@@ -194,6 +200,9 @@ func (r *reader) handle(ctx context.Context, data []byte, skipUpTo uint64) error
 			// Already in the outbox before a restart: its metadata was
 			// re-derived from there.
 			return r.send(ctx, decodedTx{watermark: dtx.tx.LSN})
+		}
+		if !dtx.applied && r.c.cfg.ObserveDelay != nil {
+			r.c.cfg.ObserveDelay(StageDecoded, time.Since(dtx.tx.CommitTime))
 		}
 		return r.send(ctx, *dtx)
 	}

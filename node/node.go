@@ -80,7 +80,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		durableWake: make(chan struct{}, 1),
 		delays: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "casualdb_delay_seconds",
-			Help:    "Time from a transaction's commit at its origin to a stage: captured (durable in the origin's outbox), shipped_<peer> (the peer's inbox holds it), received (taken from the inbox here), applied (committed here). Includes clock differences between sites.",
+			Help:    "Time from a transaction's commit at its origin to a stage: decoded (capture holds it whole, from the slot), captured (durable in the origin's outbox), shipped_<peer> (the peer's inbox holds it), received (taken from the inbox here), applied (committed here). Includes clock differences between sites.",
 			Buckets: []float64{.001, .0025, .005, .01, .015, .02, .03, .05, .075, .1, .15, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}, []string{"origin", "stage"}),
 	}, nil
@@ -252,7 +252,7 @@ func (s *Node) Start(ctx context.Context) (err error) {
 	if s.capturer, err = capture.New(capture.Config{
 		Site: site, DSN: s.cfg.Database.DSN, Slot: s.cfg.SlotName(), Publication: s.cfg.Database.Publication,
 		Outbox: s.outbox, MaxBatch: s.cfg.Capture.MaxBatch, Linger: s.cfg.Capture.Linger, Logger: s.log, Counters: s.cfg.Conflicts.Counters(), MergeColumns: s.cfg.Conflicts.MergeColumns(),
-		ObserveDelay: func(d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, "captured").Observe(d.Seconds()) },
+		ObserveDelay: func(stage string, d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, stage).Observe(d.Seconds()) },
 	}); err != nil {
 		return err
 	}

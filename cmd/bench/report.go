@@ -122,6 +122,14 @@ origin's transactions. "whole server" counts the postmaster and every backend, p
 sidecar's); one that exits during a scenario is missed. "other processes" is what the machine did besides
 this benchmark: on a shared machine, the noise in every figure here. Every process shares the same cores,
 so a system that keeps the machine busier slows its own origin.
+Walsenders behind: every 20 ms during the load, on a connection of its own, the age of the oldest WAL that
+a walsender at site a had flushed but not yet decoded (pg_stat_replication.sent_lsn against earlier samples
+of pg_current_wal_flush_lsn(); an upper bound within 20 ms; 0 when it had decoded everything), over every
+walsender there (casualdb: the sidecar's one; pglogical: one per subscriber). It is the part of the lag
+that PostgreSQL's decoding makes before either replicator's own code sees a transaction. The same samples
+tell what each walsender was doing (pg_stat_activity's wait event; "running" when none: on a CPU or waiting
+for one): Client:WalSenderWriteData is a walsender waiting for its client to read what it sent,
+Client:WalSenderWaitForWAL one that has decoded everything flushed.
 `)
 	return b.String()
 }
@@ -183,6 +191,19 @@ func scenarioTable(o options, k scenarioKind, rs []*systemResult, b *strings.Bui
 		row("lag max (ms)", func(s *scenarioResult) string { return ms(s.lag.pmax) })
 		row("probes counted", func(s *scenarioResult) string { return strconv.Itoa(s.lag.probes) })
 	}
+	if k == scenarioSat4 || k == scenarioSat8 || k == scenarioThrottled {
+		wal := func(f func(w walStats) time.Duration) func(s *scenarioResult) string {
+			return func(s *scenarioResult) string {
+				if s.decoding.samples == 0 {
+					return none
+				}
+				return ms(f(s.decoding))
+			}
+		}
+		row("site a's walsenders behind p50 (ms)", wal(func(w walStats) time.Duration { return w.p50 }))
+		row("site a's walsenders behind p99 (ms)", wal(func(w walStats) time.Duration { return w.p99 }))
+		row("site a's walsenders behind max (ms)", wal(func(w walStats) time.Duration { return w.pmax }))
+	}
 	if k != scenarioBaseline && k != scenarioBacklog {
 		row("catch-up (ms)", func(s *scenarioResult) string { return ms(s.catchUp) })
 		row("replicated tps: transactions / (run + catch-up)", func(s *scenarioResult) string {
@@ -216,6 +237,11 @@ func scenarioTable(o options, k scenarioKind, rs []*systemResult, b *strings.Bui
 			for _, l := range s.statements {
 				b.WriteString("    " + l + "\n")
 			}
+		}
+	}
+	for i, r := range cols {
+		if s := r.scenarios[k]; s != nil && len(s.decoding.events) > 0 {
+			fmt.Fprintf(b, "  %s: site a's walsenders during the load: %s\n", t.cols[i], eventShares(s.decoding.events))
 		}
 	}
 	for i, r := range cols {

@@ -59,12 +59,15 @@ type scenarioResult struct {
 	load    time.Duration // how long pgbench ran
 	pgbench float64       // pgbench's own CPU seconds
 	lag     lagStats
-	probes  []probeLag
-	catchUp time.Duration // from pgbench's end until every peer holds what a holds
-	cpu     cpuUse
-	hasCPU  bool
-	events  []event
-	stages  []string // casualdb's delay histograms, throttled run only
+	// decoding is how far site a's walsenders were behind during the load
+	// (saturation and throttled runs).
+	decoding walStats
+	probes   []probeLag
+	catchUp  time.Duration // from pgbench's end until every peer holds what a holds
+	cpu      cpuUse
+	hasCPU   bool
+	events   []event
+	stages   []string // casualdb's delay histograms, throttled run only
 	// statements are each site's most expensive statements (-statements),
 	// throttled run only.
 	statements []string
@@ -149,14 +152,20 @@ func (r *runner) baseline(ctx context.Context, res *scenarioResult) error {
 // waits until every peer has caught up.
 func (r *runner) load(ctx context.Context, m *measurement, rn pgbenchRun) (first, last int64, err error) {
 	start := time.Now()
+	r.wal.start()
 	pb, err := r.w.run(ctx, r.c.servers[0], rn)
 	end := time.Now()
 	m.res.load = end.Sub(start)
 	m.event("load ends")
 	first, last = r.probe.stop()
+	decoding, werr := r.wal.stop()
 	if err != nil {
 		return 0, 0, err
 	}
+	if werr != nil {
+		return 0, 0, werr
+	}
+	m.res.decoding = decoding
 	m.res.tps, m.res.txs, m.res.pgbench = pb.tps, pb.txs, pb.cpu
 	if err := r.c.converge(ctx); err != nil {
 		return 0, 0, fmt.Errorf("catch up: %w", err)

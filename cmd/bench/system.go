@@ -104,6 +104,7 @@ type runner struct {
 	w     *workload
 	rep   replicator // nil until replication is set up
 	probe *prober
+	wal   *walSampler
 	res   *systemResult
 }
 
@@ -180,6 +181,10 @@ func (r *runner) run(ctx context.Context, dir string) error {
 		return err
 	}
 	defer r.probe.close()
+	if r.wal, err = newWALSampler(ctx, benchDSN(c.servers[0])); err != nil {
+		return err
+	}
+	defer r.wal.close()
 	for _, k := range r.spec.scenarios {
 		if k == scenarioBaseline {
 			continue
