@@ -210,7 +210,7 @@ func (s *casualdbSystem) idle(ctx context.Context) error {
 // observe scrapes the sidecars' delay histograms and, with -profile, takes
 // a CPU profile of each for secs seconds; the returned func waits for the
 // profiles and reports where the lag went in between.
-func (s *casualdbSystem) observe(ctx context.Context, name string, secs int) func() []string {
+func (s *casualdbSystem) observe(ctx context.Context, name string, secs int) func() stages {
 	before := s.scrapeDelays(ctx)
 	var wg sync.WaitGroup
 	if s.o.profile != "" {
@@ -227,7 +227,7 @@ func (s *casualdbSystem) observe(ctx context.Context, name string, secs int) fun
 			}
 		}
 	}
-	return func() []string {
+	return func() stages {
 		wg.Wait()
 		return stageReport(before, s.scrapeDelays(ctx))
 	}
@@ -322,39 +322,60 @@ func (s *casualdbSystem) scrapeDelays(ctx context.Context) map[delayKey]float64 
 	return out
 }
 
+// stageKey names one delay histogram: a site and a stage.
+type stageKey struct{ site, stage string }
+
+// stages is what the delay histograms of origin a's transactions showed over
+// a run: a line per site and stage, and the p50 and p99 as bucket bounds in
+// seconds (+Inf beyond the last bucket).
+type stages struct {
+	lines    []string
+	p50, p99 map[stageKey]float64
+}
+
 // stageReport turns two scrapes into p50/p99 per site and stage.
-func stageReport(before, after map[delayKey]float64) []string {
-	type series struct{ site, stage string }
-	buckets := map[series][]delayKey{}
+func stageReport(before, after map[delayKey]float64) stages {
+	buckets := map[stageKey][]delayKey{}
 	for k := range after {
-		s := series{k.site, k.stage}
+		s := stageKey{k.site, k.stage}
 		buckets[s] = append(buckets[s], k)
 	}
-	var lines []string
+	out := stages{p50: map[stageKey]float64{}, p99: map[stageKey]float64{}}
 	for s, ks := range buckets {
 		sort.Slice(ks, func(i, j int) bool { return ks[i].le < ks[j].le })
 		total := after[ks[len(ks)-1]] - before[ks[len(ks)-1]]
 		if total == 0 {
 			continue
 		}
-		q := func(p float64) string {
+		// The bound of the first bucket holding at least p of the total.
+		bound := func(p float64) (float64, bool) {
 			for _, k := range ks {
 				if after[k]-before[k] >= p*total {
-					if math.IsInf(k.le, 1) {
-						if len(ks) < 2 {
-							return "?"
-						}
-						return "> " + strconv.FormatFloat(ks[len(ks)-2].le*1000, 'f', -1, 64)
-					}
-					return "<= " + strconv.FormatFloat(k.le*1000, 'f', -1, 64)
+					return k.le, true
 				}
 			}
-			return "?"
+			return 0, false
 		}
-		lines = append(lines, fmt.Sprintf("site %s %-10s p50 %-8s p99 %-8s ms  (%.0f txs)", s.site, s.stage, q(0.5), q(0.99), total))
+		q := func(p float64) string {
+			le, ok := bound(p)
+			switch {
+			case !ok || (math.IsInf(le, 1) && len(ks) < 2):
+				return "?"
+			case math.IsInf(le, 1):
+				return "> " + strconv.FormatFloat(ks[len(ks)-2].le*1000, 'f', -1, 64)
+			}
+			return "<= " + strconv.FormatFloat(le*1000, 'f', -1, 64)
+		}
+		if le, ok := bound(0.5); ok {
+			out.p50[s] = le
+		}
+		if le, ok := bound(0.99); ok {
+			out.p99[s] = le
+		}
+		out.lines = append(out.lines, fmt.Sprintf("site %s %-10s p50 %-8s p99 %-8s ms  (%.0f txs)", s.site, s.stage, q(0.5), q(0.99), total))
 	}
-	sort.Strings(lines)
-	return lines
+	sort.Strings(out.lines)
+	return out
 }
 
 // sleep waits for d or until ctx ends.

@@ -128,8 +128,8 @@ func (s *pglogicalSystem) resume(ctx context.Context, i int) error {
 func (s *pglogicalSystem) idle(context.Context) error { return nil }
 
 // observe has no stages to report: pglogical has no delay histograms.
-func (s *pglogicalSystem) observe(context.Context, string, int) func() []string {
-	return func() []string { return nil }
+func (s *pglogicalSystem) observe(context.Context, string, int) func() stages {
+	return func() stages { return stages{} }
 }
 
 // close has nothing to stop: the servers hold every pglogical process.

@@ -245,9 +245,9 @@ func scenarioTable(o options, k scenarioKind, rs []*systemResult, b *strings.Bui
 		}
 	}
 	for i, r := range cols {
-		if s := r.scenarios[k]; s != nil && len(s.stages) > 0 {
+		if s := r.scenarios[k]; s != nil && len(s.stages.lines) > 0 {
 			fmt.Fprintf(b, "\n  %s, commit at a to each stage (casualdb_delay_seconds, bucket bounds):\n", t.cols[i])
-			for _, l := range s.stages {
+			for _, l := range s.stages.lines {
 				b.WriteString("    " + l + "\n")
 			}
 		}

@@ -92,7 +92,8 @@ func TestComputeTargets(t *testing.T) {
 		return cpuUse{wall: 30, sidecars: []float64{sidecars}, servers: []float64{servers}}
 	}
 	cas := map[scenarioKind]*scenarioResult{
-		scenarioSat4:      {tps: 9500, lag: lagStats{p99: ms(3)}, catchUp: 500 * time.Millisecond},
+		scenarioSat4: {tps: 9500, lag: lagStats{p99: ms(3)}, catchUp: 500 * time.Millisecond,
+			stages: stages{p99: map[stageKey]float64{{"a", "captured"}: 0.075, {"b", "applied"}: 0.01}}},
 		scenarioThrottled: {txs: 30000, lag: lagStats{p50: ms(2.5), p99: ms(1)}, cpu: cpu(3, 6), hasCPU: true},
 		scenarioBacklog:   {txs: 1000, replay: time.Second},
 	}
@@ -109,6 +110,7 @@ func TestComputeTargets(t *testing.T) {
 		{0.95, true}, // tps ratio >= 0.9
 		{3, false},   // sat p99 ratio <= 2
 		{0.5, true},  // catch-up <= 1 s
+		{75, false},  // captured p99 <= 50 ms
 		{2.5, false}, // throttled p50 <= 2 ms
 		{1, true},    // throttled p99 ratio <= 2
 		{1.5, true},  // CPU ratio (3+6)/6 <= 1.5
@@ -123,8 +125,8 @@ func TestComputeTargets(t *testing.T) {
 			t.Errorf("target %q = %v (known %v, pass %v), want %v (pass %v)", g.name, g.value, g.known, g.pass(), w.value, w.pass)
 		}
 	}
-	if !strings.Contains(got[6].String(), "see the notes") {
-		t.Errorf("replay target %q has no caveat for the unverified pause", got[6])
+	if !strings.Contains(got[7].String(), "see the notes") {
+		t.Errorf("replay target %q has no caveat for the unverified pause", got[7])
 	}
 
 	t.Run("pglogical missing", func(t *testing.T) {
@@ -137,6 +139,14 @@ func TestComputeTargets(t *testing.T) {
 			if !isRatio && !g.known {
 				t.Errorf("target %q of casualdb alone is not known", g.name)
 			}
+		}
+	})
+	t.Run("no captured histogram", func(t *testing.T) {
+		sat := *cas[scenarioSat4]
+		sat.stages = stages{}
+		noHist := map[scenarioKind]*scenarioResult{scenarioSat4: &sat}
+		if g := computeTargets(results(noHist, pgl))[3]; g.known || g.pass() {
+			t.Errorf("captured target without its histogram: %q", g)
 		}
 	})
 	t.Run("failed scenario", func(t *testing.T) {

@@ -67,7 +67,7 @@ type scenarioResult struct {
 	cpu      cpuUse
 	hasCPU   bool
 	events   []event
-	stages   []string // casualdb's delay histograms, throttled run only
+	stages   stages // casualdb's delay histograms (saturation and throttled runs)
 	// statements are each site's most expensive statements (-statements),
 	// throttled run only.
 	statements []string

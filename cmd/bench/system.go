@@ -22,7 +22,7 @@ type replicator interface {
 	idle(ctx context.Context) error
 	// observe starts watching a run of secs seconds; the returned func
 	// stops and reports where the lag went, if the system can tell.
-	observe(ctx context.Context, name string, secs int) func() []string
+	observe(ctx context.Context, name string, secs int) func() stages
 	// close stops everything the system started outside the servers.
 	close()
 }

@@ -112,11 +112,17 @@ func computeTargets(rs []*systemResult) []target {
 	if replay.known && len(bl.c.notes)+len(bl.p.notes) > 0 {
 		replay.caveat = "see the notes under the backlog table"
 	}
+	captured := alone(target{name: "saturation 4 clients: casualdb commit -> captured p99 (bucket bound)", unit: " ms", atMost: true, limit: 50}, sat.c,
+		func(s *scenarioResult) float64 { return 1000 * s.stages.p99[capturedAtA] })
+	if _, ok := sat.c.stagesP99(capturedAtA); captured.known && !ok {
+		captured.known, captured.why = false, "no delay histogram of site a's captured stage"
+	}
 	return []target{
 		ratio(target{name: "saturation 4 clients: origin tps, casualdb / pglogical", limit: 0.9}, sat, tps),
 		ratio(target{name: "saturation 4 clients: lag p99, casualdb / pglogical", atMost: true, limit: 2}, sat, p99),
 		alone(target{name: "saturation 4 clients: casualdb catch-up", unit: " s", atMost: true, limit: 1}, sat.c,
 			func(s *scenarioResult) float64 { return s.catchUp.Seconds() }),
+		captured,
 		alone(target{name: "throttled: casualdb lag p50", unit: " ms", atMost: true, limit: 2}, thr.c,
 			func(s *scenarioResult) float64 { return msOf(s.lag.p50) }),
 		ratio(target{name: "throttled: lag p99, casualdb / pglogical", atMost: true, limit: 2}, thr, p99),
@@ -129,6 +135,19 @@ func computeTargets(rs []*systemResult) []target {
 			}),
 		replay,
 	}
+}
+
+// capturedAtA is the delay histogram of capture at site a.
+var capturedAtA = stageKey{"a", "captured"}
+
+// stagesP99 returns the p99 bucket bound of the histogram k over s (false
+// when s or the histogram is missing).
+func (s *scenarioResult) stagesP99(k stageKey) (float64, bool) {
+	if s == nil {
+		return 0, false
+	}
+	v, ok := s.stages.p99[k]
+	return v, ok
 }
 
 func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
