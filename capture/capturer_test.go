@@ -139,6 +139,28 @@ func (e *env) start(t *testing.T) {
 	}
 }
 
+// checkDelays waits until capture has reported n transactions captured, and
+// checks that it reported each decoded once too, no later than captured.
+// Capture reports delays only for the local transactions it appends.
+func (e *env) checkDelays(t *testing.T, n int) {
+	t.Helper()
+	pgtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if got := len(e.delays.get(capture.StageCaptured)); got != n {
+			return fmt.Errorf("captured reported for %d txs, want %d", got, n)
+		}
+		return nil
+	})
+	decoded, captured := e.delays.get(capture.StageDecoded), e.delays.get(capture.StageCaptured)
+	if len(decoded) != n {
+		t.Fatalf("decoded reported for %d txs, want %d", len(decoded), n)
+	}
+	for i := range decoded {
+		if decoded[i] <= 0 || decoded[i] > captured[i] {
+			t.Errorf("tx %d: decoded after %s, captured after %s", i, decoded[i], captured[i])
+		}
+	}
+}
+
 // txs waits until the outbox holds n transactions and returns them.
 func (e *env) txs(t *testing.T, n int) []*casualdb.Tx {
 	t.Helper()
@@ -256,21 +278,7 @@ func TestCapturer_Run(t *testing.T) {
 		}
 	})
 	t.Run("delays: decoded, then captured, once per transaction", func(t *testing.T) {
-		pgtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
-			if n := len(e.delays.get(capture.StageCaptured)); n != len(txs) {
-				return fmt.Errorf("captured reported for %d txs, want %d", n, len(txs))
-			}
-			return nil
-		})
-		decoded, captured := e.delays.get(capture.StageDecoded), e.delays.get(capture.StageCaptured)
-		if len(decoded) != len(txs) {
-			t.Fatalf("decoded reported for %d txs, want %d", len(decoded), len(txs))
-		}
-		for i := range decoded {
-			if decoded[i] <= 0 || decoded[i] > captured[i] {
-				t.Errorf("tx %d: decoded after %s, captured after %s", i, decoded[i], captured[i])
-			}
-		}
+		e.checkDelays(t, len(txs))
 	})
 	t.Run("restart re-derives lost metadata and duplicates nothing", func(t *testing.T) {
 		e.stop()
@@ -286,6 +294,9 @@ func TestCapturer_Run(t *testing.T) {
 		if v := txs[5].Changes[0].Version; v.HLC.Compare(txs[4].Changes[0].Version.HLC) <= 0 {
 			t.Errorf("insert after truncate got %s, not above the truncate's %s", v.HLC, txs[4].Changes[0].Version.HLC)
 		}
+		// The transactions streamed again after the restart and skipped
+		// (in the outbox already) are not reported again.
+		e.checkDelays(t, 6)
 		// Recorded a moment after it is in the outbox.
 		pgtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 			vs, err := meta.LoadVersions(ctx, e.conn, []meta.RowKey{{Table: "public.t", Key: `["9"]`}})
@@ -358,6 +369,8 @@ func TestCapturer_Deps(t *testing.T) {
 	if fmt.Sprint(txs[1].Deps) != fmt.Sprint(want) {
 		t.Errorf("second local tx: deps %v, want %v", txs[1].Deps, want)
 	}
+	// Applied transactions are followed, not captured: no delays reported.
+	e.checkDelays(t, 2)
 	// After a restart the dependencies come from casualdb.progress (which
 	// apply writes; nothing wrote it here) and from whatever WAL the slot
 	// streams again: never less than what the restarted stream shows.
@@ -371,6 +384,7 @@ func TestCapturer_Deps(t *testing.T) {
 	if got := txs[2].Deps; got["c"] != 0x600 || got["b"] > 0x2000 || len(got) > 2 {
 		t.Errorf("after restart: deps %v, want c:1536 and b at most 8192", got)
 	}
+	e.checkDelays(t, 3)
 }
 
 // TestCapturer_RestartAfterPurge restarts capture after the outbox was

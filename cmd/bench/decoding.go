@@ -22,11 +22,17 @@ const walEvery = 20 * time.Millisecond
 // the walsenders are behind is the part of the lag that PostgreSQL's
 // decoding makes, before any replicator's own code.
 type walSampler struct {
-	conn    *pgx.Conn
-	stopc   chan struct{}
-	done    chan struct{}
+	dsn  string
+	conn *pgx.Conn // nil after a failed sample, until the next one reconnects
+
+	// Set by start, cleared by stop.
+	stopc chan struct{}
+	done  chan struct{}
+
+	// Written by the sampling goroutine, read after it ended.
 	samples []walSample
-	err     error // the first failed sample
+	failed  int   // samples that failed
+	lastErr error // the last failure
 }
 
 // walSample is one look at site a: when, the WAL flushed, and each
@@ -42,23 +48,33 @@ type walSample struct {
 
 // newWALSampler connects to dsn.
 func newWALSampler(ctx context.Context, dsn string) (*walSampler, error) {
+	w := &walSampler{dsn: dsn}
+	if err := w.connect(ctx); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *walSampler) connect(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
-	conn, err := pgx.Connect(cctx, dsn)
+	conn, err := pgx.Connect(cctx, w.dsn)
 	if err != nil {
-		return nil, fmt.Errorf("connect wal sampler: %w", err)
+		return fmt.Errorf("connect wal sampler: %w", err)
 	}
-	return &walSampler{conn: conn}, nil
+	w.conn = conn
+	return nil
 }
 
-// start begins sampling in a goroutine that stop ends; it drops the samples
-// of an earlier run.
-func (w *walSampler) start() {
-	w.stopc, w.done, w.samples, w.err = make(chan struct{}), make(chan struct{}), nil, nil
-	go w.loop(w.stopc, w.done)
+// start begins sampling in a goroutine that stop (or ctx) ends; it drops
+// the samples of an earlier run. It must not be called while sampling.
+func (w *walSampler) start(ctx context.Context) {
+	w.stopc, w.done = make(chan struct{}), make(chan struct{})
+	w.samples, w.failed, w.lastErr = nil, 0, nil
+	go w.loop(ctx, w.stopc, w.done)
 }
 
-func (w *walSampler) loop(stop <-chan struct{}, done chan<- struct{}) {
+func (w *walSampler) loop(ctx context.Context, stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	t := time.NewTicker(walEvery)
 	defer t.Stop()
@@ -66,52 +82,84 @@ func (w *walSampler) loop(stop <-chan struct{}, done chan<- struct{}) {
 		select {
 		case <-stop:
 			return
+		case <-ctx.Done():
+			return
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			var s walSample
-			var sent []int64
-			err := w.conn.QueryRow(ctx, `SELECT clock_timestamp(), (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint,
-				coalesce(array_agg(w.sent ORDER BY w.pid) FILTER (WHERE w.pid IS NOT NULL), '{}'),
-				coalesce(array_agg(w.ev ORDER BY w.pid) FILTER (WHERE w.pid IS NOT NULL), '{}')
-				FROM (SELECT 1) one LEFT JOIN (
-					SELECT r.pid, (r.sent_lsn - '0/0'::pg_lsn)::bigint AS sent,
-						coalesce(a.wait_event_type || ':' || a.wait_event, 'running') AS ev
-					FROM pg_stat_replication r JOIN pg_stat_activity a USING (pid)
-					WHERE r.state = 'streaming' AND r.sent_lsn IS NOT NULL) w ON true`).Scan(&s.at, &s.flushed, &sent, &s.events)
-			cancel()
+			s, err := w.sample(ctx)
 			if err != nil {
-				if w.err == nil {
-					w.err = fmt.Errorf("sample walsenders: %w", err)
-				}
+				// Counted and reported with the figures; the next sample
+				// reconnects (a query that timed out closed the
+				// connection).
+				w.failed++
+				w.lastErr = err
 				continue
-			}
-			for _, v := range sent {
-				s.sent = append(s.sent, uint64(v))
 			}
 			w.samples = append(w.samples, s)
 		}
 	}
 }
 
-// stop ends sampling and returns the undecoded WAL's age over the run.
-func (w *walSampler) stop() (walStats, error) {
+// sample reads the flushed position first and the walsenders' positions
+// after it, in one round trip: a walsender that has decoded everything is
+// never counted behind for WAL flushed between the two reads.
+func (w *walSampler) sample(ctx context.Context) (walSample, error) {
+	var s walSample
+	if w.conn == nil {
+		if err := w.connect(ctx); err != nil {
+			return s, err
+		}
+	}
+	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
+	var b pgx.Batch
+	b.Queue(`SELECT clock_timestamp(), (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint`)
+	b.Queue(`SELECT coalesce(array_agg((r.sent_lsn - '0/0'::pg_lsn)::bigint ORDER BY r.pid), '{}'),
+			coalesce(array_agg(coalesce(a.wait_event_type || ':' || a.wait_event, 'running') ORDER BY r.pid), '{}')
+		FROM pg_stat_replication r JOIN pg_stat_activity a USING (pid)
+		WHERE r.state = 'streaming' AND r.sent_lsn IS NOT NULL`)
+	res := w.conn.SendBatch(qctx, &b)
+	var sent []int64
+	err := res.QueryRow().Scan(&s.at, &s.flushed)
+	if err == nil {
+		err = res.QueryRow().Scan(&sent, &s.events)
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = w.conn.Close(cctx)
+		ccancel()
+		w.conn = nil
+		return s, fmt.Errorf("sample walsenders: %w", err)
+	}
+	for _, v := range sent {
+		s.sent = append(s.sent, uint64(v))
+	}
+	return s, nil
+}
+
+// stop ends sampling and returns what the samples showed.
+func (w *walSampler) stop() walStats {
 	if w.stopc == nil {
-		return walStats{}, nil
+		return walStats{}
 	}
 	close(w.stopc)
 	<-w.done
 	w.stopc, w.done = nil, nil
-	if w.err != nil {
-		return walStats{}, w.err
-	}
-	st := summariseWAL(decodingDelays(w.samples))
+	ds, unknown := decodingDelays(w.samples)
+	st := summariseWAL(ds)
+	st.unknown, st.failed, st.lastErr = unknown, w.failed, w.lastErr
 	st.events = countEvents(w.samples)
-	return st, nil
+	return st
 }
 
 // close stops sampling and closes the connection.
 func (w *walSampler) close() {
-	_, _ = w.stop()
+	w.stop()
+	if w.conn == nil {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = w.conn.Close(ctx)
@@ -122,30 +170,34 @@ func (w *walSampler) close() {
 // everything flushed; else the time since the last earlier sample whose
 // flushed position was at or below the walsender's (the WAL after its
 // position was flushed after that sample): an upper bound, within one
-// sampling interval of the truth. A walsender behind every earlier sample
-// is left out (its delay is unknown). Flushed positions never decrease.
-func decodingDelays(ss []walSample) []time.Duration {
-	var out []time.Duration
+// sampling interval of the truth while samples come on time. A walsender
+// behind every earlier sample has an unknown delay: left out, and counted
+// in unknown. Flushed positions never decrease.
+func decodingDelays(ss []walSample) (ds []time.Duration, unknown int) {
 	for i, s := range ss {
 		for _, sent := range s.sent {
 			if sent >= s.flushed {
-				out = append(out, 0)
+				ds = append(ds, 0)
 				continue
 			}
 			j := sort.Search(i, func(j int) bool { return ss[j].flushed > sent }) - 1
 			if j < 0 {
+				unknown++
 				continue
 			}
-			out = append(out, s.at.Sub(ss[j].at))
+			ds = append(ds, s.at.Sub(ss[j].at))
 		}
 	}
-	return out
+	return ds, unknown
 }
 
 // walStats summarises decodingDelays and the walsenders' wait events.
 type walStats struct {
-	samples        int
+	samples        int // (sample, walsender) pairs with a known delay
 	p50, p99, pmax time.Duration
+	unknown        int            // pairs left out: behind every earlier sample
+	failed         int            // samples that failed
+	lastErr        error          // the last failure
 	events         map[string]int // wait event (or "running") -> walsender samples
 }
 
@@ -200,5 +252,7 @@ func summariseWAL(ds []time.Duration) walStats {
 		return walStats{}
 	}
 	slices.Sort(ds)
-	return walStats{samples: len(ds), p50: percentile(ds, 0.50), p99: percentile(ds, 0.99), pmax: ds[len(ds)-1]}
+	st := walStats{samples: len(ds)}
+	st.p50, st.p99, st.pmax = spread(ds)
+	return st
 }

@@ -173,11 +173,16 @@ func summarise(probes []probeLag, duplicates int) lagStats {
 	}
 	st.samples = len(all)
 	slices.Sort(all)
-	st.p50, st.p99 = percentile(all, 0.50), percentile(all, 0.99)
-	if len(all) > 0 {
-		st.pmax = all[len(all)-1]
-	}
+	st.p50, st.p99, st.pmax = spread(all)
 	return st
+}
+
+// spread returns the p50, p99 and largest of sorted (zero for none).
+func spread(sorted []time.Duration) (p50, p99, pmax time.Duration) {
+	if len(sorted) == 0 {
+		return 0, 0, 0
+	}
+	return percentile(sorted, 0.50), percentile(sorted, 0.99), sorted[len(sorted)-1]
 }
 
 // percentile returns the nearest-rank p-quantile of sorted (0 < p <= 1):

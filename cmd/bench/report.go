@@ -124,12 +124,12 @@ this benchmark: on a shared machine, the noise in every figure here. Every proce
 so a system that keeps the machine busier slows its own origin.
 Walsenders behind: every 20 ms during the load, on a connection of its own, the age of the oldest WAL that
 a walsender at site a had flushed but not yet decoded (pg_stat_replication.sent_lsn against earlier samples
-of pg_current_wal_flush_lsn(); an upper bound within 20 ms; 0 when it had decoded everything), over every
+of pg_current_wal_flush_lsn(), read just before; an upper bound within 20 ms; 0 when it had decoded everything), over every
 walsender there (casualdb: the sidecar's one; pglogical: one per subscriber). It is the part of the lag
 that PostgreSQL's decoding makes before either replicator's own code sees a transaction. The same samples
 tell what each walsender was doing (pg_stat_activity's wait event; "running" when none: on a CPU or waiting
-for one): Client:WalSenderWriteData is a walsender waiting for its client to read what it sent,
-Client:WalSenderWaitForWAL one that has decoded everything flushed.
+for one): Client:WalSenderWaitForWAL is a walsender that has decoded everything flushed and waits for more
+(and, with output pending, for its client to read it), Client:WalSenderWriteData one waiting for its client.
 `)
 	return b.String()
 }
@@ -242,6 +242,9 @@ func scenarioTable(o options, k scenarioKind, rs []*systemResult, b *strings.Bui
 	for i, r := range cols {
 		if s := r.scenarios[k]; s != nil && len(s.decoding.events) > 0 {
 			fmt.Fprintf(b, "  %s: site a's walsenders during the load: %s\n", t.cols[i], eventShares(s.decoding.events))
+			if s.decoding.unknown > 0 {
+				fmt.Fprintf(b, "  %s: %d walsender samples left out of \"behind\": behind every earlier sample\n", t.cols[i], s.decoding.unknown)
+			}
 		}
 	}
 	for i, r := range cols {

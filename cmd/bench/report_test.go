@@ -141,6 +141,14 @@ func TestComputeTargets(t *testing.T) {
 			}
 		}
 	})
+	t.Run("captured at the bound", func(t *testing.T) {
+		sat := *cas[scenarioSat4]
+		sat.stages = stages{p99: map[stageKey]float64{{"a", "captured"}: 0.05}}
+		atBound := map[scenarioKind]*scenarioResult{scenarioSat4: &sat}
+		if g := computeTargets(results(atBound, pgl))[3]; !g.known || !g.pass() {
+			t.Errorf("captured p99 at the 50 ms bucket: %q, want a pass", g)
+		}
+	})
 	t.Run("no captured histogram", func(t *testing.T) {
 		sat := *cas[scenarioSat4]
 		sat.stages = stages{}

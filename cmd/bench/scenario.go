@@ -152,20 +152,19 @@ func (r *runner) baseline(ctx context.Context, res *scenarioResult) error {
 // waits until every peer has caught up.
 func (r *runner) load(ctx context.Context, m *measurement, rn pgbenchRun) (first, last int64, err error) {
 	start := time.Now()
-	r.wal.start()
+	r.wal.start(ctx)
 	pb, err := r.w.run(ctx, r.c.servers[0], rn)
 	end := time.Now()
 	m.res.load = end.Sub(start)
 	m.event("load ends")
 	first, last = r.probe.stop()
-	decoding, werr := r.wal.stop()
+	m.res.decoding = r.wal.stop()
+	if d := m.res.decoding; d.failed > 0 {
+		m.res.notes = append(m.res.notes, fmt.Sprintf("%d samples of site a's walsenders failed (the last: %v)", d.failed, d.lastErr))
+	}
 	if err != nil {
 		return 0, 0, err
 	}
-	if werr != nil {
-		return 0, 0, werr
-	}
-	m.res.decoding = decoding
 	m.res.tps, m.res.txs, m.res.pgbench = pb.tps, pb.txs, pb.cpu
 	if err := r.c.converge(ctx); err != nil {
 		return 0, 0, fmt.Errorf("catch up: %w", err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 )
@@ -112,10 +113,16 @@ func computeTargets(rs []*systemResult) []target {
 	if replay.known && len(bl.c.notes)+len(bl.p.notes) > 0 {
 		replay.caveat = "see the notes under the backlog table"
 	}
-	captured := alone(target{name: "saturation 4 clients: casualdb commit -> captured p99 (bucket bound)", unit: " ms", atMost: true, limit: 50}, sat.c,
-		func(s *scenarioResult) float64 { return 1000 * s.stages.p99[capturedAtA] })
-	if _, ok := sat.c.stagesP99(capturedAtA); captured.known && !ok {
-		captured.known, captured.why = false, "no delay histogram of site a's captured stage"
+	captured := target{name: "saturation 4 clients: casualdb commit -> captured p99 (bucket bound)", unit: " ms", atMost: true, limit: 50}
+	switch p99, ok := sat.c.stagesP99(capturedAtA); {
+	case sat.c == nil:
+		captured.why = "casualdb's run is missing"
+	case !ok:
+		captured.why = "no delay histogram of site a's captured stage"
+	default:
+		// Bucket bounds are decimal seconds: in microseconds, they are
+		// whole numbers again.
+		captured.value, captured.known = math.Round(p99*1e6)/1e3, true
 	}
 	return []target{
 		ratio(target{name: "saturation 4 clients: origin tps, casualdb / pglogical", limit: 0.9}, sat, tps),
