@@ -11,9 +11,6 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// walEvery is how often the walSampler looks at site a's walsenders.
-const walEvery = 20 * time.Millisecond
-
 // walSampler watches, while a scenario's load runs, how far site a's
 // walsenders have decoded (pg_stat_replication.sent_lsn, the end of the last
 // WAL record a logical walsender decoded) against the WAL flushed, on a
@@ -22,8 +19,9 @@ const walEvery = 20 * time.Millisecond
 // the walsenders are behind is the part of the lag that PostgreSQL's
 // decoding makes, before any replicator's own code.
 type walSampler struct {
-	dsn  string
-	conn *pgx.Conn // nil after a failed sample, until the next one reconnects
+	dsn   string
+	every time.Duration // 0: the sampler does not sample
+	conn  *pgx.Conn     // nil after a failed sample, until the next one reconnects
 
 	// Set by start, cleared by stop.
 	stopc chan struct{}
@@ -47,8 +45,8 @@ type walSample struct {
 }
 
 // newWALSampler connects to dsn.
-func newWALSampler(ctx context.Context, dsn string) (*walSampler, error) {
-	w := &walSampler{dsn: dsn}
+func newWALSampler(ctx context.Context, dsn string, every time.Duration) (*walSampler, error) {
+	w := &walSampler{dsn: dsn, every: every}
 	if err := w.connect(ctx); err != nil {
 		return nil, err
 	}
@@ -69,14 +67,17 @@ func (w *walSampler) connect(ctx context.Context) error {
 // start begins sampling in a goroutine that stop (or ctx) ends; it drops
 // the samples of an earlier run. It must not be called while sampling.
 func (w *walSampler) start(ctx context.Context) {
-	w.stopc, w.done = make(chan struct{}), make(chan struct{})
 	w.samples, w.failed, w.lastErr = nil, 0, nil
+	if w.every <= 0 {
+		return
+	}
+	w.stopc, w.done = make(chan struct{}), make(chan struct{})
 	go w.loop(ctx, w.stopc, w.done)
 }
 
 func (w *walSampler) loop(ctx context.Context, stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
-	t := time.NewTicker(walEvery)
+	t := time.NewTicker(w.every)
 	defer t.Stop()
 	for {
 		select {

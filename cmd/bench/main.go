@@ -39,6 +39,7 @@ type options struct {
 	rate              int // the throttled run's transactions per second
 	keys              int
 	probeEvery        time.Duration
+	walEvery          time.Duration
 	backlog           int // transactions written while b is paused
 	pglogical         bool
 	five              bool
@@ -60,6 +61,7 @@ func main() {
 	flag.IntVar(&o.rate, "rate", 1000, "transactions per second of the throttled run (pgbench -R)")
 	flag.IntVar(&o.keys, "keys", 10000, "keys of each table the workload updates")
 	flag.DurationVar(&o.probeEvery, "probe-every", 100*time.Millisecond, "interval between lag probes")
+	flag.DurationVar(&o.walEvery, "wal-every", 20*time.Millisecond, "interval between samples of site a's walsenders during each load (0: not sampled)")
 	flag.IntVar(&o.backlog, "backlog", 100000, "transactions written at site a while site b is paused")
 	flag.BoolVar(&o.pglogical, "pglogical", true, "measure pglogical too")
 	flag.BoolVar(&o.five, "five", true, "measure casualdb on five sites too (saturation with 4 clients and the throttled run)")
@@ -89,6 +91,8 @@ func (o options) validate() error {
 		return errors.New("-duration and -throttled-duration must be at least 1s")
 	case o.rate <= 0 || o.keys <= 0 || o.backlog < throttledClients:
 		return fmt.Errorf("-rate and -keys must be positive and -backlog at least %d", throttledClients)
+	case o.walEvery < 0:
+		return errors.New("-wal-every must not be negative")
 	case o.probeEvery <= 0:
 		return errors.New("-probe-every must be positive")
 	}

@@ -122,15 +122,19 @@ origin's transactions. "whole server" counts the postmaster and every backend, p
 sidecar's); one that exits during a scenario is missed. "other processes" is what the machine did besides
 this benchmark: on a shared machine, the noise in every figure here. Every process shares the same cores,
 so a system that keeps the machine busier slows its own origin.
-Walsenders behind: every 20 ms during the load, on a connection of its own, the age of the oldest WAL that
-a walsender at site a had flushed but not yet decoded (pg_stat_replication.sent_lsn against earlier samples
-of pg_current_wal_flush_lsn(), read just before; an upper bound within 20 ms; 0 when it had decoded everything), over every
-walsender there (casualdb: the sidecar's one; pglogical: one per subscriber). It is the part of the lag
-that PostgreSQL's decoding makes before either replicator's own code sees a transaction. The same samples
-tell what each walsender was doing (pg_stat_activity's wait event; "running" when none: on a CPU or waiting
-for one): Client:WalSenderWaitForWAL is a walsender that has decoded everything flushed and waits for more
-(and, with output pending, for its client to read it), Client:WalSenderWriteData one waiting for its client.
 `)
+	if o.walEvery > 0 {
+		fmt.Fprintf(&b, `Walsenders behind: every %[1]s during the load, on a connection of its own, the age of the oldest WAL
+that a walsender at site a had flushed but not yet decoded (pg_stat_replication.sent_lsn against earlier
+samples of pg_current_wal_flush_lsn(), read just before; an upper bound within %[1]s; 0 when it had decoded
+everything), over every walsender there (casualdb: the sidecar's one; pglogical: one per subscriber). It is
+the part of the lag that PostgreSQL's decoding makes before either replicator's own code sees a transaction.
+The same samples tell what each walsender was doing (pg_stat_activity's wait event; "running" when none: on
+a CPU or waiting for one): Client:WalSenderWaitForWAL is a walsender that has decoded everything flushed and
+waits for more (and, with output pending, for its client to read it), Client:WalSenderWriteData one waiting
+for its client.
+`, o.walEvery)
+	}
 	return b.String()
 }
 

@@ -181,7 +181,7 @@ func (r *runner) run(ctx context.Context, dir string) error {
 		return err
 	}
 	defer r.probe.close()
-	if r.wal, err = newWALSampler(ctx, benchDSN(c.servers[0])); err != nil {
+	if r.wal, err = newWALSampler(ctx, benchDSN(c.servers[0]), r.o.walEvery); err != nil {
 		return err
 	}
 	defer r.wal.close()
