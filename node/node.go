@@ -249,23 +249,10 @@ func (s *Node) Start(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	// One observer per stage, resolved once: capture reports two stages per
-	// transaction.
-	decoded := s.delays.WithLabelValues(s.cfg.Site, capture.StageDecoded)
-	captured := s.delays.WithLabelValues(s.cfg.Site, capture.StageCaptured)
 	if s.capturer, err = capture.New(capture.Config{
 		Site: site, DSN: s.cfg.Database.DSN, Slot: s.cfg.SlotName(), Publication: s.cfg.Database.Publication,
 		Outbox: s.outbox, MaxBatch: s.cfg.Capture.MaxBatch, Linger: s.cfg.Capture.Linger, Logger: s.log, Counters: s.cfg.Conflicts.Counters(), MergeColumns: s.cfg.Conflicts.MergeColumns(),
-		ObserveDelay: func(stage string, d time.Duration) {
-			switch stage {
-			case capture.StageDecoded:
-				decoded.Observe(d.Seconds())
-			case capture.StageCaptured:
-				captured.Observe(d.Seconds())
-			default:
-				s.delays.WithLabelValues(s.cfg.Site, stage).Observe(d.Seconds())
-			}
-		},
+		ObserveDelay: func(stage string, d time.Duration) { s.delays.WithLabelValues(s.cfg.Site, stage).Observe(d.Seconds()) },
 	}); err != nil {
 		return err
 	}

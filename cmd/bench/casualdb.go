@@ -326,11 +326,11 @@ func (s *casualdbSystem) scrapeDelays(ctx context.Context) map[delayKey]float64 
 type stageKey struct{ site, stage string }
 
 // stages is what the delay histograms of origin a's transactions showed over
-// a run: a line per site and stage, and the p50 and p99 as bucket bounds in
-// seconds (+Inf beyond the last bucket).
+// a run: a line per site and stage, and the p99 as a bucket bound in seconds
+// (+Inf beyond the last bucket).
 type stages struct {
-	lines    []string
-	p50, p99 map[stageKey]float64
+	lines []string
+	p99   map[stageKey]float64
 }
 
 // stageReport turns two scrapes into p50/p99 per site and stage.
@@ -340,7 +340,7 @@ func stageReport(before, after map[delayKey]float64) stages {
 		s := stageKey{k.site, k.stage}
 		buckets[s] = append(buckets[s], k)
 	}
-	out := stages{p50: map[stageKey]float64{}, p99: map[stageKey]float64{}}
+	out := stages{p99: map[stageKey]float64{}}
 	for s, ks := range buckets {
 		sort.Slice(ks, func(i, j int) bool { return ks[i].le < ks[j].le })
 		total := after[ks[len(ks)-1]] - before[ks[len(ks)-1]]
@@ -365,9 +365,6 @@ func stageReport(before, after map[delayKey]float64) stages {
 				return "> " + strconv.FormatFloat(ks[len(ks)-2].le*1000, 'f', -1, 64)
 			}
 			return "<= " + strconv.FormatFloat(le*1000, 'f', -1, 64)
-		}
-		if le, ok := bound(0.5); ok {
-			out.p50[s] = le
 		}
 		if le, ok := bound(0.99); ok {
 			out.p99[s] = le

@@ -64,7 +64,8 @@ func (w *walSampler) connect(ctx context.Context) error {
 	return nil
 }
 
-// start begins sampling in a goroutine that stop (or ctx) ends; it drops
+// start begins sampling in a goroutine that stop ends (a sample after ctx
+// is done fails at once); it drops
 // the samples of an earlier run. It must not be called while sampling.
 func (w *walSampler) start(ctx context.Context) {
 	w.samples, w.failed, w.lastErr = nil, 0, nil
@@ -72,32 +73,20 @@ func (w *walSampler) start(ctx context.Context) {
 		return
 	}
 	w.stopc, w.done = make(chan struct{}), make(chan struct{})
-	go w.loop(ctx, w.stopc, w.done)
+	go every(w.every, w.stopc, w.done, func() { w.sampleOnce(ctx) })
 }
 
-func (w *walSampler) loop(ctx context.Context, stop <-chan struct{}, done chan<- struct{}) {
-	defer close(done)
-	t := time.NewTicker(w.every)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s, err := w.sample(ctx)
-			if err != nil {
-				// Counted and reported with the figures; the next sample
-				// reconnects (a query that timed out closed the
-				// connection).
-				w.failed++
-				w.lastErr = err
-				continue
-			}
-			w.samples = append(w.samples, s)
-		}
+// sampleOnce takes a sample, or counts its failure (reported with the
+// figures; the next sample reconnects: a query that timed out closed the
+// connection).
+func (w *walSampler) sampleOnce(ctx context.Context) {
+	s, err := w.sample(ctx)
+	if err != nil {
+		w.failed++
+		w.lastErr = err
+		return
 	}
+	w.samples = append(w.samples, s)
 }
 
 // sample reads the flushed position first and the walsenders' positions

@@ -41,25 +41,31 @@ func newProber(ctx context.Context, dsn string, every time.Duration) (*prober, e
 // while probing.
 func (p *prober) start() {
 	p.stopc, p.done, p.first = make(chan struct{}), make(chan struct{}), p.next
-	go p.loop(p.stopc, p.done)
+	go every(p.every, p.stopc, p.done, p.probe)
 }
 
-func (p *prober) loop(stop <-chan struct{}, done chan<- struct{}) {
+// probe inserts the next probe row. Not cancelled by stop: cancelling a
+// query closes the connection. A probe that fails is skipped; its id is not
+// reused, in case it committed after all.
+func (p *prober) probe() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, _ = p.conn.Exec(ctx, `INSERT INTO bench_probe VALUES ($1, clock_timestamp())`, p.next)
+	cancel()
+	p.next++
+}
+
+// every calls f every interval until stop is closed, then closes done: the
+// loop of the prober's and the walsender sampler's goroutines.
+func every(interval time.Duration, stop <-chan struct{}, done chan<- struct{}, f func()) {
 	defer close(done)
-	t := time.NewTicker(p.every)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
-			// Not cancelled by stop: cancelling a query closes the
-			// connection. A probe that fails is skipped; its id is not
-			// reused, in case it committed after all.
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, _ = p.conn.Exec(ctx, `INSERT INTO bench_probe VALUES ($1, clock_timestamp())`, p.next)
-			cancel()
-			p.next++
+			f()
 		}
 	}
 }

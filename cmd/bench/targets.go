@@ -114,12 +114,11 @@ func computeTargets(rs []*systemResult) []target {
 		replay.caveat = "see the notes under the backlog table"
 	}
 	captured := target{name: "saturation 4 clients: casualdb commit -> captured p99 (bucket bound)", unit: " ms", atMost: true, limit: 50}
-	switch p99, ok := sat.c.stagesP99(capturedAtA); {
-	case sat.c == nil:
+	if sat.c == nil {
 		captured.why = "casualdb's run is missing"
-	case !ok:
+	} else if p99, ok := sat.c.stages.p99[stageKey{"a", "captured"}]; !ok {
 		captured.why = "no delay histogram of site a's captured stage"
-	default:
+	} else {
 		// Bucket bounds are decimal seconds: in microseconds, they are
 		// whole numbers again.
 		captured.value, captured.known = math.Round(p99*1e6)/1e3, true
@@ -142,19 +141,6 @@ func computeTargets(rs []*systemResult) []target {
 			}),
 		replay,
 	}
-}
-
-// capturedAtA is the delay histogram of capture at site a.
-var capturedAtA = stageKey{"a", "captured"}
-
-// stagesP99 returns the p99 bucket bound of the histogram k over s (false
-// when s or the histogram is missing).
-func (s *scenarioResult) stagesP99(k stageKey) (float64, bool) {
-	if s == nil {
-		return 0, false
-	}
-	v, ok := s.stages.p99[k]
-	return v, ok
 }
 
 func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
