@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/casualdb/casualdb/certs"
 	"github.com/casualdb/casualdb/internal/pgtest"
 	"go.uber.org/goleak"
 )
@@ -40,9 +41,15 @@ func startSitesWith(t *testing.T, ctx context.Context, tune func(*Config), names
 }
 
 // startSitesDDL is startSitesWith with more statements run at every site
-// before its sidecar starts.
+// before its sidecar starts. The sites' NATS links are mutual TLS with
+// per-site permissions, as a user runs them (certificates from `casualdb
+// certs`, in a directory of the test's).
 func startSitesDDL(t *testing.T, ctx context.Context, ddl []string, tune func(*Config), names ...string) []*testSite {
 	t.Helper()
+	certDir := t.TempDir()
+	if err := certs.Generate(certDir, names, nil); err != nil {
+		t.Fatal(err)
+	}
 	var sites []*testSite
 	for _, name := range names {
 		s := &testSite{name: name, pg: pgtest.NewServer(t, name)}
@@ -76,9 +83,11 @@ func startSitesDDL(t *testing.T, ctx context.Context, ddl []string, tune func(*C
 		cfg.Site, cfg.DataDir, cfg.Database.DSN = s.name, filepath.Join(t.TempDir(), s.name), s.pg.DSN()
 		cfg.Database.Tables = []string{"items"}
 		cfg.NATS.Listen, cfg.Admin.Listen = fmt.Sprintf("127.0.0.1:%d", s.nats), ""
+		f := certs.For(certDir, s.name)
+		cfg.NATS.TLS = NATSTLSConfig{Cert: f.Cert, Key: f.Key, CA: f.CA}
 		for _, p := range sites {
 			if p != s {
-				cfg.Peers = append(cfg.Peers, PeerConfig{Name: p.name, NATSURL: fmt.Sprintf("nats://127.0.0.1:%d", p.nats)})
+				cfg.Peers = append(cfg.Peers, PeerConfig{Name: p.name, NATSURL: fmt.Sprintf("tls://127.0.0.1:%d", p.nats)})
 			}
 		}
 		if tune != nil {

@@ -44,9 +44,6 @@ func TestNode_TLS(t *testing.T) {
 			// the server's own URL then.
 			c.NATS.Listen = "0.0.0.0" + c.NATS.Listen[len("127.0.0.1"):]
 		}
-		for i := range c.Peers {
-			c.Peers[i].NATSURL = "tls" + c.Peers[i].NATSURL[len("nats"):]
-		}
 	}, "a", "b")
 	pgtest.ExecAll(t, pgtest.Connect(t, sites[0].pg.DSN()), `INSERT INTO items VALUES (1, 'over tls')`)
 	waitFor(t, ctx, sites[1], `SELECT coalesce((SELECT label FROM items WHERE id = 1), '')`, "over tls")

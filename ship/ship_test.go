@@ -2,6 +2,7 @@ package ship_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/casualdb/casualdb"
+	"github.com/casualdb/casualdb/certs"
 	"github.com/casualdb/casualdb/internal/pgtest"
 	"github.com/casualdb/casualdb/ship"
 	"github.com/nats-io/nats.go"
@@ -26,6 +28,46 @@ func startServer(t *testing.T, dir string, port int) *ship.Server {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// siteCerts makes a CA and certificates for sites a and b (`casualdb
+// certs`) in a directory of the test's.
+func siteCerts(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := certs.Generate(dir, []string{"a", "b"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// startSite starts site's server as a sidecar does: TLS only, clients
+// verified against the CA in certDir, each peer with its permissions. It
+// returns the server and the site's own JetStream (in process).
+func startSite(t *testing.T, dir string, port int, site, certDir string) (*ship.Server, jetstream.JetStream) {
+	t.Helper()
+	srvTLS, err := certs.ServerConfig(certs.For(certDir, site))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ship.StartServer(ship.ServerConfig{Listen: fmt.Sprintf("127.0.0.1:%d", port), StoreDir: dir, TLS: srvTLS,
+		Site: casualdb.SiteID(site), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	// nats://: a tls:// URL would make the client speak TLS in process too.
+	return s, pgtest.JetStream(t, fmt.Sprintf("nats://127.0.0.1:%d", port), s.InProcess())
+}
+
+// peerTLS is site's client TLS for its links to peers.
+func peerTLS(t *testing.T, certDir, site string) *tls.Config {
+	t.Helper()
+	c, err := certs.ClientConfig(certs.For(certDir, site))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 func tx(lsn uint64) *casualdb.Tx {
@@ -145,16 +187,16 @@ func TestShipper_PeerDownThenUp(t *testing.T) {
 func testShipperPeerDownThenUp(t *testing.T, bundle int) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a := startServer(t, t.TempDir(), mustPort(t))
-	t.Cleanup(a.Close)
-	ob, err := ship.OpenOutbox(ctx, pgtest.JetStream(t, a.ClientURL()), ship.OutboxConfig{Site: "a"})
+	certDir := siteCerts(t)
+	_, aJS := startSite(t, t.TempDir(), mustPort(t), "a", certDir)
+	ob, err := ship.OpenOutbox(ctx, aJS, ship.OutboxConfig{Site: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	bPort := mustPort(t)
 	// Its address is not known yet either (as for a peer the outbox
 	// remembers before gossip tells where it is).
-	sh, err := ship.NewShipper(ship.ShipperConfig{Site: "a", Peer: "b", Outbox: ob,
+	sh, err := ship.NewShipper(ship.ShipperConfig{Site: "a", Peer: "b", Outbox: ob, TLS: peerTLS(t, certDir, "a"),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -189,10 +231,9 @@ func testShipperPeerDownThenUp(t *testing.T, bundle int) {
 	if sh.Shipped() != 0 || sh.Connected() {
 		t.Fatalf("shipped %d to a peer whose address is unknown (connected %v)", sh.Shipped(), sh.Connected())
 	}
-	sh.SetPeerURL(fmt.Sprintf("nats://127.0.0.1:%d", bPort))
-	b := startServer(t, filepath.Join(t.TempDir(), "b"), bPort)
-	t.Cleanup(b.Close)
-	in, err := ship.OpenInbox(ctx, pgtest.JetStream(t, b.ClientURL()), "b")
+	sh.SetPeerURL(fmt.Sprintf("tls://127.0.0.1:%d", bPort))
+	_, bJS := startSite(t, filepath.Join(t.TempDir(), "b"), bPort, "b", certDir)
+	in, err := ship.OpenInbox(ctx, bJS, "b")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,15 +414,15 @@ func TestShipper_EnsureConsumerHandsBackInFlight(t *testing.T) {
 func TestShipper_Rewind(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a := startServer(t, t.TempDir(), mustPort(t))
-	t.Cleanup(a.Close)
-	b := startServer(t, t.TempDir(), mustPort(t))
-	t.Cleanup(b.Close)
-	ob, err := ship.OpenOutbox(ctx, pgtest.JetStream(t, a.ClientURL()), ship.OutboxConfig{Site: "a"})
+	certDir := siteCerts(t)
+	_, aJS := startSite(t, t.TempDir(), mustPort(t), "a", certDir)
+	bPort := mustPort(t)
+	_, bJS := startSite(t, t.TempDir(), bPort, "b", certDir)
+	ob, err := ship.OpenOutbox(ctx, aJS, ship.OutboxConfig{Site: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := ship.OpenInbox(ctx, pgtest.JetStream(t, b.ClientURL()), "b")
+	in, err := ship.OpenInbox(ctx, bJS, "b")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +430,7 @@ func TestShipper_Rewind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sh, err := ship.NewShipper(ship.ShipperConfig{Site: "a", Peer: "b", PeerURL: b.ClientURL(), Outbox: ob,
+	sh, err := ship.NewShipper(ship.ShipperConfig{Site: "a", Peer: "b", PeerURL: fmt.Sprintf("tls://127.0.0.1:%d", bPort), Outbox: ob, TLS: peerTLS(t, certDir, "a"),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

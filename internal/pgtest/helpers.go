@@ -146,11 +146,12 @@ func SetParams(t testing.TB, conn *pgx.Conn, params map[string]string) {
 	}
 }
 
-// JetStream connects to the NATS server at url, closed when the test ends,
-// and returns its JetStream API.
-func JetStream(t testing.TB, url string) jetstream.JetStream {
+// JetStream connects to the NATS server at url with opts (a server's
+// in-process option, say), closed when the test ends, and returns its
+// JetStream API.
+func JetStream(t testing.TB, url string, opts ...nats.Option) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
