@@ -43,10 +43,11 @@ test: deps-test
 
 # Each fuzz target for a bounded number of executions (bad input from the
 # network and from operators: the wire decoder, the gossiped digest, the
-# configuration), about 10 s each on a 2-core machine. A count, not a duration:
+# configuration, an inbox message's framing, a relay's proof, a message's
+# signature headers), about 10 s each on a 2-core machine. A count, not a duration:
 # Go 1.26's fuzz coordinator can fail a duration-bounded run at its deadline with
 # "context deadline exceeded" and no failing input (golang/go#75804, fixed in
-# Go 1.27), which once turned CI red. FUZZTIME overrides all three (a count such
+# Go 1.27), which once turned CI red. FUZZTIME overrides them all (a count such
 # as 1000000x, or a duration, which may hit that race).
 # A failing input is saved under testdata/fuzz and replays in every test run.
 FUZZTIME ?=
@@ -54,6 +55,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzUnmarshalTx$$' -fuzztime $(or $(FUZZTIME),300000x) .
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeDigest$$' -fuzztime $(or $(FUZZTIME),100000x) ./hint
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(or $(FUZZTIME),60000x) ./node
+	$(GO) test -run '^$$' -fuzz '^FuzzEntries$$' -fuzztime $(or $(FUZZTIME),60000x) ./ship
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeProof$$' -fuzztime $(or $(FUZZTIME),60000x) ./ship
+	$(GO) test -run '^$$' -fuzz '^FuzzAttachProofs$$' -fuzztime $(or $(FUZZTIME),30000x) ./ship
 
 test-short: deps-test
 	$(GO) test -race -count=1 -short ./...

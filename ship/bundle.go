@@ -53,6 +53,12 @@ func Entries(h nats.Header, data []byte) ([]Entry, error) {
 	if err != nil || n <= 0 {
 		return nil, fmt.Errorf("%w: bad %s header %q", casualdb.ErrGarbled, HeaderBundle, h.Get(HeaderBundle))
 	}
+	// Every entry takes at least two bytes (its sequence and its length):
+	// a larger count is garbled, and must not size the allocation below
+	// (found by FuzzEntries: a count of 4e9 ran the sidecar out of memory).
+	if n > len(data)/2 {
+		return nil, fmt.Errorf("%w: %s header says %d transactions in %d bytes", casualdb.ErrGarbled, HeaderBundle, n, len(data))
+	}
 	out := make([]Entry, 0, n)
 	for len(data) > 0 {
 		seq, k := binary.Uvarint(data)

@@ -222,7 +222,10 @@ func attachProofs(h nats.Header, m *casualdb.InboxMsg, cert []byte) error {
 				break
 			}
 		}
-		if start < 0 || start+r.count > len(m.Txs) || m.Txs[start+r.count-1].Seq != r.first+uint64(r.count)-1 {
+		// r.count > len-start, not start+r.count > len: a count near
+		// MaxInt would overflow the sum and index past the message
+		// (a panic a peer could cause; TestAttachProofs).
+		if start < 0 || r.count > len(m.Txs)-start || m.Txs[start+r.count-1].Seq != r.first+uint64(r.count)-1 {
 			return fmt.Errorf("%w: %s header %d+%d does not match the message's transactions", casualdb.ErrGarbled, HeaderSig, r.first, r.count)
 		}
 		leaves := make([][]byte, r.count)

@@ -134,9 +134,11 @@ func TestAttachProofs(t *testing.T) {
 	if err := v.Verify("a", "e", 4, m.Txs[3].Data, m.Txs[0].Proof, m.Cert); err == nil {
 		t.Errorf("transaction 4 verified with transaction 1's proof")
 	}
-	h.Add(HeaderSig, "9 1 AAAA")
-	if err := attachProofs(h, &casualdb.InboxMsg{Txs: m.Txs}, m.Cert); !errors.Is(err, casualdb.ErrGarbled) {
-		t.Errorf("a run of transactions the message does not hold: %v", err)
+	for _, bad := range []string{"9 1 AAAA", "2 9223372036854775807 AAAA"} {
+		h := nats.Header{HeaderSig: {bad}, HeaderCert: {signer.Cert()}}
+		if err := attachProofs(h, &casualdb.InboxMsg{Txs: m.Txs}, m.Cert); !errors.Is(err, casualdb.ErrGarbled) {
+			t.Errorf("a run of transactions the message does not hold (%s): %v", bad, err)
+		}
 	}
 }
 
