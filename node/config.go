@@ -372,7 +372,8 @@ func LoadConfig(path string) (Config, error) {
 }
 
 // ApplyEnv overrides the main keys from CASUALDB_* environment variables.
-func (c *Config) ApplyEnv(getenv func(string) string) {
+// A variable it cannot parse is an error naming it.
+func (c *Config) ApplyEnv(getenv func(string) string) error {
 	set := func(dst *string, name string) {
 		if v := getenv(name); v != "" {
 			*dst = v
@@ -393,10 +394,13 @@ func (c *Config) ApplyEnv(getenv func(string) string) {
 		c.Cluster.Join = splitList(v)
 	}
 	if v := getenv("CASUALDB_PEERS"); v != "" {
-		if peers, err := ParsePeers(strings.Split(v, ",")); err == nil {
-			c.Peers = peers
+		peers, err := ParsePeers(strings.Split(v, ","))
+		if err != nil {
+			return fmt.Errorf("CASUALDB_PEERS: %w", err)
 		}
+		c.Peers = peers
 	}
+	return nil
 }
 
 // splitList splits a comma-separated list, dropping empty items.

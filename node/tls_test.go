@@ -20,9 +20,10 @@ import (
 )
 
 // TestNode_TLS: two sites whose NATS links are mutual TLS (certificates
-// from `casualdb certs`), one listening on every interface, replicate; their NATS servers refuse a client
-// without a certificate, one with a certificate of another CA, and a
-// plain-text client.
+// from `casualdb certs`), one listening on every interface, replicate; their
+// NATS servers refuse a client without a certificate, one with a certificate
+// of another CA, and a plain-text client. Then a's admin endpoint over HTTPS,
+// a peer's permissions, forged relays, and a resend asked from far ahead.
 func TestNode_TLS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two PostgreSQL servers")
@@ -43,10 +44,13 @@ func TestNode_TLS(t *testing.T) {
 			// Every interface: no certificate names 0.0.0.0, which is
 			// the server's own URL then.
 			c.NATS.Listen = "0.0.0.0" + c.NATS.Listen[len("127.0.0.1"):]
+			// The admin endpoint over HTTPS, with a token.
+			c.Admin.Listen, c.Admin.TLS, c.Admin.Token = "127.0.0.1:0", AdminTLSConfig{Cert: f.Cert, Key: f.Key}, "tok"
 		}
 	}, "a", "b")
 	pgtest.ExecAll(t, pgtest.Connect(t, sites[0].pg.DSN()), `INSERT INTO items VALUES (1, 'over tls')`)
 	waitFor(t, ctx, sites[1], `SELECT coalesce((SELECT label FROM items WHERE id = 1), '')`, "over tls")
+	checkAdminHTTPS(t, ctx, sites[0], certs.For(dir, "a").CA)
 
 	url := fmt.Sprintf("tls://127.0.0.1:%d", sites[0].nats)
 	good, err := certs.ClientConfig(certs.For(dir, "b"))
@@ -82,6 +86,67 @@ func TestNode_TLS(t *testing.T) {
 	}
 	checkPeerPermissions(t, ctx, url, dir)
 	checkForgedRelays(t, ctx, sites[0], url, dir)
+	// Nothing the forgeries claimed moved a's position for b: b's next
+	// genuine write (its lowest LSN yet) is applied, not taken for a
+	// duplicate.
+	pgtest.ExecAll(t, pgtest.Connect(t, sites[1].pg.DSN()), `INSERT INTO items VALUES (3, 'genuine from b')`)
+	waitFor(t, ctx, sites[0], `SELECT coalesce((SELECT label FROM items WHERE id = 3), '')`, "genuine from b")
+	checkHugeResend(t, ctx, sites, url, dir)
+}
+
+// checkHugeResend: b, a member with valid credentials, asks a to ship to it
+// again from far beyond anything a has written. a ships from what b has
+// acknowledged instead (clampResend; the shipper, too, starts from b's
+// acknowledgement floor when the outbox holds no such sequence), and skips
+// nothing: a's next writes all reach b.
+func checkHugeResend(t *testing.T, ctx context.Context, sites []*testSite, url, dir string) {
+	t.Helper()
+	nc, _, _ := natsAsPeer(t, url, dir, "b")
+	pgtest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		r, err := nc.RequestWithContext(rctx, ship.ResendSubject("a", "b"), []byte(`{"peer":"b","from":1099511627776}`))
+		if err != nil {
+			return err
+		}
+		if string(r.Data) != "ok" {
+			return fmt.Errorf("a answered b's resend from 2^40: %q", r.Data)
+		}
+		return nil
+	})
+	a := pgtest.Connect(t, sites[0].pg.DSN())
+	for i := 10; i < 15; i++ {
+		pgtest.ExecAll(t, a, fmt.Sprintf(`INSERT INTO items VALUES (%d, 'after the resend')`, i))
+	}
+	waitFor(t, ctx, sites[1], `SELECT count(*)::text FROM items WHERE label = 'after the resend'`, "5")
+}
+
+// checkAdminHTTPS: a's admin endpoint (admin.tls, a token) answers /status
+// and /metrics over HTTPS to a client that verifies it against the CA and
+// carries the token; not without the token, not in plain HTTP, and it serves
+// no profiles (admin.pprof is off).
+func checkAdminHTTPS(t *testing.T, ctx context.Context, a *testSite, ca string) {
+	t.Helper()
+	addr := a.node.admin.Addr().String()
+	good := AdminClient{URL: "https://" + addr, Token: "tok", CA: ca}
+	if body, err := good.Get(ctx, "/status"); err != nil || !strings.Contains(string(body), `"site": "a"`) {
+		t.Errorf("a's /status over HTTPS with the token: %q, %v", body, err)
+	}
+	if body, err := good.Get(ctx, "/metrics"); err != nil || !strings.Contains(string(body), "casualdb_") {
+		t.Errorf("a's /metrics over HTTPS with the token: %v", err)
+	}
+	if _, err := good.Get(ctx, "/debug/pprof/"); err == nil {
+		t.Errorf("a serves /debug/pprof without admin.pprof")
+	}
+	for name, c := range map[string]AdminClient{
+		"no token":   {URL: "https://" + addr, CA: ca},
+		"plain HTTP": {URL: "http://" + addr, Token: "tok"},
+		"no CA":      {URL: "https://" + addr, Token: "tok"},
+	} {
+		if body, err := c.Get(ctx, "/status"); err == nil {
+			t.Errorf("%s: a's /status answered: %q", name, body)
+		}
+	}
 }
 
 // checkForgedRelays: c, a peer with a valid certificate, relays to a a

@@ -151,7 +151,9 @@ func (f *configFlags) load(getenv func(string) string) (node.Config, error) {
 	if err != nil {
 		return cfg, err
 	}
-	cfg.ApplyEnv(getenv)
+	if err := cfg.ApplyEnv(getenv); err != nil {
+		return cfg, err
+	}
 	set := func(dst *string, v string) {
 		if v != "" {
 			*dst = v

@@ -6,7 +6,9 @@ import (
 )
 
 func TestConfigFlags_Load(t *testing.T) {
-	env := map[string]string{"CASUALDB_SITE": "fromenv", "CASUALDB_DSN": "postgres://env@h/db", "CASUALDB_PEERS": "x=nats://127.0.0.1:4299"}
+	key := "AAECAwQFBgcICQoLDA0ODw==" // 16 bytes
+	env := map[string]string{"CASUALDB_SITE": "fromenv", "CASUALDB_DSN": "postgres://env@h/db", "CASUALDB_PEERS": "x=nats://127.0.0.1:4299",
+		"CASUALDB_CLUSTER_SECRET_KEY": key, "CASUALDB_ADMIN_TOKEN": "tok"}
 	f := configFlags{path: "../../node/testdata/minimal.yml", site: "fromflag"}
 	cfg, err := f.load(func(k string) string { return env[k] })
 	if err != nil {
@@ -20,6 +22,18 @@ func TestConfigFlags_Load(t *testing.T) {
 	}
 	if len(cfg.Peers) != 1 || cfg.Peers[0].Name != "x" {
 		t.Errorf("peers from env: got %+v", cfg.Peers)
+	}
+	// Secrets from the environment, never in the YAML.
+	if got := cfg.Cluster.Key(); len(got) != 16 || got[15] != 15 {
+		t.Errorf("gossip key from CASUALDB_CLUSTER_SECRET_KEY: %x", got)
+	}
+	if tok, err := cfg.Admin.BearerToken(); err != nil || tok != "tok" {
+		t.Errorf("admin token from CASUALDB_ADMIN_TOKEN: %q, %v", tok, err)
+	}
+	// A variable that does not parse is an error naming it, not ignored.
+	env["CASUALDB_PEERS"] = "x"
+	if _, err := f.load(func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), "CASUALDB_PEERS") {
+		t.Errorf("a garbled CASUALDB_PEERS: %v, want an error naming it", err)
 	}
 }
 
