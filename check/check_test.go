@@ -146,3 +146,17 @@ func TestRun_RepairSkipsMovedKeys(t *testing.T) {
 		t.Errorf("a repaired %+v, b %+v: want one rewrite of key 1 at a, the origin", a.repairs, b.repairs)
 	}
 }
+
+// TestBucketLimit: a digest of more buckets than BucketLimit, or of none, is
+// refused before anything is read or allocated (a peer's check request
+// names the count).
+func TestBucketLimit(t *testing.T) {
+	for _, n := range []int{0, -1, BucketLimit + 1, 1 << 40} {
+		if _, err := Summarize(t.Context(), nil, "public.t", n); err == nil || !strings.Contains(err.Error(), "buckets") {
+			t.Errorf("Summarize with %d buckets: %v", n, err)
+		}
+		if _, _, _, err := Entries(t.Context(), nil, "public.t", n, Filter{}, 0, Page{}); err == nil || !strings.Contains(err.Error(), "buckets") {
+			t.Errorf("Entries with %d buckets: %v", n, err)
+		}
+	}
+}

@@ -167,12 +167,25 @@ func (t *table) entries(cond string) string {
 	return fmt.Sprintf(entriesSQL, t.desc.Ident(), t.keys, cond)
 }
 
+// BucketLimit bounds the buckets of a digest: a peer's request names how
+// many, and a summary holds one per bucket.
+const BucketLimit = 1 << 20
+
+// bucketsOK refuses a bucket count outside 1..BucketLimit (a peer asking
+// for 10^12 buckets would otherwise size an allocation by it).
+func bucketsOK(name string, n int) error {
+	if n <= 0 || n > BucketLimit {
+		return fmt.Errorf("check %s: %d buckets (1 to %d)", name, n, BucketLimit)
+	}
+	return nil
+}
+
 // Summarize computes the digest of the table named name (schema.name) in n
 // buckets on q. Run it on a connection with casualdb.CanonicalParams: the
 // images are text.
 func Summarize(ctx context.Context, q meta.Querier, name string, n int) (Summary, error) {
-	if n <= 0 {
-		return Summary{}, fmt.Errorf("check %s: %d buckets", name, n)
+	if err := bucketsOK(name, n); err != nil {
+		return Summary{}, err
 	}
 	t, err := describe(ctx, q, name)
 	if err != nil {
@@ -239,6 +252,9 @@ type Filter struct {
 // id of the site's settled point (Site.Settle): a row written by a later
 // transaction that capture has not versioned is Fresh (0: none is).
 func Entries(ctx context.Context, q meta.Querier, name string, n int, f Filter, since uint32, page Page) (out []Entry, cost Cost, more bool, err error) {
+	if err := bucketsOK(name, n); err != nil {
+		return nil, Cost{}, false, err
+	}
 	t, err := describe(ctx, q, name)
 	if err != nil {
 		return nil, Cost{}, false, err

@@ -530,8 +530,8 @@ func (c Config) Validate() error {
 	if c.AntiEntropy.Interval < 0 {
 		return bad("antientropy.interval", "must not be negative (0 turns it off)")
 	}
-	if c.AntiEntropy.Buckets <= 0 || c.AntiEntropy.Buckets > 1<<20 {
-		return bad("antientropy.buckets", "must be between 1 and 1048576")
+	if c.AntiEntropy.Buckets <= 0 || c.AntiEntropy.Buckets > check.BucketLimit {
+		return bad("antientropy.buckets", "must be between 1 and %d", check.BucketLimit)
 	}
 	if c.Capture.MaxBatch <= 0 {
 		return bad("capture.max_batch", "must be positive")

@@ -365,6 +365,19 @@ func checkPeerPermissions(t *testing.T, ctx context.Context, url, dir string) {
 		t.Errorf("c's check request: %v", err)
 	}
 	cancel()
+	// A digest of 10^12 buckets would size an allocation by the count:
+	// refused with the reason, and a answers the next request.
+	pctx, cancel = context.WithTimeout(ctx, time.Minute)
+	for req, want := range map[string]string{
+		`{"op":"summary","table":"public.items","buckets":1000000000000}`: "buckets (1 to",
+		`{"op":"summary","table":"public.items","buckets":4}`:             `"summary"`,
+	} {
+		r, err := nc.RequestWithContext(pctx, ship.CheckSubject("a"), []byte(req))
+		if err != nil || !strings.Contains(string(r.Data), want) {
+			t.Errorf("c's check request %s: %v, %v (want %s)", req, err, r, want)
+		}
+	}
+	cancel()
 	if now, err := outbox.Info(ctx); err != nil || now.State.FirstSeq != oinfo.State.FirstSeq || now.State.Msgs < oinfo.State.Msgs {
 		t.Errorf("a's outbox after requests replying to the purge API: %v, first seq %d (was %d), %d messages (were %d)",
 			err, now.State.FirstSeq, oinfo.State.FirstSeq, now.State.Msgs, oinfo.State.Msgs)
