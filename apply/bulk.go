@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/casualdb/casualdb"
@@ -124,7 +125,7 @@ func (p *plan) statements() []stmt {
 	type group struct {
 		kind  int // 0 delete, 1 update, 2 insert
 		table string
-		sig   string // update: the columns set
+		sig   string // the relation's columns, and those set (shape)
 		rows  []*plannedRow
 	}
 	groups := map[string]*group{}
@@ -139,13 +140,14 @@ func (p *plan) statements() []stmt {
 			kind = 0
 		case !r.presentAtStart:
 			kind = 2
-			sig = columnNames(r.rel, nil)
+			sig = shape(r.rel, nil)
 		default:
 			kind = 1
-			sig = columnNames(r.rel, r.setColumns())
-			if sig == "" {
+			set := r.setColumns()
+			if !slices.Contains(set, true) {
 				continue // nothing but unchanged values
 			}
+			sig = shape(r.rel, set)
 		}
 		id := fmt.Sprintf("%d\x00%s\x00%s", kind, k.Table, sig)
 		g, ok := groups[id]
@@ -192,15 +194,22 @@ func (r *plannedRow) setColumns() []bool {
 	return set
 }
 
-// columnNames lists rel's columns (those marked in only, when given).
-func columnNames(rel casualdb.Relation, only []bool) string {
-	var names []string
+// shape tells rows of one statement apart: rel's columns in order, each
+// quoted and marked when it is set (only; nil: all of them). The statement
+// takes the values of every row at the first row's column positions, so
+// rows whose relation descriptions differ (a column dropped at the origin
+// between two transactions of one run) must not share one: once they did,
+// and apply read past a row's values.
+func shape(rel casualdb.Relation, only []bool) string {
+	var b strings.Builder
 	for i, c := range rel.Columns {
+		b.WriteString(strconv.Quote(c.Name))
 		if only == nil || only[i] {
-			names = append(names, c.Name)
+			b.WriteByte('+')
 		}
+		b.WriteByte(',')
 	}
-	return strings.Join(names, ",")
+	return b.String()
 }
 
 // keyArrays returns the key columns of rows as one text array per column.

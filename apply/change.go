@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,7 +18,7 @@ import (
 
 // change merges one row change.
 func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) error {
-	if err := w.bad[c.Table]; err != nil {
+	if err := cmp.Or(w.bad[c.Table], w.badRel[relOf{im.tx, c.Table}]); err != nil {
 		return w.park(ctx, im, c, err)
 	}
 	lt := w.tables[c.Table]

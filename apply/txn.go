@@ -175,15 +175,26 @@ type dbConn interface {
 
 var _ dbConn = (*pgx.Conn)(nil)
 
+// relOf is a transaction's description of a table.
+type relOf struct {
+	tx    *casualdb.Tx
+	table string
+}
+
 // txWriter carries the state of one apply transaction.
 type txWriter struct {
-	a        *Applier
-	tx       dbConn
-	xid      uint32 // the transaction's id: the xmin of every row it writes outside savepoints
-	careful  bool
-	state    map[meta.RowKey]*rowState
-	tables   map[string]*localTable
-	bad      map[string]error                // tables whose changes are parked
+	a       *Applier
+	tx      dbConn
+	xid     uint32 // the transaction's id: the xmin of every row it writes outside savepoints
+	careful bool
+	state   map[meta.RowKey]*rowState
+	tables  map[string]*localTable
+	bad     map[string]error // tables whose changes are parked
+	// badRel: a transaction whose description of a table does not fit the
+	// table as the run's first description did; its changes of that table
+	// are parked (the table's rows are written at positions the
+	// description gives).
+	badRel   map[relOf]error
 	truncs   map[string]casualdb.Version     // the table's markers, the run's own included
 	truncGen uint64                          // capture's truncation generation when truncs was read
 	written  map[meta.RowKey]meta.RowVersion // not saved yet
@@ -212,6 +223,8 @@ type txWriter struct {
 // run touches, and reads their recorded versions, in one round trip.
 func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 	w.bad = map[string]error{}
+	w.badRel = map[relOf]error{}
+	checked := map[relOf]bool{}
 	w.written = map[meta.RowKey]meta.RowVersion{}
 	w.all = map[meta.RowKey]meta.RowVersion{}
 	w.raised = map[string]casualdb.Version{}
@@ -235,6 +248,17 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 				}
 			}
 			if c.Op == casualdb.OpTruncate || w.bad[c.Table] != nil {
+				continue
+			}
+			if ro := (relOf{im.tx, c.Table}); !checked[ro] {
+				// Every transaction's description, not only the one
+				// the table was resolved with.
+				checked[ro] = true
+				if err := w.tables[c.Table].check(im.tx.Relations[c.Table]); err != nil {
+					w.badRel[ro] = err
+				}
+			}
+			if w.badRel[relOf{im.tx, c.Table}] != nil {
 				continue
 			}
 			rk := meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}

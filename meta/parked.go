@@ -42,6 +42,15 @@ type Parked struct {
 	Payload  []byte // a ParkedChange or a RemovedRow (JSON), or the raw message
 }
 
+// storable makes s text PostgreSQL stores: what is parked often quotes a
+// peer's bytes (an origin name, a table name), and a NUL or a byte that is
+// not UTF-8 would make the insert fail, and with it apply, message after
+// message. NUL becomes \x00, invalid UTF-8 U+FFFD; the payload keeps the
+// bytes as they came.
+func storable(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", `\x00`)
+}
+
 // Park records p.
 func Park(ctx context.Context, q Querier, p Parked) error {
 	var lsn *string
@@ -50,7 +59,7 @@ func Park(ctx context.Context, q Querier, p Parked) error {
 		lsn = &s
 	}
 	_, err := q.Exec(ctx, `INSERT INTO casualdb.parked (origin, seq, lsn, tbl, key, reason, payload) VALUES ($1, $2, $3::pg_lsn, $4, $5, $6, $7)`,
-		string(p.Origin), int64(p.Seq), lsn, p.Table, p.Key, p.Reason, p.Payload)
+		storable(string(p.Origin)), int64(p.Seq), lsn, storable(p.Table), storable(p.Key), storable(p.Reason), p.Payload)
 	if err != nil {
 		return fmt.Errorf("park change of %s %s: %w", p.Table, p.Key, err)
 	}

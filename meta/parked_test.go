@@ -118,3 +118,22 @@ func TestParked_Operator(t *testing.T) {
 		t.Errorf("FindConflicts without the schema: got %v, want ErrNotInstalled", err)
 	}
 }
+
+// TestParked_PeersBytes: what is parked may quote a peer's bytes, NUL and
+// bytes that are no UTF-8 among them; it is stored (PostgreSQL refuses such
+// text, and apply would stop on every retry), the payload byte for byte.
+func TestParked_PeersBytes(t *testing.T) {
+	conn, ctx := installed(t)
+	bad := "x\xff\x00y"
+	p := meta.Parked{Origin: casualdb.SiteID(bad), Seq: 1, Table: bad, Key: bad, Reason: "tx of " + bad + " arrived as from a", Payload: []byte(bad)}
+	if err := meta.Park(ctx, conn, p); err != nil {
+		t.Fatalf("park a peer's bytes: %v", err)
+	}
+	got, err := meta.FindParked(ctx, conn, meta.ParkedFilter{})
+	if err != nil || len(got) != 1 {
+		t.Fatalf("parked: %+v, %v", got, err)
+	}
+	if want := "x\uFFFD\\x00y"; got[0].Table != want || string(got[0].Origin) != want || got[0].Reason != "tx of "+want+" arrived as from a" || string(got[0].Payload) != bad {
+		t.Errorf("stored %q / %q / %q / %q", got[0].Origin, got[0].Table, got[0].Reason, got[0].Payload)
+	}
+}

@@ -80,6 +80,9 @@ type ApplyStatus struct {
 	// Unproven: transactions from their origin whose signature header did
 	// not fit them (with gossip); applied, but never relayable as hints.
 	Unproven uint64 `json:"unproven_transactions"`
+	// Misnamed: origin names in the inbox that are no site names (a
+	// peer's relays under them); their messages stay unread.
+	Misnamed uint64 `json:"misnamed_origins"`
 }
 
 // PeerStatus describes shipping to one peer.
@@ -145,7 +148,7 @@ func (s *Node) Status() Status {
 	st.Capture.W, st.Capture.DurableSeq, st.Capture.DurableLSN = s.cfg.Cluster.W, s.durableSeq, casualdb.FormatLSN(s.durableLSN)
 	st.Apply.InboxMessages = s.inboxMsg
 	if s.inbox != nil {
-		st.Apply.Unproven = s.inbox.Unproven()
+		st.Apply.Unproven, st.Apply.Misnamed = s.inbox.Unproven(), s.inbox.Misnamed()
 	}
 	if s.server != nil {
 		st.NATSRefused = s.server.Refused()
@@ -284,6 +287,7 @@ var (
 	descOutbox     = prometheus.NewDesc("casualdb_outbox_messages", "Transactions held in the outbox (not yet acknowledged by every peer).", nil, nil)
 	descInbox      = prometheus.NewDesc("casualdb_inbox_messages", "Transactions waiting in the inbox.", nil, nil)
 	descUnproven   = prometheus.NewDesc("casualdb_unproven_transactions_total", "With gossip and TLS: transactions from their origin whose signature header did not fit them; applied, but a relay of them as hints is refused.", nil, nil)
+	descMisnamed   = prometheus.NewDesc("casualdb_inbox_misnamed_origins", "Origin names in the inbox that are no site names (a peer's relays under them): their messages stay unread.", nil, nil)
 	descRefused    = prometheus.NewDesc("casualdb_nats_refused_clients_total", "Clients this site's NATS server refused (no verified certificate naming a site).", nil, nil)
 	descHealthy    = prometheus.NewDesc("casualdb_component_up", "1 when the component runs, 0 when it is failing.", []string{"component"}, nil)
 	descMember     = prometheus.NewDesc("casualdb_member_alive", "With gossip: 1 when the site is alive (or suspect), 0 when it failed or left.", []string{"site"}, nil)
@@ -307,7 +311,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descHeld, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descUnproven, descRefused, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descLate, descRelay, descExpired, descMissed, descResends, descNotDurable, descAERuns, descAEFailed, descAERows, descAEDiffer, descAERepairs, descAELast} {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descHeld, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descUnproven, descMisnamed, descRefused, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descLate, descRelay, descExpired, descMissed, descResends, descNotDurable, descAERuns, descAEFailed, descAERows, descAEDiffer, descAERepairs, descAELast} {
 		ch <- d
 	}
 }
@@ -346,6 +350,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descOutbox, float64(st.Capture.OutboxMessages))
 	gauge(descInbox, float64(st.Apply.InboxMessages))
 	counter(descUnproven, st.Apply.Unproven)
+	gauge(descMisnamed, float64(st.Apply.Misnamed))
 	counter(descRefused, st.NATSRefused)
 	if st.Cluster != nil {
 		for _, m := range st.Cluster.Members {

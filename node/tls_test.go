@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,48 @@ func TestNode_TLS(t *testing.T) {
 	pgtest.ExecAll(t, pgtest.Connect(t, sites[1].pg.DSN()), `INSERT INTO items VALUES (3, 'genuine from b')`)
 	waitFor(t, ctx, sites[0], `SELECT coalesce((SELECT label FROM items WHERE id = 3), '')`, "genuine from b")
 	checkHugeResend(t, ctx, sites, url, dir)
+	checkMixedDescriptions(t, ctx, sites[0], url, dir)
+}
+
+// checkMixedDescriptions: c sends a one message holding two transactions of
+// items (its sequences 2 and 3, after the one checkForgedRelays parked),
+// the second describing a column a's items lacks. One run applies the
+// first and parks the second with the reason: every transaction's
+// description is checked, not only the one the table was resolved with.
+func checkMixedDescriptions(t *testing.T, ctx context.Context, a *testSite, url, dir string) {
+	t.Helper()
+	_, js, _ := natsAsPeer(t, url, dir, "c")
+	cols := []casualdb.Column{{Name: "id", Type: "integer", Key: true}, {Name: "label", Type: "text"}}
+	var body []byte
+	for i, extra := range []bool{false, true} {
+		rel := casualdb.Relation{Table: "public.items", Schema: "public", Name: "items", Columns: cols}
+		vals := []casualdb.Value{{Text: fmt.Sprint(20 + i)}, {Text: "from c"}}
+		if extra {
+			rel.Columns = append(slices.Clone(cols), casualdb.Column{Name: "ghost", Type: "text"})
+			vals = append(vals, casualdb.Value{Text: "boo"})
+		}
+		x := &casualdb.Tx{Origin: "c", LSN: 1<<40 + uint64(1+i), // after the transaction checkForgedRelays parked
+			CommitTime: time.Now().UTC(), Relations: map[string]casualdb.Relation{"public.items": rel},
+			Changes: []casualdb.Change{{Table: "public.items", Op: casualdb.OpInsert, Key: []string{fmt.Sprint(20 + i)}, Values: vals,
+				Version: casualdb.Version{HLC: casualdb.HLC{Wall: time.Now().UnixMicro()}, Origin: "c", VC: casualdb.VectorClock{"c": uint64(2 + i)}}}}}
+		data, err := x.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		body = ship.AppendEntry(body, ship.Entry{Seq: uint64(2 + i), Data: data})
+	}
+	m := nats.NewMsg(ship.InboxSubject("a", "c"))
+	m.Header.Set(ship.HeaderOrigin, "c")
+	m.Header.Set(ship.HeaderEpoch, "1")
+	m.Header.Set(ship.HeaderBundle, "2")
+	m.Data = body
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := js.PublishMsg(pctx, m); err != nil {
+		t.Fatalf("c publishes two transactions: %v", err)
+	}
+	waitFor(t, ctx, a, `SELECT count(*)::text FROM casualdb.parked WHERE tbl = 'public.items' AND reason LIKE '%lacks column(s) ghost%'`, "1")
+	waitFor(t, ctx, a, `SELECT string_agg(id::text, ',' ORDER BY id) FROM items WHERE id >= 20`, "20")
 }
 
 // checkHugeResend: b, a member with valid credentials, asks a to ship to it

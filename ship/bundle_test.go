@@ -332,3 +332,28 @@ func openTestInbox(t *testing.T) (context.Context, jetstream.JetStream, *ship.In
 	}
 	return ctx, js, in
 }
+
+// TestInbox_OriginsSkipsMisnamed: a peer may publish relays under any
+// origin token. Origins lists only site names (a consumer named after
+// "x/y" cannot be made, and apply would fail on it for good); the others
+// are counted, and their messages left in the inbox.
+func TestInbox_OriginsSkipsMisnamed(t *testing.T) {
+	ctx, js, in := openTestInbox(t)
+	for _, subj := range []string{ship.InboxSubject("b", "a"), "casualdb.in.b.x/y.a", "casualdb.in.b.X\xff.a", ship.RelaySubject("b", "c", "a")} {
+		if _, err := js.Publish(ctx, subj, []byte("m")); err != nil {
+			t.Fatalf("publish on %q: %v", subj, err)
+		}
+	}
+	got, err := in.Origins(ctx)
+	if err != nil || !slices.Equal(got, []casualdb.SiteID{"a", "c"}) {
+		t.Errorf("Origins = %v, %v; want [a c]", got, err)
+	}
+	if n := in.Misnamed(); n != 2 {
+		t.Errorf("Misnamed() = %d, want 2", n)
+	}
+	for _, o := range got {
+		if _, err := in.Reset(ctx, o); err != nil {
+			t.Errorf("a consumer for %s: %v", o, err)
+		}
+	}
+}

@@ -61,6 +61,10 @@ type Inbox struct {
 	unprovenLog logLimit
 	// certs interns the origins' certificates that come with messages.
 	certs certInterner
+	// misnamed: origin names on inbox subjects that are no site names, as
+	// Origins last found them (a peer may publish relays under any token).
+	misnamed    atomic.Uint64
+	misnamedLog logLimit
 }
 
 // KeepProofs makes the inbox give each transaction its origin's proof
@@ -259,13 +263,38 @@ func (i *Inbox) Origins(ctx context.Context) ([]casualdb.SiteID, error) {
 		return nil, fmt.Errorf("inbox origins: %w", err)
 	}
 	out := make([]casualdb.SiteID, 0, len(info.State.Subjects))
+	var bad []casualdb.SiteID
 	for subj := range info.State.Subjects {
-		if o := SubjectOrigin(subj); o != "" && !slices.Contains(out, o) {
+		switch o := SubjectOrigin(subj); {
+		case o == "" || slices.Contains(out, o) || slices.Contains(bad, o):
+		case !o.Valid():
+			// No consumer can be made for it, nor a row of progress
+			// written: its messages stay in the inbox, unread.
+			bad = append(bad, o)
+		default:
 			out = append(out, o)
+		}
+	}
+	i.misnamed.Store(uint64(len(bad)))
+	if len(bad) > 0 {
+		if held, ok := i.misnamedLog.allow("misnamed", time.Now()); ok {
+			i.logger().Warn("inbox messages under origin names that are no site names: left unread in the inbox (a peer relayed them)",
+				"names", len(bad), "first", fmt.Sprintf("%.64q", string(bad[0])), "warnings_held_back", held)
 		}
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// Misnamed counts the origin names, as Origins last found them, under which
+// messages wait in the inbox that are no site names: never read.
+func (i *Inbox) Misnamed() uint64 { return i.misnamed.Load() }
+
+func (i *Inbox) logger() *slog.Logger {
+	if i.log != nil {
+		return i.log
+	}
+	return slog.Default()
 }
 
 // Reset starts apply's consumer of origin afresh and returns it. Messages
