@@ -2,6 +2,7 @@ package check
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -158,5 +159,31 @@ func TestBucketLimit(t *testing.T) {
 		if _, _, _, err := Entries(t.Context(), nil, "public.t", n, Filter{}, 0, Page{}); err == nil || !strings.Contains(err.Error(), "buckets") {
 			t.Errorf("Entries with %d buckets: %v", n, err)
 		}
+	}
+}
+
+// TestRemote_EntriesBounded: a peer that answers every page of a listing
+// with "more", or with more entries than a page holds, ends the listing
+// with an error naming it, instead of being asked until the check times out.
+func TestRemote_EntriesBounded(t *testing.T) {
+	defer func(n int) { maxRemoteEntries = n }(maxRemoteEntries)
+	maxRemoteEntries = 5 * DefaultPageSize
+	asked := 0
+	endless := &Remote{Site: "x", Do: func(_ context.Context, req Request) (Response, error) {
+		asked++
+		es := make([]Entry, req.Page.Limit)
+		for i := range es {
+			es[i].Key = fmt.Sprintf(`["%d"]`, asked*req.Page.Limit+i)
+		}
+		return Response{Entries: es, More: true}, nil
+	}}
+	if _, _, err := endless.Entries(t.Context(), "public.t", 4, Filter{}, 0); err == nil || !strings.Contains(err.Error(), "site x lists more than") || asked != 6 {
+		t.Errorf("endless pages: %v after %d requests, want an error after 6", err, asked)
+	}
+	long := &Remote{Site: "y", Do: func(_ context.Context, req Request) (Response, error) {
+		return Response{Entries: make([]Entry, req.Page.Limit+1)}, nil
+	}}
+	if _, _, err := long.Entries(t.Context(), "public.t", 4, Filter{}, 0); err == nil || !strings.Contains(err.Error(), "for a page of") {
+		t.Errorf("a page too long: %v", err)
 	}
 }

@@ -253,7 +253,14 @@ func (r *Remote) Settle(ctx context.Context) (uint32, error) {
 	return resp.Since, err
 }
 
-// Entries implements Site: page after page.
+// maxRemoteEntries bounds what one listing takes from a peer (Remote.Entries):
+// a peer that answered every page with "more" would otherwise be asked
+// again and again, and everything it sent kept, until the check timed out.
+// A variable for the tests.
+var maxRemoteEntries = 1 << 22
+
+// Entries implements Site: page after page, each at most a page long, and
+// at most maxRemoteEntries in all.
 func (r *Remote) Entries(ctx context.Context, table string, n int, f Filter, since uint32) ([]Entry, Cost, error) {
 	var out []Entry
 	var cost Cost
@@ -262,6 +269,12 @@ func (r *Remote) Entries(ctx context.Context, table string, n int, f Filter, sin
 		resp, err := r.ask(ctx, Request{Op: "entries", Table: table, Buckets: n, Filter: f, Since: since, Page: page})
 		if err != nil {
 			return nil, cost, err
+		}
+		if len(resp.Entries) > page.Limit {
+			return nil, cost, fmt.Errorf("check %s: site %s sent %d entries for a page of %d", table, r.Site, len(resp.Entries), page.Limit)
+		}
+		if len(out)+len(resp.Entries) > maxRemoteEntries {
+			return nil, cost, fmt.Errorf("check %s: site %s lists more than %d entries of the differing buckets: check fewer buckets at a time", table, r.Site, maxRemoteEntries)
 		}
 		out = append(out, resp.Entries...)
 		cost.add(resp.Cost)

@@ -209,7 +209,7 @@ func checkForgedRelays(t *testing.T, ctx context.Context, a *testSite, url, dir 
 		Relations: map[string]casualdb.Relation{"public.items": {Table: "public.items", Schema: "public", Name: "items",
 			Columns: []casualdb.Column{{Name: "id", Type: "integer", Key: true}, {Name: "label", Type: "text"}}}},
 		Changes: []casualdb.Change{{Table: "public.items", Op: casualdb.OpInsert, Key: []string{"2"}, Values: []casualdb.Value{{Text: "2"}, {Text: "forged by c"}},
-			Version: casualdb.Version{HLC: casualdb.HLC{Wall: time.Now().UnixNano()}, Origin: "b", VC: casualdb.VectorClock{"b": 1 << 30}}}}}
+			Version: casualdb.Version{HLC: casualdb.HLC{Wall: time.Now().UnixMicro()}, Origin: "b", VC: casualdb.VectorClock{"b": 1 << 30}}}}}
 	data, err := forged.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -279,7 +279,7 @@ func checkForgedRelays(t *testing.T, ctx context.Context, a *testSite, url, dir 
 		Relations: map[string]casualdb.Relation{"casualdb.progress": {Table: "casualdb.progress", Schema: "casualdb", Name: "progress",
 			Columns: []casualdb.Column{{Name: "origin", Type: "text", Key: true}, {Name: "seq", Type: "bigint"}}}},
 		Changes: []casualdb.Change{{Table: "casualdb.progress", Op: casualdb.OpInsert, Key: []string{"evil"}, Values: []casualdb.Value{{Text: "evil"}, {Text: "1"}},
-			Version: casualdb.Version{HLC: casualdb.HLC{Wall: time.Now().UnixNano()}, Origin: "c", VC: casualdb.VectorClock{"c": 1}}}}}
+			Version: casualdb.Version{HLC: casualdb.HLC{Wall: time.Now().UnixMicro()}, Origin: "c", VC: casualdb.VectorClock{"c": 1}}}}}
 	if data, err = evil.Marshal(); err != nil {
 		t.Fatal(err)
 	}
