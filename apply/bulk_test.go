@@ -159,7 +159,7 @@ func TestPlan_MixedDescriptions(t *testing.T) {
 	lt, wide := bulkTable()
 	narrow := wide
 	narrow.Columns = []casualdb.Column{wide.Columns[0], wide.Columns[2]} // id, b
-	c1 := change(casualdb.OpUpdate, "1", "<u>", "b1")                     // id, a unchanged, b
+	c1 := change(casualdb.OpUpdate, "1", "<u>", "b1")                    // id, a unchanged, b
 	c2 := &casualdb.Change{Table: "public.t", Op: casualdb.OpUpdate, Key: []string{"2"}, Values: []casualdb.Value{{Text: "2"}, {Text: "b2"}}}
 	for _, order := range []string{"wide first", "narrow first"} {
 		t.Run(order, func(t *testing.T) {
