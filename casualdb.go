@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // SiteID names a site (one PostgreSQL plus its sidecar). It is stable for the
@@ -296,6 +297,11 @@ func (t *Tx) Validate() error {
 	for key, rel := range t.Relations {
 		if rel.Table != key || rel.Table != TableName(rel.Schema, rel.Name) || rel.Schema == "" || rel.Name == "" {
 			return fmt.Errorf("%w: tx %s: relation %q names table %q, schema %q, name %q", ErrGarbled, t.ID(), key, rel.Table, rel.Schema, rel.Name)
+		}
+		// PostgreSQL refuses such text in a query (apply would fail on
+		// it, run after run); no table can be so named.
+		if !utf8.ValidString(rel.Table) || strings.IndexByte(rel.Table, 0) >= 0 {
+			return fmt.Errorf("%w: tx %s: relation %q: a name with NUL or bytes that are not UTF-8", ErrGarbled, t.ID(), key)
 		}
 	}
 	for i, c := range t.Changes {

@@ -332,6 +332,8 @@ func TestTx_ValidateRelationNames(t *testing.T) {
 		"other key":     {"public.other", rel, false},
 		"dotted schema": {"a.b.c", Relation{Table: "a.b.c", Schema: "a.b", Name: "c", Columns: rel.Columns}, true},
 		"empty schema":  {".users", Relation{Table: ".users", Name: "users", Columns: rel.Columns}, false},
+		"NUL in a name": {"public.u\x00", Relation{Table: "public.u\x00", Schema: "public", Name: "u\x00", Columns: rel.Columns}, false},
+		"not UTF-8":     {"public.u\xff", Relation{Table: "public.u\xff", Schema: "public", Name: "u\xff", Columns: rel.Columns}, false},
 	} {
 		tx := &Tx{Origin: "a", LSN: 1, Relations: map[string]Relation{c.key: c.rel}}
 		if err := tx.Validate(); (err == nil) != c.ok {

@@ -79,8 +79,9 @@ func (p *plan) write(k meta.RowKey, lt *localTable, rel casualdb.Relation, c *ca
 	default:
 		// An update of the row as it is: its columns over what is known.
 		if !sameColumns(r.rel, rel) && r.values != nil {
-			// The table's description changed within the run (rare):
-			// start over from this image, which names every column.
+			// The table's description changed within the run: the
+			// caller flushes first (describedOtherwise), so this starts
+			// over only where nothing of the row is pending.
 			r.full, r.values, r.written = false, nil, nil
 		}
 		r.rel = rel
@@ -103,6 +104,13 @@ func (p *plan) write(k meta.RowKey, lt *localTable, rel casualdb.Relation, c *ca
 			}
 		}
 	}
+}
+
+// describedOtherwise tells whether the plan holds a write of k under a
+// description of its table other than rel.
+func (p *plan) describedOtherwise(k meta.RowKey, rel casualdb.Relation) bool {
+	r, ok := p.rows[k]
+	return ok && !sameColumns(r.rel, rel)
 }
 
 // sameColumns tells whether two descriptions of a table list the same
@@ -195,21 +203,29 @@ func (r *plannedRow) setColumns() []bool {
 }
 
 // shape tells rows of one statement apart: rel's columns in order, each
-// quoted and marked when it is set (only; nil: all of them). The statement
+// length-prefixed and marked set or not (only; nil: all of them). The statement
 // takes the values of every row at the first row's column positions, so
 // rows whose relation descriptions differ (a column dropped at the origin
 // between two transactions of one run) must not share one: once they did,
 // and apply read past a row's values.
 func shape(rel casualdb.Relation, only []bool) string {
-	var b strings.Builder
-	for i, c := range rel.Columns {
-		b.WriteString(strconv.Quote(c.Name))
-		if only == nil || only[i] {
-			b.WriteByte('+')
-		}
-		b.WriteByte(',')
+	n := 0
+	for _, c := range rel.Columns {
+		n += len(c.Name) + 8
 	}
-	return b.String()
+	b := make([]byte, 0, n)
+	for i, c := range rel.Columns {
+		// Length-prefixed: no name can pass for two.
+		b = strconv.AppendInt(b, int64(len(c.Name)), 10)
+		b = append(b, ':')
+		b = append(b, c.Name...)
+		if only == nil || only[i] {
+			b = append(b, '+')
+		} else {
+			b = append(b, '-')
+		}
+	}
+	return string(b)
 }
 
 // keyArrays returns the key columns of rows as one text array per column.

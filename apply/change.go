@@ -1,7 +1,6 @@
 package apply
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,7 +17,7 @@ import (
 
 // change merges one row change.
 func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) error {
-	if err := cmp.Or(w.bad[c.Table], w.badRel[relOf{im.tx, c.Table}]); err != nil {
+	if err := w.bad[relOf{im.tx, c.Table}]; err != nil {
 		return w.park(ctx, im, c, err)
 	}
 	lt := w.tables[c.Table]
@@ -142,6 +141,14 @@ func (w *txWriter) change(ctx context.Context, im inMsg, c *casualdb.Change) err
 		var err error
 		switch {
 		case w.bulk(lt, c):
+			if w.plan.describedOtherwise(rk, rel) {
+				// Its columns' positions differ from what the plan holds
+				// of the row (the origin's table changed within the
+				// run): write that first, then plan this over it.
+				if err := w.flush(ctx); err != nil {
+					return err
+				}
+			}
 			w.plan.write(rk, lt, rel, c, st.present)
 			xmin, ok = w.xid, true
 			if !st.present {

@@ -123,7 +123,7 @@ func (w *txWriter) saveWritten(ctx context.Context, q meta.Execer) error {
 func (w *txWriter) absentChecks() []stmt {
 	keys := map[string][][]string{}
 	for k, st := range w.state {
-		if st.present || w.bad[k.Table] != nil {
+		if st.present {
 			continue
 		}
 		keys[k.Table] = append(keys[k.Table], st.key)
@@ -189,12 +189,12 @@ type txWriter struct {
 	careful bool
 	state   map[meta.RowKey]*rowState
 	tables  map[string]*localTable
-	bad     map[string]error // tables whose changes are parked
-	// badRel: a transaction whose description of a table does not fit the
-	// table as the run's first description did; its changes of that table
-	// are parked (the table's rows are written at positions the
-	// description gives).
-	badRel   map[relOf]error
+	// bad holds, for each transaction's description of each table it
+	// writes, why its changes of that table are parked (the table is not
+	// replicated here, or the description does not fit it); nil: they are
+	// applied. Every description is checked, not only the run's first: the
+	// rows are written at the positions their description gives.
+	bad      map[relOf]error
 	truncs   map[string]casualdb.Version     // the table's markers, the run's own included
 	truncGen uint64                          // capture's truncation generation when truncs was read
 	written  map[meta.RowKey]meta.RowVersion // not saved yet
@@ -219,12 +219,29 @@ type txWriter struct {
 	queue []stmt
 }
 
+// resolve finds the local table rel describes (w.tables), and returns why
+// changes under rel are parked: the table is not replicated here, or rel
+// does not fit it (casualdb.ErrSchemaMismatch); nil when they are applied.
+// Any other error fails the run.
+func (w *txWriter) resolve(ctx context.Context, rel casualdb.Relation) (bad, err error) {
+	if lt, ok := w.tables[rel.Table]; ok && lt.check(rel) == nil {
+		return nil, nil
+	}
+	lt, err := w.a.table(ctx, rel)
+	switch {
+	case errors.Is(err, casualdb.ErrSchemaMismatch):
+		return err, nil
+	case err != nil:
+		return nil, err
+	}
+	w.tables[rel.Table] = lt
+	return nil, nil
+}
+
 // prepare opens the transaction, resolves the tables, locks every row the
 // run touches, and reads their recorded versions, in one round trip.
 func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
-	w.bad = map[string]error{}
-	w.badRel = map[relOf]error{}
-	checked := map[relOf]bool{}
+	w.bad = map[relOf]error{}
 	w.written = map[meta.RowKey]meta.RowVersion{}
 	w.all = map[meta.RowKey]meta.RowVersion{}
 	w.raised = map[string]casualdb.Version{}
@@ -236,29 +253,15 @@ func (w *txWriter) prepare(ctx context.Context, run []inMsg) error {
 	var all []meta.RowKey
 	for _, im := range run {
 		for _, c := range im.tx.Changes {
-			if _, ok := w.tables[c.Table]; !ok && w.bad[c.Table] == nil {
-				lt, err := w.a.table(ctx, im.tx.Relations[c.Table])
+			ro := relOf{im.tx, c.Table}
+			if _, ok := w.bad[ro]; !ok {
+				bad, err := w.resolve(ctx, im.tx.Relations[c.Table])
 				if err != nil {
-					if !errors.Is(err, casualdb.ErrSchemaMismatch) {
-						return err
-					}
-					w.bad[c.Table] = err
-				} else {
-					w.tables[c.Table] = lt
+					return err
 				}
+				w.bad[ro] = bad
 			}
-			if c.Op == casualdb.OpTruncate || w.bad[c.Table] != nil {
-				continue
-			}
-			if ro := (relOf{im.tx, c.Table}); !checked[ro] {
-				// Every transaction's description, not only the one
-				// the table was resolved with.
-				checked[ro] = true
-				if err := w.tables[c.Table].check(im.tx.Relations[c.Table]); err != nil {
-					w.badRel[ro] = err
-				}
-			}
-			if w.badRel[relOf{im.tx, c.Table}] != nil {
+			if c.Op == casualdb.OpTruncate || w.bad[ro] != nil {
 				continue
 			}
 			rk := meta.RowKey{Table: c.Table, Key: casualdb.KeyString(c.Key)}

@@ -395,6 +395,9 @@ func (c *Config) ApplyEnv(getenv func(string) string) error {
 	}
 	if v := getenv("CASUALDB_PEERS"); v != "" {
 		peers, err := ParsePeers(strings.Split(v, ","))
+		if err == nil && len(peers) == 0 {
+			err = fmt.Errorf("%w: no peer in %q", casualdb.ErrConfig, v)
+		}
 		if err != nil {
 			return fmt.Errorf("CASUALDB_PEERS: %w", err)
 		}

@@ -38,7 +38,8 @@ func TestNode_TLS(t *testing.T) {
 	if err := certs.Generate(other, []string{"a"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	sites := startSitesWith(t, ctx, func(c *Config) {
+	sites := startSitesDDL(t, ctx, []string{`CREATE TABLE wide (id int PRIMARY KEY, a text, b text)`}, func(c *Config) {
+		c.Database.Tables = append(c.Database.Tables, "wide")
 		f := certs.For(dir, c.Site)
 		c.NATS.TLS = NATSTLSConfig{Cert: f.Cert, Key: f.Key, CA: f.CA}
 		if c.Site == "a" {
@@ -96,45 +97,60 @@ func TestNode_TLS(t *testing.T) {
 	checkMixedDescriptions(t, ctx, sites[0], url, dir)
 }
 
-// checkMixedDescriptions: c sends a one message holding two transactions of
-// items (its sequences 2 and 3, after the one checkForgedRelays parked),
-// the second describing a column a's items lacks. One run applies the
-// first and parks the second with the reason: every transaction's
-// description is checked, not only the one the table was resolved with.
+// checkMixedDescriptions: c sends messages whose transactions (its
+// sequences 2 on, after the one checkForgedRelays parked) describe a table
+// differently within one run. A description naming a column a lacks parks
+// only its own transaction's changes, whether it comes first or second;
+// one row written under a wide and then a narrow description keeps what the
+// wide one wrote (the origin dropped a column in between).
 func checkMixedDescriptions(t *testing.T, ctx context.Context, a *testSite, url, dir string) {
 	t.Helper()
 	_, js, _ := natsAsPeer(t, url, dir, "c")
-	cols := []casualdb.Column{{Name: "id", Type: "integer", Key: true}, {Name: "label", Type: "text"}}
-	var body []byte
-	for i, extra := range []bool{false, true} {
-		rel := casualdb.Relation{Table: "public.items", Schema: "public", Name: "items", Columns: cols}
-		vals := []casualdb.Value{{Text: fmt.Sprint(20 + i)}, {Text: "from c"}}
-		if extra {
-			rel.Columns = append(slices.Clone(cols), casualdb.Column{Name: "ghost", Type: "text"})
-			vals = append(vals, casualdb.Value{Text: "boo"})
+	seq := uint64(1)
+	tx := func(rel casualdb.Relation, op casualdb.Op, vals ...string) []byte {
+		seq++
+		c := casualdb.Change{Table: rel.Table, Op: op, Key: vals[:1],
+			Version: casualdb.Version{HLC: casualdb.HLC{Wall: time.Now().UnixMicro() + int64(seq)}, Origin: "c", VC: casualdb.VectorClock{"c": seq}}}
+		for _, v := range vals {
+			c.Values = append(c.Values, casualdb.Value{Text: v})
 		}
-		x := &casualdb.Tx{Origin: "c", LSN: 1<<40 + uint64(1+i), // after the transaction checkForgedRelays parked
-			CommitTime: time.Now().UTC(), Relations: map[string]casualdb.Relation{"public.items": rel},
-			Changes: []casualdb.Change{{Table: "public.items", Op: casualdb.OpInsert, Key: []string{fmt.Sprint(20 + i)}, Values: vals,
-				Version: casualdb.Version{HLC: casualdb.HLC{Wall: time.Now().UnixMicro()}, Origin: "c", VC: casualdb.VectorClock{"c": uint64(2 + i)}}}}}
+		// LSNs after the transaction checkForgedRelays parked.
+		x := &casualdb.Tx{Origin: "c", LSN: 1<<40 + seq, CommitTime: time.Now().UTC(), Relations: map[string]casualdb.Relation{rel.Table: rel},
+			Changes: []casualdb.Change{c}}
 		data, err := x.Marshal()
 		if err != nil {
 			t.Fatal(err)
 		}
-		body = ship.AppendEntry(body, ship.Entry{Seq: uint64(2 + i), Data: data})
+		return ship.AppendEntry(nil, ship.Entry{Seq: seq, Data: data})
 	}
-	m := nats.NewMsg(ship.InboxSubject("a", "c"))
-	m.Header.Set(ship.HeaderOrigin, "c")
-	m.Header.Set(ship.HeaderEpoch, "1")
-	m.Header.Set(ship.HeaderBundle, "2")
-	m.Data = body
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if _, err := js.PublishMsg(pctx, m); err != nil {
-		t.Fatalf("c publishes two transactions: %v", err)
+	send := func(entries ...[]byte) {
+		m := nats.NewMsg(ship.InboxSubject("a", "c"))
+		m.Header.Set(ship.HeaderOrigin, "c")
+		m.Header.Set(ship.HeaderEpoch, "1")
+		m.Header.Set(ship.HeaderBundle, fmt.Sprint(len(entries)))
+		m.Data = slices.Concat(entries...)
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if _, err := js.PublishMsg(pctx, m); err != nil {
+			t.Fatalf("c publishes %d transactions: %v", len(entries), err)
+		}
 	}
-	waitFor(t, ctx, a, `SELECT count(*)::text FROM casualdb.parked WHERE tbl = 'public.items' AND reason LIKE '%lacks column(s) ghost%'`, "1")
-	waitFor(t, ctx, a, `SELECT string_agg(id::text, ',' ORDER BY id) FROM items WHERE id >= 20`, "20")
+	col := func(name string, key bool) casualdb.Column {
+		return casualdb.Column{Name: name, Type: "text", Key: key}
+	}
+	rel := func(table string, cols ...casualdb.Column) casualdb.Relation {
+		return casualdb.Relation{Table: "public." + table, Schema: "public", Name: table, Columns: cols}
+	}
+	id := casualdb.Column{Name: "id", Type: "integer", Key: true}
+	items := rel("items", id, col("label", false))
+	ghostly := rel("items", id, col("label", false), col("ghost", false))
+	send(tx(items, casualdb.OpInsert, "20", "from c"), tx(ghostly, casualdb.OpInsert, "21", "from c", "boo"))
+	send(tx(ghostly, casualdb.OpInsert, "22", "from c", "boo"), tx(items, casualdb.OpInsert, "23", "from c"))
+	wide, narrow := rel("wide", id, col("a", false), col("b", false)), rel("wide", id, col("b", false))
+	send(tx(wide, casualdb.OpInsert, "1", "x", "y"), tx(narrow, casualdb.OpUpdate, "1", "y2"))
+	waitFor(t, ctx, a, `SELECT count(*)::text FROM casualdb.parked WHERE tbl = 'public.items' AND reason LIKE '%lacks column(s) ghost%'`, "2")
+	waitFor(t, ctx, a, `SELECT string_agg(id::text, ',' ORDER BY id) FROM items WHERE id >= 20`, "20,23")
+	waitFor(t, ctx, a, `SELECT coalesce((SELECT a || ',' || b FROM wide WHERE id = 1), '')`, "x,y2")
 }
 
 // checkHugeResend: b, a member with valid credentials, asks a to ship to it
@@ -411,13 +427,13 @@ func checkPeerPermissions(t *testing.T, ctx context.Context, url, dir string) {
 	// A digest of 10^12 buckets would size an allocation by the count:
 	// refused with the reason, and a answers the next request.
 	pctx, cancel = context.WithTimeout(ctx, time.Minute)
-	for req, want := range map[string]string{
-		`{"op":"summary","table":"public.items","buckets":1000000000000}`: "buckets (1 to",
-		`{"op":"summary","table":"public.items","buckets":4}`:             `"summary"`,
+	for _, rw := range [][2]string{
+		{`{"op":"summary","table":"public.items","buckets":1000000000000}`, "buckets (1 to"},
+		{`{"op":"summary","table":"public.items","buckets":4}`, `"summary"`},
 	} {
-		r, err := nc.RequestWithContext(pctx, ship.CheckSubject("a"), []byte(req))
-		if err != nil || !strings.Contains(string(r.Data), want) {
-			t.Errorf("c's check request %s: %v, %v (want %s)", req, err, r, want)
+		r, err := nc.RequestWithContext(pctx, ship.CheckSubject("a"), []byte(rw[0]))
+		if err != nil || !strings.Contains(string(r.Data), rw[1]) {
+			t.Errorf("c's check request %s: %v, %v (want %s)", rw[0], err, r, rw[1])
 		}
 	}
 	cancel()

@@ -262,18 +262,22 @@ func (i *Inbox) Origins(ctx context.Context) ([]casualdb.SiteID, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inbox origins: %w", err)
 	}
+	seen := map[casualdb.SiteID]bool{}
 	out := make([]casualdb.SiteID, 0, len(info.State.Subjects))
 	var bad []casualdb.SiteID
 	for subj := range info.State.Subjects {
-		switch o := SubjectOrigin(subj); {
-		case o == "" || slices.Contains(out, o) || slices.Contains(bad, o):
-		case !o.Valid():
+		o := SubjectOrigin(subj)
+		if o == "" || seen[o] {
+			continue
+		}
+		seen[o] = true
+		if !o.Valid() {
 			// No consumer can be made for it, nor a row of progress
 			// written: its messages stay in the inbox, unread.
 			bad = append(bad, o)
-		default:
-			out = append(out, o)
+			continue
 		}
+		out = append(out, o)
 	}
 	i.misnamed.Store(uint64(len(bad)))
 	if len(bad) > 0 {

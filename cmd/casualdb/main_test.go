@@ -31,9 +31,11 @@ func TestConfigFlags_Load(t *testing.T) {
 		t.Errorf("admin token from CASUALDB_ADMIN_TOKEN: %q, %v", tok, err)
 	}
 	// A variable that does not parse is an error naming it, not ignored.
-	env["CASUALDB_PEERS"] = "x"
-	if _, err := f.load(func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), "CASUALDB_PEERS") {
-		t.Errorf("a garbled CASUALDB_PEERS: %v, want an error naming it", err)
+	for _, garbled := range []string{"x", ","} {
+		env["CASUALDB_PEERS"] = garbled
+		if _, err := f.load(func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), "CASUALDB_PEERS") {
+			t.Errorf("CASUALDB_PEERS=%q: %v, want an error naming it", garbled, err)
+		}
 	}
 }
 
