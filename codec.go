@@ -280,6 +280,13 @@ type Decoder struct {
 // full (tables are few; a flood of distinct ones is garbage anyway).
 const maxCachedRelations = 4096
 
+// maxCachedRelationBytes bounds the encoded size of a description the cache
+// keeps (a table of 400 columns with 40 bytes of name and type each fits); a
+// larger one is decoded each time it comes. With maxCachedRelations, the
+// cache holds at most about 128 MB whatever a peer sends, and in practice a
+// few tables' worth.
+const maxCachedRelationBytes = 16 << 10
+
 // NewDecoder returns a Decoder with an empty relation cache.
 func NewDecoder() *Decoder { return &Decoder{rels: map[string]Relation{}} }
 
@@ -601,6 +608,9 @@ func (d *Decoder) relation(r *reader) Relation {
 	if br.err != nil {
 		r.err = br.err
 		return Relation{}
+	}
+	if len(body) > maxCachedRelationBytes {
+		return rel // decoded each time: a peer's huge descriptions must not fill the cache
 	}
 	d.mu.Lock()
 	if len(d.rels) >= maxCachedRelations {

@@ -3,6 +3,7 @@ package casualdb
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -341,5 +342,33 @@ func TestTx_ValidateRelationNames(t *testing.T) {
 		} else if err != nil && !errors.Is(err, ErrGarbled) {
 			t.Errorf("%s: %v does not wrap ErrGarbled", name, err)
 		}
+	}
+}
+
+// TestDecoder_CachesOnlySmallRelations: a description larger than
+// maxCachedRelationBytes decodes, every time, but is not kept (a peer
+// sending large, ever-new descriptions could otherwise fill memory); a
+// small one is kept.
+func TestDecoder_CachesOnlySmallRelations(t *testing.T) {
+	d := NewDecoder()
+	for _, n := range []int{2, 2000} {
+		rel := Relation{Table: "public.t", Schema: "public", Name: "t"}
+		for i := range n {
+			rel.Columns = append(rel.Columns, Column{Name: fmt.Sprintf("column_%04d", i), Type: "text", Key: i == 0})
+		}
+		tx := &Tx{Origin: "a", LSN: 1, Relations: map[string]Relation{"public.t": rel}}
+		b, err := tx.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 {
+			got, err := d.Decode(b)
+			if err != nil || len(got.Relations["public.t"].Columns) != n {
+				t.Fatalf("%d columns: %v, %+v", n, err, got)
+			}
+		}
+	}
+	if len(d.rels) != 1 {
+		t.Errorf("the cache holds %d descriptions, want the small one only", len(d.rels))
 	}
 }
