@@ -175,7 +175,7 @@ type certInterner struct {
 
 // intern decodes a HeaderCert value; nil when empty or not base64.
 func (c *certInterner) intern(v string) []byte {
-	if v == "" {
+	if v == "" || len(v) > maxCertHeader {
 		return nil
 	}
 	c.mu.Lock()
@@ -193,6 +193,12 @@ func (c *certInterner) intern(v string) []byte {
 	c.m[v] = der
 	return der
 }
+
+// maxCertHeader bounds a HeaderCert value: a certificate chain of a few
+// kilobytes is the rule; a larger one is taken for none (its signed
+// transactions are garbled), so that a peer sending large, ever-new values
+// cannot fill the interner (256 of them) or the hints that keep them.
+const maxCertHeader = 32 << 10
 
 // attachProofs gives each transaction of m that a HeaderSig run of h
 // covers its Proof (what a holder keeps to relay it), and m the origin's

@@ -9,6 +9,7 @@ import (
 	"crypto/rsa"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,6 +134,12 @@ func TestAttachProofs(t *testing.T) {
 	}
 	if err := v.Verify("a", "e", 4, m.Txs[3].Data, m.Txs[0].Proof, m.Cert); err == nil {
 		t.Errorf("transaction 4 verified with transaction 1's proof")
+	}
+	// A certificate header past maxCertHeader is taken for none: the
+	// signed message is garbled, and nothing of it is kept.
+	var huge certInterner
+	if der := huge.intern(strings.Repeat("A", maxCertHeader+4)); der != nil || len(huge.m) != 0 {
+		t.Errorf("a %d-byte certificate header was interned", maxCertHeader+4)
 	}
 	for _, bad := range []string{"9 1 AAAA", "2 9223372036854775807 AAAA"} {
 		h := nats.Header{HeaderSig: {bad}, HeaderCert: {signer.Cert()}}
