@@ -84,7 +84,11 @@ func NewSigner(cfg *tls.Config, site casualdb.SiteID) (*Signer, error) {
 	for _, der := range c.Certificate {
 		chain = append(chain, der...)
 	}
-	return &Signer{site: site, key: key, certB64: base64.StdEncoding.EncodeToString(chain)}, nil
+	certB64 := base64.StdEncoding.EncodeToString(chain)
+	if len(certB64) > maxCertHeader {
+		return nil, fmt.Errorf("%w: nats.tls.cert: a chain of %d bytes; peers take at most %d (base64) with each message", casualdb.ErrConfig, len(chain), maxCertHeader)
+	}
+	return &Signer{site: site, key: key, certB64: certB64}, nil
 }
 
 // runDigest is what a site signs for a run of its transactions: the site,
