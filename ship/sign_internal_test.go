@@ -202,3 +202,20 @@ func TestLogLimit(t *testing.T) {
 		t.Fatal("the minute did not start again")
 	}
 }
+
+// TestNewSigner_ChainTooLong: a certificate chain longer than peers take
+// with each message is refused at start, naming the key.
+func TestNewSigner_ChainTooLong(t *testing.T) {
+	dir := t.TempDir()
+	if err := certs.Generate(dir, []string{"a"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := certs.ClientConfig(certs.For(dir, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Certificates[0].Certificate = append(cfg.Certificates[0].Certificate, make([]byte, maxCertHeader))
+	if _, err := NewSigner(cfg, "a"); !errors.Is(err, casualdb.ErrConfig) || !strings.Contains(err.Error(), "nats.tls.cert") {
+		t.Errorf("NewSigner with a %d-byte chain: %v", maxCertHeader, err)
+	}
+}
