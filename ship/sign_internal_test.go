@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
@@ -94,14 +95,7 @@ func BenchmarkSignRun(b *testing.B) {
 // signature header naming transactions the message does not hold is
 // garbled.
 func TestAttachProofs(t *testing.T) {
-	dir := t.TempDir()
-	if err := certs.Generate(dir, []string{"a"}, nil); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := certs.ClientConfig(certs.For(dir, "a"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := siteA(t)
 	signer, err := NewSigner(cfg, "a")
 	if err != nil {
 		t.Fatal(err)
@@ -206,6 +200,17 @@ func TestLogLimit(t *testing.T) {
 // TestNewSigner_ChainTooLong: a certificate chain longer than peers take
 // with each message is refused at start, naming the key.
 func TestNewSigner_ChainTooLong(t *testing.T) {
+	cfg := siteA(t)
+	cfg.Certificates[0].Certificate = append(cfg.Certificates[0].Certificate, make([]byte, maxCertHeader))
+	if _, err := NewSigner(cfg, "a"); !errors.Is(err, casualdb.ErrConfig) || !strings.Contains(err.Error(), "nats.tls.cert") {
+		t.Errorf("NewSigner with a %d-byte chain: %v", maxCertHeader, err)
+	}
+}
+
+// siteA makes a CA and site a's certificate (`casualdb certs`) and returns
+// a's client TLS configuration.
+func siteA(t *testing.T) *tls.Config {
+	t.Helper()
 	dir := t.TempDir()
 	if err := certs.Generate(dir, []string{"a"}, nil); err != nil {
 		t.Fatal(err)
@@ -214,8 +219,5 @@ func TestNewSigner_ChainTooLong(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Certificates[0].Certificate = append(cfg.Certificates[0].Certificate, make([]byte, maxCertHeader))
-	if _, err := NewSigner(cfg, "a"); !errors.Is(err, casualdb.ErrConfig) || !strings.Contains(err.Error(), "nats.tls.cert") {
-		t.Errorf("NewSigner with a %d-byte chain: %v", maxCertHeader, err)
-	}
+	return cfg
 }
