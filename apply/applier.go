@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -278,6 +279,11 @@ func (a *Applier) Run(ctx context.Context) error {
 	// The consumers' callbacks end with this run, whatever ends it.
 	rctx, cancel := context.WithCancel(ctx)
 	in := newIntake(a.cfg.Inbox, pullMsgs)
+	in.known = func(o casualdb.SiteID) bool {
+		_, applied := a.progress[o]
+		return applied || o == a.cfg.Site || (a.cfg.Peers != nil && slices.Contains(a.cfg.Peers(), o))
+	}
+	var lastStrangers time.Time
 	defer func() {
 		cancel()
 		in.stop()
@@ -303,6 +309,11 @@ func (a *Applier) Run(ctx context.Context) error {
 				return fmt.Errorf("apply: %w", err)
 			}
 			lastDiscover = now
+			if in.waiting > 0 && now.Sub(lastStrangers) >= time.Minute {
+				a.log.Warn("inbox messages of origins that are neither peers nor applied before wait unread: apply reads at most this many such origins",
+					"waiting_origins", in.waiting, "read", maxStrangers)
+				lastStrangers = now
+			}
 		}
 		if now := time.Now(); a.cfg.Peers != nil && now.Sub(lastPeers) >= peersEvery {
 			// A peer is read from (about) the moment it is known.

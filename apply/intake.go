@@ -89,7 +89,20 @@ type intake struct {
 	wake   chan struct{}  // a message arrived somewhere
 	cap    int
 	pull   int
+	// known tells an origin apply expects (a peer, or one it applied
+	// before); nil: every origin. The others, strangers, are read up to
+	// maxStrangers; waiting counts those left unread by the last discover.
+	known     func(casualdb.SiteID) bool
+	strangers int
+	waiting   int
 }
+
+// maxStrangers bounds the origins apply reads that are neither peers nor
+// origins it applied before. Their names come only from what peers
+// published (a relay names its origin), and each costs a consumer: a peer
+// relaying under thousands of invented names must not make apply start
+// thousands. Past the bound their messages wait in the inbox, counted.
+const maxStrangers = 64
 
 func newIntake(inbox Inbox, pull int) *intake {
 	return &intake{inbox: inbox, queues: map[casualdb.SiteID]*originQueue{}, wake: make(chan struct{}, 1),
@@ -107,7 +120,21 @@ func (in *intake) discover(ctx context.Context, also []casualdb.SiteID) error {
 	if err != nil {
 		return err
 	}
-	return in.ensure(ctx, append(origins, also...))
+	in.waiting = 0
+	read := also
+	for _, o := range origins {
+		_, reading := in.queues[o]
+		switch {
+		case reading || in.known == nil || in.known(o) || slices.Contains(also, o):
+		case in.strangers < maxStrangers:
+			in.strangers++
+		default:
+			in.waiting++
+			continue
+		}
+		read = append(read, o)
+	}
+	return in.ensure(ctx, read)
 }
 
 // ensure starts a consumer for every one of origins that has none yet; ctx

@@ -2,6 +2,7 @@ package apply
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"slices"
@@ -219,4 +220,46 @@ func TestApplier_ApplyHeadWaits(t *testing.T) {
 			t.Errorf("progress of a moved to %d without a commit", a.progress["a"].Seq)
 		}
 	})
+}
+
+// namesInbox is an inbox holding messages under names; Consume records
+// which origins got a consumer.
+type namesInbox struct {
+	names    []casualdb.SiteID
+	consumed []casualdb.SiteID
+}
+
+func (f *namesInbox) Origins(context.Context) ([]casualdb.SiteID, error) { return f.names, nil }
+func (f *namesInbox) Consume(_ context.Context, o casualdb.SiteID, _ int, _ func(*casualdb.InboxMsg)) (func(), error) {
+	f.consumed = append(f.consumed, o)
+	return func() {}, nil
+}
+
+// TestIntake_DiscoverBoundsStrangers: origins that are neither peers nor
+// applied before get a consumer up to maxStrangers of them; a peer relaying
+// under invented names cannot make apply start one consumer per name. Known
+// origins are read however many strangers there are.
+func TestIntake_DiscoverBoundsStrangers(t *testing.T) {
+	f := &namesInbox{names: []casualdb.SiteID{"b"}}
+	for i := range maxStrangers + 36 {
+		f.names = append(f.names, casualdb.SiteID(fmt.Sprintf("x%03d", i)))
+	}
+	f.names = append(f.names, "z") // known, after the strangers
+	in := newIntake(f, 4)
+	in.known = func(o casualdb.SiteID) bool { return o == "b" || o == "z" }
+	if err := in.discover(t.Context(), []casualdb.SiteID{"c"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.consumed) != maxStrangers+3 || in.waiting != 36 {
+		t.Fatalf("%d consumers (want %d: b, c, z and %d strangers), %d waiting (want 36)", len(f.consumed), maxStrangers+3, maxStrangers, in.waiting)
+	}
+	for _, o := range []casualdb.SiteID{"b", "c", "z"} {
+		if !slices.Contains(f.consumed, o) {
+			t.Errorf("no consumer for known origin %s", o)
+		}
+	}
+	// Again: nothing new starts, the same wait.
+	if err := in.discover(t.Context(), nil); err != nil || len(f.consumed) != maxStrangers+3 || in.waiting != 36 {
+		t.Errorf("second discover: %v, %d consumers, %d waiting", err, len(f.consumed), in.waiting)
+	}
 }
