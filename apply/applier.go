@@ -139,7 +139,11 @@ type Stats struct {
 	DependencyWaits uint64
 	// Resends counts requests to an origin to ship again what is missing.
 	Resends uint64
-	Origins map[casualdb.SiteID]OriginStats
+	// Strangers counts the origins with messages in the inbox left unread
+	// because apply reads at most maxStrangers origins that are neither
+	// peers nor applied before (as the last look at the inbox found).
+	Strangers uint64
+	Origins   map[casualdb.SiteID]OriginStats
 }
 
 // Applier applies the inbox to the local database.
@@ -309,6 +313,7 @@ func (a *Applier) Run(ctx context.Context) error {
 				return fmt.Errorf("apply: %w", err)
 			}
 			lastDiscover = now
+			a.count(func(s *Stats) { s.Strangers = uint64(in.waiting) })
 			if in.waiting > 0 && now.Sub(lastStrangers) >= time.Minute {
 				a.log.Warn("inbox messages of origins that are neither peers nor applied before wait unread: apply reads at most this many such origins",
 					"waiting_origins", in.waiting, "read", maxStrangers)

@@ -83,6 +83,9 @@ type ApplyStatus struct {
 	// Misnamed: origin names in the inbox that are no site names (a
 	// peer's relays under them); their messages stay unread.
 	Misnamed uint64 `json:"misnamed_origins"`
+	// Strangers: origins that are neither peers nor applied before whose
+	// messages wait unread (apply reads at most 64 such).
+	Strangers uint64 `json:"unread_stranger_origins"`
 }
 
 // PeerStatus describes shipping to one peer.
@@ -172,7 +175,7 @@ func (s *Node) Status() Status {
 		as := s.applier.Stats()
 		st.Apply.Applied, st.Apply.Skipped, st.Apply.Changes = as.Applied, as.Skipped, as.Changes
 		st.Apply.Conflicts, st.Apply.Parked, st.Apply.Garbled = as.Conflicts, as.Parked, as.Garbled
-		st.Apply.DepWaits, st.Apply.Resends = as.DependencyWaits, as.Resends
+		st.Apply.DepWaits, st.Apply.Resends, st.Apply.Strangers = as.DependencyWaits, as.Resends, as.Strangers
 		for o, os := range as.Origins {
 			st.Origins[string(o)] = OriginStatus{Applied: os.Applied, Seq: os.Seq, LastCommit: os.LastCommit, LastApplied: os.LastApplied, LagSeconds: os.Lag().Seconds(), Held: os.Held}
 		}
@@ -288,6 +291,7 @@ var (
 	descInbox      = prometheus.NewDesc("casualdb_inbox_messages", "Transactions waiting in the inbox.", nil, nil)
 	descUnproven   = prometheus.NewDesc("casualdb_unproven_transactions_total", "With gossip and TLS: transactions from their origin whose signature header did not fit them; applied, but a relay of them as hints is refused.", nil, nil)
 	descMisnamed   = prometheus.NewDesc("casualdb_inbox_misnamed_origins", "Origin names in the inbox that are no site names (a peer's relays under them): their messages stay unread.", nil, nil)
+	descStrangers  = prometheus.NewDesc("casualdb_inbox_unread_stranger_origins", "Origins that are neither peers nor applied before whose inbox messages wait unread: apply reads at most 64 such (a peer relaying under invented names).", nil, nil)
 	descRefused    = prometheus.NewDesc("casualdb_nats_refused_clients_total", "Clients this site's NATS server refused (no verified certificate naming a site).", nil, nil)
 	descHealthy    = prometheus.NewDesc("casualdb_component_up", "1 when the component runs, 0 when it is failing.", []string{"component"}, nil)
 	descMember     = prometheus.NewDesc("casualdb_member_alive", "With gossip: 1 when the site is alive (or suspect), 0 when it failed or left.", []string{"site"}, nil)
@@ -311,7 +315,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descHeld, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descUnproven, descMisnamed, descRefused, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descLate, descRelay, descExpired, descMissed, descResends, descNotDurable, descAERuns, descAEFailed, descAERows, descAEDiffer, descAERepairs, descAELast} {
+	for _, d := range []*prometheus.Desc{descCaptured, descShipped, descPeerUp, descApplied, descLag, descHeld, descConflicts, descParked, descGarbled, descSkipped, descDepWaits, descCollected, descSlotWAL, descOutbox, descInbox, descUnproven, descMisnamed, descStrangers, descRefused, descHealthy, descMember, descOwnership, descPeerLagTx, descPeerLagS, descHints, descHanded, descLate, descRelay, descExpired, descMissed, descResends, descNotDurable, descAERuns, descAEFailed, descAERows, descAEDiffer, descAERepairs, descAELast} {
 		ch <- d
 	}
 }
@@ -351,6 +355,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descInbox, float64(st.Apply.InboxMessages))
 	counter(descUnproven, st.Apply.Unproven)
 	gauge(descMisnamed, float64(st.Apply.Misnamed))
+	gauge(descStrangers, float64(st.Apply.Strangers))
 	counter(descRefused, st.NATSRefused)
 	if st.Cluster != nil {
 		for _, m := range st.Cluster.Members {
