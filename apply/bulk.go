@@ -78,12 +78,8 @@ func (p *plan) write(k meta.RowKey, lt *localTable, rel casualdb.Relation, c *ca
 		r.written = nil
 	default:
 		// An update of the row as it is: its columns over what is known.
-		if !sameColumns(r.rel, rel) && r.values != nil {
-			// The table's description changed within the run: the
-			// caller flushes first (describedOtherwise), so this starts
-			// over only where nothing of the row is pending.
-			r.full, r.values, r.written = false, nil, nil
-		}
+		// Under the description the row was planned with: the caller
+		// flushes a row planned under another first (describedOtherwise).
 		r.rel = rel
 		if r.values == nil {
 			r.values = make([]casualdb.Value, len(rel.Columns))

@@ -92,9 +92,8 @@ type intake struct {
 	// known tells an origin apply expects (a peer, or one it applied
 	// before); nil: every origin. The others, strangers, are read up to
 	// maxStrangers; waiting counts those left unread by the last discover.
-	known     func(casualdb.SiteID) bool
-	strangers int
-	waiting   int
+	known   func(casualdb.SiteID) bool
+	waiting int
 }
 
 // maxStrangers bounds the origins apply reads that are neither peers nor
@@ -120,17 +119,22 @@ func (in *intake) discover(ctx context.Context, also []casualdb.SiteID) error {
 	if err != nil {
 		return err
 	}
+	expected := func(o casualdb.SiteID) bool { return in.known == nil || in.known(o) || slices.Contains(also, o) }
+	strangers := 0 // read already
+	for o := range in.queues {
+		if !expected(o) {
+			strangers++
+		}
+	}
 	in.waiting = 0
 	read := also
 	for _, o := range origins {
-		_, reading := in.queues[o]
-		switch {
-		case reading || in.known == nil || in.known(o) || slices.Contains(also, o):
-		case in.strangers < maxStrangers:
-			in.strangers++
-		default:
-			in.waiting++
-			continue
+		if _, reading := in.queues[o]; !reading && !expected(o) {
+			if strangers >= maxStrangers {
+				in.waiting++
+				continue
+			}
+			strangers++
 		}
 		read = append(read, o)
 	}

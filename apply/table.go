@@ -53,21 +53,29 @@ func describeLocal(ctx context.Context, conn *pgx.Conn, rel casualdb.Relation) (
 
 // check compares the origin's description with the local table: every
 // column the origin sends must exist here, and the primary keys must match.
+//
+// Apply checks every transaction's description (txWriter.resolve): a fit
+// allocates nothing.
 func (t *localTable) check(rel casualdb.Relation) error {
 	var missing []string
-	var keys []string
+	k, keysMatch := 0, true
 	for _, c := range rel.Columns {
 		if _, ok := t.cols[c.Name]; !ok {
 			missing = append(missing, c.Name)
 		}
 		if c.Key {
-			keys = append(keys, c.Name)
+			keysMatch = keysMatch && k < len(t.keys) && t.keys[k] == c.Name
+			k++
 		}
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("%w: table %s lacks column(s) %s that the origin has", casualdb.ErrSchemaMismatch, rel.Table, strings.Join(missing, ", "))
 	}
-	if strings.Join(keys, ",") != strings.Join(t.keys, ",") {
+	if !keysMatch || k != len(t.keys) {
+		var keys []string
+		for _, i := range rel.KeyColumns() {
+			keys = append(keys, rel.Columns[i].Name)
+		}
 		return fmt.Errorf("%w: table %s: primary key (%s) here, (%s) at the origin", casualdb.ErrSchemaMismatch, rel.Table, strings.Join(t.keys, ", "), strings.Join(keys, ", "))
 	}
 	return nil

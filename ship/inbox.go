@@ -74,10 +74,10 @@ type Inbox struct {
 // logged on log (nil: slog.Default()) and its transactions counted
 // (Unproven): they are applied, but cannot be relayed.
 func (i *Inbox) KeepProofs(log *slog.Logger) {
-	if log == nil {
-		log = slog.Default()
+	if log != nil {
+		i.log = log
 	}
-	i.proofs, i.log = true, log
+	i.proofs = true
 }
 
 // Unproven counts the transactions, since start, that arrived from their
@@ -162,7 +162,7 @@ func OpenInbox(ctx context.Context, js jetstream.JetStream, site casualdb.SiteID
 	if err := st.DeleteConsumer(ctx, legacyConsumer); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return nil, fmt.Errorf("open inbox %s: remove the consumer of earlier versions: %w", cfg.Name, err)
 	}
-	return &Inbox{site: site, stream: st, workQueue: wq, trimmed: map[casualdb.SiteID]uint64{}}, nil
+	return &Inbox{site: site, stream: st, workQueue: wq, trimmed: map[casualdb.SiteID]uint64{}, log: slog.Default()}, nil
 }
 
 func inboxSubjects(site casualdb.SiteID) string { return "casualdb.in." + string(site) + ".>" }
@@ -282,7 +282,7 @@ func (i *Inbox) Origins(ctx context.Context) ([]casualdb.SiteID, error) {
 	i.misnamed.Store(uint64(len(bad)))
 	if len(bad) > 0 {
 		if held, ok := i.misnamedLog.allow("misnamed", time.Now()); ok {
-			i.logger().Warn("inbox messages under origin names that are no site names: left unread in the inbox (a peer relayed them)",
+			i.log.Warn("inbox messages under origin names that are no site names: left unread in the inbox (a peer relayed them)",
 				"names", len(bad), "first", fmt.Sprintf("%.64q", string(bad[0])), "warnings_held_back", held)
 		}
 	}
@@ -293,13 +293,6 @@ func (i *Inbox) Origins(ctx context.Context) ([]casualdb.SiteID, error) {
 // Misnamed counts the origin names, as Origins last found them, under which
 // messages wait in the inbox that are no site names: never read.
 func (i *Inbox) Misnamed() uint64 { return i.misnamed.Load() }
-
-func (i *Inbox) logger() *slog.Logger {
-	if i.log != nil {
-		return i.log
-	}
-	return slog.Default()
-}
 
 // Reset starts apply's consumer of origin afresh and returns it. Messages
 // the previous reader had taken but not acknowledged (it stopped, crashed,
